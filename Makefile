@@ -1,0 +1,46 @@
+# firezone-gw: one command installs and runs the tests (make test), one runs the gateway (make run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# System packages the tests and the gateway need on a fresh Debian machine.
+APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod
+PACKAGES := gateway shm_ring tunio
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv lint test run bench clean
+
+all: test
+
+# Install missing system packages (needs root, as CI runs).
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(PACKAGES)
+
+# pytest exit codes: 0 passed, 1 failures, 2 interrupted, 3 internal error, 4 usage error,
+# 5 no tests collected. Only 0 is a pass: a run that collects nothing proves nothing.
+test: deps venv lint
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
+	exit $$rc
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""firezone-gw: a WireGuard gateway for Linux."""

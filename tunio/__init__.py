@@ -1,0 +1,1 @@
+"""TUN devices (multi-queue) and their netlink configuration."""
