@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.netns import Hosts
+
+
+@pytest.fixture
+def netns_hosts() -> Iterator[Hosts]:
+    """Network namespaces for one test, all removed afterwards even when the test fails."""
+    factory = Hosts()
+    try:
+        yield factory
+    finally:
+        factory.close()
