@@ -354,6 +354,12 @@ def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared key
             return keys.ensure_private_key_file(file) if create else keys.read_key_file(file)
     except keys.KeyFormatError as exc:
         errors.add(f"{table}.{key}", str(exc))
+    except keys.KeyFileMissingError as exc:
+        command = "genkey" if key == "private_key" else "genpsk"
+        errors.add(
+            f"{table}.{key}_file",
+            f"{exc}; create it with: (umask 077; firezone-gw {command} > {file})",
+        )
     except keys.KeyFileError as exc:
         errors.add(f"{table}.{key}_file", str(exc))
     except OSError as exc:  # only when creating the file

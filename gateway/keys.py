@@ -29,6 +29,10 @@ class KeyFileError(ValueError):
     """A key file that is missing, unreadable, too open or holds no valid key."""
 
 
+class KeyFileMissingError(KeyFileError):
+    """The key file does not exist."""
+
+
 def clamp_private_key(raw: bytes) -> bytes:
     """Clamp 32 random bytes into an X25519 private key, as `wg genkey` does."""
     if len(raw) != KEY_LEN:
@@ -96,7 +100,7 @@ def read_key_file(path: Path) -> bytes:
             mode = os.fstat(handle.fileno()).st_mode
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist") from None
+        raise KeyFileMissingError(f"key file {path} does not exist") from None
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
