@@ -289,16 +289,17 @@ class Ring:
         if self._closed:
             return
         self._closed = True
+        for fd in (self._data_fd, self._space_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._release_views()
         try:
             self._mm.close()
         except BufferError as exc:
+            # The mapping stays until those views are garbage-collected; nothing else leaks.
             raise BufferError(
                 f"ring {self.name!r}: packets from recv_many are still referenced"
             ) from exc
-        for fd in (self._data_fd, self._space_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def unlink(self) -> None:
         """Remove the segment name (the creator does this when the gateway stops)."""
