@@ -189,7 +189,8 @@ class TunDeviceManager:
         routes: Sequence[IPNetwork] = (),
         txqueuelen: int = DEFAULT_TXQUEUELEN,
     ) -> None:
-        """Set MTU and queue length, add `addresses` and route `routes` into the device.
+        """Set MTU and queue length, add `addresses`, set the link up (routes need it) and
+        route `routes` into the device.
 
         If IPv6 is disabled on this host or device, IPv6 addresses and routes are skipped with
         a warning and IPv4 goes on working.
@@ -211,6 +212,7 @@ class TunDeviceManager:
             if _is_v6(address) and not ipv6_ok:
                 continue
             ipv6_ok = self._add_address(index, address) or not _is_v6(address)
+        self.up()
         for route in routes:
             if _is_v6(route) and not ipv6_ok:
                 continue
