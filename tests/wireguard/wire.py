@@ -122,3 +122,50 @@ def make_wire(
         ip_network("fd00::1/128")], endpoint=A_ENDPOINT if b_knows_a_endpoint else None, now=now,
     )  # fmt: skip
     return Wire(a, b, now)
+
+
+ICMP_ECHO_REQUEST_V4, ICMP_ECHO_REPLY_V4 = 8, 0
+ICMP_ECHO_REQUEST_V6, ICMP_ECHO_REPLY_V6 = 128, 129
+
+
+def icmp_echo(src: str, dst: str, *, reply: bool, ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP (v4) or ICMPv6 echo request/reply inside its IP packet, checksums filled in."""
+    if ip_address(src).version == 4:
+        kind = ICMP_ECHO_REPLY_V4 if reply else ICMP_ECHO_REQUEST_V4
+        body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
+        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+        return ipv4_packet(src, dst, body, proto=1)
+    kind = ICMP_ECHO_REPLY_V6 if reply else ICMP_ECHO_REQUEST_V6
+    body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
+    pseudo = ip_address(src).packed + ip_address(dst).packed + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    return ipv6_packet(src, dst, body, proto=58)
+
+
+@dataclass
+class Echo:
+    src: str
+    dst: str
+    reply: bool
+    ident: int
+    seq: int
+    payload: bytes
+
+
+def parse_echo(packet: bytes) -> Echo | None:
+    """The ICMP echo in an IP packet, or None if it is something else."""
+    version = packet[0] >> 4
+    if version == 4 and packet[9] == 1:
+        src, dst, body = packet[12:16], packet[16:20], packet[20:]
+        kinds = {ICMP_ECHO_REQUEST_V4: False, ICMP_ECHO_REPLY_V4: True}
+    elif version == 6 and packet[6] == 58:
+        src, dst, body = packet[8:24], packet[24:40], packet[40:]
+        kinds = {ICMP_ECHO_REQUEST_V6: False, ICMP_ECHO_REPLY_V6: True}
+    else:
+        return None
+    if len(body) < 8 or body[0] not in kinds:
+        return None
+    ident, seq = struct.unpack("!HH", body[4:8])
+    return Echo(
+        str(ip_address(src)), str(ip_address(dst)), kinds[body[0]], ident, seq, bytes(body[8:])
+    )
