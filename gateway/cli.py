@@ -17,6 +17,7 @@ import click
 from gateway import keys
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
 from gateway.logsetup import LogDirectiveError, setup_logging
+from gateway.metrics import parse_listen
 
 DEFAULT_WORKERS = 2
 LOG_FORMATS = ("human", "json")
@@ -28,6 +29,7 @@ class GlobalOptions:
     workers: int
     log_filter: str
     log_format: str | None  # None: human, or journald when stderr is the systemd journal
+    metrics_listen: tuple[str, int] | None = None
 
 
 pass_global_options = click.make_pass_decorator(GlobalOptions)
@@ -68,7 +70,7 @@ class _Cli(click.Group):
             raise UsageLine(exc) from None
 
 
-@click.group(cls=_Cli, context_settings={"show_default": True})
+@click.group(cls=_Cli, invoke_without_command=True, context_settings={"show_default": True})
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -100,17 +102,59 @@ class _Cli(click.Group):
     show_envvar=True,
     help="Log format [default: human; journald under systemd].",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    envvar="FIREZONE_GW_METRICS_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT for /metrics, /healthz and /readyz [default: the config's metrics.listen].",
+)
 @click.pass_context
-def main(
-    ctx: click.Context, config: Path, workers: int, log_filter: str, log_format: str | None
+def main(  # noqa: PLR0913, PLR0917 - one parameter per global option, as click passes them
+    ctx: click.Context,
+    config: Path,
+    workers: int,
+    log_filter: str,
+    log_format: str | None,
+    metrics_listen: str | None,
 ) -> None:
-    """firezone-gw: a WireGuard gateway for Linux."""
+    """firezone-gw: a WireGuard gateway for Linux.
+
+    Without a command, runs the gateway in the foreground (the same as `firezone-gw run`).
+    """
     try:
         setup_logging(log_filter, log_format)
     except LogDirectiveError as exc:
         param = next(p for p in ctx.command.params if p.name == "log_filter")
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-    ctx.obj = GlobalOptions(config, workers, log_filter, log_format)
+    listen = None
+    if metrics_listen is not None:
+        try:
+            listen = parse_listen(metrics_listen)
+        except ValueError as exc:
+            param = next(p for p in ctx.command.params if p.name == "metrics_listen")
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    ctx.obj = GlobalOptions(config, workers, log_filter, log_format, listen)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@main.command()
+@pass_global_options
+def run(options: GlobalOptions) -> None:
+    """Run the gateway in the foreground until SIGTERM or SIGINT."""
+    from gateway.dataplane.supervisor import Options, run_gateway  # noqa: PLC0415 - data plane only when running
+
+    code = run_gateway(
+        Options(
+            config_path=options.config,
+            workers=options.workers,
+            log_filter=options.log_filter,
+            log_format=options.log_format,
+            metrics_listen=options.metrics_listen,
+        )
+    )
+    sys.exit(code)
 
 
 @main.command()

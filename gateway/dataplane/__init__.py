@@ -1,0 +1,1 @@
+"""The multiprocess data plane: supervisor, TUN workers, crypto process and UDP process."""

@@ -1,0 +1,456 @@
+"""The supervisor: builds the device, rings and counters, then starts and watches children.
+
+Everything a child needs survives the child: TUN queue fds, the UDP socket, the rings (with
+their eventfds) and the counters all belong to the supervisor, and a restarted child is forked
+from them again. So a TUN worker or the UDP process can die without losing a session (the
+keys live in the crypto process); after a crypto-process restart clients re-handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import stats as st
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.framing import HEADER_SIZE
+from gateway.dataplane.udpproc import run_udp
+from gateway.dataplane.worker import run_worker
+from gateway.keys import encode_key
+from gateway.logsetup import setup_logging
+from gateway.metrics import MetricsServer
+from gateway.sdnotify import Notifier, watchdog_interval
+from gateway.udp_io import UdpIo
+from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
+from shm_ring.ring import Ring
+from shm_ring.stale import cleanup_stale
+from tunio.errors import TunError
+from tunio.linux import TunQueue, open_multiqueue
+from tunio.netlink import TunDeviceManager
+
+log = logging.getLogger(__name__)
+
+RING_SLOTS = 1000
+# Clients commonly run wg-quick's MTU 1420 (or 1500 on some links) while the gateway's TUN
+# uses 1280: their packets must still fit a ring slot, so slots hold at least this much.
+MIN_INNER_PACKET = 1500
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+STOP_GRACE = 1.5  # seconds between SIGTERM and SIGKILL for children on shutdown
+TICK = 1.0
+PR_SET_PDEATHSIG = 1
+EXIT_DEVICE_GONE = 3  # a worker's exit status when its TUN queue reports the device deleted
+
+
+class SupervisorError(Exception):
+    """Setup failed in a way the operator must fix (message says what)."""
+
+
+@dataclass
+class Child:
+    role: str
+    target: Callable[[], None]
+    pid: int = 0
+    pidfd: int = -1
+    started: float = 0.0
+
+
+@dataclass
+class Options:
+    config_path: Path
+    workers: int
+    log_filter: str = "info"
+    log_format: str | None = None
+    metrics_listen: tuple[str, int] | None = None
+
+
+@dataclass
+class Runtime:
+    """Resources owned by the supervisor; children are forked with them."""
+
+    queues: list[TunQueue] = field(default_factory=list)
+    rings: dict[str, Ring] = field(default_factory=dict)
+    udp: UdpIo | None = None
+    stats: st.StatsRegion | None = None
+    manager: TunDeviceManager | None = None
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Supervisor:
+    def __init__(self, options: Options, config: GatewayConfig) -> None:
+        self.options = options
+        self.config = config
+        self.name = config.interface.name
+        self.rt = Runtime()
+        self.children: dict[str, Child] = {}
+        self.crashes: deque[float] = deque()
+        self.stopping = False
+        self.exit_code = 0
+        self.notifier = Notifier()
+        self.metrics: MetricsServer | None = None
+        self._control_parent: socket.socket | None = None
+        self._control_child: socket.socket | None = None
+        self._ready_children: set[str] = set()
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _prefix(self) -> str:
+        return f"fzgw.{self.name}."
+
+    def setup(self) -> None:
+        cfg = self.config
+        workers = self.options.workers
+        for stale in cleanup_stale(self._prefix()):
+            log.info("removed stale shared memory %s", stale)
+        try:
+            self.rt.queues = open_multiqueue(self.name, workers)
+            self.rt.manager = TunDeviceManager(self.name)
+            self.rt.manager.configure(mtu=cfg.interface.mtu, addresses=cfg.interface.addresses)
+        except TunError as exc:
+            raise SupervisorError(str(exc)) from exc
+        inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
+        datagram_slot = HEADER_SIZE + MESSAGE_OVERHEAD + inner + 16  # + padding to 16
+        pid = os.getpid()
+        ring_specs = {}
+        for i in range(workers):
+            ring_specs[f"worker{i}_to_crypto"] = inner
+            ring_specs[f"crypto_to_worker{i}"] = inner
+        ring_specs["crypto_to_udp"] = datagram_slot
+        ring_specs["udp_to_crypto"] = datagram_slot
+        for ring_name, slot_size in ring_specs.items():
+            self.rt.rings[ring_name] = Ring.create(
+                f"{self._prefix()}{pid}.{ring_name}", slots=RING_SLOTS, slot_size=slot_size
+            )
+        self.rt.stats = st.StatsRegion.create(
+            f"{self._prefix()}{pid}.stats", workers=workers, max_peers=max(1024, len(cfg.peers))
+        )
+        try:
+            self.rt.udp = UdpIo(cfg.interface.listen_port)
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot bind UDP port {cfg.interface.listen_port}: {exc.strerror}"
+            ) from exc
+        self._control_parent, self._control_child = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET
+        )
+        self._control_parent.setblocking(False)
+        self._control_child.setblocking(False)
+        for i in range(workers):
+            self.children[f"worker{i}"] = Child(f"worker{i}", self._worker_target(i))
+        self.children["crypto"] = Child("crypto", self._crypto_target)
+        self.children["udp"] = Child("udp", self._udp_target)
+        log.info(
+            "interface %s: public key %s, UDP port %d, MTU %d, %d workers, %d peers",
+            self.name,
+            encode_key(cfg.interface.public_key),
+            self.rt.udp.port,
+            cfg.interface.mtu,
+            workers,
+            len(cfg.peers),
+        )
+
+    def _stats(self) -> st.StatsRegion:
+        if self.rt.stats is None:
+            raise SupervisorError("stats region missing")
+        return self.rt.stats
+
+    def _worker_target(self, index: int) -> Callable[[], None]:
+        def target() -> None:
+            block = self._stats().attach_process(f"worker{index}")
+            rings = self.rt.rings
+            run_worker(
+                self.rt.queues[index],
+                rings[f"worker{index}_to_crypto"],
+                rings[f"crypto_to_worker{index}"],
+                block,
+            )
+
+        return target
+
+    def _crypto_target(self) -> None:
+        block = self._stats().attach_process("crypto")
+        control = self._control_child
+        if control is None:
+            raise SupervisorError("control socket missing")
+        rings = self.rt.rings
+        workers = self.options.workers
+        device = build_device(self.config, time.monotonic())
+
+        def on_control(device_: object, now: float) -> None:
+            while True:
+                try:
+                    message = control.recv(64)
+                except BlockingIOError:
+                    return
+                if message == b"reload":
+                    try:
+                        config = load_config(self.options.config_path)
+                    except ConfigError as exc:
+                        log.error("reload: config became invalid, keeping the old one:\n%s", exc)
+                        continue
+                    apply_peers(device, config, now)
+                    log.info("reload: %d peers", len(config.peers))
+
+        run_crypto(
+            device,
+            CryptoRings(
+                from_udp=rings["udp_to_crypto"],
+                to_udp=rings["crypto_to_udp"],
+                from_workers=[rings[f"worker{i}_to_crypto"] for i in range(workers)],
+                to_workers=[rings[f"crypto_to_worker{i}"] for i in range(workers)],
+            ),
+            block,
+            self._stats().peers,
+            control_fd=control.fileno(),
+            on_control=on_control,
+        )
+
+    def _udp_target(self) -> None:
+        block = self._stats().attach_process("udp")
+        if self.rt.udp is None:
+            raise SupervisorError("UDP socket missing")
+        run_udp(self.rt.udp, self.rt.rings["udp_to_crypto"], self.rt.rings["crypto_to_udp"], block)
+
+    # ---- children -----------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+                _die_with_parent()
+                setup_logging(self.options.log_filter, self.options.log_format)
+                child.target()
+                code = 0
+            except BaseException:  # the child must leave through os._exit, whatever happened
+                logging.getLogger(f"gateway.{child.role}").exception("%s failed", child.role)
+            finally:
+                os._exit(code)
+        child.pid = pid
+        child.pidfd = os.pidfd_open(pid)
+        child.started = time.monotonic()
+        log.debug("started %s (pid %d)", child.role, pid)
+
+    def _reap(self, child: Child) -> int:
+        _, status = os.waitpid(child.pid, 0)
+        os.close(child.pidfd)
+        child.pid, child.pidfd = 0, -1
+        return status
+
+    # ---- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.setup()
+        except SupervisorError as exc:
+            log.error("%s", exc)
+            self.teardown()
+            return 1
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signals: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: signals.append(s))
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        epoll = select.epoll()
+        epoll.register(wake_r.fileno(), select.EPOLLIN)
+        try:
+            for child in self.children.values():
+                self._spawn(child)
+                epoll.register(child.pidfd, select.EPOLLIN)
+            self._start_metrics()
+            self.notifier.ready(self._status())
+            log.info("gateway %s running", self.name)
+            watchdog = watchdog_interval()
+            next_tick = time.monotonic()
+            while not self.stopping:
+                timeout = max(0.0, next_tick - time.monotonic())
+                events = epoll.poll(timeout)
+                for fd, _ in events:
+                    if fd == wake_r.fileno():
+                        with contextlib.suppress(BlockingIOError):
+                            wake_r.recv(4096)
+                        continue
+                    for child in self.children.values():
+                        if child.pidfd == fd:
+                            epoll.unregister(fd)
+                            self._child_exited(child)
+                            if not self.stopping:
+                                self._spawn(child)
+                                epoll.register(child.pidfd, select.EPOLLIN)
+                            break
+                while signals:
+                    self._signal(signals.pop(0))
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
+                    self._tick()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            self.notifier.stopping()
+            self.stop_children()
+            self.teardown()
+            epoll.close()
+            wake_r.close()
+            wake_w.close()
+        return self.exit_code
+
+    def _signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            self.reload()
+            return
+        log.info("received %s, stopping", signal.Signals(sig).name)
+        self.stopping = True
+
+    def _child_exited(self, child: Child) -> None:
+        status = self._reap(child)
+        code = os.waitstatus_to_exitcode(status)
+        what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if self.rt.manager is not None and not self.rt.manager.exists():
+            log.info("TUN device %s was deleted: shutting down", self.name)
+            self.stopping = True
+            return
+        log.error("%s (pid %d) died: %s; restarting", child.role, child.pid or 0, what)
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
+            self.crashes.popleft()
+        if self.rt.stats is not None:
+            self.rt.stats.process_block("supervisor")[st.CHILD_RESTARTS] += 1
+        if len(self.crashes) > MAX_CRASHES:
+            log.critical("more than %d crashes in %.0f s: giving up", MAX_CRASHES, CRASH_WINDOW)
+            self.stopping = True
+            self.exit_code = 1
+
+    def _tick(self) -> None:
+        if self.rt.stats is not None:
+            self.rt.stats.sample_busy()
+            for ring_name, ring in self.rt.rings.items():
+                block = self.rt.stats.ring_block(ring_name)
+                rs = ring.stats()
+                block[st.RING_FULL_EVENTS] = rs.full_events
+                block[st.RING_OCCUPANCY] = rs.occupancy
+                block[st.RING_CAPACITY] = rs.slots
+        if self.notifier.enabled and all(c.pid for c in self.children.values()):
+            self.notifier.watchdog()
+
+    def _status(self) -> str:
+        return f"{len(self.config.peers)} peers, {self.options.workers} workers"
+
+    def _start_metrics(self) -> None:
+        listen = self.options.metrics_listen or self.config.metrics.listen
+        stats = self.rt.stats
+        if stats is None:
+            return
+        try:
+            self.metrics = MetricsServer(
+                listen, snapshot=stats.snapshot, ready=self.readiness, device=self.name
+            )
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d: %s", *listen, exc.strerror)
+            return
+        self.metrics.start()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.rt.manager is None or not self.rt.manager.exists():
+            return False, f"TUN device {self.name} is missing"
+        down = [c.role for c in self.children.values() if not c.pid]
+        if down:
+            return False, f"not running: {', '.join(down)}"
+        if self.rt.udp is None:
+            return False, "UDP socket not bound"
+        return True, "ok"
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.options.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config:\n%s", exc)
+            return
+        self.config = config
+        if self._control_parent is not None:
+            try:
+                self._control_parent.send(b"reload")
+            except OSError as exc:
+                log.error("reload: cannot reach the crypto process: %s", exc)
+                return
+        log.info("reloaded %s: %d peers", self.options.config_path, len(config.peers))
+
+    # ---- shutdown -----------------------------------------------------------------------
+
+    def stop_children(self) -> None:
+        running = [c for c in self.children.values() if c.pid]
+        for child in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in running:
+            while time.monotonic() < deadline:
+                pid, _ = os.waitpid(child.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.01)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
+            with contextlib.suppress(OSError):
+                os.close(child.pidfd)
+            child.pid, child.pidfd = 0, -1
+
+    def teardown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.rt.udp is not None:
+            self.rt.udp.close()
+        for queue in self.rt.queues:
+            queue.close()
+        # A non-persistent TUN device disappears with its last queue; make sure.
+        if self.rt.manager is not None:
+            with contextlib.suppress(TunError, OSError):
+                self.rt.manager.delete()
+        for ring in self.rt.rings.values():
+            with contextlib.suppress(OSError):
+                ring.close()
+            with contextlib.suppress(OSError):
+                ring.unlink()
+        if self.rt.stats is not None:
+            with contextlib.suppress(OSError):
+                self.rt.stats.close()
+                self.rt.stats.unlink()
+        for sock in (self._control_parent, self._control_child):
+            if sock is not None:
+                sock.close()
+
+
+def run_gateway(options: Options) -> int:
+    try:
+        config = load_config(options.config_path, create_private_key=True)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    return Supervisor(options, config).run()
+
+
+__all__ = ["EXIT_DEVICE_GONE", "Options", "Supervisor", "errno", "run_gateway"]

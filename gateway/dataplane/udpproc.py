@@ -1,0 +1,86 @@
+"""The UDP process: the socket on listen_port, GRO receive and GSO batched send."""
+
+from __future__ import annotations
+
+import logging
+import select
+
+from gateway import stats as st
+from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.sleeper import Sleeper
+from gateway.udp_io import UdpIo
+from shm_ring.ring import Ring
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+Outgoing = list[tuple[tuple[str, int], bytes | memoryview]]
+MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
+
+
+def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
+    udp: UdpIo, to_crypto: Ring, from_crypto: Ring, counters: memoryview
+) -> None:
+    """Forever: socket -> to_crypto (while it has room), from_crypto -> socket."""
+    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
+    sock_fd = udp.fileno()
+    max_payload = to_crypto.slot_size - HEADER_SIZE
+    c = counters
+    unsent: Outgoing = []
+    while True:
+        busy = False
+        if to_crypto.send_ready():
+            received = udp.recv_batch(BATCH)
+            if received:
+                busy = True
+                messages = []
+                for data, endpoint in received:
+                    if len(data) > max_payload:
+                        c[st.DROP_TOO_BIG] += 1
+                        continue
+                    messages.append(encode_endpoint(endpoint) + data)
+                    c[st.UDP_RX_BYTES] += len(data)
+                c[st.UDP_RX_PACKETS] += len(received)
+                taken = to_crypto.send_many(messages)
+                if taken < len(messages):
+                    c[st.DROP_RING_FULL] += len(messages) - taken
+        if unsent:
+            unsent = _send(udp, unsent, c)
+            busy = busy or not unsent
+        if not unsent:
+            batch = from_crypto.recv_many(BATCH)
+            if batch:
+                busy = True
+                items: Outgoing = []
+                for message in batch:
+                    try:
+                        items.append((decode_endpoint(message), message[HEADER_SIZE:]))
+                    except FramingError:
+                        c[st.DROP_MALFORMED] += 1
+                left = _send(udp, items, c)
+                # Keep what the full socket did not take; the ring slots are freed now.
+                unsent = [(dest, bytes(data)) for dest, data in left[:MAX_UNSENT]]
+                if len(left) > MAX_UNSENT:
+                    c[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
+                from_crypto.release()
+        if busy:
+            continue
+        blocked_in = not to_crypto.send_ready()
+        events = 0 if blocked_in else select.EPOLLIN
+        if unsent:
+            events |= select.EPOLLOUT
+        sleeper.watch(sock_fd, events)
+        sleeper.sleep([] if unsent else [from_crypto], [to_crypto] if blocked_in else [])
+
+
+def _send(udp: UdpIo, items: Outgoing, c: memoryview) -> Outgoing:
+    """Send items in order; returns those the full socket buffer did not take."""
+    gso_before = udp.counters.tx_gso_datagrams
+    result = udp.send_batch(items)
+    c[st.UDP_TX_PACKETS] += result.sent
+    c[st.GSO_BATCHES] += result.gso_batches
+    c[st.GSO_SEGMENTS] += udp.counters.tx_gso_datagrams - gso_before
+    if result.dropped:
+        c[st.DROP_UDP_SEND_FAILED] += result.dropped
+    c[st.UDP_TX_BYTES] += sum(len(d) for _, d in items[: result.consumed])
+    return items[result.consumed :] if result.blocked else []

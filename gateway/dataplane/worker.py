@@ -1,0 +1,46 @@
+"""A TUN worker: moves packets between one TUN queue and the crypto process's rings."""
+
+from __future__ import annotations
+
+import select
+
+from gateway import stats as st
+from gateway.dataplane.sleeper import Sleeper
+from shm_ring.ring import Ring
+from tunio.base import Tun
+
+BATCH = 100  # packets per read from the TUN queue, as in the seed's recv_many
+
+
+def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryview) -> None:
+    """Forever: TUN -> to_crypto (only while it has room), from_crypto -> TUN."""
+    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
+    tun_fd = tun.fileno()
+    c = counters
+    while True:
+        busy = False
+        if to_crypto.send_ready():
+            packets = tun.recv_many(BATCH)
+            if packets:
+                busy = True
+                taken = to_crypto.send_many(packets)
+                c[st.TUN_RX_PACKETS] += taken
+                c[st.TUN_RX_BYTES] += sum(map(len, packets[:taken]))
+                if taken < len(packets):
+                    c[st.DROP_RING_FULL] += len(packets) - taken
+        incoming = from_crypto.recv_many(BATCH)
+        if incoming:
+            busy = True
+            for packet in incoming:
+                if tun.send(packet):
+                    c[st.TUN_TX_PACKETS] += 1
+                    c[st.TUN_TX_BYTES] += len(packet)
+                else:
+                    c[st.DROP_TUN_WRITE_FAILED] += 1
+            from_crypto.release()
+        if busy:
+            continue
+        blocked = not to_crypto.send_ready()
+        # While the ring to crypto is full, leave packets in the TUN queue (backpressure).
+        sleeper.watch(tun_fd, 0 if blocked else select.EPOLLIN)
+        sleeper.sleep([from_crypto], [to_crypto] if blocked else [])
