@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import platform
 import re
 import shlex
@@ -245,6 +246,10 @@ def backends(settings: Settings) -> list[Callable[[], GatewayBackend]]:
     return makers
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def machine() -> dict[str, str]:
     return {
         "cores": str(psutil.cpu_count()),
@@ -296,10 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     settings, update_docs = parse_args(raw)
     command = shlex.join(["python", "-m", "bench.bench_network", *raw])
+    load_before = load_average()
     results = [run_backend(make, settings) for make in backends(settings)]
+    host = machine() | {
+        "load average (1/5/15 min) before/after": f"{load_before} / {load_average()}"
+    }
     table = report.markdown_table(results, METRICS, BASELINE)
     print(table)
-    host = machine()
     doc = {
         "command": command,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -313,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(doc, indent=2) + "\n")
     progress(f"wrote {path}")
     if update_docs:
-        report.update_benchmarks_doc(table, command, host, results)
+        report.update_benchmarks_doc(table, command, host, settings.repeats)
         progress(f"updated {report.BENCHMARKS_DOC}")
     baseline_ok = any(r.backend == BASELINE and r.error is None for r in results)
     return 0 if baseline_ok else 1

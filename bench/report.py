@@ -76,23 +76,25 @@ def markdown_table(
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
 
-def network_section(
-    table: str, command: str, machine: Mapping[str, str], results: Sequence[BackendResult]
-) -> str:
-    runs = {len(v) for r in results for v in r.samples.values() if v}
-    machine_line = ", ".join(f"{k} {v}" for k, v in machine.items())
+def network_section(table: str, command: str, machine: Mapping[str, str], repeats: int) -> str:
+    machine_line = "; ".join(f"{k}: {v}" for k, v in machine.items())
     return "\n".join(
         [
             BEGIN,
             "## Network: gateway vs wireguard-go as the gateway (`make bench`)",
             "",
-            f"Measured {time.strftime('%Y-%m-%d')} with `{command}` "
-            "(from the repository root, as root; `make bench` runs it with the defaults).",
+            f"Measured {time.strftime('%Y-%m-%d')} with `{command}` from the repository root,"
+            " as root (`make bench` runs it with the defaults; `make bench"
+            ' BENCH_ARGS="..."` passes options).',
+            "",
             f"Machine: {machine_line}.",
-            "Topology: wireguard-go clients (MTU 1280) -> gateway under test -> iperf3 server, "
-            "three kinds of namespaces joined by veths (bench/topology.py). Cells are medians "
-            f"of {'/'.join(str(n) for n in sorted(runs)) or 'no'} runs; (x) is the ratio to "
-            "wireguard-go measured in the same run.",
+            "",
+            "Topology: two wireguard-go clients (MTU 1280) -> gateway under test -> iperf3"
+            " server, each in its own namespace, joined by veths (bench/topology.py);"
+            " single-client rows use client 0. Cells are medians of"
+            f" {repeats} repetitions (ping: p50/p99 of each repetition's replies; CPU per GB:"
+            " over every TCP run; idle CPU over 10 s and RSS after the runs: measured once);"
+            " (x) is the ratio to wireguard-go measured in the same run.",
             "",
             table.rstrip(),
             END,
@@ -113,8 +115,8 @@ def update_benchmarks_doc(
     table: str,
     command: str,
     machine: Mapping[str, str],
-    results: Sequence[BackendResult],
+    repeats: int,
     path: Path = BENCHMARKS_DOC,
 ) -> None:
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    path.write_text(replace_section(old, network_section(table, command, machine, results)))
+    path.write_text(replace_section(old, network_section(table, command, machine, repeats)))

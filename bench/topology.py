@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -230,7 +231,8 @@ class FirezoneGateway:
     def exited(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:
             return None
-        return f"{shlex.join(self.command())} exited with {self.proc.returncode}"
+        shown = self.command_template.format(exe="firezone-gw", config="FILE", workers=self.workers)
+        return f"`{shown}` exited with {self.proc.returncode}"
 
     def pids(self) -> list[int]:
         if self.proc is None or self.proc.poll() is not None:
@@ -369,8 +371,9 @@ def topology(
 
 
 def tool_version(*argv: str) -> str:
-    """First line of `argv` output, for the machine description."""
+    """The version number `argv` prints (e.g. `wireguard-go --version`), for the record."""
     try:
-        return run(argv, check=False).strip().splitlines()[0]
-    except (OSError, IndexError):
+        found = re.search(r"v?\d+(?:\.\d+)+", run(argv, check=False))
+    except OSError:
         return "unknown"
+    return found.group() if found else "unknown"

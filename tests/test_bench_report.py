@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
+from bench.__main__ import discover
 from bench.report import BEGIN, END, BackendResult, Metric, markdown_table, replace_section
 from bench.topology import FirezoneGateway, client_specs, gateway_toml
 
@@ -57,3 +58,9 @@ def test_docs_section_is_replaced_not_piled_up() -> None:
     assert "new" in twice
     assert twice.startswith("# Benchmarks\n\nintro\n")
     assert twice.rstrip().endswith("## other")
+
+
+def test_runner_finds_every_bench_module_network_first() -> None:
+    modules = discover()
+    assert modules[0] == "bench_network"
+    assert all(m.startswith("bench_") for m in modules)
