@@ -332,3 +332,25 @@ def test_send_stops_at_a_full_socket_buffer(netns_hosts: Hosts) -> None:
         again = sender.send_batch(items[stats.consumed :])
         assert again.blocked
         assert again.consumed < stats.consumed
+
+
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+
+
+@pytest.mark.netns
+def test_queued_icmp_error_is_skipped_on_receive(netns_hosts: Hosts) -> None:
+    ns = netns_hosts.add("fzxlo")
+    with inside(ns), UdpIo(0) as io, UdpIo(0) as peer:
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+        closed.close()
+        # IP_RECVERR makes even an unconnected socket queue the port-unreachable error.
+        io.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        io.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        io.send_batch([(("127.0.0.1", dead_port), b"x")])
+        peer.send_batch([(("127.0.0.1", io.port), b"after")])
+        got = _recv_all(io, 1)
+        assert [d for d, _ in got] == [b"after"]
+        assert io.counters.rx_errors == 1
