@@ -354,3 +354,21 @@ def test_queued_icmp_error_is_skipped_on_receive(netns_hosts: Hosts) -> None:
         got = _recv_all(io, 1)
         assert [d for d, _ in got] == [b"after"]
         assert io.counters.rx_errors == 1
+
+
+@pytest.mark.netns
+def test_ipv4_only_socket_when_bound_to_an_ipv4_address(netns_hosts: Hosts) -> None:
+    ns = netns_hosts.add("fzxlo")
+    with inside(ns), UdpIo(0, bind_host="127.0.0.1") as io, UdpIo(0) as peer:
+        assert io.family == socket.AF_INET
+        payloads = _payloads(5, 700, 100)
+        stats = io.send_batch([(("127.0.0.1", peer.port), p) for p in payloads])
+        assert (stats.sent, stats.gso_batches) == (5, 1)
+        assert [(d, ep) for d, ep in _recv_all(peer, 5)] == [
+            (p, ("127.0.0.1", io.port)) for p in payloads
+        ]
+        # An IPv6 destination cannot leave an IPv4 socket: dropped and counted, no exception.
+        stats = io.send_batch([(("::1", peer.port), b"x")])
+        assert (stats.sent, stats.dropped) == (0, 1)
+        peer.send_batch([(("127.0.0.1", io.port), b"back")])
+        assert _recv_all(io, 1) == [(b"back", ("127.0.0.1", peer.port))]
