@@ -42,6 +42,10 @@ _ADDRESS_CACHE_MAX = 4096
 _MAX_PORT = 65535
 # Errors that mean "the kernel will not do GSO here": fall back to one datagram per send.
 _GSO_REFUSED = (errno.EIO, errno.EINVAL)
+# Pending socket errors from ICMP that a read reports once (then the socket reads on).
+_ONE_SHOT_RX_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +279,10 @@ class UdpIo:
                 )
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
-                # A queued ICMP error (e.g. ECONNREFUSED) belongs to no datagram: skip it.
+            except OSError as exc:
+                if exc.errno not in _ONE_SHOT_RX_ERRORS:
+                    raise
+                # A queued ICMP error is reported once and belongs to no datagram: skip it.
                 counters.rx_errors += 1
                 continue
             counters.rx_syscalls += 1

@@ -332,3 +332,43 @@ def test_send_stops_at_a_full_socket_buffer(netns_hosts: Hosts) -> None:
         again = sender.send_batch(items[stats.consumed :])
         assert again.blocked
         assert again.consumed < stats.consumed
+
+
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+
+
+@pytest.mark.netns
+def test_queued_icmp_error_is_skipped_on_receive(netns_hosts: Hosts) -> None:
+    ns = netns_hosts.add("fzxlo")
+    with inside(ns), UdpIo(0) as io, UdpIo(0) as peer:
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+        closed.close()
+        # IP_RECVERR makes even an unconnected socket queue the port-unreachable error.
+        io.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        io.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        io.send_batch([(("127.0.0.1", dead_port), b"x")])
+        peer.send_batch([(("127.0.0.1", io.port), b"after")])
+        got = _recv_all(io, 1)
+        assert [d for d, _ in got] == [b"after"]
+        assert io.counters.rx_errors == 1
+
+
+@pytest.mark.netns
+def test_ipv4_only_socket_when_bound_to_an_ipv4_address(netns_hosts: Hosts) -> None:
+    ns = netns_hosts.add("fzxlo")
+    with inside(ns), UdpIo(0, bind_host="127.0.0.1") as io, UdpIo(0) as peer:
+        assert io.family == socket.AF_INET
+        payloads = _payloads(5, 700, 100)
+        stats = io.send_batch([(("127.0.0.1", peer.port), p) for p in payloads])
+        assert (stats.sent, stats.gso_batches) == (5, 1)
+        assert [(d, ep) for d, ep in _recv_all(peer, 5)] == [
+            (p, ("127.0.0.1", io.port)) for p in payloads
+        ]
+        # An IPv6 destination cannot leave an IPv4 socket: dropped and counted, no exception.
+        stats = io.send_batch([(("::1", peer.port), b"x")])
+        assert (stats.sent, stats.dropped) == (0, 1)
+        peer.send_batch([(("127.0.0.1", io.port), b"back")])
+        assert _recv_all(io, 1) == [(b"back", ("127.0.0.1", peer.port))]

@@ -17,6 +17,7 @@ _WORDS = COUNTER_BITS_TOTAL // WORD_BITS
 _WORD_SHIFT = WORD_BITS.bit_length() - 1  # log2(64)
 _BIT_MASK = WORD_BITS - 1
 _RING_MASK = _WORDS - 1
+_EMPTY_RING = (0,) * _WORDS
 
 
 class ReplayFilter:
@@ -41,10 +42,14 @@ class ReplayFilter:
         words = self._words
         word_index = counter >> _WORD_SHIFT
         if counter > highest:
-            # Moving forward: clear the words the window slides over (at most the whole ring).
             current = highest >> _WORD_SHIFT
-            for i in range(current + 1, current + 1 + min(word_index - current, _WORDS)):
-                words[i & _RING_MASK] = 0
+            if word_index != current:
+                # Moving into new words: clear the ones the window slides over.
+                if word_index - current >= _WORDS:
+                    words[:] = _EMPTY_RING
+                else:
+                    for i in range(current + 1, word_index + 1):
+                        words[i & _RING_MASK] = 0
             self._highest = counter
         elif highest - counter > COUNTER_WINDOW_SIZE:
             return False
