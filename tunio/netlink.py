@@ -209,36 +209,37 @@ class TunDeviceManager:
             ipr.link("set", index=index, mtu=mtu, txqlen=txqueuelen, ifalias=OWNER_ALIAS)
         ipv6_ok = True
         for address in addresses:
-            if _is_v6(address) and not ipv6_ok:
-                continue
-            ipv6_ok = self._add_address(index, address) or not _is_v6(address)
+            if _is_v6(address) and ipv6_ok:
+                ipv6_ok = self._apply(f"adding address {address} to {self._where}", address, index)
+            elif not _is_v6(address):
+                self._apply(f"adding address {address} to {self._where}", address, index)
         self.up()
         for route in routes:
             if _is_v6(route) and not ipv6_ok:
                 continue
-            with _rtnl(self.netns, f"adding route {route} via {self._where}") as ipr:
-                ipr.route("replace", dst=str(route), oif=index)
+            ok = self._apply(f"adding route {route} via {self._where}", route, index)
+            ipv6_ok = ipv6_ok and (ok or not _is_v6(route))
 
-    def _add_address(self, index: int, address: IPInterface) -> bool:
-        """Add one address (present already is fine); False if IPv6 is disabled."""
-        what = f"adding address {address} to {self._where}"
-        kwargs: dict[str, Any] = {}
-        if _is_v6(address):
-            kwargs["flags"] = IFA_F_NODAD
+    def _apply(self, what: str, item: IPInterface | IPNetwork, index: int) -> bool:
+        """Add one address or route (already present is fine); False if IPv6 is disabled."""
         try:
             with _rtnl(self.netns, what) as ipr:
-                ipr.addr(
-                    "add",
-                    index=index,
-                    address=str(address.ip),
-                    prefixlen=address.network.prefixlen,
-                    **kwargs,
-                )
+                if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                    ipr.route("replace", dst=str(item), oif=index)
+                else:
+                    flags = IFA_F_NODAD if _is_v6(item) else 0
+                    ipr.addr(
+                        "add",
+                        index=index,
+                        address=str(item.ip),
+                        prefixlen=item.network.prefixlen,
+                        flags=flags,
+                    )
         except NetlinkError as exc:
             code = _errno_of(exc)
             if code == errno.EEXIST:
                 return True
-            if _is_v6(address) and code in _IPV6_DISABLED_ERRNOS:
+            if _is_v6(item) and code in _IPV6_DISABLED_ERRNOS:
                 log.warning(
                     "IPv6 is disabled for %s (%s): continuing with IPv4 only", self._where, exc
                 )
