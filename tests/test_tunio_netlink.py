@@ -115,7 +115,8 @@ def test_delete_removes_device_and_is_idempotent(device: tuple[NetNS, TunDeviceM
 
 def test_missing_namespace_is_a_clear_error() -> None:
     missing = unique_name("fzt4gone")
-    with pytest.raises(NetlinkError, match=f"namespace '{missing}' does not exist"):
+    expected = f"looking up device fzt4x in netns {missing}: network namespace '{missing}'"
+    with pytest.raises(NetlinkError, match=expected):
         TunDeviceManager("fzt4x", netns=missing).exists()
     with pytest.raises(TunError, match=missing):
         open_multiqueue("fzt4x", 1, netns=missing)
