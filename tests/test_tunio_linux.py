@@ -23,7 +23,9 @@ from tunio import (
     DeviceExistsError,
     DeviceInUseError,
     NetlinkError,
+    Tun,
     TunDeviceManager,
+    TunError,
     TunQueue,
     open_multiqueue,
 )
@@ -229,6 +231,7 @@ def test_packet_larger_than_mtu_is_accepted_on_write(tun_env: TunEnv) -> None:
 
 def test_rejected_packets_are_counted_not_raised(tun_env: TunEnv) -> None:
     _, (queue,) = tun_env.configured(1)
+    assert isinstance(queue, Tun)
     assert not queue.send(b"")
     assert not queue.send(b"\x10" + bytes(40))  # IP version 1
     assert queue.stats.dropped_rejected == 2
@@ -364,3 +367,9 @@ def test_queue_fd_passed_over_unix_socket_works(tun_env: TunEnv) -> None:
     finally:
         for s in (left, right, sock):
             s.close()
+
+
+@pytest.mark.parametrize(("name", "queues"), [("fzt4ok", 0), ("fzt4ok", 257), ("a/b", 1), ("", 1)])
+def test_bad_arguments_are_refused_before_touching_the_kernel(name: str, queues: int) -> None:
+    with pytest.raises(TunError, match=r"queue count|invalid interface name"):
+        open_multiqueue(name, queues)
