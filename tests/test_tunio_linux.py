@@ -23,7 +23,9 @@ from tunio import (
     DeviceExistsError,
     DeviceInUseError,
     NetlinkError,
+    Tun,
     TunDeviceManager,
+    TunError,
     TunQueue,
     open_multiqueue,
 )
@@ -156,6 +158,7 @@ def forked_echo_workers(queues: list[TunQueue]) -> Iterator[None]:
             if pid == 0:  # child: never return into pytest
                 code = 1
                 try:
+                    os.close(stop_write)  # only the parent may hold it, or EOF never comes
                     _udp_echo_child(queue, stop_read)
                     code = 0
                 finally:
@@ -228,6 +231,7 @@ def test_packet_larger_than_mtu_is_accepted_on_write(tun_env: TunEnv) -> None:
 
 def test_rejected_packets_are_counted_not_raised(tun_env: TunEnv) -> None:
     _, (queue,) = tun_env.configured(1)
+    assert isinstance(queue, Tun)
     assert not queue.send(b"")
     assert not queue.send(b"\x10" + bytes(40))  # IP version 1
     assert queue.stats.dropped_rejected == 2
@@ -346,3 +350,26 @@ def test_device_moved_to_another_netns_keeps_its_queues(tun_env: TunEnv) -> None
     clash.ip("link", "add", name, "type", "veth", "peer", "name", unique_name("fzt4peer"))
     with pytest.raises(NetlinkError, match=f"moving {name} in netns {other.name} to netns"):
         manager.move_to_netns(clash.name)
+
+
+def test_queue_fd_passed_over_unix_socket_works(tun_env: TunEnv) -> None:
+    name, (queue,) = tun_env.configured(1)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = udp_socket(tun_env.ns)
+    try:
+        socket.send_fds(left, [b"q"], [queue.fileno()])
+        _, (fd,), _, _ = socket.recv_fds(right, 1, 1)
+        received = TunQueue.from_fd(fd, name, 0)
+        tun_env.queues.append(received)
+        packet = tun_packets.udp("10.251.0.5", 7777, TUN_ADDR, sock.getsockname()[1], b"fd")
+        assert received.send(packet)
+        assert sock.recvfrom(100)[0] == b"fd"
+    finally:
+        for s in (left, right, sock):
+            s.close()
+
+
+@pytest.mark.parametrize(("name", "queues"), [("fzt4ok", 0), ("fzt4ok", 257), ("a/b", 1), ("", 1)])
+def test_bad_arguments_are_refused_before_touching_the_kernel(name: str, queues: int) -> None:
+    with pytest.raises(TunError, match=r"queue count|invalid interface name"):
+        open_multiqueue(name, queues)

@@ -13,6 +13,15 @@ the socket's send buffer (`TUNSETSNDBUF`; the kernel default is INT_MAX, so in p
 the kernel processes a written packet before `write` returns). `poll` reports the queue not
 writable while the device is down (writes then fail with EIO) or while charged bytes exceed
 half the send buffer. `send_ready()` returns exactly the kernel's `poll` answer.
+
+Packets larger than the MTU: the MTU only limits what the kernel routes *into* the device
+(it fragments or sends ICMP "too big" before that); a write is accepted up to 65535 bytes
+whatever the MTU, without IFF_VNET_HDR or offloads (tested with 1420 and 1564 bytes on a
+1280 MTU). So a client using MTU 1420 works through a gateway TUN of MTU 1280.
+
+Reads: one `os.read` per packet until EAGAIN, bounded by `max_packets`. A 65535-byte read
+buffer costs no more than a 2048-byte one (the bytes object is shrunk in place) and beats
+`os.readv` into a preallocated buffer plus a copy (see docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
