@@ -361,3 +361,36 @@ def test_private_key_change_ends_sessions() -> None:
     assert peer_of(wire.b).keypairs.current is None
     assert wire.b.public_key is not None
     assert peer_of(wire.a).endpoint == B_ENDPOINT
+
+
+def test_keys_zeroed_after_three_reject_times_without_a_new_session() -> None:
+    wire = established()
+    wire.lost = True
+    run_for(wire, ZERO_KEYS_AFTER - 5, step=5)
+    assert peer_of(wire.b).keypairs.current is not None
+    run_for(wire, 10, step=5)
+    for device in (wire.a, wire.b):
+        assert device.counters["keys_zeroed"] == 1
+        assert not peer_of(device).keypairs.all()
+    assert wire.b.next_deadline() is None  # idle means idle
+
+
+def test_malformed_outbound_and_inner_packets_are_counted() -> None:
+    wire = established()
+    assert wire.a.handle_packet(b"\x45" * 10, wire.now) is None
+    assert wire.a.handle_packet(b"\x60" + bytes(30), wire.now) is None
+    assert wire.a.handle_packet(b"\x00" * 40, wire.now) is None
+    assert wire.a.drops["malformed_packet"] == 3
+    bogus = bytearray(ipv4_packet(A_INNER, B_INNER))
+    bogus[2:4] = (4000).to_bytes(2, "big")  # total length beyond the datagram
+    out = wire.a.handle_packet(bytes(bogus), wire.now)
+    assert out is not None
+    assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is None
+    assert wire.b.drops["malformed_inner"] == 1
+    assert wire.b.handle_datagram(b"\x04\x00\x00\x00" + bytes(20), A_ENDPOINT, wire.now) is None
+    assert wire.b.handle_datagram(b"\x05\x00\x00\x00" + bytes(60), A_ENDPOINT, wire.now) is None
+    assert wire.b.handle_datagram(b"\x01\x00\x00\x00" + bytes(60), A_ENDPOINT, wire.now) is None
+    assert wire.b.handle_datagram(b"\x01\x00", A_ENDPOINT, wire.now) is None
+    assert wire.b.drops["malformed"] == 4
+    assert wire.b.handle_datagram(b"\x01\x00\x00\x00" + bytes(144), A_ENDPOINT, wire.now) is None
+    assert wire.b.drops["bad_mac1"] == 1
