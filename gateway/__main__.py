@@ -1,0 +1,5 @@
+"""`python -m gateway` is `firezone-gw`."""
+
+from gateway.cli import main
+
+main()

@@ -1,0 +1,414 @@
+"""The gateway's TOML configuration: decoded with msgspec, validated once into typed objects.
+
+Decoding happens per section (the interface table, each peer, the metrics table) so that one
+run reports every problem in the file, each as `<file>: <key path>: <what was expected>`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from gateway import keys
+
+DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
+DEFAULT_LISTEN_PORT = 51820
+DEFAULT_MTU = 1280
+MIN_MTU = 1280
+MAX_MTU = 65535
+MAX_PORT = 65535
+MAX_KEEPALIVE = 65535
+IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
+# Bigger than any sensible config; guards against pointing --config at a huge file.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Endpoint = tuple[str, int]
+_T = TypeVar("_T")
+
+
+# ---- the file's shape: msgspec Structs, unknown keys rejected --------------------------------
+
+
+class _InterfaceToml(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    private_key: str | None = None
+    private_key_file: str | None = None
+    listen_port: int = DEFAULT_LISTEN_PORT
+    addresses: list[str] = msgspec.field(default_factory=list)
+    mtu: int = DEFAULT_MTU
+
+
+class _PeerToml(msgspec.Struct, forbid_unknown_fields=True):
+    public_key: str
+    preshared_key: str | None = None
+    preshared_key_file: str | None = None
+    allowed_ips: list[str] = msgspec.field(default_factory=list)
+    endpoint: str | None = None
+    persistent_keepalive: int | None = None
+
+
+class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
+    listen: str = DEFAULT_METRICS_LISTEN
+
+
+class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
+    # Sections stay untyped here and are converted one by one to collect every error.
+    interface: dict[str, Any]
+    peers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# ---- the validated, typed configuration the rest of the code uses ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    name: str
+    private_key: bytes = field(repr=False)
+    listen_port: int
+    addresses: tuple[IPInterface, ...]
+    mtu: int
+    # Where the key came from, if from a file (for messages); None when given inline.
+    private_key_file: Path | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        return keys.public_key(self.private_key)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    public_key: bytes
+    preshared_key: bytes | None = field(repr=False)
+    allowed_ips: tuple[IPNetwork, ...]
+    endpoint: Endpoint | None
+    persistent_keepalive: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]
+    metrics: MetricsConfig
+    source: str
+
+
+class ConfigError(Exception):
+    """The config is invalid; `errors` holds one `<file>: <key path>: <problem>` line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(errors))
+
+
+# ---- entry points ----------------------------------------------------------------------------
+
+
+def load_config(path: Path, *, create_private_key: bool = False) -> GatewayConfig:
+    """Read and validate the config file at `path`.
+
+    With `create_private_key`, a missing `private_key_file` is created (mode 0600) with a new
+    key, as `run` does on first start; otherwise a missing key file is an error.
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: config file is larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: config file is not UTF-8 (byte {exc.start})"]) from None
+    return parse_config_text(
+        text,
+        base_dir=path.parent,
+        source=str(path),
+        create_private_key=create_private_key,
+    )
+
+
+def parse_config_text(
+    text: str, *, base_dir: Path, source: str, create_private_key: bool = False
+) -> GatewayConfig:
+    """Validate config text; key files are resolved relative to `base_dir`.
+
+    `source` names the file in error messages. Raises ConfigError listing every problem.
+    """
+    errors = _Errors(source)
+    try:
+        root = msgspec.toml.decode(text, type=_RootToml)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+        errors.from_msgspec("", exc)
+        raise ConfigError(errors.lines) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+
+    interface_toml = errors.convert("interface", root.interface, _InterfaceToml)
+    metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
+    peer_tomls = [errors.convert(f"peers[{i}]", p, _PeerToml) for i, p in enumerate(root.peers)]
+
+    interface = None
+    if interface_toml is not None:
+        interface = _validate_interface(interface_toml, base_dir, errors, create_private_key)
+    checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
+    peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
+    metrics_listen = None
+    if metrics_toml is not None:
+        metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
+
+    if errors.lines or interface is None or metrics_listen is None or None in peers:
+        raise ConfigError(errors.lines)
+    return GatewayConfig(
+        interface=interface,
+        peers=tuple(p for p in peers if p is not None),
+        metrics=MetricsConfig(metrics_listen),
+        source=source,
+    )
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+class _Errors:
+    """Collects `<file>: <key path>: <problem>` lines."""
+
+    _MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+    _MSGSPEC_FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, path: str, problem: str) -> None:
+        self.lines.append(
+            f"{self.source}: {path}: {problem}" if path else f"{self.source}: {problem}"
+        )
+
+    def from_msgspec(self, prefix: str, exc: msgspec.ValidationError) -> None:
+        match = self._MSGSPEC_AT.match(str(exc))
+        msg, at = (match["msg"], match["at"] or "") if match else (str(exc), "")
+        path = (prefix + at).removeprefix(".")
+        kind = self._MSGSPEC_FIELD.match(msg)
+        if kind:
+            key = msg[kind.end() :].rstrip("`")
+            path = f"{path}.{key}" if path else key
+            msg = "unknown key" if kind["what"] == "contains unknown" else "missing required key"
+        self.add(path, msg)
+
+    def convert(self, path: str, raw: object, kind: type[_T]) -> _T | None:
+        try:
+            return msgspec.convert(raw, kind)
+        except msgspec.ValidationError as exc:
+            self.from_msgspec(path, exc)
+            return None
+
+
+def _validate_interface(
+    toml: _InterfaceToml, base_dir: Path, errors: _Errors, create_private_key: bool
+) -> InterfaceConfig | None:
+    start = len(errors.lines)
+    name_bytes = toml.name.encode()
+    if not 0 < len(name_bytes) < IFNAMSIZ:
+        errors.add("interface.name", f"expected 1..{IFNAMSIZ - 1} bytes, got {len(name_bytes)}")
+    elif toml.name in {".", ".."} or any(
+        c in "/:" or c.isspace() or not c.isprintable() for c in toml.name
+    ):
+        errors.add("interface.name", f"{toml.name!r} is not a valid interface name")
+
+    key_file = base_dir / toml.private_key_file if toml.private_key_file else None
+    private_key = _secret_key(
+        errors, "interface", "private_key", toml.private_key, key_file, create=create_private_key
+    )
+    if private_key is None and toml.private_key is None and key_file is None:
+        errors.add("interface", "one of private_key or private_key_file is required")
+
+    _check_range("interface.listen_port", toml.listen_port, 1, MAX_PORT, errors)
+    _check_range("interface.mtu", toml.mtu, MIN_MTU, MAX_MTU, errors)
+
+    addresses: list[IPInterface] = []
+    for i, text in enumerate(toml.addresses):
+        try:
+            addresses.append(ipaddress.ip_interface(text))
+        except ValueError:
+            errors.add(
+                f"interface.addresses[{i}]",
+                f"expected an IP address with prefix length such as 100.64.0.1/10, got {text!r}",
+            )
+
+    if len(errors.lines) > start or private_key is None:
+        return None
+    return InterfaceConfig(
+        name=toml.name,
+        private_key=private_key,
+        listen_port=toml.listen_port,
+        addresses=tuple(addresses),
+        mtu=toml.mtu,
+        private_key_file=key_file,
+    )
+
+
+class _PeerChecker:
+    """Validates peers one by one, remembering keys and prefixes to catch duplicates."""
+
+    def __init__(self, base_dir: Path, errors: _Errors, own_public_key: bytes | None) -> None:
+        self.base_dir = base_dir
+        self.errors = errors
+        self.own_public_key = own_public_key
+        self.key_owner: dict[bytes, int] = {}
+        self.prefix_owner: dict[IPNetwork, int] = {}
+
+    def check(self, index: int, toml: _PeerToml) -> PeerConfig | None:
+        path = f"peers[{index}]"
+        start = len(self.errors.lines)
+        public_key = self._public_key(index, toml.public_key)
+        psk_file = self.base_dir / toml.preshared_key_file if toml.preshared_key_file else None
+        psk = _secret_key(self.errors, path, "preshared_key", toml.preshared_key, psk_file)
+        allowed_ips = [
+            network
+            for i, text in enumerate(toml.allowed_ips)
+            if (network := self._allowed_ip(index, i, text)) is not None
+        ]
+        endpoint = None
+        if toml.endpoint is not None:
+            endpoint = _parse_endpoint(toml.endpoint, f"{path}.endpoint", self.errors)
+        if toml.persistent_keepalive is not None:
+            _check_range(
+                f"{path}.persistent_keepalive",
+                toml.persistent_keepalive,
+                1,
+                MAX_KEEPALIVE,
+                self.errors,
+            )
+        if len(self.errors.lines) > start or public_key is None:
+            return None
+        return PeerConfig(
+            public_key=public_key,
+            preshared_key=psk,
+            allowed_ips=tuple(allowed_ips),
+            endpoint=endpoint,
+            persistent_keepalive=toml.persistent_keepalive,
+        )
+
+    def _public_key(self, index: int, text: str) -> bytes | None:
+        path = f"peers[{index}].public_key"
+        try:
+            key = keys.decode_key(text)
+        except keys.KeyFormatError as exc:
+            self.errors.add(path, str(exc))
+            return None
+        if key == self.own_public_key:
+            self.errors.add(path, "is the gateway's own public key")
+            return None
+        owner = self.key_owner.setdefault(key, index)
+        if owner != index:
+            self.errors.add(path, f"duplicate: the same key is already used by peers[{owner}]")
+            return None
+        return key
+
+    def _allowed_ip(self, index: int, position: int, text: str) -> IPNetwork | None:
+        path = f"peers[{index}].allowed_ips[{position}]"
+        network = _parse_network(text, path, self.errors)
+        if network is None:
+            return None
+        owner = self.prefix_owner.get(network)
+        if owner is not None:
+            where = "earlier in this peer" if owner == index else f"to peers[{owner}]"
+            self.errors.add(path, f"{network} is already given {where}")
+            return None
+        self.prefix_owner[network] = index
+        return network
+
+
+def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared keys
+    errors: _Errors,
+    table: str,
+    key: str,
+    inline: str | None,
+    file: Path | None,
+    *,
+    create: bool = False,
+) -> bytes | None:
+    """A key given either inline (base64) or as `<key>_file`, never both; None if neither."""
+    if inline is not None and file is not None:
+        errors.add(table, f"give either {key} or {key}_file, not both")
+        return None
+    try:
+        if inline is not None:
+            return keys.decode_key(inline)
+        if file is not None:
+            return keys.ensure_private_key_file(file) if create else keys.read_key_file(file)
+    except keys.KeyFormatError as exc:
+        errors.add(f"{table}.{key}", str(exc))
+    except keys.KeyFileMissingError as exc:
+        command = "genkey" if key == "private_key" else "genpsk"
+        errors.add(
+            f"{table}.{key}_file",
+            f"{exc}; create it with: (umask 077; firezone-gw {command} > {file})",
+        )
+    except keys.KeyFileError as exc:
+        errors.add(f"{table}.{key}_file", str(exc))
+    except OSError as exc:  # only when creating the file
+        errors.add(f"{table}.{key}_file", f"cannot create key file {file}: {exc.strerror}")
+    return None
+
+
+def _check_range(path: str, value: int, low: int, high: int, errors: _Errors) -> None:
+    if not low <= value <= high:
+        errors.add(path, f"expected an integer in {low}..{high}, got {value}")
+
+
+def _parse_network(text: str, path: str, errors: _Errors) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        host = ipaddress.ip_interface(text)
+    except ValueError:
+        errors.add(path, f"expected an IP network such as 100.64.0.2/32, got {text!r}")
+        return None
+    errors.add(path, f"{text} has host bits set; did you mean {host.network}?")
+    return None
+
+
+def _parse_endpoint(text: str, path: str, errors: _Errors) -> Endpoint | None:
+    try:
+        return _split_endpoint(text)
+    except ValueError as exc:
+        errors.add(path, f"expected host:port or [IPv6]:port, got {text!r} ({exc})")
+        return None
+
+
+def _split_endpoint(text: str) -> Endpoint:
+    """`host:port` or `[v6]:port`; the host is a name or an IP address."""
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("no port")
+        ipaddress.IPv6Address(host)  # raises ValueError naming the bad address
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("no port")
+        if ":" in host:
+            raise ValueError("put an IPv6 address in brackets")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("no host")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
+        raise ValueError(f"port must be 1..{MAX_PORT}")
+    return host, int(port_text)
