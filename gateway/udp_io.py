@@ -1,0 +1,396 @@
+"""The gateway's UDP socket: dual-stack, large buffers, GRO receive and GSO batched send.
+
+Pure helpers first (batch planning, GRO splitting, address forms), then `UdpIo`, the thin
+socket wrapper the UDP process drives from its epoll loop. The socket is non-blocking:
+`recv_batch` returns what is ready, `send_batch` stops at the first EAGAIN and says how many
+datagrams it consumed, so the caller keeps the rest and waits for EPOLLOUT (backpressure).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Endpoint = tuple[str, int]
+Datagram = bytes | bytearray | memoryview
+
+# Linux values; Python's socket module has no names for them.
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+DEFAULT_RCVBUF = 16 * 1024 * 1024
+DEFAULT_SNDBUF = 2 * 1024 * 1024
+# The kernel's UDP_MAX_SEGMENTS.
+GSO_MAX_SEGMENTS = 64
+# One send carries at most 64 KiB of IP packet: 65535 minus the IPv6 and UDP headers is the
+# payload bound that fits both families.
+GSO_MAX_BYTES = 65535 - 40 - 8
+# A GRO read can hold up to 64 KiB of coalesced payload.
+RECV_BUFFER_BYTES = 65536
+_CMSG_INT = struct.Struct("=i")
+_CMSG_U16 = struct.Struct("=H")
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(_CMSG_INT.size)
+_V4_MAPPED_PREFIX = "::ffff:"
+_ADDRESS_CACHE_MAX = 4096
+_MAX_PORT = 65535
+# Errors that mean "the kernel will not do GSO here": fall back to one datagram per send.
+_GSO_REFUSED = (errno.EIO, errno.EINVAL)
+# Pending socket errors from ICMP that a read reports once (then the socket reads on).
+_ONE_SHOT_RX_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GsoBatch:
+    """A run of datagrams to one endpoint, all `segment_size` long except possibly the last."""
+
+    dest: Endpoint
+    segment_size: int
+    datagrams: list[Datagram]
+
+
+def plan_gso_batches(
+    items: Sequence[tuple[Endpoint, Datagram]],
+    max_segments: int = GSO_MAX_SEGMENTS,
+    max_bytes: int = GSO_MAX_BYTES,
+) -> list[GsoBatch]:
+    """Group (endpoint, datagram) pairs into GSO sends, keeping their order.
+
+    A batch is consecutive datagrams to the same endpoint with the size of its first one;
+    one shorter datagram may close it. Batches hold at most `max_segments` datagrams and
+    `max_bytes` bytes. Empty datagrams and datagrams over `max_bytes` go alone.
+    """
+    batches: list[GsoBatch] = []
+    current: GsoBatch | None = None
+    total = 0
+    closed = False
+    for dest, data in items:
+        size = len(data)
+        if (
+            current is not None
+            and not closed
+            and dest == current.dest
+            and 0 < size <= current.segment_size
+            and len(current.datagrams) < max_segments
+            and total + size <= max_bytes
+        ):
+            current.datagrams.append(data)
+            total += size
+            closed = size < current.segment_size
+            continue
+        current = GsoBatch(dest, size, [data])
+        batches.append(current)
+        total = size
+        # An empty or oversized datagram cannot be a GSO segment: never extend its batch.
+        closed = size == 0 or size > max_bytes
+    return batches
+
+
+def split_gro(data: memoryview, segment_size: int) -> list[memoryview]:
+    """Cut one coalesced GRO read into its datagrams (the last one may be shorter)."""
+    if segment_size <= 0 or len(data) <= segment_size:
+        return [data]
+    return [data[i : i + segment_size] for i in range(0, len(data), segment_size)]
+
+
+def endpoint_from_sockaddr(addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
+    """Present a received address as (host, port), with v4-mapped IPv6 as plain IPv4."""
+    host = addr[0]
+    if host.startswith(_V4_MAPPED_PREFIX) and "." in host:
+        host = host[len(_V4_MAPPED_PREFIX) :]
+    return host, addr[1]
+
+
+def sockaddr_for(endpoint: Endpoint, family: socket.AddressFamily) -> Endpoint:
+    """The address to pass to a socket of `family`: IPv4 hosts map into a dual-stack socket.
+
+    Raises ValueError for anything but a numeric IP address and a valid port (a host name
+    would make the send path block on a DNS lookup).
+    """
+    host, port = endpoint
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if not 0 < port <= _MAX_PORT:
+        raise ValueError(f"bad UDP port {port} for {host}")
+    if family == socket.AF_INET6 and ip.version == 4:  # noqa: PLR2004 # IP version
+        return _V4_MAPPED_PREFIX + host, port
+    return host, port
+
+
+@dataclass(slots=True)
+class SendStats:
+    """What one `send_batch` call did. `consumed` items were handled (sent or dropped);
+    when `blocked` the socket buffer is full and items[consumed:] were not tried."""
+
+    consumed: int = 0
+    sent: int = 0
+    dropped: int = 0
+    syscalls: int = 0
+    gso_batches: int = 0
+    blocked: bool = False
+
+
+@dataclass(slots=True)
+class UdpCounters:
+    rx_datagrams: int = 0
+    rx_syscalls: int = 0
+    rx_coalesced_reads: int = 0
+    rx_errors: int = 0
+    tx_datagrams: int = 0
+    tx_syscalls: int = 0
+    tx_gso_batches: int = 0
+    tx_gso_datagrams: int = 0
+    tx_dropped: int = 0
+    gso_fallbacks: int = 0
+    gso_oversize: int = 0
+
+
+class UdpIo:
+    """One non-blocking UDP socket on `port` for IPv4 and IPv6 (dual-stack when possible)."""
+
+    def __init__(  # noqa: PLR0913 # socket options mirror the config keys, all but port keyword-able
+        self,
+        port: int,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        sndbuf: int = DEFAULT_SNDBUF,
+        *,
+        bind_host: str | None = None,
+        gso: bool = True,
+        gro: bool = True,
+    ) -> None:
+        self.sock = self._open(port, bind_host)
+        self.family = socket.AddressFamily(self.sock.family)
+        try:
+            self.rcvbuf = self._set_buffer(socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
+            self.sndbuf = self._set_buffer(socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
+            self.gro_enabled = gro and self._try_enable_gro()
+            self.gso_enabled = gso and self._kernel_has_gso()
+        except OSError:
+            self.sock.close()
+            raise
+        self.port: int = self.sock.getsockname()[1]
+        self.counters = UdpCounters()
+        self._recv_buffer = bytearray(RECV_BUFFER_BYTES)
+        self._recv_view = memoryview(self._recv_buffer)
+        self._pending: deque[tuple[memoryview, Endpoint]] = deque()
+        self._sockaddrs: dict[Endpoint, Endpoint] = {}
+        self._peer_names: dict[tuple[str, int] | tuple[str, int, int, int], Endpoint] = {}
+
+    @staticmethod
+    def _open(port: int, bind_host: str | None) -> socket.socket:
+        if bind_host is None or ":" in bind_host:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            except OSError:  # IPv6 disabled in this kernel: IPv4 only.
+                if bind_host is not None:
+                    raise
+            else:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    sock.bind((bind_host or "::", port))
+                except OSError:
+                    sock.close()
+                    raise
+                sock.setblocking(False)
+                return sock
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((bind_host or "0.0.0.0", port))  # noqa: S104 # a gateway listens on all addresses
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    def _set_buffer(self, option: int, force_option: int, size: int) -> int:
+        """Set a socket buffer, beyond the sysctl cap when root; returns the size in force."""
+        if size <= 0:
+            raise ValueError(f"socket buffer size must be positive, got {size}")
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, force_option, size)
+        except PermissionError:  # not root: the kernel caps it at net.core.[rw]mem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, option, size)
+        # The kernel doubles the value for bookkeeping; report the usable half.
+        return self.sock.getsockopt(socket.SOL_SOCKET, option) // 2
+
+    def _try_enable_gro(self) -> bool:
+        try:
+            self.sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+                return False
+            raise
+        return True
+
+    def _kernel_has_gso(self) -> bool:
+        try:
+            self.sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+                return False
+            raise
+        return True
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> UdpIo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- receive ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Datagrams already read (split from a GRO read) waiting for the next recv_batch:
+        call it again without waiting for epoll."""
+        return bool(self._pending)
+
+    def recv_batch(self, max_datagrams: int) -> list[tuple[memoryview, Endpoint]]:
+        """Up to `max_datagrams` received datagrams with their sender, without blocking.
+
+        Each datagram is a read-only view that stays valid after later calls.
+        """
+        out: list[tuple[memoryview, Endpoint]] = []
+        pending = self._pending
+        while pending and len(out) < max_datagrams:
+            out.append(pending.popleft())
+        counters = self.counters
+        sock = self.sock
+        view = self._recv_view
+        while len(out) < max_datagrams:
+            try:
+                nbytes, ancdata, _flags, addr = sock.recvmsg_into(
+                    [view], _GRO_CMSG_SPACE if self.gro_enabled else 0
+                )
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno not in _ONE_SHOT_RX_ERRORS:
+                    raise
+                # A queued ICMP error is reported once and belongs to no datagram: skip it.
+                counters.rx_errors += 1
+                continue
+            counters.rx_syscalls += 1
+            data = memoryview(bytes(view[:nbytes]))
+            endpoint = self._endpoint(addr)
+            segment_size = 0
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_UDP and kind == UDP_GRO and len(payload) >= _CMSG_INT.size:
+                    segment_size = _CMSG_INT.unpack_from(payload)[0]
+            if segment_size and nbytes > segment_size:
+                counters.rx_coalesced_reads += 1
+                segments = split_gro(data, segment_size)
+                room = max_datagrams - len(out)
+                out.extend((seg, endpoint) for seg in segments[:room])
+                pending.extend((seg, endpoint) for seg in segments[room:])
+                counters.rx_datagrams += len(segments)
+            else:
+                out.append((data, endpoint))
+                counters.rx_datagrams += 1
+        return out
+
+    def _endpoint(self, addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
+        names = self._peer_names
+        endpoint = names.get(addr)
+        if endpoint is None:
+            if len(names) >= _ADDRESS_CACHE_MAX:
+                names.clear()
+            endpoint = names[addr] = endpoint_from_sockaddr(addr)
+        return endpoint
+
+    # --- send ------------------------------------------------------------------------------
+
+    def _sockaddr(self, endpoint: Endpoint) -> Endpoint:
+        cache = self._sockaddrs
+        addr = cache.get(endpoint)
+        if addr is None:
+            if len(cache) >= _ADDRESS_CACHE_MAX:
+                cache.clear()
+            addr = cache[endpoint] = sockaddr_for(endpoint, self.family)
+        return addr
+
+    def send_batch(self, items: Sequence[tuple[Endpoint, Datagram]]) -> SendStats:
+        """Send in order, as GSO batches where possible; stops early when the socket is full."""
+        stats = SendStats()
+        batches = (
+            plan_gso_batches(items)
+            if self.gso_enabled
+            else [GsoBatch(dest, len(data), [data]) for dest, data in items]
+        )
+        for batch in batches:
+            if not self._send_one_batch(batch, stats):
+                stats.blocked = True
+                break
+        counters = self.counters
+        counters.tx_datagrams += stats.sent
+        counters.tx_dropped += stats.dropped
+        counters.tx_syscalls += stats.syscalls
+        return stats
+
+    def _send_one_batch(self, batch: GsoBatch, stats: SendStats) -> bool:
+        """False when the socket buffer is full (nothing more of this batch was sent)."""
+        count = len(batch.datagrams)
+        try:
+            addr = self._sockaddr(batch.dest)
+        except ValueError:  # not an IP endpoint: nothing to send it to
+            stats.dropped += count
+            stats.consumed += count
+            return True
+        if count > 1 and self.gso_enabled:
+            cmsg = [(socket.SOL_UDP, UDP_SEGMENT, _CMSG_U16.pack(batch.segment_size))]
+            try:
+                stats.syscalls += 1
+                self.sock.sendmsg(batch.datagrams, cmsg, 0, addr)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    # Segments larger than the path MTU: GSO cannot split them, but single
+                    # sends may still go out (fragmented), so only this batch goes singly.
+                    self.counters.gso_oversize += 1
+                elif exc.errno in _GSO_REFUSED:
+                    # This kernel or device will not segment for us: remember, go singly.
+                    self.gso_enabled = False
+                    self.counters.gso_fallbacks += 1
+                else:
+                    stats.dropped += count
+                    stats.consumed += count
+                    return True
+            else:
+                stats.sent += count
+                stats.consumed += count
+                stats.gso_batches += 1
+                self.counters.tx_gso_batches += 1
+                self.counters.tx_gso_datagrams += count
+                return True
+        return self._send_singly(batch.datagrams, addr, stats)
+
+    def _send_singly(self, datagrams: list[Datagram], addr: Endpoint, stats: SendStats) -> bool:
+        sendto = self.sock.sendto
+        for data in datagrams:
+            try:
+                stats.syscalls += 1
+                sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:  # unreachable network, firewall, bad address: drop this one
+                stats.dropped += 1
+            else:
+                stats.sent += 1
+            stats.consumed += 1
+        return True

@@ -1,0 +1,62 @@
+"""Sliding-window replay filter for transport-data counters (RFC 6479).
+
+The same window as the kernel's `counter_validate` and wireguard-go's `replay.go`: a ring of
+128 words of 64 bits (8192 bits); one word is always being recycled, so 8128 counters behind
+the highest one seen are usable. Call `validate` only after the packet authenticated.
+"""
+
+from __future__ import annotations
+
+WORD_BITS = 64
+COUNTER_BITS_TOTAL = 8192
+COUNTER_WINDOW_SIZE = COUNTER_BITS_TOTAL - WORD_BITS  # 8128
+# The kernel's and wireguard-go's limit since the window grew to 8192 bits.
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+
+_WORDS = COUNTER_BITS_TOTAL // WORD_BITS
+_WORD_SHIFT = WORD_BITS.bit_length() - 1  # log2(64)
+_BIT_MASK = WORD_BITS - 1
+_RING_MASK = _WORDS - 1
+_EMPTY_RING = (0,) * _WORDS
+
+
+class ReplayFilter:
+    """Accepts each counter below REJECT_AFTER_MESSAGES at most once, within the window."""
+
+    __slots__ = ("_highest", "_words")
+
+    def __init__(self) -> None:
+        self._highest = 0
+        self._words = [0] * _WORDS
+
+    def reset(self) -> None:
+        """Forget everything (a new keypair starts at counter 0)."""
+        self._highest = 0
+        self._words = [0] * _WORDS
+
+    def validate(self, counter: int) -> bool:
+        """True the first time `counter` is seen and it is inside the window; records it."""
+        if counter >= REJECT_AFTER_MESSAGES or counter < 0:
+            return False
+        highest = self._highest
+        words = self._words
+        word_index = counter >> _WORD_SHIFT
+        if counter > highest:
+            current = highest >> _WORD_SHIFT
+            if word_index != current:
+                # Moving into new words: clear the ones the window slides over.
+                if word_index - current >= _WORDS:
+                    words[:] = _EMPTY_RING
+                else:
+                    for i in range(current + 1, word_index + 1):
+                        words[i & _RING_MASK] = 0
+            self._highest = counter
+        elif highest - counter > COUNTER_WINDOW_SIZE:
+            return False
+        slot = word_index & _RING_MASK
+        bit = 1 << (counter & _BIT_MASK)
+        old = words[slot]
+        if old & bit:
+            return False
+        words[slot] = old | bit
+        return True
