@@ -1,0 +1,38 @@
+"""Run a block of code inside a named network namespace (the calling thread only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from pyroute2 import netns as pr_netns
+
+from tunio.errors import TunError
+
+NETNS_RUN_DIR = "/var/run/netns"
+
+
+@contextlib.contextmanager
+def entered_netns(name: str | None) -> Iterator[None]:
+    """Switch this thread into netns `name` (as `ip netns exec` would) and back afterwards.
+
+    Sockets and TUN queues opened inside stay bound to that namespace after the switch back.
+    The namespace must exist: pyroute2's own helpers would silently create a missing one.
+    """
+    if name is None:
+        yield
+        return
+    path = os.path.join(NETNS_RUN_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunError(f"network namespace {name!r} cannot be opened ({path}): {exc}") from exc
+    try:
+        pr_netns.pushns(fd)
+        try:
+            yield
+        finally:
+            pr_netns.popns()
+    finally:
+        os.close(fd)

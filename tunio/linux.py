@@ -1,0 +1,194 @@
+"""Linux multi-queue TUN queues (the platform leaf behind `tunio.base.Tun`).
+
+Each queue is a nonblocking fd from `/dev/net/tun` attached with
+`IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`. The first queue is created with `IFF_TUN_EXCL`, so
+we never silently attach to a device somebody else made (the bug that made Firezone drop
+multi-queue). A queue is a plain fd: a child forked after `open_multiqueue` uses its inherited
+`TunQueue` as is; an unrelated process can receive the fd over a Unix socket
+(`socket.send_fds`) and wrap it with `TunQueue.from_fd`.
+
+When do writes block? A TUN write charges the packet to the queue's socket until the stack
+has taken it (`ip_rcv` orphans it), and fails with EAGAIN only while those charged bytes reach
+the socket's send buffer (`TUNSETSNDBUF`; the kernel default is INT_MAX, so in practice never:
+the kernel processes a written packet before `write` returns). `poll` reports the queue not
+writable while the device is down (writes then fail with EIO) or while charged bytes exceed
+half the send buffer. `send_ready()` returns exactly the kernel's `poll` answer.
+
+Packets larger than the MTU: the MTU only limits what the kernel routes *into* the device
+(it fragments or sends ICMP "too big" before that); a write is accepted up to 65535 bytes
+whatever the MTU, without IFF_VNET_HDR or offloads (tested with 1420 and 1564 bytes on a
+1280 MTU). So a client using MTU 1420 works through a gateway TUN of MTU 1280.
+
+Reads: one `os.read` per packet until EAGAIN, bounded by `max_packets`. A 65535-byte read
+buffer costs no more than a 2048-byte one (the bytes object is shrunk in place) and beats
+`os.readv` into a preallocated buffer plus a copy (see docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import struct
+from types import TracebackType
+
+from tunio import netlink
+from tunio._netns import entered_netns
+from tunio.base import DEFAULT_BATCH, TunStats
+from tunio.errors import TunError
+from tunio.names import validate_ifname
+
+log = logging.getLogger(__name__)
+
+TUN_CLONE_DEVICE = "/dev/net/tun"
+TUNSETIFF = 0x400454CA
+TUNSETSNDBUF = 0x400454D4
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_TUN_EXCL = 0x8000  # fail with EBUSY instead of attaching to an existing device
+QUEUE_FLAGS = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE
+MAX_QUEUES = 256  # kernel limit (MAX_TAP_QUEUES)
+# Without IFF_VNET_HDR the kernel never hands us a packet larger than the device MTU, and the
+# largest MTU is 65535; a smaller read buffer would silently truncate after an MTU change.
+MAX_PACKET = 65535
+
+
+class TunQueue:
+    """One nonblocking queue fd of a multi-queue TUN device; implements `tunio.base.Tun`."""
+
+    __slots__ = ("_closed", "_fd", "_poll", "index", "name", "stats")
+
+    def __init__(self, fd: int, name: str, index: int) -> None:
+        self._fd = fd
+        self._closed = False
+        self.name = name
+        self.index = index
+        self.stats = TunStats()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str, index: int) -> TunQueue:
+        """Wrap a queue fd received from another process (it is made nonblocking)."""
+        os.set_blocking(fd, False)
+        return cls(fd, name, index)
+
+    def recv_many(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
+        packets: list[bytes] = []
+        read, fd = os.read, self._fd
+        try:
+            for _ in range(max_packets):
+                packets.append(read(fd, MAX_PACKET))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise TunError(f"reading queue {self.index} of TUN device {self.name}: {exc}") from exc
+        self.stats.received += len(packets)
+        return packets
+
+    def send(self, packet: bytes | memoryview) -> bool:
+        try:
+            os.write(self._fd, packet)
+        except BlockingIOError:
+            self.stats.dropped_would_block += 1
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self.stats.dropped_rejected += 1
+                log.debug(
+                    "%s queue %d rejected a %d-byte packet", self.name, self.index, len(packet)
+                )
+            elif exc.errno == errno.EIO:
+                self.stats.dropped_device_down += 1
+                log.debug("%s queue %d: device down, packet dropped", self.name, self.index)
+            else:
+                raise TunError(
+                    f"writing queue {self.index} of TUN device {self.name}: {exc}"
+                ) from exc
+            return False
+        self.stats.sent += 1
+        return True
+
+    def send_ready(self) -> bool:
+        return any(events & select.POLLOUT for _, events in self._poll.poll(0))
+
+    def set_send_buffer(self, nbytes: int) -> None:
+        """Bound the bytes this queue's writes may have in flight in the kernel (TUNSETSNDBUF)."""
+        if nbytes <= 0:
+            raise TunError(f"send buffer of {self.name} must be positive, got {nbytes}")
+        fcntl.ioctl(self._fd, TUNSETSNDBUF, struct.pack("i", nbytes))
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> TunQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TunQueue({self.name!r}, index={self.index}, fd={self._fd})"
+
+
+def _open_queue(name: bytes, *, exclusive: bool) -> int:
+    fd = os.open(TUN_CLONE_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = QUEUE_FLAGS | (IFF_TUN_EXCL if exclusive else 0)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name, flags))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_multiqueue(name: str, queues: int, *, netns: str | None = None) -> list[TunQueue]:
+    """Create TUN device `name` with `queues` nonblocking queues and return them.
+
+    Fails with `DeviceInUseError` if another process holds queues of a device with that name,
+    `DeviceExistsError` if a device of that name exists that firezone-gw did not make; an idle
+    device left by an earlier firezone-gw run is deleted and recreated. The device lives as
+    long as one of its queues is open. `netns` creates it inside that named namespace.
+    """
+    raw = validate_ifname(name)
+    if not 1 <= queues <= MAX_QUEUES:
+        raise TunError(f"TUN device {name}: queue count must be 1..{MAX_QUEUES}, got {queues}")
+    fds: list[int] = []
+    try:
+        with entered_netns(netns):
+            fds.append(_create_first_queue(raw, name, netns))
+            for _ in range(queues - 1):
+                fds.append(_open_queue(raw, exclusive=False))
+        netlink.mark_owned(name, netns=netns)
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise TunError(f"opening queue {len(fds)} of TUN device {name}: {exc}") from exc
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return [TunQueue(fd, name, i) for i, fd in enumerate(fds)]
+
+
+def _create_first_queue(raw: bytes, name: str, netns: str | None) -> int:
+    try:
+        return _open_queue(raw, exclusive=True)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    netlink.remove_stale_device(name, netns=netns)  # raises unless the old one was ours
+    return _open_queue(raw, exclusive=True)
