@@ -42,5 +42,11 @@ test: deps venv lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
 	exit $$rc
 
+# Benchmarks (root): the network benchmark (firezone-gw vs wireguard-go as the gateway) and
+# every other bench/bench_*.py, each in its own process. E.g. BENCH_ARGS="--duration 5".
+BENCH_ARGS ?=
+bench: deps venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
