@@ -1,0 +1,114 @@
+"""Cookies (WireGuard paper 5.4.7): mac1/mac2, cookie replies, and the under-load decision."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from gateway.wireguard.constants import (
+    COOKIE_NONCE_SIZE,
+    COOKIE_REFRESH_TIME,
+    COOKIE_SIZE,
+    LABEL_COOKIE,
+    LABEL_MAC1,
+    UNDER_LOAD_AFTER_TIME,
+)
+from gateway.wireguard.crypto import CryptoFailure, hash_, mac, xaead_decrypt, xaead_encrypt
+from gateway.wireguard.messages import CookieReply, build_cookie_reply
+
+_NO_MAC = bytes(16)
+
+
+class CookieChecker:
+    """Our side as receiver of handshake messages: checks MACs and makes cookie replies."""
+
+    def __init__(self, public_key: bytes, rng: Callable[[int], bytes]) -> None:
+        self._rng = rng
+        self.mac1_key = hash_(LABEL_MAC1, public_key)
+        self.cookie_key = hash_(LABEL_COOKIE, public_key)
+        self._secret = b""
+        self._secret_time = float("-inf")
+
+    def check_mac1(self, msg: bytes, mac1_end: int) -> bool:
+        expected = mac(self.mac1_key, msg[:mac1_end])
+        return hmac.compare_digest(expected, msg[mac1_end : mac1_end + 16])
+
+    def _cookie(self, source: bytes, now: float) -> bytes:
+        if now - self._secret_time > COOKIE_REFRESH_TIME:
+            self._secret = self._rng(32)
+            self._secret_time = now
+        return mac(self._secret, source)
+
+    def check_mac2(self, msg: bytes, mac1_end: int, source: bytes, now: float) -> bool:
+        mac2_end = mac1_end + 16
+        expected = mac(self._cookie(source, now), msg[:mac2_end])
+        return hmac.compare_digest(expected, msg[mac2_end : mac2_end + 16])
+
+    def cookie_reply(
+        self, msg: bytes, mac1_end: int, receiver: int, source: bytes, now: float
+    ) -> bytes:
+        nonce = self._rng(COOKIE_NONCE_SIZE)
+        mac1 = msg[mac1_end : mac1_end + 16]
+        sealed = xaead_encrypt(self.cookie_key, nonce, self._cookie(source, now), mac1)
+        return build_cookie_reply(receiver, nonce, sealed)
+
+
+class CookieGenerator:
+    """Our side as sender to one peer: fills in mac1/mac2 and keeps the cookie it gave us."""
+
+    def __init__(self, peer_public_key: bytes) -> None:
+        self.mac1_key = hash_(LABEL_MAC1, peer_public_key)
+        self.cookie_key = hash_(LABEL_COOKIE, peer_public_key)
+        self._cookie = b""
+        self._cookie_time = float("-inf")
+        self._last_mac1 = b""
+
+    def add_macs(self, msg: bytearray, mac1_end: int, now: float) -> None:
+        mac1 = mac(self.mac1_key, bytes(msg[:mac1_end]))
+        msg[mac1_end : mac1_end + 16] = mac1
+        self._last_mac1 = mac1
+        mac2_end = mac1_end + 16
+        if self._cookie and now - self._cookie_time <= COOKIE_REFRESH_TIME:
+            msg[mac2_end : mac2_end + 16] = mac(self._cookie, bytes(msg[:mac2_end]))
+        else:
+            msg[mac2_end : mac2_end + 16] = _NO_MAC
+
+    def consume_reply(self, reply: CookieReply, now: float) -> bool:
+        """Accept a cookie reply only for the last mac1 we sent."""
+        if not self._last_mac1:
+            return False
+        try:
+            cookie = xaead_decrypt(
+                self.cookie_key, reply.nonce, reply.encrypted_cookie, self._last_mac1
+            )
+        except CryptoFailure:
+            return False
+        if len(cookie) != COOKIE_SIZE:
+            return False
+        self._cookie = cookie
+        self._cookie_time = now
+        return True
+
+
+class LoadMonitor:
+    """Under load when more than `threshold` handshake messages arrive within one second.
+
+    Sans-I/O stand-in for the kernel's "handshake queue 1/8 full": the state holds for
+    UNDER_LOAD_AFTER_TIME after the condition was last seen, as `IsUnderLoad` does.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._window_start = float("-inf")
+        self._count = 0
+        self._until = float("-inf")
+
+    def record(self, now: float) -> bool:
+        """Count one handshake message; True if we are now under load."""
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._count = 0
+        self._count += 1
+        if self._count > self.threshold:
+            self._until = now + UNDER_LOAD_AFTER_TIME
+        return now < self._until

@@ -1,0 +1,640 @@
+"""The sans-I/O WireGuard device: peers, index table, cryptokey routing, handshakes, timers.
+
+The data plane's crypto process drives it with plaintext packets from the TUN
+(`handle_packet`), datagrams from the UDP socket (`handle_datagram`) and the clock (`tick`),
+and sends what `take_transmits` returns. It never touches a socket or reads a clock: every
+time is the caller's monotonic `now` in seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+
+from cryptography.exceptions import InvalidTag
+
+from gateway.wireguard.allowedips import AllowedIPs
+from gateway.wireguard.constants import (
+    COOKIE_REPLY_SIZE,
+    DEFAULT_UNDER_LOAD_THRESHOLD,
+    INITIATION_SIZE,
+    KEEPALIVE_SIZE,
+    KEEPALIVE_TIMEOUT,
+    KEY_SIZE,
+    MAX_OUTBOX,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
+    MAX_TRANSPORT_SIZE,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    RESPONSE_SIZE,
+    TAG_SIZE,
+    TRANSPORT_HEADER_SIZE,
+    ZERO_KEYS_AFTER,
+)
+from gateway.wireguard.cookie import CookieChecker, LoadMonitor
+from gateway.wireguard.crypto import CryptoFailure, tai64n
+from gateway.wireguard.keypair import Keypair
+from gateway.wireguard.messages import (
+    INITIATION_MAC1_END,
+    RESPONSE_MAC1_END,
+    TRANSPORT_HEADER,
+    parse_cookie_reply,
+    parse_initiation,
+    parse_response,
+)
+from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
+from gateway.wireguard.peer import Endpoint, Network, Peer
+from gateway.wireguard.ratelimiter import RateLimiter
+from gateway.wireguard.timers import expired, next_deadline
+
+Datagram = bytes | bytearray
+Packet = bytes | bytearray | memoryview
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+"""Sentinel for `upsert_peer`: leave this setting as it is."""
+
+_NONCE = struct.Struct("<4xQ")
+_SENDER = struct.Struct("<4xI")
+_ZEROS = bytes(16)
+_IPV4 = 4
+_IPV6 = 6
+_IPV4_HEADER = 20
+_IPV6_HEADER = 40
+_LAST_MINUTE = REJECT_AFTER_TIME - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
+_JITTER_MS = 334
+
+
+def _source_bytes(src: Endpoint) -> tuple[bytes, bytes]:
+    """(ip, ip+port) of a datagram source: the rate-limit key and the cookie input."""
+    try:
+        ip = ipaddress.ip_address(src[0].split("%", 1)[0]).packed
+    except ValueError:
+        ip = src[0].encode()
+    return ip, ip + (src[1] & 0xFFFF).to_bytes(2, "big")
+
+
+class Device:
+    """One WireGuard interface's protocol state (see module docstring)."""
+
+    def __init__(  # noqa: PLR0913 # keyword-only tunables with defaults
+        self,
+        private_key: bytes | None,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        mtu: int = 1420,
+        unix_time_offset: float = 0.0,
+        under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
+        max_staged_per_peer: int = MAX_STAGED_PACKETS,
+        max_outbox: int = MAX_OUTBOX,
+    ) -> None:
+        """`unix_time_offset` maps `now` to Unix time for handshake timestamps (TAI64N):
+        drivers pass `time.time() - time.monotonic()` so timestamps keep increasing across
+        restarts, as peers require."""
+        self._rng = rng
+        self.mtu = mtu
+        self.unix_time_offset = unix_time_offset
+        self.max_staged_per_peer = max_staged_per_peer
+        self.max_outbox = max_outbox
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._peers: dict[bytes, Peer] = {}
+        self._allowed: AllowedIPs[Peer] = AllowedIPs()
+        self._handshakes: dict[int, Peer] = {}
+        self._keypairs: dict[int, Keypair] = {}
+        self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
+        self._load = LoadMonitor(under_load_threshold)
+        self._limiter = RateLimiter()
+        self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
+        self._identity: Identity | None = None
+        self._checker: CookieChecker | None = None
+        self.set_private_key(private_key)
+
+    # ---- configuration -------------------------------------------------------------------
+
+    @property
+    def private_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.private_key
+
+    @property
+    def public_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.public_key
+
+    @property
+    def under_load_threshold(self) -> int:
+        return self._load.threshold
+
+    @under_load_threshold.setter
+    def under_load_threshold(self, value: int) -> None:
+        self._load.threshold = value
+
+    def set_private_key(self, key: bytes | None) -> None:
+        """Change our static key; every session ends (peers must handshake again)."""
+        if key is not None and len(key) != KEY_SIZE:
+            raise ValueError(f"private key must be {KEY_SIZE} bytes, got {len(key)}")
+        if key is not None and self._identity is not None and key == self._identity.private_key:
+            return
+        self._identity = None if key is None else Identity(key)
+        self._checker = (
+            None if self._identity is None else CookieChecker(self._identity.public_key, self._rng)
+        )
+        if self._identity is not None and self._identity.public_key in self._peers:
+            self.remove_peer(self._identity.public_key)  # a peer cannot be ourselves
+        for peer in self._peers.values():
+            self._end_sessions(peer)
+            peer.handshake.precompute(self._identity)
+
+    def peers(self) -> Iterable[Peer]:
+        return list(self._peers.values())
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        return self._peers.get(public_key)
+
+    def upsert_peer(  # noqa: PLR0913 # mirrors the UAPI peer settings, keyword-only
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | _Unchanged | None = UNCHANGED,
+        endpoint: Endpoint | _Unchanged | None = UNCHANGED,
+        persistent_keepalive: int | _Unchanged = UNCHANGED,
+        allowed_ips: Sequence[Network] | None = None,
+        replace_allowed_ips: bool = False,
+        now: float,
+    ) -> Peer:
+        """Add a peer or change one; other peers and this peer's sessions are untouched."""
+        if self._identity is not None and public_key == self._identity.public_key:
+            raise ValueError("a peer cannot have our own public key")
+        peer = self._peers.get(public_key)
+        if peer is None:
+            peer = Peer(public_key)
+            peer.handshake.precompute(self._identity)
+            peer.bind_allowed_ips(self._allowed)
+            self._peers[public_key] = peer
+        if not isinstance(preshared_key, _Unchanged):
+            peer.preshared_key = preshared_key
+        if not isinstance(endpoint, _Unchanged):
+            peer.endpoint = endpoint
+        if replace_allowed_ips:
+            self._allowed.remove_value(peer)
+        for network in allowed_ips or ():
+            self._allowed.insert(network, peer)
+        if not isinstance(persistent_keepalive, _Unchanged):
+            if not 0 <= persistent_keepalive <= 0xFFFF:  # noqa: PLR2004 # u16 in the UAPI
+                raise ValueError(f"persistent keepalive out of range: {persistent_keepalive}")
+            enabled = persistent_keepalive and not peer.persistent_keepalive
+            peer.persistent_keepalive = persistent_keepalive
+            if not persistent_keepalive:
+                peer.timers.persistent_keepalive = None
+            elif enabled and peer.endpoint is not None:
+                self._send_keepalive(peer, now)  # as wireguard-go: start right away
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> bool:
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return False
+        self._end_sessions(peer)
+        self._allowed.remove_value(peer)
+        peer.staged.clear()
+        peer.timers.clear()
+        return True
+
+    def _end_sessions(self, peer: Peer) -> None:
+        for kp in peer.keypairs.clear():
+            self._keypairs.pop(kp.local_index, None)
+        self._forget_handshake(peer)
+
+    def _forget_handshake(self, peer: Peer) -> None:
+        hs = peer.handshake
+        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
+            del self._handshakes[hs.local_index]
+        hs.clear()
+
+    # ---- outbound data path ----------------------------------------------------------------
+
+    def handle_packet(self, packet: Packet, now: float) -> tuple[Endpoint, Datagram] | None:
+        """A plaintext IP packet from the TUN: its encrypted datagram, or None (staged/dropped)."""
+        size = len(packet)
+        if size < _IPV4_HEADER:
+            self.drops["malformed_packet"] += 1
+            return None
+        version = packet[0] >> 4
+        if version == _IPV4:
+            peer = self._allowed.lookup(packet[16:20])
+        elif version == _IPV6 and size >= _IPV6_HEADER:
+            peer = self._allowed.lookup(packet[24:40])
+        else:
+            self.drops["malformed_packet"] += 1
+            return None
+        if peer is None:
+            self.drops["no_peer_for_destination"] += 1
+            return None
+        kp = peer.keypairs.current
+        if kp is None or not kp.usable_for_sending(now) or peer.staged:
+            self._stage(peer, bytes(packet), now)
+            return None
+        return self._encrypt(peer, kp, packet, now)
+
+    def _encrypt(
+        self, peer: Peer, kp: Keypair, packet: Packet, now: float
+    ) -> tuple[Endpoint, Datagram] | None:
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.drops["no_endpoint"] += 1
+            return None
+        size = len(packet)
+        padded = (size + 15) & ~15
+        if self.mtu and padded > self.mtu:
+            padded = max(self.mtu, size)
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        out = bytearray(TRANSPORT_HEADER_SIZE + padded + TAG_SIZE)
+        TRANSPORT_HEADER.pack_into(out, 0, MESSAGE_TRANSPORT, kp.remote_index, counter)
+        if padded == size:
+            plaintext = packet
+        else:
+            scratch = self._scratch
+            scratch[:size] = packet
+            scratch[size:padded] = _ZEROS[: padded - size]
+            plaintext = scratch[:padded]
+        kp.send.encrypt_into(_NONCE.pack(counter), plaintext, None, memoryview(out)[16:])
+        peer.tx_bytes += len(out)
+        peer.tx_packets += 1
+        timers = peer.timers
+        timers.send_keepalive = None
+        if peer.persistent_keepalive:
+            timers.persistent_keepalive = now + peer.persistent_keepalive
+        if size and timers.new_handshake is None:
+            timers.new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+        if kp.is_initiator and (
+            counter + 1 > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
+        ):
+            self._initiate(peer, now, retry=False)
+        return endpoint, out
+
+    def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
+        if len(peer.staged) >= self.max_staged_per_peer:
+            peer.staged.popleft()
+            self.drops["staged_overflow"] += 1
+        peer.staged.append(packet)
+        self.counters["staged"] += 1
+        self._flush_staged(peer, now)
+
+    def _flush_staged(self, peer: Peer, now: float) -> None:
+        kp = peer.keypairs.current
+        if kp is None or not kp.usable_for_sending(now):
+            self._initiate(peer, now, retry=False)
+            return
+        while peer.staged:
+            sent = self._encrypt(peer, kp, peer.staged.popleft(), now)
+            if sent is not None:
+                self._transmit(*sent)
+
+    def _send_keepalive(self, peer: Peer, now: float) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+            self.counters["keepalives_sent"] += 1
+        self._flush_staged(peer, now)
+
+    def _transmit(self, endpoint: Endpoint, data: Datagram) -> None:
+        if len(self._outbox) >= self.max_outbox:
+            self.drops["outbox_overflow"] += 1
+            return
+        self._outbox.append((endpoint, data))
+
+    def take_transmits(self) -> list[tuple[Endpoint, Datagram]]:
+        """Everything queued to send (handshakes, cookie replies, keepalives, flushed packets)."""
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self._rng(2), "little") % _JITTER_MS / 1000
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._rng(4), "little")
+            if index and index not in self._handshakes and index not in self._keypairs:
+                return index
+
+    def _initiate(self, peer: Peer, now: float, *, retry: bool) -> None:
+        timers = peer.timers
+        if not retry:
+            timers.handshake_attempts = 0
+        identity = self._identity
+        if (
+            now - timers.last_sent_handshake < REKEY_TIMEOUT
+            or identity is None
+            or peer.handshake.static_static is None
+            or peer.endpoint is None
+        ):
+            return
+        timers.last_sent_handshake = now
+        self._forget_handshake(peer)
+        index = self._new_index()
+        msg = peer.handshake.create_initiation(
+            identity, index, self._rng(KEY_SIZE), tai64n(now + self.unix_time_offset)
+        )
+        self._handshakes[index] = peer
+        peer.cookies.add_macs(msg, INITIATION_MAC1_END, now)
+        self._sent_handshake(peer, now)
+        self._transmit(peer.endpoint, bytes(msg))
+        peer.tx_bytes += INITIATION_SIZE
+        timers.retransmit_handshake = now + REKEY_TIMEOUT + self._jitter()
+        self.counters["handshakes_initiated"] += 1
+
+    def _sent_handshake(self, peer: Peer, now: float) -> None:
+        peer.timers.send_keepalive = None
+        if peer.persistent_keepalive:
+            peer.timers.persistent_keepalive = now + peer.persistent_keepalive
+
+    def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
+        peer.endpoint = src  # roaming: follow the latest authenticated source
+        peer.timers.new_handshake = None
+        if peer.persistent_keepalive:
+            peer.timers.persistent_keepalive = now + peer.persistent_keepalive
+
+    # ---- inbound ---------------------------------------------------------------------------
+
+    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
+        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
+        size = len(data)
+        if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
+            self.drops["malformed"] += 1
+            return None
+        kind = data[0]
+        if kind == MESSAGE_TRANSPORT:
+            if size < KEEPALIVE_SIZE or size > MAX_TRANSPORT_SIZE:
+                self.drops["malformed"] += 1
+                return None
+            return self._receive_transport(data, src, now)
+        if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
+            try:
+                self._receive_handshake(bytes(data), kind, src, now)
+            except CryptoFailure:
+                self.drops["handshake_failed"] += 1
+                self.counters["handshakes_rejected"] += 1
+            return None
+        self.drops["malformed"] += 1
+        return None
+
+    def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
+        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
+        kp = self._keypairs.get(receiver)
+        if kp is None:
+            self.drops["unknown_index"] += 1
+            return None
+        if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
+            self.drops["expired_keypair"] += 1
+            return None
+        size = len(data)
+        out = bytearray(size - KEEPALIVE_SIZE)
+        try:
+            kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
+        except InvalidTag:
+            self.drops["decrypt_failed"] += 1
+            return None
+        if not kp.replay.validate(counter):
+            self.drops["replay"] += 1
+            return None
+        peer = kp.peer
+        keypairs = peer.keypairs
+        if kp is keypairs.next:
+            dropped = keypairs.confirm(kp)
+            if dropped is not None:
+                self._keypairs.pop(dropped.local_index, None)
+            self._handshake_complete(peer, now)
+            self._flush_staged(peer, now)
+        else:
+            self._keep_key_fresh_receiving(peer, kp, now)
+        self._received_authenticated(peer, src, now)
+        peer.rx_bytes += size
+        peer.rx_packets += 1
+        if not out:
+            self.counters["keepalives_received"] += 1
+            return None
+        timers = peer.timers
+        if timers.send_keepalive is None:
+            timers.send_keepalive = now + KEEPALIVE_TIMEOUT
+        else:
+            timers.need_another_keepalive = True
+        return self._check_inner(peer, out)
+
+    def _check_inner(self, peer: Peer, out: bytearray) -> Datagram | None:
+        """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
+        version = out[0] >> 4
+        if version == _IPV4 and len(out) >= _IPV4_HEADER:
+            length = int.from_bytes(out[2:4], "big")
+            source = out[12:16]
+        elif version == _IPV6 and len(out) >= _IPV6_HEADER:
+            length = _IPV6_HEADER + int.from_bytes(out[4:6], "big")
+            source = out[8:24]
+        else:
+            self.drops["malformed_inner"] += 1
+            return None
+        if length > len(out) or length < _IPV4_HEADER:
+            self.drops["malformed_inner"] += 1
+            return None
+        if self._allowed.lookup(source) is not peer:
+            self.drops["spoofed_source"] += 1
+            return None
+        del out[length:]
+        return out
+
+    def _keep_key_fresh_receiving(self, peer: Peer, kp: Keypair, now: float) -> None:
+        """An initiator rekeys before the session it receives on is about to be rejected."""
+        if (
+            kp is peer.keypairs.current
+            and kp.is_initiator
+            and not peer.timers.sent_last_minute_handshake
+            and now - kp.created > _LAST_MINUTE
+        ):
+            peer.timers.sent_last_minute_handshake = True
+            self._initiate(peer, now, retry=False)
+
+    def _receive_handshake(self, msg: bytes, kind: int, src: Endpoint, now: float) -> None:
+        expected = {
+            MESSAGE_INITIATION: INITIATION_SIZE,
+            MESSAGE_RESPONSE: RESPONSE_SIZE,
+            MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE,
+        }[kind]
+        if len(msg) != expected:
+            self.drops["malformed"] += 1
+            return
+        identity, checker = self._identity, self._checker
+        if identity is None or checker is None:
+            self.drops["no_private_key"] += 1
+            return
+        if kind == MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(msg, now)
+            return
+        mac1_end = INITIATION_MAC1_END if kind == MESSAGE_INITIATION else RESPONSE_MAC1_END
+        if not checker.check_mac1(msg, mac1_end):
+            self.drops["bad_mac1"] += 1
+            return
+        ip, source = _source_bytes(src)
+        if self._load.record(now):
+            if not checker.check_mac2(msg, mac1_end, source, now):
+                (sender,) = _SENDER.unpack_from(msg)
+                self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
+                self.counters["cookie_replies_sent"] += 1
+                self.drops["under_load_cookie"] += 1
+                return
+            if not self._limiter.allow(ip, now):
+                self.drops["rate_limited"] += 1
+                return
+        if kind == MESSAGE_INITIATION:
+            self._receive_initiation(identity, msg, src, now)
+        else:
+            self._receive_response(identity, msg, src, now)
+
+    def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
+        reply = parse_cookie_reply(msg)
+        if reply is None:
+            self.drops["malformed"] += 1
+            return
+        peer = self._handshakes.get(reply.receiver)
+        if peer is None:
+            kp = self._keypairs.get(reply.receiver)
+            peer = None if kp is None else kp.peer
+        if peer is None:
+            self.drops["unknown_index"] += 1
+        elif peer.cookies.consume_reply(reply, now):
+            self.counters["cookie_replies_received"] += 1
+        else:
+            self.drops["bad_cookie_reply"] += 1
+
+    def _receive_initiation(
+        self, identity: Identity, msg: bytes, src: Endpoint, now: float
+    ) -> None:
+        initiation = parse_initiation(msg)
+        if initiation is None:
+            self.drops["malformed"] += 1
+            return
+
+        def find(public_key: bytes) -> Handshake | None:
+            peer = self._peers.get(public_key)
+            return None if peer is None else peer.handshake
+
+        try:
+            hs = consume_initiation(identity, initiation, find, now)
+        except InitiationRejected as exc:
+            self.drops[exc.reason] += 1
+            self.counters["handshakes_rejected"] += 1
+            return
+        if hs is None:
+            self.drops["unknown_peer"] += 1
+            self.counters["handshakes_rejected"] += 1
+            return
+        peer = self._peers[hs.remote_static]
+        peer.rx_bytes += len(msg)
+        self._received_authenticated(peer, src, now)
+        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
+            del self._handshakes[hs.local_index]  # our own pending initiation lost the race
+        index = self._new_index()
+        response, keys = hs.create_response(index, self._rng(KEY_SIZE))
+        peer.cookies.add_macs(response, RESPONSE_MAC1_END, now)
+        self._install(peer, Keypair(keys, now, peer), now)
+        peer.timers.last_sent_handshake = now
+        self._sent_handshake(peer, now)
+        self._transmit(src, bytes(response))
+        peer.tx_bytes += RESPONSE_SIZE
+        self.counters["handshake_responses_sent"] += 1
+
+    def _receive_response(self, identity: Identity, msg: bytes, src: Endpoint, now: float) -> None:
+        response = parse_response(msg)
+        if response is None:
+            self.drops["malformed"] += 1
+            return
+        peer = self._handshakes.get(response.receiver)
+        if peer is None:
+            self.drops["unknown_index"] += 1
+            return
+        keys = peer.handshake.consume_response(identity, response)
+        del self._handshakes[response.receiver]
+        peer.rx_bytes += len(msg)
+        self._received_authenticated(peer, src, now)
+        self._install(peer, Keypair(keys, now, peer), now)
+        self._handshake_complete(peer, now)
+        self._send_keepalive(peer, now)  # confirms the session to the responder
+
+    def _install(self, peer: Peer, kp: Keypair, now: float) -> None:
+        for old in peer.keypairs.install(kp):
+            self._keypairs.pop(old.local_index, None)
+        self._keypairs[kp.local_index] = kp
+        peer.timers.zero_key_material = now + ZERO_KEYS_AFTER
+
+    def _handshake_complete(self, peer: Peer, now: float) -> None:
+        timers = peer.timers
+        timers.retransmit_handshake = None
+        timers.handshake_attempts = 0
+        timers.sent_last_minute_handshake = False
+        peer.last_handshake = now
+        self.counters["handshakes_completed"] += 1
+
+    # ---- timers ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `tick` must next run (monotonic seconds), or None if nothing is pending."""
+        best: float | None = None
+        for peer in self._peers.values():
+            deadline = next_deadline(peer.timers)
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        return best
+
+    def tick(self, now: float) -> None:
+        """Run every timer due at `now`; anything to send goes to the outbox."""
+        for peer in list(self._peers.values()):
+            deadline = next_deadline(peer.timers)
+            if deadline is None or deadline > now:
+                continue
+            for name in expired(peer.timers, now):
+                getattr(self, f"_on_{name}")(peer, now)
+
+    def _on_retransmit_handshake(self, peer: Peer, now: float) -> None:
+        timers = peer.timers
+        if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
+            timers.send_keepalive = None
+            self.drops["handshake_gave_up"] += len(peer.staged)
+            peer.staged.clear()
+            self._forget_handshake(peer)
+            self.counters["handshakes_gave_up"] += 1
+            if timers.zero_key_material is None:
+                timers.zero_key_material = now + ZERO_KEYS_AFTER
+            return
+        timers.handshake_attempts += 1
+        self._initiate(peer, now, retry=True)
+
+    def _on_send_keepalive(self, peer: Peer, now: float) -> None:
+        self._send_keepalive(peer, now)
+        if peer.timers.need_another_keepalive:
+            peer.timers.need_another_keepalive = False
+            peer.timers.send_keepalive = now + KEEPALIVE_TIMEOUT
+
+    def _on_new_handshake(self, peer: Peer, now: float) -> None:
+        self._initiate(peer, now, retry=False)
+
+    def _on_zero_key_material(self, peer: Peer, now: float) -> None:
+        self._end_sessions(peer)
+        self.counters["keys_zeroed"] += 1
+
+    def _on_persistent_keepalive(self, peer: Peer, now: float) -> None:
+        if peer.persistent_keepalive:
+            self._send_keepalive(peer, now)

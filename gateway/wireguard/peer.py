@@ -1,0 +1,58 @@
+"""A configured peer: its settings, handshake, keypairs, staged packets, timers, counters."""
+
+from __future__ import annotations
+
+from collections import deque
+from ipaddress import IPv4Network, IPv6Network
+
+from gateway.wireguard.allowedips import AllowedIPs
+from gateway.wireguard.constants import KEY_SIZE
+from gateway.wireguard.cookie import CookieGenerator
+from gateway.wireguard.keypair import Keypairs
+from gateway.wireguard.noise import ZERO_PSK, Handshake
+from gateway.wireguard.timers import PeerTimers
+
+Endpoint = tuple[str, int]
+Network = IPv4Network | IPv6Network
+
+
+class Peer:
+    """Identity-hashed (it is the value stored in the allowed-IPs table)."""
+
+    def __init__(self, public_key: bytes, *, preshared_key: bytes | None = None) -> None:
+        if len(public_key) != KEY_SIZE:
+            raise ValueError(f"peer public key must be {KEY_SIZE} bytes, got {len(public_key)}")
+        self.public_key = public_key
+        self.handshake = Handshake(public_key, ZERO_PSK)
+        self.preshared_key = preshared_key
+        self.endpoint: Endpoint | None = None
+        self.persistent_keepalive = 0
+        self._table: AllowedIPs[Peer] | None = None
+        self.last_handshake: float | None = None
+        self.rx_bytes = self.tx_bytes = self.rx_packets = self.tx_packets = 0
+        self.keypairs = Keypairs()
+        self.staged: deque[bytes] = deque()
+        self.timers = PeerTimers()
+        self.cookies = CookieGenerator(public_key)
+
+    def bind_allowed_ips(self, table: AllowedIPs[Peer]) -> None:
+        self._table = table
+
+    @property
+    def allowed_ips(self) -> list[Network]:
+        """The prefixes routed to this peer (read from the device's table)."""
+        return [] if self._table is None else self._table.prefixes_of(self)
+
+    @property
+    def preshared_key(self) -> bytes | None:
+        psk = self.handshake.preshared_key
+        return None if psk == ZERO_PSK else psk
+
+    @preshared_key.setter
+    def preshared_key(self, value: bytes | None) -> None:
+        if value is not None and len(value) != KEY_SIZE:
+            raise ValueError(f"preshared key must be {KEY_SIZE} bytes, got {len(value)}")
+        self.handshake.preshared_key = value or ZERO_PSK
+
+    def __repr__(self) -> str:
+        return f"Peer({self.public_key.hex()[:16]}…, endpoint={self.endpoint})"
