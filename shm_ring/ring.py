@@ -61,6 +61,7 @@ import os
 import platform
 import select
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -198,6 +199,7 @@ class Ring:
         data_off = _data_offset(self.slots)
         self._lens = self._buf[_HEADER_BYTES : _HEADER_BYTES + 4 * self.slots].cast("I")
         self._offsets = [data_off + i * self._stride for i in range(self.slots)]
+        self._offsets2 = self._offsets * 2  # a batch that wraps is one slice of this
         self._data_fd = data_fd
         self._space_fd = space_fd
         self._owner = owner
@@ -358,49 +360,42 @@ class Ring:
     def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
         """Copy as many packets as fit, publish them at once, return how many were taken.
 
-        Taking fewer than len(packets) counts one full event. A packet that is empty or longer
-        than slot_size raises ValueError after the packets before it have been published.
+        Taking fewer than len(packets) counts one full event. If a packet that would be taken
+        is empty or longer than slot_size, ValueError is raised and none of them is sent.
         """
         idx = self._idx
         head = idx[_W_HEAD]
         used = head - idx[_W_TAIL]
         room = self.slots - used
-        take = len(packets)
-        if take > room:
-            take = room
+        if len(packets) > room:
+            packets = packets[:room]
             idx[_W_FULL] += 1
-        mm, lens, offsets, slots, limit = (
-            self._mm,
-            self._lens,
-            self._offsets,
-            self.slots,
-            self.slot_size,
-        )
-        slot = head % slots
-        nbytes = 0
-        taken = 0
-        try:
-            for i in range(take):
-                data = packets[i]
-                n = len(data)
-                if not 0 < n <= limit:
-                    raise ValueError(f"packet {i} of {n} bytes: ring packets must be 1..{limit}")
-                off = offsets[slot]
-                mm[off : off + n] = data
-                lens[slot] = n
-                nbytes += n
-                taken += 1
-                slot += 1
-                if slot == slots:
-                    slot = 0
-        finally:
-            if taken:
-                idx[_W_HEAD] = head + taken  # one publish for the batch
-                idx[_W_BYTES] += nbytes
-                idx[_W_HIGH] = max(idx[_W_HIGH], used + taken)
-                if idx[_W_CONSUMER_WAITING]:
-                    self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
-        return taken
+        take = len(packets)
+        if not take:
+            return 0
+        sizes = list(map(len, packets))
+        if min(sizes) < 1 or max(sizes) > self.slot_size:
+            bad = next(i for i, n in enumerate(sizes) if not 0 < n <= self.slot_size)
+            raise ValueError(
+                f"packet {bad} of {sizes[bad]} bytes: ring packets must be 1..{self.slot_size}"
+            )
+        first = head % self.slots
+        end = first + take
+        mm = self._mm
+        for data, off, n in zip(packets, self._offsets2[first:end], sizes, strict=True):
+            mm[off : off + n] = data
+        if end <= self.slots:
+            self._lens[first:end] = array("I", sizes)
+        else:
+            split = self.slots - first
+            self._lens[first:] = array("I", sizes[:split])
+            self._lens[: end - self.slots] = array("I", sizes[split:])
+        idx[_W_HEAD] = head + take  # one publish for the batch, after its data and lengths
+        idx[_W_BYTES] += sum(sizes)
+        idx[_W_HIGH] = max(idx[_W_HIGH], used + take)
+        if idx[_W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+            self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
+        return take
 
     def producer_fd(self) -> int:
         """eventfd that becomes readable when room may have appeared (after producer_arm)."""
@@ -440,17 +435,16 @@ class Ring:
         n = min(n, max_packets)
         if n <= 0:
             return []
-        buf, lens, offsets, slots = self._buf, self._lens, self._offsets, self.slots
-        slot = start % slots
-        out = []
-        for _ in range(n):
-            off = offsets[slot]
-            out.append(buf[off : off + lens[slot]])
-            slot += 1
-            if slot == slots:
-                slot = 0
+        first = start % self.slots
+        end = first + n
+        lens = self._lens
+        sizes = lens[first:end] if end <= self.slots else [*lens[first:], *lens[: end - self.slots]]
+        buf = self._buf
         self._pending += n
-        return out
+        return [
+            buf[off : off + size]
+            for off, size in zip(self._offsets2[first:end], sizes, strict=True)
+        ]
 
     def release(self) -> None:
         """Free the slots of every packet received so far (their views must not be used)."""
