@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps
 PACKAGES := gateway shm_ring tunio
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run bench clean
+.PHONY: all deps venv lint test run bench bench-ring clean
 
 all: test
 
@@ -41,6 +41,10 @@ test: deps venv lint
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
 	exit $$rc
+
+# shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
+bench-ring: venv
+	$(BIN)/python -m bench.bench_ring
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -8,7 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from shm_ring import MAX_SLOT_SIZE, MAX_SLOTS, Ring, cleanup_stale, remove_if_stale
+from shm_ring import (
+    MAX_SLOT_SIZE,
+    MAX_SLOTS,
+    Ring,
+    arm_all,
+    cleanup_stale,
+    disarm_all,
+    remove_if_stale,
+)
 from tests.ring_helpers import fork_child, unique_ring_name, unlink_quietly, wait_child
 
 
@@ -217,4 +225,25 @@ def test_stale_segments_of_this_instance_are_removed_and_live_ones_kept() -> Non
             assert again.stats().packets == 0
     finally:
         for n in (crashed, live, foreign, not_a_ring):
+            unlink_quietly(n)
+
+
+def test_arm_all_sleeps_only_when_no_ring_has_work() -> None:
+    names = [unique_ring_name("arm") for _ in range(2)]
+    try:
+        with (
+            Ring.create(names[0], slots=2, slot_size=8) as inbox,
+            Ring.create(names[1], slots=1, slot_size=8) as outbox,
+        ):
+            outbox.send(b"x")  # full: the process waits for room here and data on inbox
+            assert arm_all(consumers=[inbox], producers=[outbox])
+            inbox.send(b"y")
+            assert _readable(inbox.consumer_fd())
+            disarm_all(consumers=[inbox], producers=[outbox])
+            assert not _readable(inbox.consumer_fd())
+            assert not arm_all(consumers=[inbox], producers=[outbox])  # inbox has data
+            inbox.send(b"z")
+            assert not _readable(inbox.consumer_fd())  # arm_all disarmed everything
+    finally:
+        for n in names:
             unlink_quietly(n)
