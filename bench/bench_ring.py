@@ -194,44 +194,47 @@ def syscall_read_cost(count: int = 20000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--packets", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     transports = {"shm_ring": run_ring, "mp.Queue": run_queue, "seqpacket": run_seqpacket}
+    keys = [(label, batch) for batch in BATCHES for label in transports]
+    # Repeats are interleaved (every transport once per round) and ratios are taken within a
+    # round, so load from other processes on a shared machine hits all of them alike.
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+    for _ in range(args.repeats):
+        for label, batch in keys:
+            times[label, batch].append(transports[label](args.packets, batch))
     rows = []
-    for batch in BATCHES:
-        for label, run in transports.items():
-            times = []
-            for _ in range(args.repeats):
-                times.append(run(args.packets, batch))
-                time.sleep(0.2)
-            median = statistics.median(times)
-            rows.append(
-                {
-                    "transport": label,
-                    "batch": batch,
-                    "packets": args.packets,
-                    "median_s": median,
-                    "pps": args.packets / median,
-                    "ns_per_packet": median / args.packets * 1e9,
-                }
-            )
-    read_ns = syscall_read_cost()
-    # Ratios: against a Queue moving single packets (how a Queue carries packets) and against a
-    # Queue carrying the same batches as one list each.
-    per_packet_queue = next(r for r in rows if r["transport"] == "mp.Queue" and r["batch"] == 1)
     print(
         f"{'batch':>5} {'transport':<10} {'packets/s':>12} {'ns/packet':>10} "
         f"{'vs Queue/pkt':>12} {'vs Queue same batch':>19}"
     )
-    for row in rows:
-        same = next(r for r in rows if r["transport"] == "mp.Queue" and r["batch"] == row["batch"])
-        row["vs_queue_per_packet"] = per_packet_queue["median_s"] / row["median_s"]
-        row["vs_queue_same_batch"] = same["median_s"] / row["median_s"]
-        print(
-            f"{row['batch']:>5} {row['transport']:<10} {row['pps']:>12,.0f} "
-            f"{row['ns_per_packet']:>10,.0f} {row['vs_queue_per_packet']:>11.1f}x "
-            f"{row['vs_queue_same_batch']:>18.1f}x"
+    for label, batch in keys:
+        mine = times[label, batch]
+        median = statistics.median(mine)
+        vs_packet = statistics.median(
+            q / t for q, t in zip(times["mp.Queue", 1], mine, strict=True)
         )
+        vs_batch = statistics.median(
+            q / t for q, t in zip(times["mp.Queue", batch], mine, strict=True)
+        )
+        rows.append(
+            {
+                "transport": label,
+                "batch": batch,
+                "packets": args.packets,
+                "median_s": median,
+                "pps": args.packets / median,
+                "ns_per_packet": median / args.packets * 1e9,
+                "vs_queue_per_packet": vs_packet,
+                "vs_queue_same_batch": vs_batch,
+            }
+        )
+        print(
+            f"{batch:>5} {label:<10} {args.packets / median:>12,.0f} "
+            f"{median / args.packets * 1e9:>10,.0f} {vs_packet:>11.1f}x {vs_batch:>18.1f}x"
+        )
+    read_ns = syscall_read_cost()
     print(f"one 1280-byte datagram read syscall (lower bound of a TUN read): {read_ns:,.0f} ns")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

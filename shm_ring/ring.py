@@ -189,12 +189,14 @@ class Ring:
         idx = self._idx
         if idx[_W_MAGIC] != MAGIC or idx[_W_VERSION] != VERSION:
             self._release_views()
+            self._mm.close()
             raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
         self.slots: int = idx[_W_SLOTS]
         self.slot_size: int = idx[_W_SLOT_SIZE]
         self._stride: int = idx[_W_STRIDE]
         if _check_geometry(self.slots, self.slot_size) != size:
             self._release_views()
+            self._mm.close()
             raise ValueError(f"segment {name!r} has {size} bytes, its header disagrees")
         data_off = _data_offset(self.slots)
         self._lens = self._buf[_HEADER_BYTES : _HEADER_BYTES + 4 * self.slots].cast("I")
