@@ -15,7 +15,15 @@ Typical use (the supervisor creates, forks, and each child uses the inherited ob
     # producer child: taken = ring.send_many(batch); if short: producer_arm() / producer_fd()
 """
 
-from shm_ring.ring import MAX_SLOT_SIZE, MAX_SLOTS, Ring, RingStats, arm_all, disarm_all
+from shm_ring.ring import (
+    MAX_SLOT_SIZE,
+    MAX_SLOTS,
+    Ring,
+    RingStats,
+    arm_all,
+    disarm_all,
+    read_stats,
+)
 from shm_ring.stale import cleanup_stale, remove_if_stale
 
 __all__ = [
@@ -26,5 +34,6 @@ __all__ = [
     "arm_all",
     "cleanup_stale",
     "disarm_all",
+    "read_stats",
     "remove_if_stale",
 ]

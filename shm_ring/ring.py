@@ -514,22 +514,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         """Snapshot of the shared counters."""
-        idx = self._idx
-        head, tail = idx[_W_HEAD], idx[_W_TAIL]
-        return RingStats(
-            slots=self.slots,
-            slot_size=self.slot_size,
-            packets=head,
-            bytes=idx[_W_BYTES],
-            released=tail,
-            occupancy=head - tail,
-            high_water=idx[_W_HIGH],
-            full_events=idx[_W_FULL],
-            consumer_sleeps=idx[_W_CONSUMER_SLEEPS],
-            consumer_wakeups=idx[_W_CONSUMER_WAKEUPS],
-            producer_sleeps=idx[_W_PRODUCER_SLEEPS],
-            producer_wakeups=idx[_W_PRODUCER_WAKEUPS],
-        )
+        return _stats_from(self._idx)
 
     def _wake(self, fd: int, counter: int) -> None:
         os.eventfd_write(fd, 1)
@@ -566,6 +551,43 @@ def disarm_all(consumers: Sequence[Ring] = (), producers: Sequence[Ring] = ()) -
         ring.consumer_disarm()
     for ring in producers:
         ring.producer_disarm()
+
+
+def _stats_from(words: memoryview) -> RingStats:
+    head, tail = words[_W_HEAD], words[_W_TAIL]
+    return RingStats(
+        slots=words[_W_SLOTS],
+        slot_size=words[_W_SLOT_SIZE],
+        packets=head,
+        bytes=words[_W_BYTES],
+        released=tail,
+        occupancy=head - tail,
+        high_water=words[_W_HIGH],
+        full_events=words[_W_FULL],
+        consumer_sleeps=words[_W_CONSUMER_SLEEPS],
+        consumer_wakeups=words[_W_CONSUMER_WAKEUPS],
+        producer_sleeps=words[_W_PRODUCER_SLEEPS],
+        producer_wakeups=words[_W_PRODUCER_WAKEUPS],
+    )
+
+
+def read_stats(name: str) -> RingStats:
+    """Counters of ring `name`, read-only, from any process (e.g. the metrics endpoint)."""
+    path = _check_name(name)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size < _HEADER_BYTES:
+            raise ValueError(f"{name!r} is too small to be an shm_ring segment")
+        with (
+            mmap.mmap(fd, _HEADER_BYTES, prot=mmap.PROT_READ) as hm,
+            memoryview(hm) as hv,
+            hv.cast("Q") as words,
+        ):
+            if words[_W_MAGIC] != MAGIC or words[_W_VERSION] != VERSION:
+                raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
+            return _stats_from(words)
+    finally:
+        os.close(fd)
 
 
 def _drain(fd: int) -> None:

@@ -15,6 +15,7 @@ from shm_ring import (
     arm_all,
     cleanup_stale,
     disarm_all,
+    read_stats,
     remove_if_stale,
 )
 from tests.ring_helpers import fork_child, unique_ring_name, unlink_quietly, wait_child
@@ -94,6 +95,7 @@ def test_full_ring_refuses_counts_and_tracks_high_water(name: str) -> None:
         assert not ring.send(b"6")
         stats = ring.stats()
         assert (stats.full_events, stats.high_water, stats.occupancy) == (2, 3, 3)
+        assert read_stats(name) == stats  # what the metrics endpoint sees, without the Ring
         assert [bytes(v) for v in ring.recv_many(2)] == [b"1", b"2"]
         assert [bytes(v) for v in ring.recv_many(2)] == [b"3"]  # continues after unreleased
         assert ring.stats().occupancy == 3  # nothing freed before release()
@@ -179,6 +181,8 @@ def test_attach_refuses_non_ring_segments(name: str) -> None:
         f.write(bytes(4096))
     with pytest.raises(ValueError, match="not a version-1 shm_ring"):
         Ring.attach(name, data_fd=-1, space_fd=-1)
+    with pytest.raises(ValueError, match="not a version-1 shm_ring"):
+        read_stats(name)
 
 
 def test_restarted_children_continue_the_ring(name: str) -> None:
