@@ -229,7 +229,8 @@ class Ring:
 
             if not remove_if_stale(name):
                 raise FileExistsError(
-                    f"shared-memory ring {name!r} exists and its creator is alive"
+                    f"shared-memory ring {name!r} exists and its creator is alive "
+                    "(or it is not an shm_ring segment)"
                 ) from None
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         data_fd = space_fd = -1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -251,3 +253,17 @@ def test_arm_all_sleeps_only_when_no_ring_has_work() -> None:
     finally:
         for n in names:
             unlink_quietly(n)
+
+
+def test_unrelated_process_attaches_by_name_and_wakes_the_owner(name: str) -> None:
+    code = (
+        "import sys; from shm_ring import Ring\n"
+        "r = Ring.attach(sys.argv[1]); assert r.send(b'from afar'); r.close()\n"
+    )
+    with Ring.create(name, slots=4, slot_size=16) as ring:
+        assert ring.consumer_arm()
+        subprocess.run([sys.executable, "-c", code, name], check=True, timeout=60)
+        assert _readable(ring.consumer_fd())
+        ring.consumer_disarm()
+        assert [bytes(v) for v in ring.recv_many()] == [b"from afar"]
+        ring.release()
