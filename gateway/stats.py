@@ -257,12 +257,10 @@ class PeerTable:
         slot = self._free.popleft()
         base = self.base(slot)
         w = self.words
-        w[base + PEER_GENERATION] += 1
-        for index in range(PEER_RX_BYTES, PEER_GENERATION + PEER_SLOT_WORDS):
-            if index != PEER_IN_USE:
-                w[base + index] = 0
-        start = base * 8 + PEER_KEY_OFFSET
-        self._raw[start : start + PEER_KEY_BYTES] = public_key
+        w[base + PEER_GENERATION] += 1  # odd: readers skip the slot while it changes
+        start = base * 8
+        self._raw[start + 8 : start + PEER_SLOT_WORDS * 8] = bytes(PEER_SLOT_WORDS * 8 - 8)
+        self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET] = public_key
         w[base + PEER_IN_USE] = 1
         w[base + PEER_GENERATION] += 1
         return slot
