@@ -554,16 +554,21 @@ class UapiServer:
             elif (client := self._clients.get(fd)) is not None:
                 self._service(client, mask)
 
+    def owns_socket(self) -> bool:
+        """Whether the socket file is still this server's. wireguard-go shuts its device
+        down when the file is deleted; the gateway can check this on its periodic tick."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
     def close(self) -> None:
         for client in list(self._clients.values()):
             self._drop(client)
         self._epoll.close()
         self._listener.close()
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) == self._identity:
+        if self.owns_socket():
             self.path.unlink()
 
     def _accept(self) -> None:

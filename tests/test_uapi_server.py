@@ -263,8 +263,11 @@ def test_socket_file_ownership(tmp_path: Path) -> None:
     assert not (tmp_path / "a.sock").exists()
 
     server = UapiServer(tmp_path / "b.sock", model)
+    assert server.owns_socket()
     (tmp_path / "b.sock").unlink()
+    assert not server.owns_socket()
     (tmp_path / "b.sock").write_text("someone else's file")
+    assert not server.owns_socket()
     server.close()
     assert (tmp_path / "b.sock").read_text() == "someone else's file"
 
