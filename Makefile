@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # System packages the tests and the gateway need on a fresh Debian machine.
-APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod
+APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd
 PACKAGES := gateway shm_ring tunio
 PYTEST_ARGS ?=
 

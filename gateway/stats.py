@@ -1,0 +1,559 @@
+"""Counters in shared memory: one writer per counter, summed at scrape time, no locks.
+
+Layout of the segment (all u64, native endianness, 8-byte aligned):
+
+    header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns
+    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
+    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp)
+    peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
+
+A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
+then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a
+lock or stalls the data plane. Each block is 512 bytes, so writers never share a cache
+line. The supervisor owns the segment: it creates it before forking (children use the same
+object) and unlinks it at exit; `firezone-gw show` attaches read-only by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from multiprocessing import resource_tracker, shared_memory
+from typing import Self
+
+import psutil
+
+MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
+VERSION = 1
+HEADER_SLOTS = 8
+PROC_SLOTS = 64
+RING_SLOTS = 8
+MAX_PEERS_LIMIT = 1 << 20
+
+# --- process block: counters (summed over all processes at scrape time) ---
+UDP_RX_PACKETS = 0  # datagrams received on the UDP socket(s)
+UDP_RX_BYTES = 1
+UDP_TX_PACKETS = 2  # datagrams sent (each GSO segment counts once)
+UDP_TX_BYTES = 3
+TUN_RX_PACKETS = 4  # IP packets read from the TUN device (towards peers)
+TUN_RX_BYTES = 5
+TUN_TX_PACKETS = 6  # IP packets written to the TUN device (from peers)
+TUN_TX_BYTES = 7
+HANDSHAKES_INITIATED = 8  # initiations we sent
+HANDSHAKES_COMPLETED = 9  # sessions established (either side)
+HANDSHAKES_REJECTED = 10  # initiations/responses that failed validation
+COOKIE_REPLIES_SENT = 11
+GSO_BATCHES = 12  # sendmsg calls carrying UDP_SEGMENT
+GSO_SEGMENTS = 13  # datagrams in those batches (average = segments / batches)
+CHILD_RESTARTS = 14  # written by the supervisor
+PEER_TABLE_FULL = 15  # peers the crypto process could not give a stats slot
+BUSY_NS = 16  # time spent working (not waiting in epoll), for the busy fraction
+
+COUNTER_NAMES: tuple[str, ...] = (
+    "udp_rx_packets",
+    "udp_rx_bytes",
+    "udp_tx_packets",
+    "udp_tx_bytes",
+    "tun_rx_packets",
+    "tun_rx_bytes",
+    "tun_tx_packets",
+    "tun_tx_bytes",
+    "handshakes_initiated",
+    "handshakes_completed",
+    "handshakes_rejected",
+    "cookie_replies_sent",
+    "gso_batches",
+    "gso_segments",
+    "child_restarts",
+    "peer_table_full",
+    "busy_ns",
+)
+
+# --- process block: drops by reason ---
+DROP_BASE = 24
+DROP_REASONS: tuple[str, ...] = (
+    "malformed",  # too short, unknown message type, bad IP header
+    "mac1_invalid",
+    "cookie_required",  # under load without a valid mac2
+    "rate_limited",
+    "unknown_receiver",  # transport/response for a session index we do not have
+    "decrypt_failed",
+    "replay",
+    "no_session",  # plaintext for a peer without a usable session
+    "allowed_ips",  # decrypted source not in the peer's allowed IPs
+    "no_route",  # plaintext destination matches no peer
+    "policy",
+    "ring_full",
+    "too_big",
+    "tun_write_failed",
+    "udp_send_failed",
+)
+DROP_MALFORMED = DROP_BASE + 0
+DROP_MAC1_INVALID = DROP_BASE + 1
+DROP_COOKIE_REQUIRED = DROP_BASE + 2
+DROP_RATE_LIMITED = DROP_BASE + 3
+DROP_UNKNOWN_RECEIVER = DROP_BASE + 4
+DROP_DECRYPT_FAILED = DROP_BASE + 5
+DROP_REPLAY = DROP_BASE + 6
+DROP_NO_SESSION = DROP_BASE + 7
+DROP_ALLOWED_IPS = DROP_BASE + 8
+DROP_NO_ROUTE = DROP_BASE + 9
+DROP_POLICY = DROP_BASE + 10
+DROP_RING_FULL = DROP_BASE + 11
+DROP_TOO_BIG = DROP_BASE + 12
+DROP_TUN_WRITE_FAILED = DROP_BASE + 13
+DROP_UDP_SEND_FAILED = DROP_BASE + 14
+
+# --- process block: identity (written by the process itself in attach_process) ---
+PID = 56
+STARTED_MONO_NS = 57  # time.monotonic_ns() at attach (CLOCK_MONOTONIC is system-wide)
+BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the same block
+
+# --- ring block ---
+RING_FULL_EVENTS = 0  # written by the producer when send finds the ring full
+RING_OCCUPANCY = 1  # packets waiting; written by the consumer after each batch
+RING_CAPACITY = 2  # written once by the supervisor
+
+# --- peer slot (words); all written by the crypto process ---
+PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
+PEER_RX_BYTES = 1  # transport data received from the peer (decrypted payload bytes)
+PEER_RX_PACKETS = 2
+PEER_TX_BYTES = 3
+PEER_TX_PACKETS = 4
+PEER_LAST_HANDSHAKE_NS = 5  # wall clock (time.time_ns()), 0 = never
+PEER_ENDPOINT_LEN = 6
+PEER_IN_USE = 7
+PEER_KEY_OFFSET = 8 * 8  # bytes within the slot
+PEER_KEY_BYTES = 32
+PEER_ENDPOINT_OFFSET = PEER_KEY_OFFSET + PEER_KEY_BYTES
+PEER_ENDPOINT_BYTES = 64
+PEER_SLOT_WORDS = (PEER_ENDPOINT_OFFSET + PEER_ENDPOINT_BYTES) // 8
+
+BUSY_WINDOW_SECONDS = 10.0
+_SEQLOCK_RETRIES = 100
+
+if len(COUNTER_NAMES) > DROP_BASE or DROP_BASE + len(DROP_REASONS) > PID:
+    raise RuntimeError("stats layout: counter ranges overlap")
+
+
+def process_roles(workers: int) -> tuple[str, ...]:
+    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp")
+
+
+def ring_names(workers: int) -> tuple[str, ...]:
+    """Rings in layout order: each worker's pair, then crypto<->udp."""
+    names: list[str] = []
+    for i in range(workers):
+        names += [f"worker{i}_to_crypto", f"crypto_to_worker{i}"]
+    return (*names, "crypto_to_udp", "udp_to_crypto")
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Counters summed over every process (field order = COUNTER_NAMES)."""
+
+    udp_rx_packets: int
+    udp_rx_bytes: int
+    udp_tx_packets: int
+    udp_tx_bytes: int
+    tun_rx_packets: int
+    tun_rx_bytes: int
+    tun_tx_packets: int
+    tun_tx_bytes: int
+    handshakes_initiated: int
+    handshakes_completed: int
+    handshakes_rejected: int
+    cookie_replies_sent: int
+    gso_batches: int
+    gso_segments: int
+    child_restarts: int
+    peer_table_full: int
+    busy_ns: int
+
+    @property
+    def gso_average_segments(self) -> float:
+        return self.gso_segments / self.gso_batches if self.gso_batches else 0.0
+
+
+if tuple(f.name for f in fields(Totals)) != COUNTER_NAMES:
+    raise RuntimeError("stats layout: Totals fields differ from COUNTER_NAMES")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    role: str
+    pid: int  # 0 until the process attached
+    counters: Totals
+    drops: Mapping[str, int]
+    busy_fraction: float | None  # share of wall time spent working over the last seconds
+    cpu_seconds: float | None  # user + system, from psutil; None if not sampled or gone
+    rss_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RingStats:
+    name: str
+    capacity: int
+    occupancy: int
+    full_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    public_key: bytes
+    endpoint: str  # "" when unknown
+    rx_bytes: int
+    rx_packets: int
+    tx_bytes: int
+    tx_packets: int
+    last_handshake: float  # wall-clock seconds since the epoch, 0.0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    taken_at: float  # wall-clock seconds
+    workers: int
+    max_peers: int
+    totals: Totals
+    drops: Mapping[str, int]  # summed over processes, every reason present
+    processes: tuple[ProcessStats, ...]
+    rings: tuple[RingStats, ...]
+    peers: tuple[PeerStats, ...]
+
+    def process(self, role: str) -> ProcessStats:
+        for proc in self.processes:
+            if proc.role == role:
+                return proc
+        raise KeyError(role)
+
+    @property
+    def crypto_busy_fraction(self) -> float | None:
+        return self.process("crypto").busy_fraction
+
+
+class PeerTable:
+    """The per-peer slots. Only the crypto process calls the mutating methods."""
+
+    def __init__(self, words: memoryview, raw: memoryview, max_peers: int) -> None:
+        self.words = words  # hot loop: words[slot * PEER_SLOT_WORDS + PEER_RX_BYTES] += n
+        self._raw = raw
+        self.max_peers = max_peers
+        self._free = collections.deque(range(max_peers))
+
+    def base(self, slot: int) -> int:
+        """Word index of a slot; add PEER_* constants to it."""
+        return slot * PEER_SLOT_WORDS
+
+    def assign(self, public_key: bytes) -> int | None:
+        """Give a peer a slot (counters zeroed); None when the table is full."""
+        if len(public_key) != PEER_KEY_BYTES:
+            raise ValueError(f"public key must be {PEER_KEY_BYTES} bytes, got {len(public_key)}")
+        if not self._free:
+            return None
+        slot = self._free.popleft()
+        base = self.base(slot)
+        w = self.words
+        w[base + PEER_GENERATION] += 1  # odd: readers skip the slot while it changes
+        start = base * 8
+        self._raw[start + 8 : start + PEER_SLOT_WORDS * 8] = bytes(PEER_SLOT_WORDS * 8 - 8)
+        self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET] = public_key
+        w[base + PEER_IN_USE] = 1
+        w[base + PEER_GENERATION] += 1
+        return slot
+
+    def adopt(self) -> dict[bytes, int]:
+        """Take over the slots a previous crypto process left (after a restart): rebuilds
+        the free list and returns public key -> slot, so counters continue."""
+        owned: dict[bytes, int] = {}
+        free = []
+        for slot in range(self.max_peers):
+            base = self.base(slot)
+            if self.words[base + PEER_IN_USE]:
+                start = base * 8
+                key = bytes(self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET])
+                owned[key] = slot
+            else:
+                free.append(slot)
+        self._free = collections.deque(free)
+        return owned
+
+    def release(self, slot: int) -> None:
+        base = self.base(slot)
+        if not self.words[base + PEER_IN_USE]:
+            raise ValueError(f"peer slot {slot} is not in use")
+        self.words[base + PEER_GENERATION] += 1
+        self.words[base + PEER_IN_USE] = 0
+        self.words[base + PEER_GENERATION] += 1
+        self._free.append(slot)
+
+    def set_endpoint(self, slot: int, endpoint: str) -> None:
+        """Record the peer's endpoint text (e.g. '[2001:db8::1]:51820'), cut to 64 bytes."""
+        data = endpoint.encode()[:PEER_ENDPOINT_BYTES]
+        base = self.base(slot)
+        start = base * 8 + PEER_ENDPOINT_OFFSET
+        self.words[base + PEER_GENERATION] += 1
+        self._raw[start : start + len(data)] = data
+        self.words[base + PEER_ENDPOINT_LEN] = len(data)
+        self.words[base + PEER_GENERATION] += 1
+
+    def set_last_handshake(self, slot: int, wall_ns: int) -> None:
+        self.words[self.base(slot) + PEER_LAST_HANDSHAKE_NS] = wall_ns
+
+    def read(self) -> Iterator[PeerStats]:
+        for slot in range(self.max_peers):
+            peer = self._read_slot(slot)
+            if peer is not None:
+                yield peer
+
+    def _read_slot(self, slot: int) -> PeerStats | None:
+        base = self.base(slot)
+        w = self.words
+        for _ in range(_SEQLOCK_RETRIES):
+            gen = w[base + PEER_GENERATION]
+            if gen & 1:
+                continue
+            if not w[base + PEER_IN_USE]:
+                return None
+            start = base * 8
+            key = bytes(self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET])
+            length = min(w[base + PEER_ENDPOINT_LEN], PEER_ENDPOINT_BYTES)
+            endpoint_at = start + PEER_ENDPOINT_OFFSET
+            endpoint = bytes(self._raw[endpoint_at : endpoint_at + length])
+            values = w[base + PEER_RX_BYTES : base + PEER_LAST_HANDSHAKE_NS + 1].tolist()
+            if w[base + PEER_GENERATION] == gen:
+                return PeerStats(
+                    public_key=key,
+                    endpoint=endpoint.decode(errors="replace"),
+                    rx_bytes=values[0],
+                    rx_packets=values[1],
+                    tx_bytes=values[2],
+                    tx_packets=values[3],
+                    last_handshake=values[4] / 1e9,
+                )
+        return None  # the writer kept rewriting it; skipped for this scrape
+
+
+class StatsRegion:
+    """The shared-memory stats segment. Create in the supervisor before forking."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
+        self._shm = shm
+        self._owner = owner
+        self._views: list[memoryview] = []
+        self._blocks: dict[str, memoryview] = {}  # handed-out views, one per block
+        buf = _buffer(shm)
+        words = self._view(buf.cast("Q"))
+        if words[0] != MAGIC or words[1] != VERSION:
+            self._release_views()
+            raise ValueError(f"shared memory {shm.name!r} is not a firezone-gw stats region")
+        self.workers = int(words[2])
+        self.max_peers = int(words[3])
+        self.roles = process_roles(self.workers)
+        self.ring_names = ring_names(self.workers)
+        self._words = words
+        self._proc_base = HEADER_SLOTS
+        self._ring_base = self._proc_base + len(self.roles) * PROC_SLOTS
+        self._peer_base = self._ring_base + len(self.ring_names) * RING_SLOTS
+        peer_end = self._peer_base + self.max_peers * PEER_SLOT_WORDS
+        self.peers = PeerTable(
+            self._view(words[self._peer_base : peer_end]),
+            self._view(buf[self._peer_base * 8 : peer_end * 8]),
+            self.max_peers,
+        )
+        self._busy_samples: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque(
+            maxlen=256
+        )
+        self._psutil: dict[int, psutil.Process] = {}
+
+    @staticmethod
+    def size_for(workers: int, max_peers: int) -> int:
+        roles = len(process_roles(workers))
+        rings = len(ring_names(workers))
+        words = HEADER_SLOTS + roles * PROC_SLOTS + rings * RING_SLOTS
+        return (words + max_peers * PEER_SLOT_WORDS) * 8
+
+    @classmethod
+    def create(cls, name: str, *, workers: int, max_peers: int = 1024) -> Self:
+        if not 1 <= workers <= 256:  # noqa: PLR2004 (the TUN multi-queue limit)
+            raise ValueError(f"workers must be 1..256, got {workers}")
+        if not 1 <= max_peers <= MAX_PEERS_LIMIT:
+            raise ValueError(f"max_peers must be 1..{MAX_PEERS_LIMIT}, got {max_peers}")
+        shm = shared_memory.SharedMemory(name, create=True, size=cls.size_for(workers, max_peers))
+        struct.pack_into("=5Q", _buffer(shm), 0, *_header(workers, max_peers))
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Self:
+        """Open an existing region (e.g. from `firezone-gw show`); close() leaves it alone."""
+        shm = shared_memory.SharedMemory(name)
+        # Python 3.11 registers attached segments with the resource tracker too, which
+        # would unlink the supervisor's segment when this process exits.
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # no public name in 3.11
+        return cls(shm, owner=False)
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    def process_block(self, role: str) -> memoryview:
+        """The u64 counters of one process ('supervisor', 'worker0', 'crypto', 'udp')."""
+        if role not in self._blocks:
+            start = self._proc_base + self.roles.index(role) * PROC_SLOTS
+            self._blocks[role] = self._view(self._words[start : start + PROC_SLOTS])
+        return self._blocks[role]
+
+    def attach_process(self, role: str) -> memoryview:
+        """Call in the process that owns `role` (after fork): records its pid and start."""
+        block = self.process_block(role)
+        block[PID] = os.getpid()
+        block[BUSY_AT_START] = block[BUSY_NS]
+        block[STARTED_MONO_NS] = time.monotonic_ns()
+        return block
+
+    def ring_block(self, ring: str) -> memoryview:
+        key = f"ring:{ring}"
+        if key not in self._blocks:
+            start = self._ring_base + self.ring_names.index(ring) * RING_SLOTS
+            self._blocks[key] = self._view(self._words[start : start + RING_SLOTS])
+        return self._blocks[key]
+
+    def sample_busy(self, now_ns: int | None = None) -> None:
+        """Remember every process's busy time; call about once a second (e.g. from the
+        supervisor's watchdog tick) so the busy fraction covers the last few seconds."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        self._busy_samples.append((now, self._busy_values()))
+
+    def snapshot(
+        self, *, sample_processes: bool = True, now_ns: int | None = None
+    ) -> StatsSnapshot:
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        busy_now = self._busy_values()
+        reference = self._busy_reference(now)
+        processes: list[ProcessStats] = []
+        sums = [0] * len(COUNTER_NAMES)
+        drop_sums = [0] * len(DROP_REASONS)
+        for index, role in enumerate(self.roles):
+            start = self._proc_base + index * PROC_SLOTS
+            values = self._words[start : start + PROC_SLOTS].tolist()
+            counters = values[: len(COUNTER_NAMES)]
+            drops = values[DROP_BASE : DROP_BASE + len(DROP_REASONS)]
+            sums = [a + b for a, b in zip(sums, counters, strict=True)]
+            drop_sums = [a + b for a, b in zip(drop_sums, drops, strict=True)]
+            pid = int(values[PID])
+            cpu, rss = self._sample_process(pid) if sample_processes else (None, None)
+            processes.append(
+                ProcessStats(
+                    role=role,
+                    pid=pid,
+                    counters=Totals(*counters),
+                    drops=dict(zip(DROP_REASONS, drops, strict=True)),
+                    busy_fraction=_busy_fraction(
+                        now,
+                        busy_now[index],
+                        reference,
+                        index,
+                        (int(values[STARTED_MONO_NS]), int(values[BUSY_AT_START])),
+                    ),
+                    cpu_seconds=cpu,
+                    rss_bytes=rss,
+                )
+            )
+        rings = []
+        for index, ring in enumerate(self.ring_names):
+            start = self._ring_base + index * RING_SLOTS
+            full, occupancy, capacity = self._words[start : start + 3].tolist()
+            rings.append(RingStats(ring, capacity, occupancy, full))
+        return StatsSnapshot(
+            taken_at=time.time(),
+            workers=self.workers,
+            max_peers=self.max_peers,
+            totals=Totals(*sums),
+            drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
+            processes=tuple(processes),
+            rings=tuple(rings),
+            peers=tuple(self.peers.read()),
+        )
+
+    def close(self) -> None:
+        """Drop this process's mapping. Views handed out become unusable."""
+        self._release_views()
+        self._shm.close()
+
+    def unlink(self) -> None:
+        """Remove the segment (supervisor only, at exit)."""
+        if not self._owner:
+            raise RuntimeError("only the process that created the stats region may unlink it")
+        self._shm.unlink()
+
+    def _view(self, view: memoryview) -> memoryview:
+        self._views.append(view)
+        return view
+
+    def _release_views(self) -> None:
+        self._blocks.clear()
+        for view in reversed(self._views):
+            view.release()
+        self._views.clear()
+
+    def _busy_values(self) -> tuple[int, ...]:
+        base = self._proc_base + BUSY_NS
+        return tuple(self._words[base + i * PROC_SLOTS] for i in range(len(self.roles)))
+
+    def _busy_reference(self, now: int) -> tuple[int, tuple[int, ...]] | None:
+        """The newest sample at least BUSY_WINDOW_SECONDS old, else the oldest one."""
+        window_start = now - int(BUSY_WINDOW_SECONDS * 1e9)
+        chosen = None
+        for sample in self._busy_samples:
+            if sample[0] >= now:
+                break
+            if chosen is None or sample[0] <= window_start:
+                chosen = sample
+        return chosen
+
+    def _sample_process(self, pid: int) -> tuple[float | None, int | None]:
+        if pid == 0:
+            return None, None
+        try:
+            proc = self._psutil.get(pid) or psutil.Process(pid)
+            self._psutil[pid] = proc
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss = int(proc.memory_info().rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self._psutil.pop(pid, None)
+            return None, None
+        return float(times.user + times.system), rss
+
+
+def _header(workers: int, max_peers: int) -> tuple[int, ...]:
+    return (MAGIC, VERSION, workers, max_peers, time.time_ns())
+
+
+def _buffer(shm: shared_memory.SharedMemory) -> memoryview:
+    if shm.buf is None:
+        raise ValueError(f"shared memory {shm.name!r} is closed")
+    return shm.buf
+
+
+def _busy_fraction(
+    now: int,
+    busy_now: int,
+    reference: tuple[int, tuple[int, ...]] | None,
+    index: int,
+    start: tuple[int, int],
+) -> float | None:
+    started, busy_at_start = start
+    if reference is not None and started and reference[0] >= started:
+        since, busy_then = reference[0], reference[1][index]
+    elif started:
+        since, busy_then = started, busy_at_start
+    else:
+        return None  # the process never attached
+    elapsed = now - since
+    if elapsed <= 0:
+        return None
+    return min(1.0, max(0.0, (busy_now - busy_then) / elapsed))
