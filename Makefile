@@ -9,6 +9,7 @@ PACKAGES := gateway shm_ring tunio
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv lint test run demo bench clean
+.PHONY: all deps venv lint test run bench bench-ring clean
 
 all: test
 
@@ -47,6 +48,9 @@ test: deps venv lint
 BENCH_ARGS ?=
 bench: deps venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+# shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
+bench-ring: venv
+	$(BIN)/python -m bench.bench_ring
 
 # Run the gateway in the foreground with the shipped config (root: it creates a TUN device).
 # On first start it creates config/private.key (mode 0600) and logs the public key.
