@@ -8,8 +8,7 @@ APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps
 PACKAGES := gateway shm_ring tunio
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run demo bench clean
-.PHONY: all deps venv lint test run bench bench-ring clean
+.PHONY: all deps venv lint test run demo bench bench-ring clean
 
 all: test
 
@@ -48,6 +47,7 @@ test: deps venv lint
 BENCH_ARGS ?=
 bench: deps venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
 bench-ring: venv
 	$(BIN)/python -m bench.bench_ring

@@ -539,6 +539,15 @@ class UapiServer:
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         return cls(folder / f"{ifname}.sock", backend)
 
+    @property
+    def backend(self) -> UapiBackend:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: UapiBackend) -> None:
+        """Serve from another backend (the crypto process installs its own after fork)."""
+        self._backend = backend
+
     def fileno(self) -> int:
         return self._epoll.fileno()
 
