@@ -714,13 +714,32 @@ class UapiServer:
         client.sock.close()
 
 
+def _remove_if_stale(path: Path) -> None:
+    """Remove a socket nobody listens on (left by a crashed run), as wireguard-go does.
+
+    A live socket (someone accepts) or any other kind of file is never touched.
+    """
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            log.warning("removing stale control socket %s (nobody listens on it)", path)
+            path.unlink(missing_ok=True)
+        except OSError:
+            return
+
+
 def _bind_unix(path: Path) -> socket.socket:
-    """Bind a listening socket at `path` with mode 0600; never replaces an existing file."""
+    """Bind a listening socket at `path` with mode 0600; replaces only a stale socket."""
+    if path.is_socket():
+        _remove_if_stale(path)
     if path.exists() or path.is_symlink():
         kind = "a socket" if stat.S_ISSOCK(path.lstat().st_mode) else "a file"
         raise FileExistsError(
-            f"{path} already exists ({kind}); another instance may be running."
-            " Remove it by hand if it is stale."
+            f"{path} already exists ({kind}) and is in use; another instance may be running"
         )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     old_umask = os.umask(0o077)

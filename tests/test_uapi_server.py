@@ -273,3 +273,18 @@ def test_socket_file_ownership(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="interface name"):
         UapiServer.for_interface("../etc", model, directory=tmp_path)
+
+
+def test_stale_socket_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # bound, never listening, then closed: what a crash leaves
+    dead.close()
+    server = UapiServer(path, UapiModel())
+    loop = Loop(server)
+    try:
+        assert server.owns_socket()
+        assert _raw(path, b"get=1\n\n").endswith(b"errno=0\n\n")
+    finally:
+        loop.stop()
+        server.close()

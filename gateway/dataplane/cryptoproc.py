@@ -168,7 +168,7 @@ def _endpoint_text(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop, kept in one place on purpose
+def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place on purpose
     device: Device,
     rings: CryptoRings,
     counters: memoryview,
@@ -274,5 +274,3 @@ def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop, kept in o
             handler = handlers.get(fd)
             if handler is not None:
                 handler(monotonic())
-
-

@@ -99,6 +99,13 @@ class _NoBackend:
         return ERR_IO
 
 
+def _send_quietly(sock: socket.socket, message: bytes) -> None:
+    try:
+        sock.send(message)
+    except OSError as exc:
+        log.error("control message %r not sent: %s", message, exc)
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -166,7 +173,9 @@ class Supervisor:
         try:
             self.uapi = UapiServer.for_interface(self.name, _NoBackend())
         except OSError as exc:
-            raise SupervisorError(f"cannot create the control socket for {self.name}: {exc}") from exc
+            raise SupervisorError(
+                f"cannot create the control socket for {self.name}: {exc}"
+            ) from exc
         for i in range(workers):
             self.children[f"worker{i}"] = Child(f"worker{i}", self._worker_target(i))
         self.children["crypto"] = Child("crypto", self._crypto_target)
@@ -211,7 +220,7 @@ class Supervisor:
         backend = DeviceBackend(
             device,
             listen_port=udp.port if udp is not None else 0,
-            request_listen_port=lambda port: control.send(b"listen-port %d" % port),
+            request_listen_port=lambda port: _send_quietly(control, b"listen-port %d" % port),
         )
         handlers: dict[int, Callable[[float], None]] = {}
 
@@ -315,32 +324,7 @@ class Supervisor:
             self._start_metrics()
             self.notifier.ready(self._status())
             log.info("gateway %s running", self.name)
-            watchdog = watchdog_interval()
-            next_tick = time.monotonic()
-            while not self.stopping:
-                timeout = max(0.0, next_tick - time.monotonic())
-                events = epoll.poll(timeout)
-                for fd, _ in events:
-                    if fd == wake_r.fileno():
-                        with contextlib.suppress(BlockingIOError):
-                            wake_r.recv(4096)
-                        continue
-                    if control is not None and fd == control.fileno():
-                        self._control_messages(control, epoll)
-                        continue
-                    for child in self.children.values():
-                        if child.pidfd == fd:
-                            epoll.unregister(fd)
-                            self._child_exited(child)
-                            if not self.stopping:
-                                self._spawn(child)
-                                epoll.register(child.pidfd, select.EPOLLIN)
-                            break
-                while signals:
-                    self._signal(signals.pop(0))
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
-                    self._tick()
+            self._loop(epoll, wake_r, control, signals)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.stopping()
@@ -350,6 +334,41 @@ class Supervisor:
             wake_r.close()
             wake_w.close()
         return self.exit_code
+
+    def _loop(
+        self,
+        epoll: select.epoll,
+        wake_r: socket.socket,
+        control: socket.socket | None,
+        signals: list[int],
+    ) -> None:
+        watchdog = watchdog_interval()
+        next_tick = time.monotonic()
+        while not self.stopping:
+            timeout = max(0.0, next_tick - time.monotonic())
+            for fd, _ in epoll.poll(timeout):
+                if fd == wake_r.fileno():
+                    with contextlib.suppress(BlockingIOError):
+                        wake_r.recv(4096)
+                elif control is not None and fd == control.fileno():
+                    self._control_messages(control, epoll)
+                else:
+                    self._pidfd_ready(fd, epoll)
+            while signals:
+                self._signal(signals.pop(0))
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
+                self._tick()
+
+    def _pidfd_ready(self, fd: int, epoll: select.epoll) -> None:
+        for child in self.children.values():
+            if child.pidfd == fd:
+                epoll.unregister(fd)
+                self._child_exited(child)
+                if not self.stopping:
+                    self._spawn(child)
+                    epoll.register(child.pidfd, select.EPOLLIN)
+                return
 
     def _control_messages(self, control: socket.socket, epoll: select.epoll) -> None:
         while True:

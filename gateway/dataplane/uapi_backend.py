@@ -8,17 +8,20 @@ owns the UDP socket: it binds the new port and restarts the UDP process on it.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Callable
 
+from gateway.keys import public_key
 from gateway.uapi import (
     ERR_INVALID,
     ERR_PORT_IN_USE,
     ZERO_KEY,
     DeviceState,
     Endpoint,
+    PeerChange,
     PeerState,
     SetRequest,
 )
@@ -70,8 +73,6 @@ class DeviceBackend:
         for peer in self.device.peers():
             endpoint = None
             if peer.endpoint is not None:
-                import ipaddress  # noqa: PLC0415 - only for this rare control path
-
                 endpoint = Endpoint(ipaddress.ip_address(peer.endpoint[0]), peer.endpoint[1])
             handshake_ns = 0
             if peer.last_handshake is not None:
@@ -97,19 +98,12 @@ class DeviceBackend:
 
     def apply(self, request: SetRequest) -> int:
         """Apply the whole request or nothing; 0 or a negative errno."""
-        if request.listen_port is not None and request.listen_port != self.listen_port:
-            if not _port_free(request.listen_port):
-                return ERR_PORT_IN_USE
+        error = self._check(request)
+        if error:
+            return error
         own_key = self.device.public_key
         if request.private_key is not None and request.private_key != ZERO_KEY:
-            from gateway.keys import public_key  # noqa: PLC0415 - rare control path
-
             own_key = public_key(request.private_key)
-        for change in request.peers:
-            if change.persistent_keepalive_interval is not None and not (
-                0 <= change.persistent_keepalive_interval <= 0xFFFF  # noqa: PLR2004 - u16
-            ):
-                return ERR_INVALID
         now = self._clock()
         device = self.device
         if request.private_key is not None:
@@ -120,42 +114,42 @@ class DeviceBackend:
             for peer in list(device.peers()):
                 device.remove_peer(peer.public_key)
         for change in request.peers:
-            if own_key is not None and change.public_key == own_key:
-                continue  # as wireguard-go: a peer with our own key is ignored
-            exists = device.peer(change.public_key) is not None
-            if change.remove:
-                device.remove_peer(change.public_key)
-                continue
-            if change.update_only and not exists:
-                continue
-            psk = (
-                UNCHANGED
-                if change.preshared_key is None
-                else (None if change.preshared_key == ZERO_KEY else change.preshared_key)
-            )
-            endpoint = (
-                UNCHANGED
-                if change.endpoint is None
-                else (str(change.endpoint.address), change.endpoint.port)
-            )
-            keepalive = (
-                UNCHANGED
-                if change.persistent_keepalive_interval is None
-                else change.persistent_keepalive_interval
-            )
-            peer = device.upsert_peer(
-                change.public_key,
-                preshared_key=psk,
-                endpoint=endpoint,
-                persistent_keepalive=keepalive,
-                allowed_ips=change.allowed_ips,
-                replace_allowed_ips=change.replace_allowed_ips,
-                now=now,
-            )
-            for network in change.removed_allowed_ips:
-                device.remove_allowed_ip(peer, network)
+            if own_key is None or change.public_key != own_key:  # wireguard-go ignores our key
+                self._apply_peer(change, now)
         if request.listen_port is not None and request.listen_port != self.listen_port:
             self._request_listen_port(request.listen_port)
             if request.listen_port:
                 self.listen_port = request.listen_port
         return 0
+
+    def _check(self, request: SetRequest) -> int:
+        port = request.listen_port
+        if port is not None and port != self.listen_port and not _port_free(port):
+            return ERR_PORT_IN_USE
+        for change in request.peers:
+            keepalive = change.persistent_keepalive_interval
+            if keepalive is not None and not 0 <= keepalive <= 0xFFFF:  # noqa: PLR2004 - u16
+                return ERR_INVALID
+        return 0
+
+    def _apply_peer(self, change: PeerChange, now: float) -> None:
+        device = self.device
+        if change.remove:
+            device.remove_peer(change.public_key)
+            return
+        if change.update_only and device.peer(change.public_key) is None:
+            return
+        psk = change.preshared_key
+        endpoint = change.endpoint
+        keepalive = change.persistent_keepalive_interval
+        peer = device.upsert_peer(
+            change.public_key,
+            preshared_key=UNCHANGED if psk is None else (None if psk == ZERO_KEY else psk),
+            endpoint=UNCHANGED if endpoint is None else (str(endpoint.address), endpoint.port),
+            persistent_keepalive=UNCHANGED if keepalive is None else keepalive,
+            allowed_ips=change.allowed_ips,
+            replace_allowed_ips=change.replace_allowed_ips,
+            now=now,
+        )
+        for network in change.removed_allowed_ips:
+            device.remove_allowed_ip(peer, network)
