@@ -165,6 +165,42 @@ def run(options: GlobalOptions) -> None:
     sys.exit(code)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_global_options
+def show(options: GlobalOptions, as_json: bool) -> None:
+    """Show the running gateway's peers and counters, like `wg show`."""
+    from gateway import show as show_mod  # noqa: PLC0415 - only this command needs it
+    from gateway.stats import StatsRegion  # noqa: PLC0415 - only this command needs it
+
+    try:
+        config = load_config(options.config)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    name = config.interface.name
+    segment = show_mod.find_stats_segment(name)
+    if segment is None:
+        click.echo(f"Error: no running firezone-gw for interface {name}", err=True)
+        sys.exit(1)
+    try:
+        region = StatsRegion.attach(segment)
+    except (OSError, ValueError) as exc:
+        click.echo(f"Error: cannot read the counters of {name}: {exc}", err=True)
+        sys.exit(1)
+    try:
+        snapshot = region.snapshot()
+    finally:
+        region.close()
+    info = show_mod.InterfaceInfo(
+        name, keys.encode_key(config.interface.public_key), config.interface.listen_port
+    )
+    if as_json:
+        click.echo(show_mod.to_json(snapshot, info).decode())
+    else:
+        click.echo(show_mod.format_table(snapshot, device=name, interface=info), nl=False)
+
+
 @main.command("client-config")
 @click.option("--peer", "peer_key", default=None, help="Public key of a peer in the config.")
 @click.option(

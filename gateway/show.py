@@ -3,10 +3,82 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
+import psutil
 
-from gateway.stats import StatsSnapshot
+from gateway.stats import HEADER_SLOTS, MAGIC, StatsSnapshot
+from shm_ring.ring import SHM_DIR
+
+# A segment is created after its supervisor started; allow for the granularity of the
+# process start time when comparing the two.
+_START_SLACK_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceInfo:
+    """What `show` prints about the interface, from the gateway's config."""
+
+    name: str
+    public_key: str
+    listen_port: int
+
+
+def stats_segment_name(interface: str, pid: int) -> str:
+    """The shared-memory name of a running gateway's counters (see the supervisor)."""
+    return f"fzgw.{interface}.{pid}.stats"
+
+
+def find_stats_segment(interface: str, shm_dir: Path = Path(SHM_DIR)) -> str | None:
+    """The counters of the live gateway serving `interface`, or None when none runs.
+
+    Segments are fzgw.<interface>.<supervisor pid>.stats; one whose supervisor is gone (a
+    crash, or a pid now used by another process) is skipped. Of several live ones (should
+    not happen: the device name is exclusive) the newest wins.
+    """
+    pattern = re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+    best: tuple[int, str] | None = None
+    try:
+        entries = list(os.scandir(shm_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        created_ns = _created_ns(entry.path)
+        if created_ns is None or not _alive_since(int(match.group(1)), created_ns):
+            continue
+        if best is None or created_ns > best[0]:
+            best = (created_ns, entry.name)
+    return None if best is None else best[1]
+
+
+def _created_ns(path: str) -> int | None:
+    try:
+        with open(path, "rb") as segment:
+            header = segment.read(HEADER_SLOTS * 8)
+    except OSError:
+        return None
+    if len(header) < HEADER_SLOTS * 8:
+        return None
+    magic, _version, _workers, _peers, created = struct.unpack_from("=5Q", header)
+    return int(created) if magic == MAGIC else None
+
+
+def _alive_since(pid: int, created_ns: int) -> bool:
+    """Whether `pid` runs and started before the segment was created (not a reused pid)."""
+    try:
+        started = float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return started <= created_ns / 1e9 + _START_SLACK_SECONDS
+
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _PERIODS = (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
@@ -37,11 +109,18 @@ def format_ago(seconds: float) -> str:
     return ", ".join(parts) + " ago"
 
 
-def format_table(snapshot: StatsSnapshot, *, device: str) -> str:
+def format_table(
+    snapshot: StatsSnapshot, *, device: str, interface: InterfaceInfo | None = None
+) -> str:
     t = snapshot.totals
     busy = snapshot.crypto_busy_fraction
-    lines = [
-        f"interface: {device}",
+    lines = [f"interface: {device}"]
+    if interface is not None:
+        lines += [
+            f"  public key: {interface.public_key}",
+            f"  listening port: {interface.listen_port}",
+        ]
+    lines += [
         f"  workers: {snapshot.workers}",
         f"  crypto busy: {'n/a' if busy is None else f'{busy:.1%}'}",
         f"  transfer: {format_bytes(t.udp_rx_bytes)} received, {format_bytes(t.udp_tx_bytes)} sent",
@@ -64,6 +143,11 @@ def format_table(snapshot: StatsSnapshot, *, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_json(snapshot: StatsSnapshot) -> bytes:
-    """The whole snapshot as JSON (keys in base64, times in seconds since the epoch)."""
-    return msgspec.json.encode(snapshot)
+def to_json(snapshot: StatsSnapshot, interface: InterfaceInfo | None = None) -> bytes:
+    """The whole snapshot as JSON (keys in base64, times in seconds since the epoch), with
+    an "interface" object when `interface` is given."""
+    if interface is None:
+        return msgspec.json.encode(snapshot)
+    data = msgspec.to_builtins(snapshot)
+    data["interface"] = msgspec.to_builtins(interface)
+    return msgspec.json.encode(data)

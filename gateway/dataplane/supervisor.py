@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -21,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -33,6 +36,7 @@ from gateway.keys import encode_key
 from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
+from gateway.show import stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
@@ -54,10 +58,42 @@ STOP_GRACE = 1.5  # seconds between SIGTERM and SIGKILL for children on shutdown
 TICK = 1.0
 PR_SET_PDEATHSIG = 1
 EXIT_DEVICE_GONE = 3  # a worker's exit status when its TUN queue reports the device deleted
+STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
+ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int): name of the device a queue fd is attached to
+# A TUN queue fd whose device was deleted answers EBADFD to read, write and ioctl.
+DEVICE_GONE_ERRNOS = frozenset({errno.EBADFD, errno.ENODEV})
+READY_BYTE = b"R"
 
 
 class SupervisorError(Exception):
     """Setup failed in a way the operator must fix (message says what)."""
+
+
+class DeviceGone(Exception):
+    """Raised in a TUN worker when its queue fd says the device was deleted."""
+
+
+def device_gone_error(exc: BaseException) -> bool:
+    """Whether `exc` (or the OSError it wraps) means the TUN device no longer exists."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, OSError) and current.errno in DEVICE_GONE_ERRNOS:
+            return True
+        current = current.__cause__
+    return False
+
+
+def queue_device_name(fd: int) -> str | None:
+    """The name of the TUN device queue `fd` is attached to, wherever the device now lives
+    (another network namespace, a new name); None once the device was deleted."""
+    try:
+        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError as exc:
+        if exc.errno in DEVICE_GONE_ERRNOS:
+            return None
+        raise
+    return ifr[:16].split(b"\0", 1)[0].decode(errors="replace")
 
 
 @dataclass
@@ -67,6 +103,8 @@ class Child:
     pid: int = 0
     pidfd: int = -1
     started: float = 0.0
+    ready: bool = False  # the child reported that it entered its loop
+    ready_fd: int = -1  # read end of the child's readiness pipe until it reported
 
 
 @dataclass
@@ -126,6 +164,11 @@ class Supervisor:
         self._control_parent: socket.socket | None = None
         self._control_child: socket.socket | None = None
         self.uapi: UapiServer | None = None
+        self._ready_w = -1  # in a child: where it reports readiness
+        self._announced = False  # READY=1 sent
+        self._next_status = 0.0
+        self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
+        self._psutil: dict[int, psutil.Process] = {}
 
     # ---- setup --------------------------------------------------------------------------
 
@@ -157,7 +200,7 @@ class Supervisor:
                 f"{self._prefix()}{pid}.{ring_name}", slots=RING_SLOTS, slot_size=slot_size
             )
         self.rt.stats = st.StatsRegion.create(
-            f"{self._prefix()}{pid}.stats", workers=workers, max_peers=max(1024, len(cfg.peers))
+            stats_segment_name(self.name, pid), workers=workers, max_peers=max(1024, len(cfg.peers))
         )
         try:
             self.rt.udp = UdpIo(cfg.interface.listen_port)
@@ -199,12 +242,18 @@ class Supervisor:
         def target() -> None:
             block = self._stats().attach_process(f"worker{index}")
             rings = self.rt.rings
-            run_worker(
-                self.rt.queues[index],
-                rings[f"worker{index}_to_crypto"],
-                rings[f"crypto_to_worker{index}"],
-                block,
-            )
+            self._report_ready()
+            try:
+                run_worker(
+                    self.rt.queues[index],
+                    rings[f"worker{index}_to_crypto"],
+                    rings[f"crypto_to_worker{index}"],
+                    block,
+                )
+            except (TunError, OSError) as exc:
+                if device_gone_error(exc):
+                    raise DeviceGone(str(exc)) from exc
+                raise
 
         return target
 
@@ -247,6 +296,7 @@ class Supervisor:
             uapi.backend = backend
             handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
 
+        self._report_ready()
         run_crypto(
             device,
             CryptoRings(
@@ -264,15 +314,26 @@ class Supervisor:
         block = self._stats().attach_process("udp")
         if self.rt.udp is None:
             raise SupervisorError("UDP socket missing")
+        self._report_ready()
         run_udp(self.rt.udp, self.rt.rings["udp_to_crypto"], self.rt.rings["crypto_to_udp"], block)
 
     # ---- children -----------------------------------------------------------------------
 
+    def _report_ready(self) -> None:
+        """In a child: tell the supervisor that setup is done and the loop starts."""
+        if self._ready_w >= 0:
+            os.write(self._ready_w, READY_BYTE)
+            os.close(self._ready_w)
+            self._ready_w = -1
+
     def _spawn(self, child: Child) -> None:
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
+                os.close(ready_r)
+                self._ready_w = ready_w
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
@@ -281,10 +342,16 @@ class Supervisor:
                 setup_logging(self.options.log_filter, self.options.log_format)
                 child.target()
                 code = 0
+            except DeviceGone as exc:
+                logging.getLogger(f"gateway.{child.role}").info("TUN device gone: %s", exc)
+                code = EXIT_DEVICE_GONE
             except BaseException:  # the child must leave through os._exit, whatever happened
                 logging.getLogger(f"gateway.{child.role}").exception("%s failed", child.role)
             finally:
                 os._exit(code)
+        os.close(ready_w)
+        child.ready = False
+        child.ready_fd = ready_r
         child.pid = pid
         child.pidfd = os.pidfd_open(pid)
         child.started = time.monotonic()
@@ -294,7 +361,37 @@ class Supervisor:
         _, status = os.waitpid(child.pid, 0)
         os.close(child.pidfd)
         child.pid, child.pidfd = 0, -1
+        self._close_ready_fd(child, None)
+        child.ready = False
         return status
+
+    def _close_ready_fd(self, child: Child, epoll: select.epoll | None) -> None:
+        if child.ready_fd < 0:
+            return
+        if epoll is not None:
+            with contextlib.suppress(OSError):
+                epoll.unregister(child.ready_fd)
+        os.close(child.ready_fd)
+        child.ready_fd = -1
+
+    def _watch_child(self, child: Child, epoll: select.epoll) -> None:
+        epoll.register(child.pidfd, select.EPOLLIN)
+        epoll.register(child.ready_fd, select.EPOLLIN)
+
+    def _ready_event(self, fd: int, epoll: select.epoll) -> bool:
+        """Handle `fd` if it is a child's readiness pipe; True if it was one."""
+        for child in self.children.values():
+            if child.ready_fd == fd:
+                try:
+                    data = os.read(fd, 1)
+                except BlockingIOError:
+                    return True
+                child.ready = data == READY_BYTE  # b"" = it died before its loop
+                self._close_ready_fd(child, epoll)
+                if child.ready:
+                    log.debug("%s (pid %d) ready", child.role, child.pid)
+                return True
+        return False
 
     # ---- main loop ----------------------------------------------------------------------
 
@@ -320,14 +417,12 @@ class Supervisor:
         try:
             for child in self.children.values():
                 self._spawn(child)
-                epoll.register(child.pidfd, select.EPOLLIN)
+                self._watch_child(child, epoll)
             self._start_metrics()
-            self.notifier.ready(self._status())
-            log.info("gateway %s running", self.name)
             self._loop(epoll, wake_r, control, signals)
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            self.notifier.stopping()
+            self.notifier.stopping(f"stopping {self.name}")
             self.stop_children()
             self.teardown()
             epoll.close()
@@ -352,10 +447,14 @@ class Supervisor:
                         wake_r.recv(4096)
                 elif control is not None and fd == control.fileno():
                     self._control_messages(control, epoll)
-                else:
+                elif not self._ready_event(fd, epoll):
                     self._pidfd_ready(fd, epoll)
             while signals:
                 self._signal(signals.pop(0))
+            if not self._announced and not self.stopping and self.readiness()[0]:
+                self._announced = True
+                self.notifier.ready(self._status())
+                log.info("gateway %s running: the data plane forwards", self.name)
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
                 self._tick()
@@ -367,7 +466,7 @@ class Supervisor:
                 self._child_exited(child)
                 if not self.stopping:
                     self._spawn(child)
-                    epoll.register(child.pidfd, select.EPOLLIN)
+                    self._watch_child(child, epoll)
                 return
 
     def _control_messages(self, control: socket.socket, epoll: select.epoll) -> None:
@@ -389,13 +488,14 @@ class Supervisor:
         child = self.children["udp"]
         if child.pid:
             epoll.unregister(child.pidfd)
+            self._close_ready_fd(child, epoll)
             os.kill(child.pid, signal.SIGKILL)
             self._reap(child)
         old, self.rt.udp = self.rt.udp, new
         if old is not None:
             old.close()
         self._spawn(child)
-        epoll.register(child.pidfd, select.EPOLLIN)
+        self._watch_child(child, epoll)
         if self._control_parent is not None:
             self._control_parent.send(b"port %d" % new.port)
         log.info("listening on UDP port %d", new.port)
@@ -411,14 +511,16 @@ class Supervisor:
         self.stopping = True
 
     def _child_exited(self, child: Child) -> None:
+        pid = child.pid
         status = self._reap(child)
         code = os.waitstatus_to_exitcode(status)
         what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        if self.rt.manager is not None and not self.rt.manager.exists():
+        if code == EXIT_DEVICE_GONE or self._device_name() is None:
+            # As wireguard-go: a deleted device ends the gateway, cleanly (exit status 0).
             log.info("TUN device %s was deleted: shutting down", self.name)
             self.stopping = True
             return
-        log.error("%s (pid %d) died: %s; restarting", child.role, child.pid or 0, what)
+        log.error("%s (pid %d) died: %s; restarting", child.role, pid, what)
         now = time.monotonic()
         self.crashes.append(now)
         while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
@@ -439,11 +541,33 @@ class Supervisor:
                 block[st.RING_FULL_EVENTS] = rs.full_events
                 block[st.RING_OCCUPANCY] = rs.occupancy
                 block[st.RING_CAPACITY] = rs.slots
-        if self.notifier.enabled and all(c.pid for c in self.children.values()):
+        if not self.notifier.enabled or not self._announced:
+            return
+        if not self._unhealthy() and self._device_name() is not None:
             self.notifier.watchdog()
+        now = time.monotonic()
+        if self._announced and now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL
+            self.notifier.status(self._status())
 
     def _status(self) -> str:
-        return f"{len(self.config.peers)} peers, {self.options.workers} workers"
+        """One line for `systemctl status`: peers and throughput since the last line."""
+        stats = self.rt.stats
+        if stats is None:
+            return f"{self.options.workers} workers"
+        snap = stats.snapshot(sample_processes=False)
+        now = time.monotonic()
+        rx, tx = snap.totals.udp_rx_bytes, snap.totals.udp_tx_bytes
+        rates = ""
+        if self._last_status is not None:
+            then, rx_then, tx_then = self._last_status
+            elapsed = max(now - then, 1e-3)
+            rates = f", in {_rate(rx - rx_then, elapsed)}, out {_rate(tx - tx_then, elapsed)}"
+        self._last_status = (now, rx, tx)
+        active = sum(
+            1 for p in snap.peers if snap.taken_at - p.last_handshake < ACTIVE_PEER_SECONDS
+        )
+        return f"{len(snap.peers)} peers ({active} active){rates}, {self.options.workers} workers"
 
     def _start_metrics(self) -> None:
         listen = self.options.metrics_listen or self.config.metrics.listen
@@ -460,14 +584,51 @@ class Supervisor:
         self.metrics.start()
 
     def readiness(self) -> tuple[bool, str]:
-        if self.rt.manager is None or not self.rt.manager.exists():
-            return False, f"TUN device {self.name} is missing"
-        down = [c.role for c in self.children.values() if not c.pid]
-        if down:
-            return False, f"not running: {', '.join(down)}"
+        if self._device_name() is None:
+            return False, f"TUN device {self.name} was deleted"
+        unhealthy = self._unhealthy()
+        if unhealthy:
+            return False, "; ".join(f"{role} {why}" for role, why in unhealthy)
         if self.rt.udp is None:
             return False, "UDP socket not bound"
         return True, "ok"
+
+    def _device_name(self) -> str | None:
+        """The TUN device's current name, asked through our own queue fd, so a device
+        moved to another network namespace still counts; None once it was deleted."""
+        if not self.rt.queues:
+            return None
+        try:
+            return queue_device_name(self.rt.queues[0].fileno())
+        except OSError:
+            return None
+
+    def _unhealthy(self) -> list[tuple[str, str]]:
+        """Children that do not run their loop right now, with why."""
+        found = []
+        for child in self.children.values():
+            if not child.pid:
+                found.append((child.role, "is not running"))
+            elif not child.ready:
+                found.append((child.role, "is starting"))
+            elif (state := self._process_state(child.pid)) is not None:
+                found.append((child.role, state))
+        return found
+
+    def _process_state(self, pid: int) -> str | None:
+        """Why a live child cannot work (stopped, zombie), or None when it can."""
+        try:
+            proc = self._psutil.get(pid) or psutil.Process(pid)
+            self._psutil[pid] = proc
+            status = proc.status()
+        except psutil.NoSuchProcess:
+            self._psutil.pop(pid, None)
+            return "has exited"
+        if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            return "is stopped"
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return "has exited"
+        return None
 
     def reload(self) -> None:
         try:
@@ -514,10 +675,12 @@ class Supervisor:
             self.uapi.close()  # removes the socket file only if it is still ours
         if self.rt.udp is not None:
             self.rt.udp.close()
+        here = bool(self.rt.queues) and self._device_name() == self.name
         for queue in self.rt.queues:
             queue.close()
-        # A non-persistent TUN device disappears with its last queue; make sure.
-        if self.rt.manager is not None:
+        # A non-persistent TUN device disappears with its last queue; make sure, unless it
+        # was deleted or moved away (a device of that name here now is not ours).
+        if here and self.rt.manager is not None and self.rt.manager.exists():
             with contextlib.suppress(TunError, OSError):
                 self.rt.manager.delete()
         for ring in self.rt.rings.values():
@@ -532,6 +695,15 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
+
+
+def _rate(count: int, seconds: float) -> str:
+    value = count / seconds
+    for unit in ("B/s", "KiB/s", "MiB/s"):
+        if value < 1024:  # noqa: PLR2004 (one KiB)
+            return f"{value:.0f} {unit}" if unit == "B/s" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB/s"
 
 
 def run_gateway(options: Options) -> int:
