@@ -23,7 +23,7 @@ from pathlib import Path
 from gateway.show import find_stats_segment
 from gateway.stats import StatsRegion
 from shm_ring.ring import SHM_DIR
-from tests.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, unique_name, veth, wait_for
+from tests.netns import WIREGUARD_RUN_DIR, Hosts, unique_name, veth, wait_for
 from tests.wgpeer import WireGuardGo, wg_genkey, wg_pubkey
 from tunio._netns import entered_netns
 
@@ -57,7 +57,12 @@ def gateway_toml(
     ]
     for peer in peers:
         allowed = ", ".join(f'"{a}"' for a in peer.allowed_ips)
-        lines += ["", "[[peers]]", f'public_key = "{peer.public_key}"', f"allowed_ips = [{allowed}]"]
+        lines += [
+            "",
+            "[[peers]]",
+            f'public_key = "{peer.public_key}"',
+            f"allowed_ips = [{allowed}]",
+        ]
     lines += ["", "[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"']
     return "\n".join(lines) + "\n"
 
@@ -114,9 +119,7 @@ class Lab:
     def command(self) -> list[str]:
         return [firezone_gw(), "--config", str(self.config_path), "--workers", "2", "run"]
 
-    def start(
-        self, argv: Sequence[str] | None = None, env: dict[str, str] | None = None
-    ) -> None:
+    def start(self, argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> None:
         with self.log_path.open("wb") as log:
             self.proc = self.gw.popen(
                 *(argv or self.command()),
@@ -124,7 +127,7 @@ class Lab:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
-        wait_for(lambda: self.exited() or self.readyz()[0] == 200, timeout=15)  # noqa: PLR2004
+        wait_for(lambda: self.exited() or self.readyz()[0] == 200, timeout=15)
         if self.exited():
             raise RuntimeError(f"firezone-gw exited: {self.log()}")
 

@@ -202,6 +202,7 @@ class Supervisor:
         self.rt.stats = st.StatsRegion.create(
             stats_segment_name(self.name, pid), workers=workers, max_peers=max(1024, len(cfg.peers))
         )
+        self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
         try:
             self.rt.udp = UdpIo(cfg.interface.listen_port)
         except OSError as exc:

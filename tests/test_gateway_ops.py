@@ -1,0 +1,328 @@
+"""Operations on the running gateway (issue 8), end to end in network namespaces.
+
+Each test starts the real `firezone-gw` (supervisor, TUN workers, crypto and UDP processes)
+between wireguard-go clients and a resource host and drives it the way an operator would:
+`firezone-gw show`, /metrics and the health endpoints, sd_notify, SIGHUP, the stock `wg`
+tool, and moving or deleting the TUN device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gateway_lab import (
+    LISTEN_PORT,
+    Lab,
+    LabPeer,
+    firezone_gw,
+)
+from tests.netns import unique_name, wait_for
+from tests.wgpeer import wg_genkey
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "firezone-gw.service"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def lab1() -> Iterator[Lab]:
+    lab = Lab(clients=1)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def scrape(lab: Lab) -> Samples:
+    status, text = lab.http_get("/metrics")
+    assert status == 200
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def show(lab: Lab, *args: str) -> str:
+    proc = subprocess.run(
+        [firezone_gw(), "--config", str(lab.config_path), "show", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def started(lab: Lab, clients: int = 1) -> Lab:
+    lab.write_config([lab.peer(i) for i in range(clients)])
+    lab.start()
+    for i in range(clients):
+        lab.connect_client(i)
+        lab.wait_ping(i)
+    return lab
+
+
+# ---- show and /metrics ------------------------------------------------------------------
+
+
+def test_show_reads_the_running_gateway(lab1: Lab) -> None:
+    started(lab1)
+    key = lab1.clients[0].public_key
+    wait_for(lambda: "latest handshake" in show(lab1), timeout=5)
+    table = show(lab1)
+    assert f"interface: {lab1.ifname}" in table
+    assert f"public key: {lab1.public_key}" in table
+    assert f"listening port: {LISTEN_PORT}" in table
+    assert f"peer: {key}" in table
+    assert "endpoint: 10.201.0.2:" in table
+    data = json.loads(show(lab1, "--json"))
+    assert data["interface"]["public_key"] == lab1.public_key
+    (peer,) = data["peers"]
+    assert peer["public_key"] == key
+    before = peer["rx_bytes"]
+    assert before > 0
+    assert peer["last_handshake"] > time.time() - 60
+    assert lab1.ping(0, count=5, interval=0.05, size=1000)
+
+    def grew() -> bool:
+        return bool(json.loads(show(lab1, "--json"))["peers"][0]["rx_bytes"] >= before + 5000)
+
+    wait_for(grew, timeout=5)
+
+
+def test_show_without_a_running_gateway_fails_clearly(tmp_path: Path) -> None:
+    lab_config = tmp_path / "gateway.toml"
+    key_file = tmp_path / "private.key"
+    key_file.write_text(wg_genkey() + "\n")
+    key_file.chmod(0o600)
+    name = unique_name("fzo2n")
+    lab_config.write_text(f'[interface]\nname = "{name}"\nprivate_key_file = "{key_file}"\n')
+    proc = subprocess.run(
+        [firezone_gw(), "--config", str(lab_config), "show"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert f"no running firezone-gw for interface {name}" in proc.stderr
+
+
+def test_metrics_move_with_traffic_and_drops_by_reason(lab1: Lab) -> None:
+    started(lab1)
+    key = lab1.clients[0].public_key
+    peer = {"device": lab1.ifname, "public_key": key}
+    handshake = "wireguard_peer_last_handshake_seconds"
+    wait_for(lambda: scrape(lab1).get((handshake, tuple(sorted(peer.items())))), timeout=5)
+    before = scrape(lab1)
+    assert value(before, "wireguard_peer_last_handshake_seconds", **peer) > time.time() - 60
+    assert value(before, "firezone_gw_handshakes_completed_total") >= 1
+    assert lab1.ping(0, count=10, interval=0.02, size=1000)
+    # A source address outside the client's allowed IPs: decrypted, then dropped.
+    lab1.clients[0].ns.ip("addr", "add", "10.77.0.99/24", "dev", lab1.clients[0].ifname)
+    assert not lab1.ping(0, count=3, interval=0.05, source="10.77.0.99")
+
+    def moved() -> bool:
+        after = scrape(lab1)
+        rx = "wireguard_peer_receive_bytes_total"
+        tx = "wireguard_peer_transmit_bytes_total"
+        udp = "firezone_gw_udp_bytes_total"
+        drops = "firezone_gw_drops_total"
+        return (
+            value(after, rx, **peer) >= value(before, rx, **peer) + 10_000
+            and value(after, tx, **peer) >= value(before, tx, **peer) + 10_000
+            and value(after, udp, direction="receive") > value(before, udp, direction="receive")
+            and value(after, udp, direction="transmit") > value(before, udp, direction="transmit")
+            and value(after, drops, reason="allowed_ips")
+            >= value(before, drops, reason="allowed_ips") + 3
+        )
+
+    wait_for(moved, timeout=5)
+    after = scrape(lab1)
+    for role in ("supervisor", "crypto", "udp", "worker0", "worker1"):
+        assert value(after, "firezone_gw_process_resident_memory_bytes", process=role) > 0
+        assert value(after, "firezone_gw_process_cpu_seconds_total", process=role) >= 0
+
+
+def test_readyz_follows_children_and_healthz_stays_up(lab1: Lab) -> None:
+    started(lab1)
+    assert lab1.readyz() == (200, "ready\n")
+    assert lab1.http_get("/healthz")[0] == 200
+    udp = lab1.child_pid("udp")
+    os.kill(udp, signal.SIGSTOP)
+    try:
+        wait_for(lambda: lab1.readyz()[0] == 503, timeout=5)
+        _, reason = lab1.readyz()
+        assert reason.strip() == "udp is stopped"
+        assert lab1.http_get("/healthz")[0] == 200
+    finally:
+        os.kill(udp, signal.SIGCONT)
+    wait_for(lambda: lab1.readyz()[0] == 200, timeout=5)
+    # A killed child is restarted from the supervisor's resources; sessions survive a
+    # worker restart, and readiness comes back once it reported ready.
+    os.kill(lab1.child_pid("worker0"), signal.SIGKILL)
+    wait_for(lambda: value(scrape(lab1), "firezone_gw_child_restarts_total") == 1, timeout=5)
+    wait_for(lambda: lab1.readyz()[0] == 200, timeout=5)
+    assert lab1.ping(0, count=3, interval=0.05)
+
+
+# ---- sd_notify under the unit's own command line -------------------------------------
+
+
+class NotifyListener:
+    """A unix datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def collect(self, seconds: float) -> list[str]:
+        """Messages arriving within `seconds` (also kept in self.messages)."""
+        got = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        self.messages += got
+        return got
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.collect(0.2):
+                if message.startswith(prefix):
+                    return message
+        raise TimeoutError(f"no {prefix!r} within {timeout}s; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def unit_command(lab: Lab) -> list[str]:
+    """ExecStart of systemd/firezone-gw.service, pointed at this venv and the lab config."""
+    (line,) = [x for x in UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    replace = {
+        "/usr/local/bin/firezone-gw": firezone_gw(),
+        "/etc/firezone-gw/gateway.toml": str(lab.config_path),
+    }
+    return [replace.get(arg, arg) for arg in argv]
+
+
+def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> None:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        lab1.write_config([lab1.peer(0)])
+        # WATCHDOG_USEC=1s: the supervisor pings every half second while healthy.
+        env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
+        lab1.start(unit_command(lab1), env)
+        ready = listener.wait_for("READY=1", timeout=5)
+        assert listener.messages[0] == ready  # nothing before READY=1
+        assert "STATUS=1 peers (0 active)" in ready
+        lab1.connect_client(0)
+        lab1.wait_ping(0)
+        assert lab1.ping(0, count=20, interval=0.05, size=1000)
+        status = listener.wait_for("STATUS=1 peers (1 active), in ", timeout=5)
+        assert re.search(r"in [1-9][\d.]* (B|KiB)/s", status), status
+        assert listener.wait_for("WATCHDOG=1", timeout=2)
+        # A stopped child is not healthy: no WATCHDOG=1 until it runs again.
+        udp = lab1.child_pid("udp")
+        os.kill(udp, signal.SIGSTOP)
+        try:
+            listener.collect(0.7)  # a ping already under way may still arrive
+            assert "WATCHDOG=1" not in listener.collect(1.5)
+        finally:
+            os.kill(udp, signal.SIGCONT)
+        listener.wait_for("WATCHDOG=1", timeout=3)
+        assert lab1.stop() == 0
+        listener.collect(0.2)
+        assert listener.messages[-1].startswith("STOPPING=1")
+    finally:
+        listener.close()
+
+
+# ---- SIGHUP reload ------------------------------------------------------------------------
+
+
+def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
+    lab = Lab(clients=3)
+    try:
+        a, b, c = 0, 1, 2
+        lab.write_config([lab.peer(a), lab.peer(c)])
+        lab.start()
+        for i in (a, b, c):
+            lab.connect_client(i)
+        lab.wait_ping(a)
+        lab.wait_ping(c)
+        assert not lab.ping(b, count=2, interval=0.2)  # not a peer yet
+        gateway_key = lab.public_key
+        handshake_a = lab.clients[a].peers()[gateway_key].latest_handshake
+        assert handshake_a > 0
+        # A steady ping from A across both reloads: not one reply may be lost.
+        steady = subprocess.Popen(
+            lab.clients[a].ns.exec_argv(
+                "ping", "-c", "30", "-i", "0.1", "-W", "1", "-q", "10.88.0.2"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            # Reload 1: B added, C's allowed IPs changed to another address.
+            c_new = "10.77.0.44"
+            lab.write_config(
+                [lab.peer(a), lab.peer(b), LabPeer(lab.clients[c].public_key, [f"{c_new}/32"])]
+            )
+            lab.signal(signal.SIGHUP)
+            wait_for(lambda: "reload: 3 peers" in lab.log(), timeout=5)
+            lab.wait_ping(b, timeout=10)
+            assert not lab.ping(c, count=2, interval=0.1)  # old source now outside its IPs
+            lab.clients[c].ns.ip("addr", "add", f"{c_new}/24", "dev", lab.clients[c].ifname)
+            assert lab.ping(c, count=2, interval=0.1, source=c_new)
+            # Reload 2: B removed again; it is cut off at once.
+            lab.write_config([lab.peer(a), LabPeer(lab.clients[c].public_key, [f"{c_new}/32"])])
+            lab.signal(signal.SIGHUP)
+            wait_for(lambda: "reload: 2 peers" in lab.log(), timeout=5)
+            assert not lab.ping(b, count=3, interval=0.1)
+            # An invalid config is refused with its errors; the running one stays.
+            lab.config_path.write_text('[interface]\nname = "x"\nlisten_port = 0\n')
+            lab.signal(signal.SIGHUP)
+            wait_for(lambda: "reload refused" in lab.log(), timeout=5)
+            assert "listen_port" in lab.log()
+            assert lab.ping(c, count=2, interval=0.1, source=c_new)
+            output, _ = steady.communicate(timeout=15)
+        finally:
+            if steady.poll() is None:
+                steady.kill()
+                steady.wait()
+        assert steady.returncode == 0, output
+        assert b" 0% packet loss" in output, output
+        # Unchanged peer, unchanged session: no new handshake on either side.
+        assert lab.clients[a].peers()[gateway_key].latest_handshake == handshake_a
+        peers = lab.wg("show", lab.ifname, "latest-handshakes")
+        assert lab.clients[a].public_key in peers
+        assert lab.clients[b].public_key not in peers
+    finally:
+        lab.close()
