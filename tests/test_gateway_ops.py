@@ -19,17 +19,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shm_ring.ring import SHM_DIR
 from tests.gateway_lab import (
+    GATEWAY_TUNNEL,
     LISTEN_PORT,
     Lab,
     LabPeer,
     firezone_gw,
 )
 from tests.netns import unique_name, wait_for
-from tests.wgpeer import wg_genkey
+from tests.wgpeer import wg_genkey, wg_pubkey
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "firezone-gw.service"
 
@@ -326,3 +329,127 @@ def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
         assert lab.clients[b].public_key not in peers
     finally:
         lab.close()
+
+
+# ---- the stock `wg` tool ----------------------------------------------------------------
+
+BIG_ALLOWED_IPS = 20_000
+
+
+def _max_rtt_ms(ping_output: str) -> float:
+    match = re.search(r"= [\d.]+/[\d.]+/([\d.]+)/", ping_output)
+    assert match, ping_output
+    return float(match.group(1))
+
+
+def _big_peer(net: int) -> tuple[str, str]:
+    """A new peer key and BIG_ALLOWED_IPS /32s in 10.<net>.0.0/16."""
+    ips = ", ".join(f"10.{net}.{i // 250}.{i % 250 + 1}/32" for i in range(BIG_ALLOWED_IPS))
+    return wg_pubkey(wg_genkey()), ips
+
+
+def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path: Path) -> None:
+    lab = Lab(clients=1)
+    try:
+        lab.write_config([], addresses=())  # no peers, no addresses
+        lab.start()
+        client = lab.clients[0]
+        # Key, port and peers through `wg`, the address through `ip`, as with wireguard-go.
+        key = wg_genkey()
+        key_file = tmp_path / "gw.key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        lab.wg("set", lab.ifname, "private-key", str(key_file), "listen-port", "51821")
+        lab.wg("set", lab.ifname, "peer", client.public_key, "allowed-ips", "10.77.0.2/32")
+        lab.public_key = wg_pubkey(key)
+        assert lab.wg("show", lab.ifname, "public-key").strip() == lab.public_key
+        conf = lab.wg("showconf", lab.ifname)
+        assert "ListenPort = 51821" in conf
+        assert "AllowedIPs = 10.77.0.2/32" in conf
+        # setconf (replaces every peer, as with wireguard-go) with a 20k-prefix peer.
+        big_key, big_ips = _big_peer(100)
+        big_conf = tmp_path / "big.conf"
+        big_conf.write_text(f"{conf}\n[Peer]\nPublicKey = {big_key}\nAllowedIPs = {big_ips}\n")
+        began = time.monotonic()
+        lab.wg("setconf", lab.ifname, str(big_conf))
+        setconf_seconds = time.monotonic() - began
+        allowed = lab.wg("show", lab.ifname, "allowed-ips")
+        big_line = next(line for line in allowed.splitlines() if line.startswith(big_key))
+        assert len(big_line.split("\t")[1].split()) == BIG_ALLOWED_IPS
+
+        lab.gw.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab.ifname)
+        lab.connect_client(0, port=51821)
+        lab.wait_ping(0)
+
+        # Listen port changed while running: traffic continues once the client follows.
+        lab.wg("set", lab.ifname, "listen-port", "51822")
+        wait_for(lambda: ":51822 " in lab.gw.run("ss", "-Hlun"), timeout=5)
+        assert ":51821 " not in lab.gw.run("ss", "-Hlun")
+        client.set("peer", lab.public_key, "endpoint", "10.201.0.1:51822")
+        lab.wait_ping(0, timeout=5)
+        handshake = client.peers()[lab.public_key].latest_handshake
+
+        # addconf of another 20k prefixes under a steady ping: how long the loop stalls.
+        more_key, more_ips = _big_peer(101)
+        more_conf = tmp_path / "more.conf"
+        more_conf.write_text(f"[Peer]\nPublicKey = {more_key}\nAllowedIPs = {more_ips}\n")
+        pings = subprocess.Popen(
+            client.ns.exec_argv("ping", "-c", "100", "-i", "0.02", "-W", "5", "-q", "10.88.0.2"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.3)
+        began = time.monotonic()
+        lab.wg("addconf", lab.ifname, str(more_conf))
+        addconf_seconds = time.monotonic() - began
+        output, _ = pings.communicate(timeout=30)
+        stall_ms = _max_rtt_ms(output)
+        print(
+            f"\n{BIG_ALLOWED_IPS} allowed IPs: wg setconf {setconf_seconds:.2f} s, wg addconf"
+            f" {addconf_seconds:.2f} s; largest ping RTT during addconf {stall_ms:.0f} ms"
+        )
+        assert " 0% packet loss" in output, output
+
+        # syncconf back to the small config: the big peers go, the client's session stays.
+        small_conf = tmp_path / "small.conf"
+        small_conf.write_text(lab.wg("showconf", lab.ifname).split("\n[Peer]")[0] + "\n")
+        peer_conf = f"[Peer]\nPublicKey = {client.public_key}\nAllowedIPs = 10.77.0.2/32\n"
+        small_conf.write_text(small_conf.read_text() + peer_conf)
+        lab.wg("syncconf", lab.ifname, str(small_conf))
+        assert lab.wg("show", lab.ifname, "peers").split() == [client.public_key]
+        assert lab.ping(0, count=3, interval=0.05)
+        assert client.peers()[lab.public_key].latest_handshake == handshake
+    finally:
+        lab.close()
+
+
+# ---- the TUN device moved or deleted from outside ---------------------------------------
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved-netns"])
+def test_tun_device_moved_keeps_forwarding_and_deleted_stops_cleanly(
+    lab1: Lab, moved: bool
+) -> None:
+    started(lab1)
+    home = lab1.gw
+    if moved:
+        # The standard WireGuard test setup: the device goes where the inner traffic lives,
+        # the UDP socket stays where it was bound.
+        home = lab1.hosts.add("fzo2in")
+        lab1.gw.ip("link", "set", lab1.ifname, "netns", home.name)
+        home.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab1.ifname)
+        home.ip("link", "set", lab1.ifname, "up")
+        lab1.wait_ping(0, dest="10.77.0.1", timeout=5)
+        assert lab1.readyz() == (200, "ready\n")
+        assert lab1.ping(0, count=3, interval=0.05, dest="10.77.0.1")
+    assert lab1.proc is not None
+    family = [lab1.proc.pid, *(lab1.child_pid(r) for r in ("crypto", "udp", "worker0", "worker1"))]
+    assert lab1.socket_path.exists()
+    home.ip("link", "del", lab1.ifname)
+    assert lab1.proc.wait(10) == 0, lab1.log()
+    log = lab1.log()
+    assert "TUN device gone" in log  # a worker saw EBADFD and exited with its own status
+    assert f"TUN device {lab1.ifname} was deleted: shutting down" in log
+    assert not lab1.socket_path.exists()
+    assert not list(Path(SHM_DIR).glob(f"fzgw.{lab1.ifname}.*"))
+    assert not [pid for pid in family if psutil.pid_exists(pid)]
