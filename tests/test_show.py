@@ -1,14 +1,23 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
 
 from gateway import stats
-from gateway.show import format_ago, format_bytes, format_table, to_json
+from gateway.show import (
+    find_stats_segment,
+    format_ago,
+    format_bytes,
+    format_table,
+    stats_segment_name,
+    to_json,
+)
 from gateway.stats import StatsRegion
 
 
@@ -60,3 +69,24 @@ def test_table_and_json_from_shared_counters() -> None:
     finally:
         region.close()
         region.unlink()
+
+
+def test_find_stats_segment_picks_the_live_gateway() -> None:
+    interface = f"fzo2s{os.getpid() % 10000}"
+    # A pid that no longer runs: a crashed gateway's leftover segment is skipped.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = StatsRegion.create(stats_segment_name(interface, dead.pid), workers=1)
+    live = StatsRegion.create(stats_segment_name(interface, os.getpid()), workers=1)
+    try:
+        assert find_stats_segment(interface) == live.name
+        assert find_stats_segment(interface + "x") is None
+        live.close()
+        live.unlink()
+        assert find_stats_segment(interface) is None
+    finally:
+        for region in (stale, live):
+            with contextlib.suppress(OSError, ValueError):
+                region.close()
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
