@@ -198,9 +198,9 @@ class NotifyListener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.messages: list[str] = []
+        self._seen = 0  # messages wait_for() has looked at
 
-    def collect(self, seconds: float) -> list[str]:
-        """Messages arriving within `seconds` (also kept in self.messages)."""
+    def _receive(self, seconds: float) -> list[str]:
         got = []
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -212,13 +212,24 @@ class NotifyListener:
         self.messages += got
         return got
 
+    def collect(self, seconds: float) -> list[str]:
+        """Messages arriving within `seconds`; wait_for() looks only at later ones."""
+        got = self._receive(seconds)
+        self._seen = len(self.messages)
+        return got
+
     def wait_for(self, prefix: str, timeout: float) -> str:
+        """The next message (not yet looked at) starting with `prefix`."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.collect(0.2):
+        while True:
+            while self._seen < len(self.messages):
+                message = self.messages[self._seen]
+                self._seen += 1
                 if message.startswith(prefix):
                     return message
-        raise TimeoutError(f"no {prefix!r} within {timeout}s; got {self.messages}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no {prefix!r} within {timeout}s; got {self.messages}")
+            self._receive(0.2)
 
     def close(self) -> None:
         self.sock.close()
@@ -260,6 +271,11 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
         finally:
             os.kill(udp, signal.SIGCONT)
         listener.wait_for("WATCHDOG=1", timeout=3)
+        # SIGHUP (ExecReload=): RELOADING=1, then READY=1 once the config is applied.
+        lab1.signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING=1", timeout=3)
+        assert re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", reloading)
+        listener.wait_for("READY=1", timeout=3)
         assert lab1.stop() == 0
         listener.collect(0.2)
         assert listener.messages[-1].startswith("STOPPING=1")

@@ -506,7 +506,11 @@ class Supervisor:
 
     def _signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
+            if self._announced:  # systemd's reload protocol; READY=1 again when done
+                self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             self.reload()
+            if self._announced:
+                self.notifier.ready(self._status())
             return
         log.info("received %s, stopping", signal.Signals(sig).name)
         self.stopping = True
