@@ -190,11 +190,10 @@ def show(options: GlobalOptions, as_json: bool) -> None:
         sys.exit(1)
     try:
         snapshot = region.snapshot()
+        port = region.listen_port or config.interface.listen_port  # `wg` may have changed it
     finally:
         region.close()
-    info = show_mod.InterfaceInfo(
-        name, keys.encode_key(config.interface.public_key), config.interface.listen_port
-    )
+    info = show_mod.InterfaceInfo(name, keys.encode_key(config.interface.public_key), port)
     if as_json:
         click.echo(show_mod.to_json(snapshot, info).decode())
     else:

@@ -2,7 +2,8 @@
 
 Layout of the segment (all u64, native endianness, 8-byte aligned):
 
-    header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns
+    header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
+               the UDP listen port (written by the supervisor; it can change at run time)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp)
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
@@ -30,6 +31,7 @@ import psutil
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 1
 HEADER_SLOTS = 8
+HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 PROC_SLOTS = 64
 RING_SLOTS = 8
 MAX_PEERS_LIMIT = 1 << 20
@@ -398,6 +400,15 @@ class StatsRegion:
     @property
     def name(self) -> str:
         return self._shm.name
+
+    @property
+    def listen_port(self) -> int:
+        """The UDP port the gateway listens on now (0 until the supervisor set it)."""
+        return int(self._words[HEADER_LISTEN_PORT])
+
+    @listen_port.setter
+    def listen_port(self, port: int) -> None:
+        self._words[HEADER_LISTEN_PORT] = port
 
     def process_block(self, role: str) -> memoryview:
         """The u64 counters of one process ('supervisor', 'worker0', 'crypto', 'udp')."""

@@ -179,6 +179,10 @@ def test_readyz_follows_children_and_healthz_stays_up(lab1: Lab) -> None:
     finally:
         os.kill(udp, signal.SIGCONT)
     wait_for(lambda: lab1.readyz()[0] == 200, timeout=5)
+    lab1.gw.ip("link", "set", lab1.ifname, "down")
+    assert lab1.readyz() == (503, f"TUN device {lab1.ifname} is down\n")
+    lab1.gw.ip("link", "set", lab1.ifname, "up")
+    assert lab1.readyz() == (200, "ready\n")
     # A killed child is restarted from the supervisor's resources; sessions survive a
     # worker restart, and readiness comes back once it reported ready.
     os.kill(lab1.child_pid("worker0"), signal.SIGKILL)
@@ -403,6 +407,7 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         assert ":51821 " not in lab.gw.run("ss", "-Hlun")
         client.set("peer", lab.public_key, "endpoint", "10.201.0.1:51822")
         lab.wait_ping(0, timeout=5)
+        assert "listening port: 51822" in show(lab)
         handshake = client.peers()[lab.public_key].latest_handshake
 
         # addconf of another 20k prefixes under a steady ping: how long the loop stalls.

@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +61,8 @@ PR_SET_PDEATHSIG = 1
 EXIT_DEVICE_GONE = 3  # a worker's exit status when its TUN queue reports the device deleted
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
 ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
 TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int): name of the device a queue fd is attached to
 # A TUN queue fd whose device was deleted answers EBADFD to read, write and ioctl.
 DEVICE_GONE_ERRNOS = frozenset({errno.EBADFD, errno.ENODEV})
@@ -82,6 +85,20 @@ def device_gone_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__
     return False
+
+
+def interface_up(name: str) -> bool | None:
+    """Whether interface `name` in this network namespace is up; None if it is not here
+    (a TUN device moved to another namespace keeps working, its state is not ours to see)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            ifr = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16s24x", name.encode()))
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+    (flags,) = struct.unpack_from("H", ifr, 16)
+    return bool(flags & IFF_UP)
 
 
 def queue_device_name(fd: int) -> str | None:
@@ -209,6 +226,7 @@ class Supervisor:
             raise SupervisorError(
                 f"cannot bind UDP port {cfg.interface.listen_port}: {exc.strerror}"
             ) from exc
+        self.rt.stats.listen_port = self.rt.udp.port
         self._control_parent, self._control_child = socket.socketpair(
             socket.AF_UNIX, socket.SOCK_SEQPACKET
         )
@@ -493,6 +511,8 @@ class Supervisor:
             os.kill(child.pid, signal.SIGKILL)
             self._reap(child)
         old, self.rt.udp = self.rt.udp, new
+        if self.rt.stats is not None:
+            self.rt.stats.listen_port = new.port
         if old is not None:
             old.close()
         self._spawn(child)
@@ -589,8 +609,11 @@ class Supervisor:
         self.metrics.start()
 
     def readiness(self) -> tuple[bool, str]:
-        if self._device_name() is None:
+        name = self._device_name()
+        if name is None:
             return False, f"TUN device {self.name} was deleted"
+        if interface_up(name) is False:
+            return False, f"TUN device {name} is down"
         unhealthy = self._unhealthy()
         if unhealthy:
             return False, "; ".join(f"{role} {why}" for role, why in unhealthy)
