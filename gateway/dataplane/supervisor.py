@@ -481,6 +481,8 @@ class Supervisor:
     def _pidfd_ready(self, fd: int, epoll: select.epoll) -> None:
         for child in self.children.values():
             if child.pidfd == fd:
+                if not _pidfd_exited(fd):
+                    return  # a stale event for an fd number that a new child's pidfd reuses
                 epoll.unregister(fd)
                 self._child_exited(child)
                 if not self.stopping:
@@ -695,6 +697,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(child.pidfd)
             child.pid, child.pidfd = 0, -1
+            self._close_ready_fd(child, None)
 
     def teardown(self) -> None:
         if self.metrics is not None:
@@ -723,6 +726,13 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
+
+
+def _pidfd_exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _rate(count: int, seconds: float) -> str:
