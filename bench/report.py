@@ -94,7 +94,9 @@ def network_section(table: str, command: str, machine: Mapping[str, str], repeat
             " single-client rows use client 0. Cells are medians of"
             f" {repeats} repetitions (ping: p50/p99 of each repetition's replies; CPU per GB:"
             " over every TCP run; idle CPU over 10 s and RSS after the runs: measured once);"
-            " (x) is the ratio to wireguard-go measured in the same run.",
+            " (x) is the ratio to wireguard-go measured in the same run. The cores are shared"
+            " with other work (see the load average), so absolute figures vary from run to run;"
+            " compare the ratios.",
             "",
             table.rstrip(),
             END,

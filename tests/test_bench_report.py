@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
+
 from bench.__main__ import discover
 from bench.report import BEGIN, END, BackendResult, Metric, markdown_table, replace_section
-from bench.topology import FirezoneGateway, client_specs, gateway_toml
+from bench.topology import FIREZONE_CMD_ENV, FirezoneGateway, client_specs, gateway_toml
 
 UP = Metric("up", "upload", "Gbit/s", True)
 
@@ -64,3 +66,12 @@ def test_runner_finds_every_bench_module_network_first() -> None:
     modules = discover()
     assert modules[0] == "bench_network"
     assert all(m.startswith("bench_") for m in modules)
+
+
+def test_firezone_command_can_be_overridden_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(FIREZONE_CMD_ENV, "{exe} run -c {config} -w {workers}")
+    gw = FirezoneGateway(2)
+    assert gw.command()[1:] == ["run", "-c", str(gw.config_path), "-w", "2"]
+    gw.close()
