@@ -339,3 +339,24 @@ def test_more_than_five_crashes_in_a_minute_exit_non_zero(netns_hosts: Hosts) ->
         assert not list(Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
     finally:
         gw.close()
+
+
+def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> None:
+    """SIGTERM as soon as the first shared-memory segment exists (rings are being built)."""
+    ns = netns_hosts.add("fzegw")
+    gw = FirezoneGateway(4)
+    gw.start(ns, [])
+    assert gw.proc is not None
+    pattern = f"fzgw.{gw.ifname}.*"
+    try:
+        deadline = time.monotonic() + 15
+        while not list(Path("/dev/shm").glob(pattern)) and time.monotonic() < deadline:
+            time.sleep(0.001)  # a tight poll: the window between segments and handlers is short
+        gw.proc.send_signal(signal.SIGTERM)
+        gw.proc.wait(5)
+        assert not list(Path("/dev/shm").glob(pattern)), gw.describe_failure()
+        assert gw.ifname not in ns.ip("-o", "link", "show")
+    finally:
+        for leftover in Path("/dev/shm").glob(pattern):  # ours: the name is unique to this run
+            leftover.unlink()
+        gw.close()

@@ -260,28 +260,26 @@ class Supervisor:
     # ---- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Take over the stop signals before setup() creates the device and the rings: a
+        # SIGTERM during setup would otherwise kill us by default, leaving /dev/shm segments.
+        signals: list[int] = []
+        wake_r, wake_w, old_wakeup = _catch_signals(signals)
         try:
             self.setup()
         except SupervisorError as exc:
             log.error("%s", exc)
             self.teardown()
+            signal.set_wakeup_fd(old_wakeup)
+            wake_r.close()
+            wake_w.close()
             return 1
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signals: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda s, _f: signals.append(s))
-        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        while signals:  # arrived during setup
+            self._signal(signals.pop(0))
         epoll = select.epoll()
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         try:
-            for child in self.children.values():
-                self._spawn(child)
-                epoll.register(child.pidfd, select.EPOLLIN)
-            self._start_metrics()
-            self.notifier.ready(self._status())
-            log.info("gateway %s running", self.name)
+            if not self.stopping:
+                self._start_children(epoll)
             watchdog = watchdog_interval()
             next_tick = time.monotonic()
             while not self.stopping:
@@ -314,6 +312,14 @@ class Supervisor:
             wake_r.close()
             wake_w.close()
         return self.exit_code
+
+    def _start_children(self, epoll: select.epoll) -> None:
+        for child in self.children.values():
+            self._spawn(child)
+            epoll.register(child.pidfd, select.EPOLLIN)
+        self._start_metrics()
+        self.notifier.ready(self._status())
+        log.info("gateway %s running", self.name)
 
     def _signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
@@ -442,6 +448,19 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
+
+
+def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, int]:
+    """Record SIGTERM/SIGINT/SIGHUP in `signals` and wake a socket for each one.
+
+    Returns (read end, write end, previous wakeup fd) for the main loop's epoll.
+    """
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: signals.append(s))
+    return wake_r, wake_w, signal.set_wakeup_fd(wake_w.fileno())
 
 
 def run_gateway(options: Options) -> int:
