@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps
 PACKAGES := gateway shm_ring tunio
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run bench clean
+.PHONY: all deps venv lint test run demo bench bench-ring clean
 
 all: test
 
@@ -47,6 +47,20 @@ test: deps venv lint
 BENCH_ARGS ?=
 bench: deps venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
+bench-ring: venv
+	$(BIN)/python -m bench.bench_ring
+
+# Run the gateway in the foreground with the shipped config (root: it creates a TUN device).
+# On first start it creates config/private.key (mode 0600) and logs the public key.
+RUN_ARGS ?=
+run: deps venv
+	$(BIN)/firezone-gw --config config/gateway.toml $(RUN_ARGS)
+
+# Three namespaces (client with wireguard-go, gateway, resource): a ping and an iperf3 run.
+demo: deps venv
+	$(BIN)/python -m bench.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

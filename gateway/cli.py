@@ -6,6 +6,8 @@ Later commands (`run`, `show`, ...) attach to `main` and read the options with
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +17,13 @@ from typing import Any
 import click
 
 from gateway import keys
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    GatewayConfig,
+    PeerConfig,
+    load_config,
+)
 from gateway.logsetup import LogDirectiveError, setup_logging
 from gateway.metrics import parse_listen
 
@@ -155,6 +163,73 @@ def run(options: GlobalOptions) -> None:
         )
     )
     sys.exit(code)
+
+
+@main.command("client-config")
+@click.option("--peer", "peer_key", default=None, help="Public key of a peer in the config.")
+@click.option(
+    "--new",
+    "new_peer",
+    is_flag=True,
+    help="Generate a key pair for a new client; print the [[peers]] block to add on stderr.",
+)
+@click.option("--endpoint", required=True, help="HOST:PORT clients use to reach this gateway.")
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    help="A network behind the gateway for the client to route to it (repeatable).",
+)
+@pass_global_options
+def client_config(
+    options: GlobalOptions,
+    peer_key: str | None,
+    new_peer: bool,
+    endpoint: str,
+    routes: tuple[str, ...],
+) -> None:
+    """Print a wg-quick config for a client of this gateway."""
+    from gateway import clientconfig  # noqa: PLC0415 - only this command needs it
+
+    if (peer_key is None) == (not new_peer):
+        raise click.UsageError("give exactly one of --peer PUBKEY or --new")
+    try:
+        networks = [ipaddress.ip_network(r, strict=True) for r in routes]
+    except ValueError as exc:
+        raise click.UsageError(f"--route: {exc}") from None
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}", endpoint):
+        raise click.UsageError(f"--endpoint {endpoint!r}: expected HOST:PORT or [V6]:PORT")
+    try:
+        config = load_config(options.config)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    private_key = None
+    if new_peer:
+        private_key = keys.generate_private_key()
+        addresses = clientconfig.next_free_addresses(config)
+        new = clientconfig.NewPeer(keys.public_key(private_key), addresses)
+        peer = PeerConfig(new.public_key, None, addresses, None, None)
+        click.echo(f"# add to {options.config}, then reload (SIGHUP):", err=True)
+        click.echo(clientconfig.peer_toml(new), err=True)
+    else:
+        try:
+            wanted = keys.decode_key(peer_key or "")
+        except keys.KeyFormatError as exc:
+            raise click.UsageError(f"--peer: {exc}") from None
+        found = [p for p in config.peers if p.public_key == wanted]
+        if not found:
+            click.echo(f"Error: no peer with public key {peer_key} in {options.config}", err=True)
+            sys.exit(1)
+        peer = found[0]
+    try:
+        text = clientconfig.render(
+            config, peer=peer, endpoint=endpoint, private_key=private_key, routes=networks
+        )
+    except clientconfig.ClientConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(text, nl=False)
 
 
 @main.command()

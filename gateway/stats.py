@@ -257,15 +257,29 @@ class PeerTable:
         slot = self._free.popleft()
         base = self.base(slot)
         w = self.words
-        w[base + PEER_GENERATION] += 1
-        for index in range(PEER_RX_BYTES, PEER_GENERATION + PEER_SLOT_WORDS):
-            if index != PEER_IN_USE:
-                w[base + index] = 0
-        start = base * 8 + PEER_KEY_OFFSET
-        self._raw[start : start + PEER_KEY_BYTES] = public_key
+        w[base + PEER_GENERATION] += 1  # odd: readers skip the slot while it changes
+        start = base * 8
+        self._raw[start + 8 : start + PEER_SLOT_WORDS * 8] = bytes(PEER_SLOT_WORDS * 8 - 8)
+        self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET] = public_key
         w[base + PEER_IN_USE] = 1
         w[base + PEER_GENERATION] += 1
         return slot
+
+    def adopt(self) -> dict[bytes, int]:
+        """Take over the slots a previous crypto process left (after a restart): rebuilds
+        the free list and returns public key -> slot, so counters continue."""
+        owned: dict[bytes, int] = {}
+        free = []
+        for slot in range(self.max_peers):
+            base = self.base(slot)
+            if self.words[base + PEER_IN_USE]:
+                start = base * 8
+                key = bytes(self._raw[start + PEER_KEY_OFFSET : start + PEER_ENDPOINT_OFFSET])
+                owned[key] = slot
+            else:
+                free.append(slot)
+        self._free = collections.deque(free)
+        return owned
 
     def release(self, slot: int) -> None:
         base = self.base(slot)
@@ -330,6 +344,7 @@ class StatsRegion:
         self._shm = shm
         self._owner = owner
         self._views: list[memoryview] = []
+        self._blocks: dict[str, memoryview] = {}  # handed-out views, one per block
         buf = _buffer(shm)
         words = self._view(buf.cast("Q"))
         if words[0] != MAGIC or words[1] != VERSION:
@@ -386,9 +401,10 @@ class StatsRegion:
 
     def process_block(self, role: str) -> memoryview:
         """The u64 counters of one process ('supervisor', 'worker0', 'crypto', 'udp')."""
-        index = self.roles.index(role)
-        start = self._proc_base + index * PROC_SLOTS
-        return self._view(self._words[start : start + PROC_SLOTS])
+        if role not in self._blocks:
+            start = self._proc_base + self.roles.index(role) * PROC_SLOTS
+            self._blocks[role] = self._view(self._words[start : start + PROC_SLOTS])
+        return self._blocks[role]
 
     def attach_process(self, role: str) -> memoryview:
         """Call in the process that owns `role` (after fork): records its pid and start."""
@@ -399,9 +415,11 @@ class StatsRegion:
         return block
 
     def ring_block(self, ring: str) -> memoryview:
-        index = self.ring_names.index(ring)
-        start = self._ring_base + index * RING_SLOTS
-        return self._view(self._words[start : start + RING_SLOTS])
+        key = f"ring:{ring}"
+        if key not in self._blocks:
+            start = self._ring_base + self.ring_names.index(ring) * RING_SLOTS
+            self._blocks[key] = self._view(self._words[start : start + RING_SLOTS])
+        return self._blocks[key]
 
     def sample_busy(self, now_ns: int | None = None) -> None:
         """Remember every process's busy time; call about once a second (e.g. from the
@@ -476,6 +494,7 @@ class StatsRegion:
         return view
 
     def _release_views(self) -> None:
+        self._blocks.clear()
         for view in reversed(self._views):
             view.release()
         self._views.clear()

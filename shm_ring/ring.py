@@ -61,6 +61,7 @@ import os
 import platform
 import select
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -188,16 +189,19 @@ class Ring:
         idx = self._idx
         if idx[_W_MAGIC] != MAGIC or idx[_W_VERSION] != VERSION:
             self._release_views()
+            self._mm.close()
             raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
         self.slots: int = idx[_W_SLOTS]
         self.slot_size: int = idx[_W_SLOT_SIZE]
         self._stride: int = idx[_W_STRIDE]
         if _check_geometry(self.slots, self.slot_size) != size:
             self._release_views()
+            self._mm.close()
             raise ValueError(f"segment {name!r} has {size} bytes, its header disagrees")
         data_off = _data_offset(self.slots)
         self._lens = self._buf[_HEADER_BYTES : _HEADER_BYTES + 4 * self.slots].cast("I")
         self._offsets = [data_off + i * self._stride for i in range(self.slots)]
+        self._offsets2 = self._offsets * 2  # a batch that wraps is one slice of this
         self._data_fd = data_fd
         self._space_fd = space_fd
         self._owner = owner
@@ -225,7 +229,8 @@ class Ring:
 
             if not remove_if_stale(name):
                 raise FileExistsError(
-                    f"shared-memory ring {name!r} exists and its creator is alive"
+                    f"shared-memory ring {name!r} exists and its creator is alive "
+                    "(or it is not an shm_ring segment)"
                 ) from None
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         data_fd = space_fd = -1
@@ -358,49 +363,42 @@ class Ring:
     def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
         """Copy as many packets as fit, publish them at once, return how many were taken.
 
-        Taking fewer than len(packets) counts one full event. A packet that is empty or longer
-        than slot_size raises ValueError after the packets before it have been published.
+        Taking fewer than len(packets) counts one full event. If a packet that would be taken
+        is empty or longer than slot_size, ValueError is raised and none of them is sent.
         """
         idx = self._idx
         head = idx[_W_HEAD]
         used = head - idx[_W_TAIL]
         room = self.slots - used
-        take = len(packets)
-        if take > room:
-            take = room
+        if len(packets) > room:
+            packets = packets[:room]
             idx[_W_FULL] += 1
-        mm, lens, offsets, slots, limit = (
-            self._mm,
-            self._lens,
-            self._offsets,
-            self.slots,
-            self.slot_size,
-        )
-        slot = head % slots
-        nbytes = 0
-        taken = 0
-        try:
-            for i in range(take):
-                data = packets[i]
-                n = len(data)
-                if not 0 < n <= limit:
-                    raise ValueError(f"packet {i} of {n} bytes: ring packets must be 1..{limit}")
-                off = offsets[slot]
-                mm[off : off + n] = data
-                lens[slot] = n
-                nbytes += n
-                taken += 1
-                slot += 1
-                if slot == slots:
-                    slot = 0
-        finally:
-            if taken:
-                idx[_W_HEAD] = head + taken  # one publish for the batch
-                idx[_W_BYTES] += nbytes
-                idx[_W_HIGH] = max(idx[_W_HIGH], used + taken)
-                if idx[_W_CONSUMER_WAITING]:
-                    self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
-        return taken
+        take = len(packets)
+        if not take:
+            return 0
+        sizes = list(map(len, packets))
+        if min(sizes) < 1 or max(sizes) > self.slot_size:
+            bad = next(i for i, n in enumerate(sizes) if not 0 < n <= self.slot_size)
+            raise ValueError(
+                f"packet {bad} of {sizes[bad]} bytes: ring packets must be 1..{self.slot_size}"
+            )
+        first = head % self.slots
+        end = first + take
+        mm = self._mm
+        for data, off, n in zip(packets, self._offsets2[first:end], sizes, strict=True):
+            mm[off : off + n] = data
+        if end <= self.slots:
+            self._lens[first:end] = array("I", sizes)
+        else:
+            split = self.slots - first
+            self._lens[first:] = array("I", sizes[:split])
+            self._lens[: end - self.slots] = array("I", sizes[split:])
+        idx[_W_HEAD] = head + take  # one publish for the batch, after its data and lengths
+        idx[_W_BYTES] += sum(sizes)
+        idx[_W_HIGH] = max(idx[_W_HIGH], used + take)
+        if idx[_W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+            self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
+        return take
 
     def producer_fd(self) -> int:
         """eventfd that becomes readable when room may have appeared (after producer_arm)."""
@@ -440,17 +438,16 @@ class Ring:
         n = min(n, max_packets)
         if n <= 0:
             return []
-        buf, lens, offsets, slots = self._buf, self._lens, self._offsets, self.slots
-        slot = start % slots
-        out = []
-        for _ in range(n):
-            off = offsets[slot]
-            out.append(buf[off : off + lens[slot]])
-            slot += 1
-            if slot == slots:
-                slot = 0
+        first = start % self.slots
+        end = first + n
+        lens = self._lens
+        sizes = lens[first:end] if end <= self.slots else [*lens[first:], *lens[: end - self.slots]]
+        buf = self._buf
         self._pending += n
-        return out
+        return [
+            buf[off : off + size]
+            for off, size in zip(self._offsets2[first:end], sizes, strict=True)
+        ]
 
     def release(self) -> None:
         """Free the slots of every packet received so far (their views must not be used)."""
@@ -518,22 +515,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         """Snapshot of the shared counters."""
-        idx = self._idx
-        head, tail = idx[_W_HEAD], idx[_W_TAIL]
-        return RingStats(
-            slots=self.slots,
-            slot_size=self.slot_size,
-            packets=head,
-            bytes=idx[_W_BYTES],
-            released=tail,
-            occupancy=head - tail,
-            high_water=idx[_W_HIGH],
-            full_events=idx[_W_FULL],
-            consumer_sleeps=idx[_W_CONSUMER_SLEEPS],
-            consumer_wakeups=idx[_W_CONSUMER_WAKEUPS],
-            producer_sleeps=idx[_W_PRODUCER_SLEEPS],
-            producer_wakeups=idx[_W_PRODUCER_WAKEUPS],
-        )
+        return _stats_from(self._idx)
 
     def _wake(self, fd: int, counter: int) -> None:
         os.eventfd_write(fd, 1)
@@ -570,6 +552,43 @@ def disarm_all(consumers: Sequence[Ring] = (), producers: Sequence[Ring] = ()) -
         ring.consumer_disarm()
     for ring in producers:
         ring.producer_disarm()
+
+
+def _stats_from(words: memoryview) -> RingStats:
+    head, tail = words[_W_HEAD], words[_W_TAIL]
+    return RingStats(
+        slots=words[_W_SLOTS],
+        slot_size=words[_W_SLOT_SIZE],
+        packets=head,
+        bytes=words[_W_BYTES],
+        released=tail,
+        occupancy=head - tail,
+        high_water=words[_W_HIGH],
+        full_events=words[_W_FULL],
+        consumer_sleeps=words[_W_CONSUMER_SLEEPS],
+        consumer_wakeups=words[_W_CONSUMER_WAKEUPS],
+        producer_sleeps=words[_W_PRODUCER_SLEEPS],
+        producer_wakeups=words[_W_PRODUCER_WAKEUPS],
+    )
+
+
+def read_stats(name: str) -> RingStats:
+    """Counters of ring `name`, read-only, from any process (e.g. the metrics endpoint)."""
+    path = _check_name(name)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size < _HEADER_BYTES:
+            raise ValueError(f"{name!r} is too small to be an shm_ring segment")
+        with (
+            mmap.mmap(fd, _HEADER_BYTES, prot=mmap.PROT_READ) as hm,
+            memoryview(hm) as hv,
+            hv.cast("Q") as words,
+        ):
+            if words[_W_MAGIC] != MAGIC or words[_W_VERSION] != VERSION:
+                raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
+            return _stats_from(words)
+    finally:
+        os.close(fd)
 
 
 def _drain(fd: int) -> None:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from shm_ring import MAX_SLOT_SIZE, MAX_SLOTS, Ring, cleanup_stale, remove_if_stale
+from shm_ring import (
+    MAX_SLOT_SIZE,
+    MAX_SLOTS,
+    Ring,
+    arm_all,
+    cleanup_stale,
+    disarm_all,
+    read_stats,
+    remove_if_stale,
+)
 from tests.ring_helpers import fork_child, unique_ring_name, unlink_quietly, wait_child
 
 
@@ -69,8 +80,8 @@ def test_oversized_and_empty_packets_raise_without_corruption(name: str) -> None
         with pytest.raises(ValueError, match=r"packet 1 of 200 bytes"):
             ring.send_many([b"second", bytes(200), b"never"])
         stats = ring.stats()
-        assert (stats.packets, stats.bytes) == (2, 11)
-        assert [bytes(v) for v in ring.recv_many()] == [b"first", b"second"]
+        assert (stats.packets, stats.bytes) == (1, 5)  # a batch with a bad packet is refused
+        assert [bytes(v) for v in ring.recv_many()] == [b"first"]
         ring.release()
         assert ring.send(bytes(100))
         assert [len(v) for v in ring.recv_many()] == [100]
@@ -86,6 +97,7 @@ def test_full_ring_refuses_counts_and_tracks_high_water(name: str) -> None:
         assert not ring.send(b"6")
         stats = ring.stats()
         assert (stats.full_events, stats.high_water, stats.occupancy) == (2, 3, 3)
+        assert read_stats(name) == stats  # what the metrics endpoint sees, without the Ring
         assert [bytes(v) for v in ring.recv_many(2)] == [b"1", b"2"]
         assert [bytes(v) for v in ring.recv_many(2)] == [b"3"]  # continues after unreleased
         assert ring.stats().occupancy == 3  # nothing freed before release()
@@ -171,6 +183,8 @@ def test_attach_refuses_non_ring_segments(name: str) -> None:
         f.write(bytes(4096))
     with pytest.raises(ValueError, match="not a version-1 shm_ring"):
         Ring.attach(name, data_fd=-1, space_fd=-1)
+    with pytest.raises(ValueError, match="not a version-1 shm_ring"):
+        read_stats(name)
 
 
 def test_restarted_children_continue_the_ring(name: str) -> None:
@@ -218,3 +232,38 @@ def test_stale_segments_of_this_instance_are_removed_and_live_ones_kept() -> Non
     finally:
         for n in (crashed, live, foreign, not_a_ring):
             unlink_quietly(n)
+
+
+def test_arm_all_sleeps_only_when_no_ring_has_work() -> None:
+    names = [unique_ring_name("arm") for _ in range(2)]
+    try:
+        with (
+            Ring.create(names[0], slots=2, slot_size=8) as inbox,
+            Ring.create(names[1], slots=1, slot_size=8) as outbox,
+        ):
+            outbox.send(b"x")  # full: the process waits for room here and data on inbox
+            assert arm_all(consumers=[inbox], producers=[outbox])
+            inbox.send(b"y")
+            assert _readable(inbox.consumer_fd())
+            disarm_all(consumers=[inbox], producers=[outbox])
+            assert not _readable(inbox.consumer_fd())
+            assert not arm_all(consumers=[inbox], producers=[outbox])  # inbox has data
+            inbox.send(b"z")
+            assert not _readable(inbox.consumer_fd())  # arm_all disarmed everything
+    finally:
+        for n in names:
+            unlink_quietly(n)
+
+
+def test_unrelated_process_attaches_by_name_and_wakes_the_owner(name: str) -> None:
+    code = (
+        "import sys; from shm_ring import Ring\n"
+        "r = Ring.attach(sys.argv[1]); assert r.send(b'from afar'); r.close()\n"
+    )
+    with Ring.create(name, slots=4, slot_size=16) as ring:
+        assert ring.consumer_arm()
+        subprocess.run([sys.executable, "-c", code, name], check=True, timeout=60)
+        assert _readable(ring.consumer_fd())
+        ring.consumer_disarm()
+        assert [bytes(v) for v in ring.recv_many()] == [b"from afar"]
+        ring.release()

@@ -191,3 +191,27 @@ def test_large_peer_table_size() -> None:
     finally:
         reg.close()
         reg.unlink()
+
+
+def test_restarted_crypto_adopts_peer_slots(region: StatsRegion) -> None:
+    key = b"\x07" * 32
+    pid = os.fork()
+    if pid == 0:  # the first crypto process assigns a slot and counts, then dies
+        code = 1
+        try:
+            slot = region.peers.assign(key)
+            assert slot is not None
+            region.peers.words[region.peers.base(slot) + stats.PEER_RX_BYTES] += 99
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    owned = region.peers.adopt()  # the restarted one (same inherited object)
+    assert list(owned) == [key]
+    others = [region.peers.assign(bytes([i]) * 32) for i in range(3)]
+    assert owned[key] not in others
+    assert region.peers.assign(b"\x09" * 32) is None  # 4 slots: all taken
+    peers = {p.public_key: p for p in region.snapshot(sample_processes=False).peers}
+    assert peers[key].rx_bytes == 99
+    assert region.process_block("udp") is region.process_block("udp")

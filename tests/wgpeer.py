@@ -97,7 +97,9 @@ class WireGuardGo:
         if endpoint:
             args += ["endpoint", endpoint]
         if preshared_key:
-            args += ["preshared-key", self._secret_file(f"{public_key[:8]}.psk", preshared_key)]
+            # Base64 keys may contain "/": keep the file name a plain name.
+            name = public_key[:8].replace("/", "_")
+            args += ["preshared-key", self._secret_file(f"{name}.psk", preshared_key)]
         if keepalive:
             args += ["persistent-keepalive", str(keepalive)]
         self.set(*args)

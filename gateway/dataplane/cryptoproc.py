@@ -9,10 +9,10 @@ here too; the loop sleeps exactly until the next timer is due when there is no t
 from __future__ import annotations
 
 import logging
-import os
+import select
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway import stats as st
@@ -168,14 +168,13 @@ def _endpoint_text(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop, kept in one place on purpose
+def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place on purpose
     device: Device,
     rings: CryptoRings,
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
-    control_fd: int | None = None,
-    on_control: Callable[[Device, float], None] | None = None,
+    handlers: Mapping[int, Callable[[float], None]] | None = None,
 ) -> None:
     """Forever: move and transform packets between the rings; run timers."""
     from_udp, to_udp = rings.from_udp, rings.to_udp
@@ -183,8 +182,9 @@ def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop, kept in o
     workers = len(to_workers)
     consumers = [from_udp, *from_workers]
     sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
-    if control_fd is not None:
-        sleeper.watch(control_fd, 1)  # EPOLLIN
+    handlers = dict(handlers or {})
+    for fd in handlers:
+        sleeper.watch(fd, select.EPOLLIN)
     c = counters
     drops = CounterSync(c)
     peers = PeerStatsSync(peer_table, time.time() - time.monotonic())
@@ -270,14 +270,7 @@ def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop, kept in o
             timeout,
         )
         busy_since = monotonic()
-        if control_fd is not None and on_control is not None:
-            for fd, _ in events:
-                if fd == control_fd:
-                    on_control(device, monotonic())
-
-
-def unix_offset() -> float:
-    return time.time() - time.monotonic()
-
-
-__all__ = ["CryptoRings", "apply_peers", "build_device", "os", "run_crypto", "unix_offset"]
+        for fd, _ in events:
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(monotonic())

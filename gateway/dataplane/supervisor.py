@@ -26,12 +26,14 @@ from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
 from gateway.dataplane.framing import HEADER_SIZE
+from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
 from gateway.keys import encode_key
 from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
+from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
 from shm_ring.ring import Ring
@@ -87,6 +89,23 @@ class Runtime:
     manager: TunDeviceManager | None = None
 
 
+class _NoBackend:
+    """The supervisor never serves the control socket; the crypto process does."""
+
+    def get_snapshot(self) -> DeviceState:
+        return DeviceState()
+
+    def apply(self, request: SetRequest) -> int:
+        return ERR_IO
+
+
+def _send_quietly(sock: socket.socket, message: bytes) -> None:
+    try:
+        sock.send(message)
+    except OSError as exc:
+        log.error("control message %r not sent: %s", message, exc)
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -106,7 +125,7 @@ class Supervisor:
         self.metrics: MetricsServer | None = None
         self._control_parent: socket.socket | None = None
         self._control_child: socket.socket | None = None
-        self._ready_children: set[str] = set()
+        self.uapi: UapiServer | None = None
 
     # ---- setup --------------------------------------------------------------------------
 
@@ -151,6 +170,12 @@ class Supervisor:
         )
         self._control_parent.setblocking(False)
         self._control_child.setblocking(False)
+        try:
+            self.uapi = UapiServer.for_interface(self.name, _NoBackend())
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot create the control socket for {self.name}: {exc}"
+            ) from exc
         for i in range(workers):
             self.children[f"worker{i}"] = Child(f"worker{i}", self._worker_target(i))
         self.children["crypto"] = Child("crypto", self._crypto_target)
@@ -191,8 +216,15 @@ class Supervisor:
         rings = self.rt.rings
         workers = self.options.workers
         device = build_device(self.config, time.monotonic())
+        udp = self.rt.udp
+        backend = DeviceBackend(
+            device,
+            listen_port=udp.port if udp is not None else 0,
+            request_listen_port=lambda port: _send_quietly(control, b"listen-port %d" % port),
+        )
+        handlers: dict[int, Callable[[float], None]] = {}
 
-        def on_control(device_: object, now: float) -> None:
+        def on_control(now: float) -> None:
             while True:
                 try:
                     message = control.recv(64)
@@ -206,6 +238,14 @@ class Supervisor:
                         continue
                     apply_peers(device, config, now)
                     log.info("reload: %d peers", len(config.peers))
+                elif message.startswith(b"port "):
+                    backend.listen_port = int(message.split()[1])
+
+        handlers[control.fileno()] = on_control
+        if self.uapi is not None:
+            uapi = self.uapi
+            uapi.backend = backend
+            handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
 
         run_crypto(
             device,
@@ -217,8 +257,7 @@ class Supervisor:
             ),
             block,
             self._stats().peers,
-            control_fd=control.fileno(),
-            on_control=on_control,
+            handlers=handlers,
         )
 
     def _udp_target(self) -> None:
@@ -277,32 +316,13 @@ class Supervisor:
             self._signal(signals.pop(0))
         epoll = select.epoll()
         epoll.register(wake_r.fileno(), select.EPOLLIN)
+        control = self._control_parent
+        if control is not None:
+            epoll.register(control.fileno(), select.EPOLLIN)
         try:
             if not self.stopping:
                 self._start_children(epoll)
-            watchdog = watchdog_interval()
-            next_tick = time.monotonic()
-            while not self.stopping:
-                timeout = max(0.0, next_tick - time.monotonic())
-                events = epoll.poll(timeout)
-                for fd, _ in events:
-                    if fd == wake_r.fileno():
-                        with contextlib.suppress(BlockingIOError):
-                            wake_r.recv(4096)
-                        continue
-                    for child in self.children.values():
-                        if child.pidfd == fd:
-                            epoll.unregister(fd)
-                            self._child_exited(child)
-                            if not self.stopping:
-                                self._spawn(child)
-                                epoll.register(child.pidfd, select.EPOLLIN)
-                            break
-                while signals:
-                    self._signal(signals.pop(0))
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
-                    self._tick()
+            self._loop(epoll, wake_r, control, signals)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.stopping()
@@ -320,6 +340,74 @@ class Supervisor:
         self._start_metrics()
         self.notifier.ready(self._status())
         log.info("gateway %s running", self.name)
+
+    def _loop(
+        self,
+        epoll: select.epoll,
+        wake_r: socket.socket,
+        control: socket.socket | None,
+        signals: list[int],
+    ) -> None:
+        watchdog = watchdog_interval()
+        next_tick = time.monotonic()
+        while not self.stopping:
+            timeout = max(0.0, next_tick - time.monotonic())
+            for fd, _ in epoll.poll(timeout):
+                if fd == wake_r.fileno():
+                    with contextlib.suppress(BlockingIOError):
+                        wake_r.recv(4096)
+                elif control is not None and fd == control.fileno():
+                    self._control_messages(control, epoll)
+                else:
+                    self._pidfd_ready(fd, epoll)
+            while signals:
+                self._signal(signals.pop(0))
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
+                self._tick()
+
+    def _pidfd_ready(self, fd: int, epoll: select.epoll) -> None:
+        for child in self.children.values():
+            if child.pidfd == fd:
+                epoll.unregister(fd)
+                self._child_exited(child)
+                if not self.stopping:
+                    self._spawn(child)
+                    epoll.register(child.pidfd, select.EPOLLIN)
+                return
+
+    def _control_messages(self, control: socket.socket, epoll: select.epoll) -> None:
+        while True:
+            try:
+                message = control.recv(64)
+            except BlockingIOError:
+                return
+            if message.startswith(b"listen-port "):
+                self._change_listen_port(int(message.split()[1]), epoll)
+
+    def _change_listen_port(self, port: int, epoll: select.epoll) -> None:
+        """Bind the new port, then move the UDP process onto it (sessions stay)."""
+        try:
+            new = UdpIo(port)
+        except OSError as exc:
+            log.error("listen port %d: %s; keeping port %d", port, exc.strerror, self._port())
+            return
+        child = self.children["udp"]
+        if child.pid:
+            epoll.unregister(child.pidfd)
+            os.kill(child.pid, signal.SIGKILL)
+            self._reap(child)
+        old, self.rt.udp = self.rt.udp, new
+        if old is not None:
+            old.close()
+        self._spawn(child)
+        epoll.register(child.pidfd, select.EPOLLIN)
+        if self._control_parent is not None:
+            self._control_parent.send(b"port %d" % new.port)
+        log.info("listening on UDP port %d", new.port)
+
+    def _port(self) -> int:
+        return self.rt.udp.port if self.rt.udp is not None else 0
 
     def _signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
@@ -428,6 +516,8 @@ class Supervisor:
     def teardown(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        if self.uapi is not None:
+            self.uapi.close()  # removes the socket file only if it is still ours
         if self.rt.udp is not None:
             self.rt.udp.close()
         for queue in self.rt.queues:

@@ -1,1 +1,6 @@
 """Sans-I/O WireGuard protocol core: bytes and a clock in, bytes to send out."""
+
+from gateway.wireguard.device import UNCHANGED, Datagram, Device
+from gateway.wireguard.peer import Endpoint, Peer
+
+__all__ = ["UNCHANGED", "Datagram", "Device", "Endpoint", "Peer"]

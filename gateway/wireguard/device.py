@@ -205,6 +205,12 @@ class Device:
                 self._send_keepalive(peer, now)  # as wireguard-go: start right away
         return peer
 
+    def remove_allowed_ip(self, peer: Peer, network: Network) -> bool:
+        """Take `network` away from `peer` (only if it is the peer's); True if it was."""
+        if network not in self._allowed.prefixes_of(peer):
+            return False
+        return self._allowed.remove(network)
+
     def remove_peer(self, public_key: bytes) -> bool:
         peer = self._peers.pop(public_key, None)
         if peer is None:

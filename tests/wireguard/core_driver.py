@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--endpoint", default="", help="host:port of the peer")
     parser.add_argument("--inner", required=True, help="our inner address")
     parser.add_argument("--peer-inner", required=True)
-    parser.add_argument("--timeout", type=float, default=8.0)
+    parser.add_argument("--timeout", type=float, default=12.0)
     args = parser.parse_args()
 
     now = time.monotonic()
