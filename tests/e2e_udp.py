@@ -8,8 +8,10 @@
         Sends N numbered datagrams spread over F sockets (F flows), collects the echoes and
         prints JSON per flow: what the server saw and what came back, with inversions.
     python tests/e2e_udp.py probe --dest ADDR --port P --seconds S [--interval I]
+                                  [--stop-after-outage O]
         Sends a numbered datagram every I seconds for S seconds and prints the
         CLOCK_MONOTONIC times (system-wide, so comparable across namespaces) of the echoes.
+        With O, stops early, 0.5 s after echoes came back from an outage of O seconds.
 
 Only the stdlib, so it runs with any python3 and needs no package on sys.path.
 """
@@ -118,7 +120,7 @@ def order(dest: str, port: int, count: int, flows: int) -> None:
     print(json.dumps(result))
 
 
-def probe(dest: str, port: int, seconds: float, interval: float) -> None:
+def probe(dest: str, port: int, seconds: float, interval: float, outage: float | None) -> None:
     sock = socket.socket(_family(dest), socket.SOCK_DGRAM)
     sock.connect((dest, port))
     sock.setblocking(False)
@@ -126,8 +128,9 @@ def probe(dest: str, port: int, seconds: float, interval: float) -> None:
     selector.register(sock, selectors.EVENT_READ)
     replies: list[float] = []
     start = time.monotonic()
+    end = start + seconds
     next_send, seq = start, 0
-    while (now := time.monotonic()) < start + seconds:
+    while (now := time.monotonic()) < end:
         if now >= next_send:
             # e.g. no route while the tunnel is down: keep probing
             with contextlib.suppress(OSError):
@@ -142,7 +145,10 @@ def probe(dest: str, port: int, seconds: float, interval: float) -> None:
                     break
                 except OSError:  # ICMP errors surface here on a connected socket
                     break
-                replies.append(time.monotonic())
+                now = time.monotonic()
+                if outage is not None and replies and now - replies[-1] >= outage:
+                    end = min(end, now + 0.5)
+                replies.append(now)
     print(json.dumps({"start": start, "end": time.monotonic(), "sent": seq, "replies": replies}))
 
 
@@ -161,13 +167,14 @@ def main() -> None:
     o.add_argument("--flows", type=int, default=4)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--interval", type=float, default=0.02)
+    p.add_argument("--stop-after-outage", type=float, default=None)
     args = parser.parse_args()
     if args.mode == "server":
         serve(args.bind, args.port)
     elif args.mode == "order":
         order(args.dest, args.port, args.count, args.flows)
     else:
-        probe(args.dest, args.port, args.seconds, args.interval)
+        probe(args.dest, args.port, args.seconds, args.interval, args.stop_after_outage)
 
 
 if __name__ == "__main__":

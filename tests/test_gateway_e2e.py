@@ -31,7 +31,7 @@ from bench.topology import (
     Topology,
     topology,
 )
-from tests.netns import Hosts, NetNS, wait_for
+from tests.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -103,11 +103,15 @@ def echo_server(topo: Topology, bind: str = RESOURCE_ADDR) -> Iterator[None]:
         proc.wait(5)
 
 
-def start_probe(topo: Topology, seconds: float, client: int = 0) -> subprocess.Popen[bytes]:
-    argv = topo.client_ns(client).exec_argv(
+def start_probe(
+    topo: Topology, seconds: float, *, stop_after_outage: float | None = None
+) -> subprocess.Popen[bytes]:
+    argv = topo.client_ns(0).exec_argv(
         sys.executable, UDP_TOOL, "probe", "--dest", RESOURCE_ADDR,
         "--port", str(ECHO_PORT), "--seconds", str(seconds),
     )  # fmt: skip
+    if stop_after_outage is not None:
+        argv += ["--stop-after-outage", str(stop_after_outage)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE)
 
 
@@ -275,6 +279,7 @@ def test_worker_and_udp_restarts_keep_sessions_and_traffic(shared: Topology) -> 
         transfer.kill()
         transfer.wait(10)
     gap = longest_gap(result)
+    print(f"worker/UDP restarts: longest echo gap {gap:.2f} s")
     assert gap < RESUME_LIMIT, (gap, gw.describe_failure())
     # Sessions survived: no new handshake on either side.
     assert client.peers()[gw.public_key].latest_handshake == handshake
@@ -286,7 +291,7 @@ def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
     gw = gateway_of(shared)
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
-    probe = start_probe(shared, seconds=25)
+    probe = start_probe(shared, seconds=30, stop_after_outage=1.0)
     time.sleep(0.5)
     killed_at = time.monotonic()
     kill_and_wait_restart(gw, "crypto")
@@ -296,6 +301,7 @@ def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
     after = [t for t in replies if t > killed_at + 0.2]
     # wireguard-go starts a new handshake ~15 s after its data stopped being answered.
     assert after, gw.describe_failure()
+    print(f"crypto restart: echoes resumed {after[0] - killed_at:.1f} s after the kill")
     assert client.peers()[gw.public_key].latest_handshake > handshake
     assert ping_from(shared.client_ns(0), RESOURCE_ADDR)
 
@@ -315,6 +321,7 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology) -> None:
     assert code == 0
     assert gw.ifname not in gw.ns.ip("-o", "link", "show")
     assert not list(Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
+    assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
@@ -356,6 +363,7 @@ def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> Non
         gw.proc.wait(5)
         assert not list(Path("/dev/shm").glob(pattern)), gw.describe_failure()
         assert gw.ifname not in ns.ip("-o", "link", "show")
+        assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     finally:
         for leftover in Path("/dev/shm").glob(pattern):  # ours: the name is unique to this run
             leftover.unlink()
