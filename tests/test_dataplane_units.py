@@ -1,0 +1,126 @@
+"""Unit tests of the data plane's pure parts: ring framing, flow choice, config to Device."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
+
+from gateway import stats as st
+from gateway.config import GatewayConfig, parse_config_text
+from gateway.dataplane import framing
+from gateway.dataplane.cryptoproc import CounterSync, apply_peers, build_device
+from gateway.dataplane.flow import flow_worker
+from gateway.keys import encode_key, generate_private_key, public_key
+
+
+@given(hs.ip_addresses(), hs.integers(0, 65535))
+def test_endpoint_header_round_trips(address: ipaddress.IPv4Address, port: int) -> None:
+    endpoint = (str(address), port)
+    header = framing.encode_endpoint(endpoint)
+    assert len(header) == framing.HEADER_SIZE
+    host, decoded_port = framing.decode_endpoint(header + b"payload")
+    assert (ipaddress.ip_address(host), decoded_port) == (address, port)
+
+
+def test_bad_ring_messages_are_errors_not_crashes() -> None:
+    with pytest.raises(framing.FramingError, match="no endpoint header"):
+        framing.decode_endpoint(b"\x04\x00")
+    with pytest.raises(framing.FramingError, match="unknown address family 9"):
+        framing.decode_endpoint(bytes([9]) + bytes(19))
+
+
+def test_endpoint_caches_stay_bounded() -> None:
+    for i in range(framing._CACHE_MAX + 10):
+        framing.decode_endpoint(
+            framing.encode_endpoint((f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1))
+        )
+    assert len(framing._encoded) <= framing._CACHE_MAX
+    assert len(framing._decoded) <= framing._CACHE_MAX
+
+
+def _udp4(src: str, dst: str, sport: int, dport: int, *, frag: int = 0) -> bytes:
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, frag, 64, 17, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    )  # fmt: skip
+    return header + struct.pack("!HHHH", sport, dport, 8, 0)
+
+
+def _tcp6(src: str, dst: str, sport: int, dport: int) -> bytes:
+    header = struct.pack(
+        "!IHBB16s16s", 6 << 28, 20, 6, 64,
+        ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed,
+    )  # fmt: skip
+    return header + struct.pack("!HH", sport, dport) + bytes(16)
+
+
+def test_every_packet_of_a_flow_goes_to_one_worker() -> None:
+    for workers in (1, 2, 3, 4):
+        for sport in range(1000, 1100):
+            packet = _udp4("10.0.0.1", "10.0.0.2", sport, 53)
+            choice = flow_worker(packet, workers)
+            assert 0 <= choice < workers
+            assert all(flow_worker(packet, workers) == choice for _ in range(3))
+        v6 = _tcp6("fd00::1", "fd00::2", 40000, 443)
+        assert flow_worker(v6, workers) == flow_worker(bytearray(v6), workers)
+
+
+def test_flows_spread_over_workers() -> None:
+    used = {flow_worker(_udp4("10.0.0.1", "10.0.0.2", p, 53), 4) for p in range(1000, 1064)}
+    assert used == {0, 1, 2, 3}
+    used6 = {flow_worker(_tcp6("fd00::1", "fd00::2", p, 443), 4) for p in range(1000, 1064)}
+    assert used6 == {0, 1, 2, 3}
+
+
+def test_fragments_of_a_flow_hash_on_addresses_only() -> None:
+    # A later fragment has no ports: it must not depend on bytes that are payload there.
+    a = _udp4("10.0.0.1", "10.0.0.2", 1111, 53, frag=0x0010)
+    b = _udp4("10.0.0.1", "10.0.0.2", 2222, 80, frag=0x0010)
+    assert flow_worker(a, 4) == flow_worker(b, 4)
+
+
+def _config(tmp_path: Path, peers: list[tuple[bytes, str]]) -> GatewayConfig:
+    key = tmp_path / "private.key"
+    if not key.exists():
+        key.write_text(encode_key(generate_private_key()) + "\n")
+        key.chmod(0o600)
+    text = '[interface]\nname = "fzu0"\nprivate_key_file = "private.key"\n'
+    for pub, ips in peers:
+        text += f'\n[[peers]]\npublic_key = "{encode_key(pub)}"\nallowed_ips = ["{ips}"]\n'
+    return parse_config_text(text, base_dir=tmp_path, source="test.toml")
+
+
+def test_reload_adds_removes_and_changes_peers_in_place(tmp_path: Path) -> None:
+    a, b, c = (public_key(generate_private_key()) for _ in range(3))
+    now = time.monotonic()
+    device = build_device(_config(tmp_path, [(a, "10.0.0.2/32"), (b, "10.0.0.3/32")]), now)
+    peer_a = device.peer(a)
+    apply_peers(device, _config(tmp_path, [(a, "10.0.0.9/32"), (c, "10.0.0.4/32")]), now)
+    assert device.peer(a) is peer_a  # same object: sessions and counters survive
+    assert device.peer(b) is None
+    assert device.peer(c) is not None
+    peer = device.peer(a)
+    assert peer is not None
+    assert [str(n) for n in peer.allowed_ips] == ["10.0.0.9/32"]
+
+
+def test_counter_sync_adds_only_deltas(tmp_path: Path) -> None:
+    device = build_device(_config(tmp_path, []), time.monotonic())
+    block = memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    sync = CounterSync(block)
+    device.drops["replay"] += 2
+    device.drops["spoofed_source"] += 1
+    device.counters["handshakes_completed"] += 1
+    sync.sync(device)
+    sync.sync(device)  # nothing new: nothing added
+    device.drops["replay"] += 1
+    sync.sync(device)
+    assert block[st.DROP_REPLAY] == 3
+    assert block[st.DROP_ALLOWED_IPS] == 1
+    assert block[st.HANDSHAKES_COMPLETED] == 1
