@@ -415,29 +415,29 @@ class Supervisor:
     # ---- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Take over the stop signals before setup() creates the device and the rings: a
+        # SIGTERM during setup would otherwise kill us by default, leaving /dev/shm segments.
+        signals: list[int] = []
+        wake_r, wake_w, old_wakeup = _catch_signals(signals)
         try:
             self.setup()
         except SupervisorError as exc:
             log.error("%s", exc)
             self.teardown()
+            signal.set_wakeup_fd(old_wakeup)
+            wake_r.close()
+            wake_w.close()
             return 1
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signals: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda s, _f: signals.append(s))
-        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        while signals:  # arrived during setup
+            self._signal(signals.pop(0))
         epoll = select.epoll()
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         control = self._control_parent
         if control is not None:
             epoll.register(control.fileno(), select.EPOLLIN)
         try:
-            for child in self.children.values():
-                self._spawn(child)
-                self._watch_child(child, epoll)
-            self._start_metrics()
+            if not self.stopping:
+                self._start_children(epoll)
             self._loop(epoll, wake_r, control, signals)
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -448,6 +448,13 @@ class Supervisor:
             wake_r.close()
             wake_w.close()
         return self.exit_code
+
+    def _start_children(self, epoll: select.epoll) -> None:
+        """Fork every child; READY=1 follows once each reports it entered its loop."""
+        for child in self.children.values():
+            self._spawn(child)
+            self._watch_child(child, epoll)
+        self._start_metrics()
 
     def _loop(
         self,
@@ -742,6 +749,19 @@ def _rate(count: int, seconds: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B/s" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB/s"
+
+
+def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, int]:
+    """Record SIGTERM/SIGINT/SIGHUP in `signals` and wake a socket for each one.
+
+    Returns (read end, write end, previous wakeup fd) for the main loop's epoll.
+    """
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: signals.append(s))
+    return wake_r, wake_w, signal.set_wakeup_fd(wake_w.fileno())
 
 
 def run_gateway(options: Options) -> int:
