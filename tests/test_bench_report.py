@@ -24,11 +24,11 @@ def test_gateway_toml_has_the_config_schema() -> None:
         "name": "fzbf1",
         "private_key_file": "/k",
         "listen_port": 51820,
-        "addresses": ["10.77.0.1/24"],
+        "addresses": ["10.77.0.1/24", "fd00:77::1/64"],
         "mtu": 1280,
     }
     assert [p["public_key"] for p in doc["peers"]] == [c.public_key for c in clients]
-    assert [p["allowed_ips"] for p in doc["peers"]] == [["10.77.0.2/32"], ["10.77.0.3/32"]]
+    assert [p["allowed_ips"][0] for p in doc["peers"]] == ["10.77.0.2/32", "10.77.0.3/32"]
     assert doc["metrics"] == {"listen": "127.0.0.1:9"}
 
 
