@@ -4,14 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns import Hosts
+from tests.netns import Hosts, hosts
 
 
 @pytest.fixture
 def netns_hosts() -> Iterator[Hosts]:
     """Network namespaces for one test, all removed afterwards even when the test fails."""
-    factory = Hosts()
-    try:
+    with hosts() as factory:
         yield factory
-    finally:
-        factory.close()
