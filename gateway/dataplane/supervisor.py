@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import select
 import signal
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
 from shm_ring.ring import Ring
 from shm_ring.stale import cleanup_stale
+from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
 from tunio.errors import TunError
 from tunio.linux import TunQueue, open_multiqueue
 from tunio.netlink import TunDeviceManager
@@ -61,56 +60,11 @@ PR_SET_PDEATHSIG = 1
 EXIT_DEVICE_GONE = 3  # a worker's exit status when its TUN queue reports the device deleted
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
 ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int): name of the device a queue fd is attached to
-# A TUN queue fd whose device was deleted answers EBADFD to read, write and ioctl.
-DEVICE_GONE_ERRNOS = frozenset({errno.EBADFD, errno.ENODEV})
 READY_BYTE = b"R"
 
 
 class SupervisorError(Exception):
     """Setup failed in a way the operator must fix (message says what)."""
-
-
-class DeviceGone(Exception):
-    """Raised in a TUN worker when its queue fd says the device was deleted."""
-
-
-def device_gone_error(exc: BaseException) -> bool:
-    """Whether `exc` (or the OSError it wraps) means the TUN device no longer exists."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, OSError) and current.errno in DEVICE_GONE_ERRNOS:
-            return True
-        current = current.__cause__
-    return False
-
-
-def interface_up(name: str) -> bool | None:
-    """Whether interface `name` in this network namespace is up; None if it is not here
-    (a TUN device moved to another namespace keeps working, its state is not ours to see)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            ifr = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16s24x", name.encode()))
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return None
-            raise
-    (flags,) = struct.unpack_from("H", ifr, 16)
-    return bool(flags & IFF_UP)
-
-
-def queue_device_name(fd: int) -> str | None:
-    """The name of the TUN device queue `fd` is attached to, wherever the device now lives
-    (another network namespace, a new name); None once the device was deleted."""
-    try:
-        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
-    except OSError as exc:
-        if exc.errno in DEVICE_GONE_ERRNOS:
-            return None
-        raise
-    return ifr[:16].split(b"\0", 1)[0].decode(errors="replace")
 
 
 @dataclass
