@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -59,11 +59,24 @@ class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_METRICS_LISTEN
 
 
+MIN_SOCKET_BUFFER = 64 * 1024
+MAX_SOCKET_BUFFER = 1 << 30
+SocketBuffer = Annotated[int, msgspec.Meta(ge=MIN_SOCKET_BUFFER, le=MAX_SOCKET_BUFFER)]
+DEFAULT_UDP_RECEIVE_BUFFER = 16 * 1024 * 1024  # absorbs bursts while the UDP process is busy
+DEFAULT_UDP_SEND_BUFFER = 2 * 1024 * 1024
+
+
+class _UdpToml(msgspec.Struct, forbid_unknown_fields=True):
+    receive_buffer: SocketBuffer = DEFAULT_UDP_RECEIVE_BUFFER
+    send_buffer: SocketBuffer = DEFAULT_UDP_SEND_BUFFER
+
+
 class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     # Sections stay untyped here and are converted one by one to collect every error.
     interface: dict[str, Any]
     peers: list[dict[str, Any]] = msgspec.field(default_factory=list)
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    udp: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 # ---- the validated, typed configuration the rest of the code uses ----------------------------
@@ -99,11 +112,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UdpConfig:
+    """Socket buffer sizes in bytes (forced past the sysctl limits when running as root)."""
+
+    receive_buffer: int = DEFAULT_UDP_RECEIVE_BUFFER
+    send_buffer: int = DEFAULT_UDP_SEND_BUFFER
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     interface: InterfaceConfig
     peers: tuple[PeerConfig, ...]
     metrics: MetricsConfig
     source: str
+    udp: UdpConfig = UdpConfig()
 
 
 class ConfigError(Exception):
@@ -160,6 +182,7 @@ def parse_config_text(
 
     interface_toml = errors.convert("interface", root.interface, _InterfaceToml)
     metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
+    udp_toml = errors.convert("udp", root.udp, _UdpToml)
     peer_tomls = [errors.convert(f"peers[{i}]", p, _PeerToml) for i, p in enumerate(root.peers)]
 
     interface = None
@@ -171,13 +194,16 @@ def parse_config_text(
     if metrics_toml is not None:
         metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
 
-    if errors.lines or interface is None or metrics_listen is None or None in peers:
+    if errors.lines or interface is None or metrics_listen is None or udp_toml is None:
+        raise ConfigError(errors.lines)
+    if None in peers:
         raise ConfigError(errors.lines)
     return GatewayConfig(
         interface=interface,
         peers=tuple(p for p in peers if p is not None),
         metrics=MetricsConfig(metrics_listen),
         source=source,
+        udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
     )
 
 

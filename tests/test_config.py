@@ -293,7 +293,21 @@ BAD_CASES = {
         interface_table() + '[metrics]\nlisten = "127.0.0.1"\n',
         "gw.toml: metrics.listen: expected host:port or [IPv6]:port, got '127.0.0.1' (no port)",
     ),
+    "udp-buffer-too-small": (
+        interface_table() + "[udp]\nreceive_buffer = 1024\n",
+        "gw.toml: udp.receive_buffer: Expected `int` >= 65536",
+    ),
+    "udp-unknown-key": (
+        interface_table() + "[udp]\nrcvbuf = 1\n",
+        "gw.toml: udp.rcvbuf: unknown key",
+    ),
 }
+
+
+def test_udp_buffers_default_and_override(config_dir: Path) -> None:
+    assert parse(interface_table(), config_dir).udp.receive_buffer == 16 * 1024 * 1024
+    config = parse(interface_table() + "[udp]\nsend_buffer = 4194304\n", config_dir)
+    assert config.udp.send_buffer == 4194304
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_CASES.values(), ids=BAD_CASES.keys())

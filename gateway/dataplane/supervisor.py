@@ -175,7 +175,9 @@ class Supervisor:
         )
         self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
         try:
-            self.rt.udp = UdpIo(cfg.interface.listen_port)
+            self.rt.udp = UdpIo(
+                cfg.interface.listen_port, cfg.udp.receive_buffer, cfg.udp.send_buffer
+            )
         except OSError as exc:
             raise SupervisorError(
                 f"cannot bind UDP port {cfg.interface.listen_port}: {exc.strerror}"
@@ -463,7 +465,7 @@ class Supervisor:
     def _change_listen_port(self, port: int, epoll: select.epoll) -> None:
         """Bind the new port, then move the UDP process onto it (sessions stay)."""
         try:
-            new = UdpIo(port)
+            new = UdpIo(port, self.config.udp.receive_buffer, self.config.udp.send_buffer)
         except OSError as exc:
             log.error("listen port %d: %s; keeping port %d", port, exc.strerror, self._port())
             return
