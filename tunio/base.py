@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +21,8 @@ class TunStats:
     dropped_would_block: int = 0
     # ... or the device is down (EIO); nothing can be written until it is up again.
     dropped_device_down: int = 0
+    # Segments written as part of a GSO super-packet (IFF_VNET_HDR queues only).
+    coalesced: int = 0
 
     def drops(self) -> dict[str, int]:
         return {
@@ -43,9 +46,13 @@ class Tun(Protocol):
         """Whether a write would not block right now."""
         ...
 
-    def send(self, packet: bytes | memoryview) -> bool:
+    def send(self, packet: bytes | bytearray | memoryview) -> bool:
         """Write one packet; False when it was dropped (counted in `stats`), never raises
         for a packet the kernel refuses."""
+        ...
+
+    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Write packets in order within each flow; returns how many were not dropped."""
         ...
 
     def fileno(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from collections.abc import Sequence
 
 from tunio.base import DEFAULT_BATCH, TunStats
 from tunio.errors import TunError
@@ -59,7 +60,7 @@ class FakeTun:
     def send_ready(self) -> bool:
         return self.up and len(self._sent) < self.capacity
 
-    def send(self, packet: bytes | memoryview) -> bool:
+    def send(self, packet: bytes | bytearray | memoryview) -> bool:
         if not self.up:
             self.stats.dropped_device_down += 1
             return False
@@ -72,6 +73,9 @@ class FakeTun:
         self._sent.append(bytes(packet))
         self.stats.sent += 1
         return True
+
+    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
+        return sum(self.send(p) for p in packets)
 
     def fileno(self) -> int:
         return self._event

@@ -31,12 +31,11 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
         incoming = from_crypto.recv_many(BATCH)
         if incoming:
             busy = True
-            for packet in incoming:
-                if tun.send(packet):
-                    c[st.TUN_TX_PACKETS] += 1
-                    c[st.TUN_TX_BYTES] += len(packet)
-                else:
-                    c[st.DROP_TUN_WRITE_FAILED] += 1
+            sent = tun.send_many(incoming)
+            c[st.TUN_TX_PACKETS] += sent
+            c[st.TUN_TX_BYTES] += sum(map(len, incoming))
+            if sent < len(incoming):
+                c[st.DROP_TUN_WRITE_FAILED] += len(incoming) - sent
             from_crypto.release()
         if busy:
             continue
