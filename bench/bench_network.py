@@ -64,6 +64,9 @@ METRICS = [
     Metric("cpu_per_gb", "gateway CPU per GB (TCP)", "CPU s/GB", False),
     Metric("idle_cpu", "gateway idle CPU", "% of a core", False),
     Metric("rss", "gateway RSS, all processes", "MB", False),
+    # Summed RSS counts pages that forked children share with the supervisor once per
+    # process; PSS splits shared pages among their users, so its sum is the real total.
+    Metric("pss", "gateway PSS, all processes", "MB", False),
 ]
 
 
@@ -102,6 +105,14 @@ def rss_bytes(pids: Sequence[int]) -> int:
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += psutil.Process(pid).memory_info().rss
+    return total
+
+
+def pss_bytes(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += psutil.Process(pid).memory_full_info().pss
     return total
 
 
@@ -220,6 +231,7 @@ def measure(topo: Topology, settings: Settings, result: BackendResult) -> None:
                 f"{udp.bits_per_second / 1e9:.3f} Gbit/s, {udp.lost_percent:.1f}% lost"
             )
     result.add("rss", rss_bytes(backend.pids()) / 1e6)
+    result.add("pss", pss_bytes(backend.pids()) / 1e6)
 
 
 def run_backend(make: Callable[[], GatewayBackend], settings: Settings) -> BackendResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import logging
 import os
 import select
@@ -305,6 +306,9 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # Objects alive now never change generation again, so the collector does not touch
+        # (and copy) the pages children share with us.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # child
             code = 1
