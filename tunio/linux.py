@@ -128,34 +128,16 @@ class TunQueue:
         return sent
 
     def send(self, packet: bytes | bytearray | memoryview) -> bool:
-        if self.vnet_hdr:
-            ok = self._write([PLAIN_HDR, packet])
-            if ok:
-                self.stats.sent += 1
-            return ok
-        try:
-            os.write(self._fd, packet)
-        except BlockingIOError:
-            self.stats.dropped_would_block += 1
+        if not packet:  # writev of nothing "succeeds" without reaching the device
+            self.stats.dropped_rejected += 1
             return False
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                self.stats.dropped_rejected += 1
-                log.debug(
-                    "%s queue %d rejected a %d-byte packet", self.name, self.index, len(packet)
-                )
-            elif exc.errno == errno.EIO:
-                self.stats.dropped_device_down += 1
-                log.debug("%s queue %d: device down, packet dropped", self.name, self.index)
-            else:
-                raise TunError(
-                    f"writing queue {self.index} of TUN device {self.name}: {exc}"
-                ) from exc
-            return False
-        self.stats.sent += 1
-        return True
+        ok = self._write([PLAIN_HDR, packet] if self.vnet_hdr else [packet])
+        if ok:
+            self.stats.sent += 1
+        return ok
 
     def _write(self, iovec: list[bytes | bytearray | memoryview]) -> bool:
+        """One write of the packet (or super-packet) in `iovec`; False when dropped."""
         try:
             os.writev(self._fd, iovec)
         except BlockingIOError:
@@ -165,9 +147,10 @@ class TunQueue:
             if exc.errno == errno.EINVAL:
                 self.stats.dropped_rejected += 1
                 size = sum(map(len, iovec))
-                log.debug("%s queue %d rejected a %d-byte write", self.name, self.index, size)
+                log.debug("%s queue %d rejected a %d-byte packet", self.name, self.index, size)
             elif exc.errno == errno.EIO:
                 self.stats.dropped_device_down += 1
+                log.debug("%s queue %d: device down, packet dropped", self.name, self.index)
             else:
                 raise TunError(
                     f"writing queue {self.index} of TUN device {self.name}: {exc}"
