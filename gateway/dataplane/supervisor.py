@@ -9,9 +9,6 @@ keys live in the crypto process); after a crypto-process restart clients re-hand
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import gc
 import logging
 import os
 import select
@@ -23,10 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.dataplane.children import (
+    EXIT_DEVICE_GONE,
+    Child,
+    ProcessStates,
+    report_ready,
+    stop_all,
+)
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
 from gateway.dataplane.framing import HEADER_SIZE
 from gateway.dataplane.uapi_backend import DeviceBackend
@@ -57,28 +59,13 @@ TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
 MIN_INNER_PACKET = 1500
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
-STOP_GRACE = 1.5  # seconds between SIGTERM and SIGKILL for children on shutdown
 TICK = 1.0
-PR_SET_PDEATHSIG = 1
-EXIT_DEVICE_GONE = 3  # a worker's exit status when its TUN queue reports the device deleted
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
 ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
-READY_BYTE = b"R"
 
 
 class SupervisorError(Exception):
     """Setup failed in a way the operator must fix (message says what)."""
-
-
-@dataclass
-class Child:
-    role: str
-    target: Callable[[], None]
-    pid: int = 0
-    pidfd: int = -1
-    started: float = 0.0
-    ready: bool = False  # the child reported that it entered its loop
-    ready_fd: int = -1  # read end of the child's readiness pipe until it reported
 
 
 @dataclass
@@ -118,11 +105,6 @@ def _send_quietly(sock: socket.socket, message: bytes) -> None:
         log.error("control message %r not sent: %s", message, exc)
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class Supervisor:
     def __init__(self, options: Options, config: GatewayConfig) -> None:
         self.options = options
@@ -138,11 +120,10 @@ class Supervisor:
         self._control_parent: socket.socket | None = None
         self._control_child: socket.socket | None = None
         self.uapi: UapiServer | None = None
-        self._ready_w = -1  # in a child: where it reports readiness
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
-        self._psutil: dict[int, psutil.Process] = {}
+        self._states = ProcessStates()
 
     # ---- setup --------------------------------------------------------------------------
 
@@ -220,7 +201,7 @@ class Supervisor:
         def target() -> None:
             block = self._stats().attach_process(f"worker{index}")
             rings = self.rt.rings
-            self._report_ready()
+            report_ready()
             try:
                 run_worker(
                     self.rt.queues[index],
@@ -274,7 +255,7 @@ class Supervisor:
             uapi.backend = backend
             handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
 
-        self._report_ready()
+        report_ready()
         run_crypto(
             device,
             CryptoRings(
@@ -292,87 +273,10 @@ class Supervisor:
         block = self._stats().attach_process("udp")
         if self.rt.udp is None:
             raise SupervisorError("UDP socket missing")
-        self._report_ready()
+        report_ready()
         run_udp(self.rt.udp, self.rt.rings["udp_to_crypto"], self.rt.rings["crypto_to_udp"], block)
 
     # ---- children -----------------------------------------------------------------------
-
-    def _report_ready(self) -> None:
-        """In a child: tell the supervisor that setup is done and the loop starts."""
-        if self._ready_w >= 0:
-            os.write(self._ready_w, READY_BYTE)
-            os.close(self._ready_w)
-            self._ready_w = -1
-
-    def _spawn(self, child: Child) -> None:
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Objects alive now never change generation again, so the collector does not touch
-        # (and copy) the pages children share with us.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                os.close(ready_r)
-                self._ready_w = ready_w
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
-                _die_with_parent()
-                setup_logging(self.options.log_filter, self.options.log_format)
-                child.target()
-                code = 0
-            except DeviceGone as exc:
-                logging.getLogger(f"gateway.{child.role}").info("TUN device gone: %s", exc)
-                code = EXIT_DEVICE_GONE
-            except BaseException:  # the child must leave through os._exit, whatever happened
-                logging.getLogger(f"gateway.{child.role}").exception("%s failed", child.role)
-            finally:
-                os._exit(code)
-        os.close(ready_w)
-        child.ready = False
-        child.ready_fd = ready_r
-        child.pid = pid
-        child.pidfd = os.pidfd_open(pid)
-        child.started = time.monotonic()
-        log.debug("started %s (pid %d)", child.role, pid)
-
-    def _reap(self, child: Child) -> int:
-        _, status = os.waitpid(child.pid, 0)
-        os.close(child.pidfd)
-        child.pid, child.pidfd = 0, -1
-        self._close_ready_fd(child, None)
-        child.ready = False
-        return status
-
-    def _close_ready_fd(self, child: Child, epoll: select.epoll | None) -> None:
-        if child.ready_fd < 0:
-            return
-        if epoll is not None:
-            with contextlib.suppress(OSError):
-                epoll.unregister(child.ready_fd)
-        os.close(child.ready_fd)
-        child.ready_fd = -1
-
-    def _watch_child(self, child: Child, epoll: select.epoll) -> None:
-        epoll.register(child.pidfd, select.EPOLLIN)
-        epoll.register(child.ready_fd, select.EPOLLIN)
-
-    def _ready_event(self, fd: int, epoll: select.epoll) -> bool:
-        """Handle `fd` if it is a child's readiness pipe; True if it was one."""
-        for child in self.children.values():
-            if child.ready_fd == fd:
-                try:
-                    data = os.read(fd, 1)
-                except BlockingIOError:
-                    return True
-                child.ready = data == READY_BYTE  # b"" = it died before its loop
-                self._close_ready_fd(child, epoll)
-                if child.ready:
-                    log.debug("%s (pid %d) ready", child.role, child.pid)
-                return True
-        return False
 
     # ---- main loop ----------------------------------------------------------------------
 
@@ -415,7 +319,7 @@ class Supervisor:
         """Fork every child; READY=1 follows once each reports it entered its loop."""
         for child in self.children.values():
             self._spawn(child)
-            self._watch_child(child, epoll)
+            child.watch(epoll)
         self._start_metrics()
 
     def _loop(
@@ -435,8 +339,8 @@ class Supervisor:
                         wake_r.recv(4096)
                 elif control is not None and fd == control.fileno():
                     self._control_messages(control, epoll)
-                elif not self._ready_event(fd, epoll):
-                    self._pidfd_ready(fd, epoll)
+                else:
+                    self._child_event(fd, epoll)
             while signals:
                 self._signal(signals.pop(0))
             if not self._announced and not self.stopping and self.readiness()[0]:
@@ -447,16 +351,23 @@ class Supervisor:
                 next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
                 self._tick()
 
-    def _pidfd_ready(self, fd: int, epoll: select.epoll) -> None:
+    def _spawn(self, child: Child) -> None:
+        child.spawn(lambda: setup_logging(self.options.log_filter, self.options.log_format))
+
+    def _child_event(self, fd: int, epoll: select.epoll) -> None:
+        """A child's readiness pipe or pidfd became readable."""
         for child in self.children.values():
+            if child.ready_fd == fd:
+                child.read_ready(epoll)
+                return
             if child.pidfd == fd:
-                if not _pidfd_exited(fd):
+                if not child.exited():
                     return  # a stale event for an fd number that a new child's pidfd reuses
                 epoll.unregister(fd)
                 self._child_exited(child)
                 if not self.stopping:
                     self._spawn(child)
-                    self._watch_child(child, epoll)
+                    child.watch(epoll)
                 return
 
     def _control_messages(self, control: socket.socket, epoll: select.epoll) -> None:
@@ -476,18 +387,14 @@ class Supervisor:
             log.error("listen port %d: %s; keeping port %d", port, exc.strerror, self._port())
             return
         child = self.children["udp"]
-        if child.pid:
-            epoll.unregister(child.pidfd)
-            self._close_ready_fd(child, epoll)
-            os.kill(child.pid, signal.SIGKILL)
-            self._reap(child)
+        child.kill(epoll)
         old, self.rt.udp = self.rt.udp, new
         if self.rt.stats is not None:
             self.rt.stats.listen_port = new.port
         if old is not None:
             old.close()
         self._spawn(child)
-        self._watch_child(child, epoll)
+        child.watch(epoll)
         if self._control_parent is not None:
             self._control_parent.send(b"port %d" % new.port)
         log.info("listening on UDP port %d", new.port)
@@ -508,7 +415,7 @@ class Supervisor:
 
     def _child_exited(self, child: Child) -> None:
         pid = child.pid
-        status = self._reap(child)
+        status = child.reap()
         code = os.waitstatus_to_exitcode(status)
         what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if code == EXIT_DEVICE_GONE or self._device_name() is None:
@@ -610,24 +517,9 @@ class Supervisor:
                 found.append((child.role, "is not running"))
             elif not child.ready:
                 found.append((child.role, "is starting"))
-            elif (state := self._process_state(child.pid)) is not None:
+            elif (state := self._states.problem(child.pid)) is not None:
                 found.append((child.role, state))
         return found
-
-    def _process_state(self, pid: int) -> str | None:
-        """Why a live child cannot work (stopped, zombie), or None when it can."""
-        try:
-            proc = self._psutil.get(pid) or psutil.Process(pid)
-            self._psutil[pid] = proc
-            status = proc.status()
-        except psutil.NoSuchProcess:
-            self._psutil.pop(pid, None)
-            return "has exited"
-        if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-            return "is stopped"
-        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return "has exited"
-        return None
 
     def reload(self) -> None:
         try:
@@ -647,26 +539,7 @@ class Supervisor:
     # ---- shutdown -----------------------------------------------------------------------
 
     def stop_children(self) -> None:
-        running = [c for c in self.children.values() if c.pid]
-        for child in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for child in running:
-            while time.monotonic() < deadline:
-                pid, _ = os.waitpid(child.pid, os.WNOHANG)
-                if pid:
-                    break
-                time.sleep(0.01)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(child.pid, 0)
-            with contextlib.suppress(OSError):
-                os.close(child.pidfd)
-            child.pid, child.pidfd = 0, -1
-            self._close_ready_fd(child, None)
+        stop_all(self.children.values())
 
     def teardown(self) -> None:
         if self.metrics is not None:
@@ -695,13 +568,6 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
-
-
-def _pidfd_exited(pidfd: int) -> bool:
-    """A pidfd polls readable once its process has exited."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _rate(count: int, seconds: float) -> str:
@@ -733,6 +599,3 @@ def run_gateway(options: Options) -> int:
         log.error("%s", exc)
         return 1
     return Supervisor(options, config).run()
-
-
-__all__ = ["EXIT_DEVICE_GONE", "Options", "Supervisor", "errno", "run_gateway"]
