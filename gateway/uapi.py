@@ -369,6 +369,27 @@ def format_get(state: DeviceState) -> bytes:
     return "\n".join(lines).encode()
 
 
+def format_set(state: DeviceState) -> str:
+    """A `set` body that recreates `state` exactly (replace_peers), without the listen port.
+
+    The gateway keeps this as its run-time configuration, so a restarted crypto process comes
+    back with the peers that `wg` configured, not only those of the config file.
+    """
+    lines: list[str] = [f"private_key={(state.private_key or ZERO_KEY).hex()}"]
+    if state.fwmark:
+        lines.append(f"fwmark={state.fwmark}")
+    lines.append("replace_peers=true")
+    for peer in state.peers:
+        lines.append(f"public_key={peer.public_key.hex()}")
+        lines.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={peer.endpoint}")
+        lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
+        lines.append("replace_allowed_ips=true")
+        lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+    return "\n".join(lines) + "\n"
+
+
 # ---- one connection, sans I/O ----
 
 

@@ -440,6 +440,21 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         assert lab.wg("show", lab.ifname, "peers").split() == [client.public_key]
         assert lab.ping(0, count=3, interval=0.05)
         assert client.peers()[lab.public_key].latest_handshake == handshake
+
+        # A crashed crypto process comes back with what `wg` set, not the empty config file.
+        crypto = lab.child_pid("crypto")
+        os.kill(crypto, signal.SIGKILL)
+        wait_for(lambda: lab.child_pid("crypto") not in (0, crypto), timeout=5)
+        wait_for(lambda: client.public_key in lab.wg("show", lab.ifname, "peers"), timeout=5)
+        assert lab.wg("show", lab.ifname, "public-key").strip() == lab.public_key
+        assert "AllowedIPs = 10.77.0.2/32" in lab.wg("showconf", lab.ifname)
+        # The client still holds the old session; a fresh one shows traffic flows again.
+        client.set("peer", lab.public_key, "remove")
+        client.add_peer(
+            lab.public_key, allowed_ips="10.77.0.0/24,10.88.0.0/24", endpoint="10.201.0.1:51822"
+        )
+        client.ns.ip("route", "replace", "10.88.0.0/24", "dev", client.ifname)
+        lab.wait_ping(0, timeout=10)
     finally:
         lab.close()
 

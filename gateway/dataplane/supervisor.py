@@ -31,6 +31,7 @@ from gateway.dataplane.children import (
 )
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
 from gateway.dataplane.framing import HEADER_SIZE
+from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
@@ -39,7 +40,15 @@ from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
 from gateway.show import stats_segment_name
-from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
+from gateway.uapi import (
+    ERR_IO,
+    DeviceState,
+    SetRequest,
+    UapiError,
+    UapiServer,
+    format_set,
+    parse_set,
+)
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
 from shm_ring.ring import Ring
@@ -120,6 +129,7 @@ class Supervisor:
         self._control_parent: socket.socket | None = None
         self._control_child: socket.socket | None = None
         self.uapi: UapiServer | None = None
+        self._runstate: RunState | None = None
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -172,6 +182,7 @@ class Supervisor:
         )
         self._control_parent.setblocking(False)
         self._control_child.setblocking(False)
+        self._runstate = RunState()
         try:
             self.uapi = UapiServer.for_interface(self.name, _NoBackend())
         except OSError as exc:
@@ -225,11 +236,19 @@ class Supervisor:
         workers = self.options.workers
         device = build_device(self.config, time.monotonic())
         udp = self.rt.udp
+        state = self._runstate
+
+        def save_state() -> None:
+            if state is not None:
+                state.save(format_set(backend.get_snapshot()))
+
         backend = DeviceBackend(
             device,
             listen_port=udp.port if udp is not None else 0,
             request_listen_port=lambda port: _send_quietly(control, b"listen-port %d" % port),
+            on_change=save_state,
         )
+        self._restore_state(backend)
         handlers: dict[int, Callable[[float], None]] = {}
 
         def on_control(now: float) -> None:
@@ -245,6 +264,7 @@ class Supervisor:
                         log.error("reload: config became invalid, keeping the old one:\n%s", exc)
                         continue
                     apply_peers(device, config, now)
+                    save_state()
                     log.info("reload: %d peers", len(config.peers))
                 elif message.startswith(b"port "):
                     backend.listen_port = int(message.split()[1])
@@ -268,6 +288,20 @@ class Supervisor:
             self._stats().peers,
             handlers=handlers,
         )
+
+    def _restore_state(self, backend: DeviceBackend) -> None:
+        """In a restarted crypto process: bring back what `wg` and reloads had set."""
+        saved = None if self._runstate is None else self._runstate.load()
+        if saved is None:
+            return
+        try:
+            error = backend.apply(parse_set(saved))
+        except UapiError as exc:
+            error = exc.errno
+        if error:
+            log.error("run-time state not restored (errno %d): using the config file", error)
+            return
+        log.info("restored run-time state: %d peers", len(list(backend.device.peers())))
 
     def _udp_target(self) -> None:
         block = self._stats().attach_process("udp")
@@ -568,6 +602,8 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
+        if self._runstate is not None:
+            self._runstate.close()
 
 
 def _rate(count: int, seconds: float) -> str:

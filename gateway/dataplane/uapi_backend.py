@@ -59,12 +59,14 @@ class DeviceBackend:
         *,
         listen_port: int,
         request_listen_port: Callable[[int], None],
+        on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
         self.listen_port = listen_port
         self.fwmark = 0
         self._request_listen_port = request_listen_port
+        self._on_change = on_change
         self._clock = clock
         self._unix_offset = time.time() - time.monotonic()
 
@@ -120,6 +122,7 @@ class DeviceBackend:
             self._request_listen_port(request.listen_port)
             if request.listen_port:
                 self.listen_port = request.listen_port
+        self._on_change()
         return 0
 
     def _check(self, request: SetRequest) -> int:
