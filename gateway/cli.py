@@ -191,9 +191,10 @@ def show(options: GlobalOptions, as_json: bool) -> None:
     try:
         snapshot = region.snapshot()
         port = region.listen_port or config.interface.listen_port  # `wg` may have changed it
+        public_key = region.public_key or config.interface.public_key  # so may the key
     finally:
         region.close()
-    info = show_mod.InterfaceInfo(name, keys.encode_key(config.interface.public_key), port)
+    info = show_mod.InterfaceInfo(name, keys.encode_key(public_key), port)
     if as_json:
         click.echo(show_mod.to_json(snapshot, info).decode())
     else:

@@ -3,7 +3,9 @@
 Layout of the segment (all u64, native endianness, 8-byte aligned):
 
     header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
-               the UDP listen port (written by the supervisor; it can change at run time)
+               the UDP listen port (written by the supervisor; it can change at run time),
+               the interface's public key in words 8-11 (written by the crypto process;
+               `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp)
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
@@ -29,9 +31,10 @@ from typing import Self
 import psutil
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 1
-HEADER_SLOTS = 8
+VERSION = 2
+HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
+HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
 PROC_SLOTS = 64
 RING_SLOTS = 8
 MAX_PEERS_LIMIT = 1 << 20
@@ -357,6 +360,8 @@ class StatsRegion:
         self.roles = process_roles(self.workers)
         self.ring_names = ring_names(self.workers)
         self._words = words
+        key_at = HEADER_PUBLIC_KEY * 8
+        self._public_key = self._view(buf[key_at : key_at + 32])
         self._proc_base = HEADER_SLOTS
         self._ring_base = self._proc_base + len(self.roles) * PROC_SLOTS
         self._peer_base = self._ring_base + len(self.ring_names) * RING_SLOTS
@@ -409,6 +414,16 @@ class StatsRegion:
     @listen_port.setter
     def listen_port(self, port: int) -> None:
         self._words[HEADER_LISTEN_PORT] = port
+
+    @property
+    def public_key(self) -> bytes | None:
+        """The interface's public key as the crypto process last wrote it; None if unset."""
+        key = bytes(self._public_key)
+        return key if any(key) else None
+
+    @public_key.setter
+    def public_key(self, key: bytes | None) -> None:
+        self._public_key[:] = key if key is not None else bytes(32)
 
     def process_block(self, role: str) -> memoryview:
         """The u64 counters of one process ('supervisor', 'worker0', 'crypto', 'udp')."""

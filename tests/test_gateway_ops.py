@@ -407,7 +407,9 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         assert ":51821 " not in lab.gw.run("ss", "-Hlun")
         client.set("peer", lab.public_key, "endpoint", "10.201.0.1:51822")
         lab.wait_ping(0, timeout=5)
-        assert "listening port: 51822" in show(lab)
+        shown = show(lab)
+        assert "listening port: 51822" in shown
+        assert f"public key: {lab.public_key}" in shown  # the key `wg` set, not the config's
         handshake = client.peers()[lab.public_key].latest_handshake
 
         # addconf of another 20k prefixes under a steady ping: how long the loop stalls.

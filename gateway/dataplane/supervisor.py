@@ -228,7 +228,8 @@ class Supervisor:
         return target
 
     def _crypto_target(self) -> None:
-        block = self._stats().attach_process("crypto")
+        stats = self._stats()
+        block = stats.attach_process("crypto")
         control = self._control_child
         if control is None:
             raise SupervisorError("control socket missing")
@@ -239,6 +240,7 @@ class Supervisor:
         state = self._runstate
 
         def save_state() -> None:
+            stats.public_key = device.public_key
             if state is not None:
                 state.save(format_set(backend.get_snapshot()))
 
@@ -249,6 +251,7 @@ class Supervisor:
             on_change=save_state,
         )
         self._restore_state(backend)
+        stats.public_key = device.public_key
         handlers: dict[int, Callable[[float], None]] = {}
 
         def on_control(now: float) -> None:
