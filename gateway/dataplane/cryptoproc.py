@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 100
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
+TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
 # The core's drop reasons, folded into the reasons the metrics export.
 DROP_REASON_SLOTS: dict[str, int] = {
@@ -191,6 +192,7 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
     max_inner = min(r.slot_size for r in to_workers)
     max_datagram = to_udp.slot_size - HEADER_SIZE
     next_stats = 0.0
+    timers_at = 0.0
     handle_datagram, handle_packet = device.handle_datagram, device.handle_packet
     per_worker: list[list[bytes | bytearray]] = [[] for _ in range(workers)]
     monotonic = time.monotonic
@@ -237,9 +239,13 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
                         endpoint, datagram = sent
                         outbound.append(encode_endpoint(endpoint) + datagram)
                 ring.release()
-        deadline = device.next_deadline()
-        if deadline is not None and deadline <= now:
-            device.tick(now)
+        # Finding the next timer scans every peer: while busy, look only every few ms
+        # (WireGuard's timers are seconds apart); before sleeping, look exactly (below).
+        if now >= timers_at:
+            timers_at = now + TIMER_CHECK_INTERVAL
+            deadline = device.next_deadline()
+            if deadline is not None and deadline <= now:
+                device.tick(now)
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
                 outbound.append(encode_endpoint(endpoint) + datagram)
@@ -258,6 +264,11 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
         drops.sync(device)
         deadline = device.next_deadline()
         timeout = None if deadline is None else deadline - monotonic()
+        # After waking: look again when this deadline is due, or within the busy interval
+        # (packets handled meanwhile may arm earlier timers).
+        timers_at = monotonic() + TIMER_CHECK_INTERVAL
+        if deadline is not None:
+            timers_at = min(timers_at, deadline)
         if next_stats and (timeout is None or timeout > STATS_INTERVAL):
             timeout = STATS_INTERVAL  # keep the shared figures fresh while sessions live
         outbound_blocked = [] if to_udp.send_ready() else [to_udp]
