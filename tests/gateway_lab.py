@@ -45,15 +45,21 @@ class LabPeer:
 
 
 def gateway_toml(
-    *, ifname: str, key_file: Path, peers: Sequence[LabPeer], addresses: Sequence[str]
+    *,
+    ifname: str,
+    key_file: Path,
+    peers: Sequence[LabPeer],
+    addresses: Sequence[str],
+    listen_port: int = LISTEN_PORT,
+    mtu: int = MTU,
 ) -> str:
     lines = [
         "[interface]",
         f'name = "{ifname}"',
         f'private_key_file = "{key_file}"',
-        f"listen_port = {LISTEN_PORT}",
+        f"listen_port = {listen_port}",
         "addresses = [" + ", ".join(f'"{a}"' for a in addresses) + "]",
-        f"mtu = {MTU}",
+        f"mtu = {mtu}",
     ]
     for peer in peers:
         allowed = ", ".join(f'"{a}"' for a in peer.allowed_ips)
@@ -109,10 +115,20 @@ class Lab:
         return LabPeer(self.clients[index].public_key, [f"{client_tunnel_addr(index)}/32", *extra])
 
     def write_config(
-        self, peers: Sequence[LabPeer], addresses: Sequence[str] = (GATEWAY_TUNNEL,)
+        self,
+        peers: Sequence[LabPeer],
+        addresses: Sequence[str] = (GATEWAY_TUNNEL,),
+        *,
+        listen_port: int = LISTEN_PORT,
+        mtu: int = MTU,
     ) -> None:
         text = gateway_toml(
-            ifname=self.ifname, key_file=self.key_file, peers=peers, addresses=addresses
+            ifname=self.ifname,
+            key_file=self.key_file,
+            peers=peers,
+            addresses=addresses,
+            listen_port=listen_port,
+            mtu=mtu,
         )
         self.config_path.write_text(text)
 

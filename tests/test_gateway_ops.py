@@ -461,6 +461,31 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         lab.close()
 
 
+def test_sighup_reload_applies_listen_port_mtu_and_addresses() -> None:
+    lab = Lab(clients=1)
+    try:
+        lab.write_config([lab.peer(0)])
+        lab.start()
+        lab.connect_client(0)
+        lab.wait_ping(0)
+        extra = "10.77.9.1/24"
+        lab.write_config([lab.peer(0)], (GATEWAY_TUNNEL, extra), listen_port=51829, mtu=1380)
+        lab.signal(signal.SIGHUP)
+        wait_for(lambda: "has MTU 1380" in lab.log(), timeout=5)
+        assert "mtu 1380" in lab.gw.ip("-o", "link", "show", lab.ifname)
+        assert extra in lab.gw.ip("-o", "addr", "show", "dev", lab.ifname)
+        wait_for(lambda: ":51829 " in lab.gw.run("ss", "-Hlun"), timeout=5)
+        lab.clients[0].set("peer", lab.public_key, "endpoint", "10.201.0.1:51829")
+        lab.wait_ping(0, timeout=5)  # same session, new port
+        # Taking the address out of the config takes it off the device.
+        lab.write_config([lab.peer(0)], listen_port=51829, mtu=1380)
+        lab.signal(signal.SIGHUP)
+        wait_for(lambda: extra not in lab.gw.ip("-o", "addr", "show", "dev", lab.ifname), 5)
+        assert lab.ping(0, count=2, interval=0.1)
+    finally:
+        lab.close()
+
+
 # ---- the TUN device moved or deleted from outside ---------------------------------------
 
 

@@ -253,6 +253,21 @@ class TunDeviceManager:
             raise
         return True
 
+    def remove_address(self, address: IPInterface) -> None:
+        """Remove one address from the device; nothing to do if it is not there."""
+        what = f"removing address {address} from {self._where}"
+        try:
+            with _rtnl(self.netns, what) as ipr:
+                ipr.addr(
+                    "del",
+                    index=self.ifindex,
+                    address=str(address.ip),
+                    prefixlen=address.network.prefixlen,
+                )
+        except NetlinkError as exc:
+            if _errno_of(exc) != errno.EADDRNOTAVAIL:
+                raise
+
     def up(self) -> None:
         with _rtnl(self.netns, f"setting {self._where} up") as ipr:
             ipr.link("set", index=self.ifindex, state="up")

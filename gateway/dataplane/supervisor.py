@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import stats as st
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, InterfaceConfig, load_config
 from gateway.dataplane.children import (
     EXIT_DEVICE_GONE,
     Child,
@@ -130,6 +130,8 @@ class Supervisor:
         self._control_child: socket.socket | None = None
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
+        self._epoll: select.epoll | None = None
+        self._max_inner = MIN_INNER_PACKET
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -151,7 +153,7 @@ class Supervisor:
             self.rt.manager.configure(mtu=cfg.interface.mtu, addresses=cfg.interface.addresses)
         except TunError as exc:
             raise SupervisorError(str(exc)) from exc
-        inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
+        inner = self._max_inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
         datagram_slot = HEADER_SIZE + MESSAGE_OVERHEAD + inner + 16  # + padding to 16
         pid = os.getpid()
         ring_specs = {}
@@ -333,7 +335,7 @@ class Supervisor:
             return 1
         while signals:  # arrived during setup
             self._signal(signals.pop(0))
-        epoll = select.epoll()
+        epoll = self._epoll = select.epoll()
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         control = self._control_parent
         if control is not None:
@@ -564,7 +566,8 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
             return
-        self.config = config
+        old, self.config = self.config, config
+        self._reload_interface(old.interface, config.interface)
         if self._control_parent is not None:
             try:
                 self._control_parent.send(b"reload")
@@ -572,6 +575,36 @@ class Supervisor:
                 log.error("reload: cannot reach the crypto process: %s", exc)
                 return
         log.info("reloaded %s: %d peers", self.options.config_path, len(config.peers))
+
+    def _reload_interface(self, old: InterfaceConfig, new: InterfaceConfig) -> None:
+        """Apply a reloaded [interface]: listen port, MTU and addresses (not the name)."""
+        if new.name != old.name:
+            log.warning("reload: renaming %s to %s takes a restart", old.name, new.name)
+        if new.listen_port != old.listen_port and self._epoll is not None:
+            self._change_listen_port(new.listen_port, self._epoll)
+        if new.mtu == old.mtu and new.addresses == old.addresses:
+            return
+        if self._device_name() != self.name or interface_up(self.name) is None:
+            log.warning("reload: %s is not in this namespace: MTU and addresses kept", self.name)
+            return
+        if new.mtu > self._max_inner:
+            log.error(
+                "reload: MTU %d exceeds what the rings were sized for (%d); restart to raise it",
+                new.mtu,
+                self._max_inner,
+            )
+            return
+        manager = self.rt.manager
+        if manager is None:
+            return
+        try:
+            manager.configure(mtu=new.mtu, addresses=new.addresses)
+            for address in set(old.addresses) - set(new.addresses):
+                manager.remove_address(address)
+        except TunError as exc:
+            log.error("reload: %s", exc)
+            return
+        log.info("reload: %s has MTU %d and %d addresses", self.name, new.mtu, len(new.addresses))
 
     # ---- shutdown -----------------------------------------------------------------------
 
