@@ -165,7 +165,7 @@ def _ping_pong(rounds: int, *, timeout: float, ring_names: list[str], break_wake
 
     def child() -> None:
         if break_wakeups:  # the failure this test must detect: a producer that never wakes
-            requests._wake = replies._wake = lambda fd, counter: None  # type: ignore[method-assign]
+            requests._wake = replies._wake = lambda fd, counter: None  # type: ignore[method-assign]  # break wake-ups on purpose
         _echo(requests, replies, seed=3)
 
     pid = fork_child(child)
