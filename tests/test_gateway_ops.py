@@ -287,6 +287,22 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
         listener.close()
 
 
+def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1: Lab) -> None:
+    started(lab1)
+    lab1.gw.ip("link", "set", lab1.ifname, "mtu", "9000")  # not through the config
+    lab1.gw.run("ip", "route", "flush", "cache", check=False)
+    big = subprocess.run(  # 3000 bytes from the gateway host itself: larger than a ring slot
+        lab1.gw.exec_argv("ping", "-c", "3", "-i", "0.1", "-W", "1", "-s", "3000",
+                                "-M", "do", "10.77.0.2"),
+        capture_output=True, check=False, timeout=10,
+    )  # fmt: skip
+    assert big.returncode != 0
+    samples = scrape(lab1)
+    assert value(samples, "firezone_gw_drops_total", reason="too_big") >= 3
+    assert value(samples, "firezone_gw_child_restarts_total") == 0
+    assert lab1.ping(0, count=2, interval=0.1)  # and ordinary traffic goes on
+
+
 # ---- SIGHUP reload ------------------------------------------------------------------------
 
 
