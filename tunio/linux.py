@@ -81,27 +81,14 @@ class TunQueue:
         return cls(fd, name, index)
 
     def recv_many(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
-        if self.vnet_hdr:
-            return self._recv_many_vnet(max_packets)
+        # With a vnet header, reads carry a plain one (no read offloads are enabled): skip it.
+        skip = VNET_HDR_LEN if self.vnet_hdr else 0
         packets: list[bytes] = []
-        read, fd = os.read, self._fd
+        read, fd, size = os.read, self._fd, MAX_PACKET + skip
         try:
             for _ in range(max_packets):
-                packets.append(read(fd, MAX_PACKET))
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise TunError(f"reading queue {self.index} of TUN device {self.name}: {exc}") from exc
-        self.stats.received += len(packets)
-        return packets
-
-    def _recv_many_vnet(self, max_packets: int) -> list[bytes]:
-        # No offloads are enabled for reads (TUNSETOFFLOAD 0), so the header is always plain.
-        packets: list[bytes] = []
-        read, fd = os.read, self._fd
-        try:
-            for _ in range(max_packets):
-                packets.append(read(fd, MAX_PACKET + VNET_HDR_LEN)[VNET_HDR_LEN:])
+                data = read(fd, size)
+                packets.append(data[skip:] if skip else data)
         except BlockingIOError:
             pass
         except OSError as exc:
