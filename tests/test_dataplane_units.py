@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 import time
 from pathlib import Path
@@ -12,9 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from gateway import stats as st
+from gateway import wireguard
 from gateway.config import GatewayConfig, parse_config_text
 from gateway.dataplane import framing
-from gateway.dataplane.cryptoproc import CounterSync, apply_peers, build_device
+from gateway.dataplane.cryptoproc import (
+    DROP_REASON_SLOTS,
+    CounterSync,
+    apply_peers,
+    build_device,
+)
 from gateway.dataplane.flow import flow_worker
 from gateway.keys import encode_key, generate_private_key, public_key
 
@@ -124,3 +131,12 @@ def test_counter_sync_adds_only_deltas(tmp_path: Path) -> None:
     assert block[st.DROP_REPLAY] == 3
     assert block[st.DROP_ALLOWED_IPS] == 1
     assert block[st.HANDSHAKES_COMPLETED] == 1
+
+
+def test_every_drop_reason_of_the_core_has_a_metric_slot() -> None:
+    """A new reason in the core must be mapped, not silently counted as malformed."""
+    source = "".join(p.read_text() for p in Path(wireguard.__file__).parent.glob("*.py"))
+    reasons = set(re.findall(r'drops\["([a-z_]+)"\]', source))
+    reasons |= set(re.findall(r'InitiationRejected\("([a-z_]+)"\)', source))
+    assert reasons, "no drop reasons found: the pattern is stale"
+    assert reasons <= set(DROP_REASON_SLOTS), reasons - set(DROP_REASON_SLOTS)

@@ -44,6 +44,8 @@ DROP_REASON_SLOTS: dict[str, int] = {
     "decrypt_failed": st.DROP_DECRYPT_FAILED,
     "expired_keypair": st.DROP_NO_SESSION,
     "replay": st.DROP_REPLAY,
+    "replayed_timestamp": st.DROP_REPLAY,  # an initiation no newer than the last one
+    "handshake_flood": st.DROP_RATE_LIMITED,  # a second initiation within 20 ms
     "spoofed_source": st.DROP_ALLOWED_IPS,
     "no_peer_for_destination": st.DROP_NO_ROUTE,
     "no_endpoint": st.DROP_NO_SESSION,
