@@ -334,6 +334,14 @@ class Ring:
         idx = self._idx
         return idx[_W_HEAD] - idx[_W_TAIL] < self.slots
 
+    def free_slots(self) -> int:
+        """How many packets fit now (a lower bound: the consumer may free more meanwhile).
+
+        A producer reads at most this many from its input, so a batch never overflows.
+        """
+        idx = self._idx
+        return int(self.slots - (idx[_W_HEAD] - idx[_W_TAIL]))
+
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Copy one packet in and publish it; False (counted as a full event) if no room.
 

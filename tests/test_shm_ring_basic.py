@@ -90,10 +90,13 @@ def test_oversized_and_empty_packets_raise_without_corruption(name: str) -> None
 
 def test_full_ring_refuses_counts_and_tracks_high_water(name: str) -> None:
     with Ring.create(name, slots=3, slot_size=8) as ring:
+        assert ring.free_slots() == 3
         assert ring.send_many([b"1", b"2"]) == 2
         assert ring.send_ready()
+        assert ring.free_slots() == 1
         assert ring.send_many([b"3", b"4", b"5"]) == 1
         assert not ring.send_ready()
+        assert ring.free_slots() == 0
         assert not ring.send(b"6")
         stats = ring.stats()
         assert (stats.full_events, stats.high_water, stats.occupancy) == (2, 3, 3)
@@ -103,6 +106,7 @@ def test_full_ring_refuses_counts_and_tracks_high_water(name: str) -> None:
         assert ring.stats().occupancy == 3  # nothing freed before release()
         ring.release()
         assert ring.stats().released == 3
+        assert ring.free_slots() == 3
         assert ring.send_many([b"7", b"8", b"9"]) == 3  # wraps around
         assert [bytes(v) for v in ring.recv_many()] == [b"7", b"8", b"9"]
         ring.release()

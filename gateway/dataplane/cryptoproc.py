@@ -205,7 +205,8 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
         # Inbound only while every worker ring has room: otherwise wait (backpressure).
         inbound_blocked = [r for r in to_workers if not r.send_ready()]
         if not inbound_blocked:
-            batch = from_udp.recv_many(BATCH)
+            # A datagram yields at most one packet: read no more than every worker ring takes.
+            batch = from_udp.recv_many(min(BATCH, *(r.free_slots() for r in to_workers)))
             if batch:
                 work = True
                 for message in batch:
@@ -229,11 +230,14 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
                         packets.clear()
         # Outbound only while the UDP ring has room.
         outbound: list[bytes] = []
-        if to_udp.send_ready():
+        room = to_udp.free_slots()
+        if room:
             for ring in from_workers:
-                batch = ring.recv_many(BATCH)
+                # A packet yields at most one datagram: read no more than the UDP ring takes.
+                batch = ring.recv_many(min(BATCH, room)) if room else []
                 if not batch:
                     continue
+                room -= len(batch)
                 work = True
                 for packet in batch:
                     sent = handle_packet(packet, now)

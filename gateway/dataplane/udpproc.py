@@ -29,8 +29,10 @@ def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
     unsent: Outgoing = []
     while True:
         busy = False
-        if to_crypto.send_ready():
-            received = udp.recv_batch(BATCH)
+        room = to_crypto.free_slots()
+        if room:
+            # Never read more than fits: the rest waits in the socket buffer (backpressure).
+            received = udp.recv_batch(min(BATCH, room))
             if received:
                 busy = True
                 messages = []

@@ -20,8 +20,10 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
     c = counters
     while True:
         busy = False
-        if to_crypto.send_ready():
-            packets = tun.recv_many(BATCH)
+        room = to_crypto.free_slots()
+        if room:
+            # Never read more than fits: the rest waits in the kernel's queue (backpressure).
+            packets = tun.recv_many(min(BATCH, room))
             if packets:
                 busy = True
                 sizes = list(map(len, packets))
