@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -339,5 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if baseline_ok else 1
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SystemExit unwinds through every `finally`: namespaces, gateways and sockets go too.
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())
