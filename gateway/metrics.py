@@ -47,7 +47,93 @@ def render(snapshot: StatsSnapshot, *, device: str) -> str:
     return "".join(_format_family(f) for f in _families(snapshot, device))
 
 
-def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:  # noqa: PLR0915 (one flat list of metrics reads best)
+# Counters with a receive and a transmit side: (name, help, receive field, transmit field).
+_DIRECTIONAL: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "firezone_gw_udp_packets_total",
+        "UDP datagrams on the WireGuard socket.",
+        "udp_rx_packets",
+        "udp_tx_packets",
+    ),
+    (
+        "firezone_gw_udp_bytes_total",
+        "UDP payload bytes on the WireGuard socket.",
+        "udp_rx_bytes",
+        "udp_tx_bytes",
+    ),
+    (
+        "firezone_gw_tun_packets_total",
+        "IP packets on the TUN device.",
+        "tun_rx_packets",
+        "tun_tx_packets",
+    ),
+    (
+        "firezone_gw_tun_bytes_total",
+        "IP packet bytes on the TUN device.",
+        "tun_rx_bytes",
+        "tun_tx_bytes",
+    ),
+)
+# Unlabelled totals, in exposition order: (type, name, help, Totals field).
+_TOTALS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "counter",
+        "firezone_gw_handshake_initiations_sent_total",
+        "Handshake initiations sent.",
+        "handshakes_initiated",
+    ),
+    (
+        "counter",
+        "firezone_gw_handshakes_completed_total",
+        "Sessions established.",
+        "handshakes_completed",
+    ),
+    (
+        "counter",
+        "firezone_gw_handshakes_rejected_total",
+        "Handshake messages rejected.",
+        "handshakes_rejected",
+    ),
+    (
+        "counter",
+        "firezone_gw_cookie_replies_sent_total",
+        "Cookie replies sent under load.",
+        "cookie_replies_sent",
+    ),
+    (
+        "counter",
+        "firezone_gw_gso_batches_total",
+        "UDP GSO sends (one sendmsg each).",
+        "gso_batches",
+    ),
+    (
+        "counter",
+        "firezone_gw_gso_segments_total",
+        "Datagrams sent in UDP GSO batches.",
+        "gso_segments",
+    ),
+    (
+        "gauge",
+        "firezone_gw_gso_batch_segments_average",
+        "Average datagrams per GSO send.",
+        "gso_average_segments",
+    ),
+    (
+        "counter",
+        "firezone_gw_child_restarts_total",
+        "Data-plane processes restarted.",
+        "child_restarts",
+    ),
+    (
+        "counter",
+        "firezone_gw_peer_table_full_total",
+        "Peers without a stats slot.",
+        "peer_table_full",
+    ),
+)
+
+
+def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
     t = snap.totals
 
     def counter(name: str, help_text: str) -> _Family:
@@ -56,53 +142,19 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:  # noqa: P
     def gauge(name: str, help_text: str) -> _Family:
         return _Family(name, "gauge", help_text)
 
-    fam = counter("firezone_gw_udp_packets_total", "UDP datagrams on the WireGuard socket.")
-    fam.add(t.udp_rx_packets, direction="receive")
-    fam.add(t.udp_tx_packets, direction="transmit")
-    yield fam
-    fam = counter("firezone_gw_udp_bytes_total", "UDP payload bytes on the WireGuard socket.")
-    fam.add(t.udp_rx_bytes, direction="receive")
-    fam.add(t.udp_tx_bytes, direction="transmit")
-    yield fam
-    fam = counter("firezone_gw_tun_packets_total", "IP packets on the TUN device.")
-    fam.add(t.tun_rx_packets, direction="receive")
-    fam.add(t.tun_tx_packets, direction="transmit")
-    yield fam
-    fam = counter("firezone_gw_tun_bytes_total", "IP packet bytes on the TUN device.")
-    fam.add(t.tun_rx_bytes, direction="receive")
-    fam.add(t.tun_tx_bytes, direction="transmit")
-    yield fam
+    for name, help_text, receive, transmit in _DIRECTIONAL:
+        fam = counter(name, help_text)
+        fam.add(getattr(t, receive), direction="receive")
+        fam.add(getattr(t, transmit), direction="transmit")
+        yield fam
     fam = counter("firezone_gw_drops_total", "Packets dropped, by reason.")
     for reason, count in snap.drops.items():
         fam.add(count, reason=reason)
     yield fam
-    fam = counter("firezone_gw_handshake_initiations_sent_total", "Handshake initiations sent.")
-    fam.add(t.handshakes_initiated)
-    yield fam
-    fam = counter("firezone_gw_handshakes_completed_total", "Sessions established.")
-    fam.add(t.handshakes_completed)
-    yield fam
-    fam = counter("firezone_gw_handshakes_rejected_total", "Handshake messages rejected.")
-    fam.add(t.handshakes_rejected)
-    yield fam
-    fam = counter("firezone_gw_cookie_replies_sent_total", "Cookie replies sent under load.")
-    fam.add(t.cookie_replies_sent)
-    yield fam
-    fam = counter("firezone_gw_gso_batches_total", "UDP GSO sends (one sendmsg each).")
-    fam.add(t.gso_batches)
-    yield fam
-    fam = counter("firezone_gw_gso_segments_total", "Datagrams sent in UDP GSO batches.")
-    fam.add(t.gso_segments)
-    yield fam
-    fam = gauge("firezone_gw_gso_batch_segments_average", "Average datagrams per GSO send.")
-    fam.add(t.gso_average_segments)
-    yield fam
-    fam = counter("firezone_gw_child_restarts_total", "Data-plane processes restarted.")
-    fam.add(t.child_restarts)
-    yield fam
-    fam = counter("firezone_gw_peer_table_full_total", "Peers without a stats slot.")
-    fam.add(t.peer_table_full)
-    yield fam
+    for kind, name, help_text, value in _TOTALS:
+        fam = _Family(name, kind, help_text)
+        fam.add(getattr(t, value))
+        yield fam
 
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
