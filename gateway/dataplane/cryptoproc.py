@@ -190,7 +190,7 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
         sleeper.watch(fd, select.EPOLLIN)
     c = counters
     drops = CounterSync(c)
-    peers = PeerStatsSync(peer_table, time.time() - time.monotonic())
+    peers = PeerStatsSync(peer_table, device.unix_time_offset)
     max_inner = min(r.slot_size for r in to_workers)
     max_datagram = to_udp.slot_size - HEADER_SIZE
     next_stats = 0.0

@@ -68,7 +68,6 @@ class DeviceBackend:
         self._request_listen_port = request_listen_port
         self._on_change = on_change
         self._clock = clock
-        self._unix_offset = time.time() - time.monotonic()
 
     def get_snapshot(self) -> DeviceState:
         peers = []
@@ -78,7 +77,7 @@ class DeviceBackend:
                 endpoint = Endpoint(ipaddress.ip_address(peer.endpoint[0]), peer.endpoint[1])
             handshake_ns = 0
             if peer.last_handshake is not None:
-                handshake_ns = int((peer.last_handshake + self._unix_offset) * 1e9)
+                handshake_ns = int((peer.last_handshake + self.device.unix_time_offset) * 1e9)
             peers.append(
                 PeerState(
                     public_key=peer.public_key,

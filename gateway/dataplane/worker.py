@@ -31,9 +31,10 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
                     c[st.DROP_TOO_BIG] += sum(size > limit for size in sizes)
                     c[st.DROP_MALFORMED] += sizes.count(0)
                     packets = [p for p in packets if 0 < len(p) <= limit]
+                    sizes = list(map(len, packets))
                 taken = to_crypto.send_many(packets)
                 c[st.TUN_RX_PACKETS] += taken
-                c[st.TUN_RX_BYTES] += sum(map(len, packets[:taken]))
+                c[st.TUN_RX_BYTES] += sum(sizes[:taken])
                 if taken < len(packets):
                     c[st.DROP_RING_FULL] += len(packets) - taken
         incoming = from_crypto.recv_many(BATCH)
