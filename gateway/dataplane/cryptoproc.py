@@ -4,6 +4,12 @@ Inbound: datagrams from the UDP process are decrypted and each inner packet goes
 worker its flow hashes to (order within a flow holds). Outbound: packets from every worker
 are encrypted for the peer their destination routes to. Handshakes, cookies and timers run
 here too; the loop sleeps exactly until the next timer is due when there is no traffic.
+
+`CryptoLoop.turn` is that work, one pass at a time, on any rings with the `PacketRing`
+methods and with the clock passed in (tests drive it with in-memory rings and a fake clock);
+`run_crypto` only turns it and sleeps in epoll. Setting the process up after fork (the
+Device, `wg`, reloads, saved state) is gateway/dataplane/cryptomain.py. An exception here
+ends the process; the supervisor restarts it and clients re-handshake.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from gateway import stats as st
 from gateway.config import GatewayConfig
@@ -62,12 +69,32 @@ EVENT_COUNTER_SLOTS: dict[str, int] = {
 }
 
 
+class PacketRing(Protocol):
+    """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
+
+    @property
+    def slot_size(self) -> int: ...
+
+    def send_ready(self) -> bool: ...
+
+    def free_slots(self) -> int: ...
+
+    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
+
+    def recv_many(self, max_packets: int = ...) -> list[memoryview]: ...
+
+    def release(self) -> None: ...
+
+
+RingT = TypeVar("RingT", bound=PacketRing)
+
+
 @dataclass
-class CryptoRings:
-    from_udp: Ring
-    to_udp: Ring
-    from_workers: Sequence[Ring]
-    to_workers: Sequence[Ring]
+class CryptoRings(Generic[RingT]):
+    from_udp: RingT
+    to_udp: RingT
+    from_workers: Sequence[RingT]
+    to_workers: Sequence[RingT]
 
 
 def build_device(config: GatewayConfig, now: float) -> Device:
@@ -171,114 +198,174 @@ def _endpoint_text(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place on purpose
+class CryptoLoop(Generic[RingT]):
+    """The crypto process's work, one turn at a time, with the clock passed in.
+
+    A turn takes what the rings allow, drives the Device, puts the results into the rings and
+    runs due timers; it never waits. run_crypto turns it until a turn moves nothing, then
+    sleeps for idle_timeout(); tests call both directly with in-memory rings and a fake clock.
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        rings: CryptoRings[RingT],
+        counters: memoryview,
+        peer_table: st.PeerTable,
+    ) -> None:
+        self.device = device
+        self.rings = rings
+        self.counters = counters
+        self._drops = CounterSync(counters)
+        self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
+        self._to_workers = list(rings.to_workers)
+        self._from_workers = list(rings.from_workers)
+        self._max_inner = min(r.slot_size for r in self._to_workers)
+        self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
+        self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
+        self._next_stats = 0.0
+        self._timers_at = 0.0
+
+    def turn(self, now: float) -> bool:
+        """Move and transform what the rings allow; True if any packet was taken."""
+        work = self._decrypt(now)
+        outbound: list[bytes] = []
+        if self._encrypt(now, outbound):
+            work = True
+        self._run_timers(now, outbound)
+        if outbound:
+            taken = self.rings.to_udp.send_many(outbound)
+            if taken < len(outbound):
+                self.counters[st.DROP_RING_FULL] += len(outbound) - taken
+        if now >= self._next_stats:
+            self._drops.sync(self.device)
+            self._peers.sync(self.device, self.counters)
+            self._next_stats = now + STATS_INTERVAL
+        return work
+
+    def _decrypt(self, now: float) -> bool:
+        """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
+        to_workers = self._to_workers
+        # Inbound only while every worker ring has room: otherwise wait (backpressure).
+        if not all(r.send_ready() for r in to_workers):
+            return False
+        from_udp = self.rings.from_udp
+        # A datagram yields at most one packet: read no more than every worker ring takes.
+        batch = from_udp.recv_many(min(BATCH, *(r.free_slots() for r in to_workers)))
+        if not batch:
+            return False
+        c = self.counters
+        handle_datagram = self.device.handle_datagram
+        max_inner = self._max_inner
+        per_worker = self._per_worker
+        workers = len(to_workers)
+        for message in batch:
+            try:
+                src = decode_endpoint(message)
+            except FramingError:
+                c[st.DROP_MALFORMED] += 1
+                continue
+            inner = handle_datagram(message[HEADER_SIZE:], src, now)
+            if inner is not None:
+                if len(inner) > max_inner:
+                    c[st.DROP_TOO_BIG] += 1
+                else:
+                    per_worker[flow_worker(inner, workers)].append(inner)
+        from_udp.release()
+        for ring, packets in zip(to_workers, per_worker, strict=True):
+            if packets:
+                taken = ring.send_many(packets)
+                if taken < len(packets):
+                    c[st.DROP_RING_FULL] += len(packets) - taken
+                packets.clear()
+        return True
+
+    def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
+        """Packets from the workers' rings, encrypted into `outbound`; True if any was taken."""
+        # Outbound only while the UDP ring has room.
+        room = self.rings.to_udp.free_slots()
+        if not room:
+            return False
+        handle_packet = self.device.handle_packet
+        work = False
+        for ring in self._from_workers:
+            # A packet yields at most one datagram: read no more than the UDP ring takes.
+            batch = ring.recv_many(min(BATCH, room)) if room else []
+            if not batch:
+                continue
+            room -= len(batch)
+            work = True
+            for packet in batch:
+                sent = handle_packet(packet, now)
+                if sent is not None:
+                    endpoint, datagram = sent
+                    outbound.append(encode_endpoint(endpoint) + datagram)
+            ring.release()
+        return work
+
+    def _run_timers(self, now: float, outbound: list[bytes]) -> None:
+        """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
+        device = self.device
+        # Finding the next timer scans every peer: while busy, look only every few ms
+        # (WireGuard's timers are seconds apart); before sleeping, look exactly (idle_timeout).
+        if now >= self._timers_at:
+            self._timers_at = now + TIMER_CHECK_INTERVAL
+            deadline = device.next_deadline()
+            if deadline is not None and deadline <= now:
+                device.tick(now)
+        max_datagram = self._max_datagram
+        for endpoint, datagram in device.take_transmits():
+            if len(datagram) <= max_datagram:
+                outbound.append(encode_endpoint(endpoint) + datagram)
+            else:
+                self.counters[st.DROP_TOO_BIG] += 1
+
+    def idle_timeout(self, now: float) -> float | None:
+        """Before sleeping: copy the drop counters out and say how long the loop may sleep
+        (None: until a ring or fd wakes it)."""
+        device = self.device
+        self._drops.sync(device)
+        deadline = device.next_deadline()
+        timeout = None if deadline is None else deadline - now
+        # After waking: look again when this deadline is due, or within the busy interval
+        # (packets handled meanwhile may arm earlier timers).
+        self._timers_at = now + TIMER_CHECK_INTERVAL
+        if deadline is not None:
+            self._timers_at = min(self._timers_at, deadline)
+        if self._next_stats and (timeout is None or timeout > STATS_INTERVAL):
+            timeout = STATS_INTERVAL  # keep the shared figures fresh while sessions live
+        return timeout
+
+
+def run_crypto(
     device: Device,
-    rings: CryptoRings,
+    rings: CryptoRings[Ring],
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
 ) -> None:
-    """Forever: move and transform packets between the rings; run timers."""
+    """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
+    handlers' fds and the next timer; a handler gets the time it was woken."""
+    loop = CryptoLoop(device, rings, counters, peer_table)
     from_udp, to_udp = rings.from_udp, rings.to_udp
-    from_workers, to_workers = list(rings.from_workers), list(rings.to_workers)
-    workers = len(to_workers)
-    consumers = [from_udp, *from_workers]
+    to_workers = list(rings.to_workers)
+    consumers = [from_udp, *rings.from_workers]
     sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
     handlers = dict(handlers or {})
     for fd in handlers:
         sleeper.watch(fd, select.EPOLLIN)
-    c = counters
-    drops = CounterSync(c)
-    peers = PeerStatsSync(peer_table, device.unix_time_offset)
-    max_inner = min(r.slot_size for r in to_workers)
-    max_datagram = to_udp.slot_size - HEADER_SIZE
-    next_stats = 0.0
-    timers_at = 0.0
-    handle_datagram, handle_packet = device.handle_datagram, device.handle_packet
-    per_worker: list[list[bytes | bytearray]] = [[] for _ in range(workers)]
+    turn = loop.turn
     monotonic = time.monotonic
     busy_since = monotonic()
     while True:
-        now = monotonic()
-        work = False
-        # Inbound only while every worker ring has room: otherwise wait (backpressure).
-        inbound_blocked = [r for r in to_workers if not r.send_ready()]
-        if not inbound_blocked:
-            # A datagram yields at most one packet: read no more than every worker ring takes.
-            batch = from_udp.recv_many(min(BATCH, *(r.free_slots() for r in to_workers)))
-            if batch:
-                work = True
-                for message in batch:
-                    try:
-                        src = decode_endpoint(message)
-                    except FramingError:
-                        c[st.DROP_MALFORMED] += 1
-                        continue
-                    inner = handle_datagram(message[HEADER_SIZE:], src, now)
-                    if inner is not None:
-                        if len(inner) > max_inner:
-                            c[st.DROP_TOO_BIG] += 1
-                        else:
-                            per_worker[flow_worker(inner, workers)].append(inner)
-                from_udp.release()
-                for ring, packets in zip(to_workers, per_worker, strict=True):
-                    if packets:
-                        taken = ring.send_many(packets)
-                        if taken < len(packets):
-                            c[st.DROP_RING_FULL] += len(packets) - taken
-                        packets.clear()
-        # Outbound only while the UDP ring has room.
-        outbound: list[bytes] = []
-        room = to_udp.free_slots()
-        if room:
-            for ring in from_workers:
-                # A packet yields at most one datagram: read no more than the UDP ring takes.
-                batch = ring.recv_many(min(BATCH, room)) if room else []
-                if not batch:
-                    continue
-                room -= len(batch)
-                work = True
-                for packet in batch:
-                    sent = handle_packet(packet, now)
-                    if sent is not None:
-                        endpoint, datagram = sent
-                        outbound.append(encode_endpoint(endpoint) + datagram)
-                ring.release()
-        # Finding the next timer scans every peer: while busy, look only every few ms
-        # (WireGuard's timers are seconds apart); before sleeping, look exactly (below).
-        if now >= timers_at:
-            timers_at = now + TIMER_CHECK_INTERVAL
-            deadline = device.next_deadline()
-            if deadline is not None and deadline <= now:
-                device.tick(now)
-        for endpoint, datagram in device.take_transmits():
-            if len(datagram) <= max_datagram:
-                outbound.append(encode_endpoint(endpoint) + datagram)
-            else:
-                c[st.DROP_TOO_BIG] += 1
-        if outbound:
-            taken = to_udp.send_many(outbound)
-            if taken < len(outbound):
-                c[st.DROP_RING_FULL] += len(outbound) - taken
-        if now >= next_stats:
-            drops.sync(device)
-            peers.sync(device, c)
-            next_stats = now + STATS_INTERVAL
-        if work:
+        if turn(monotonic()):
             continue
-        drops.sync(device)
-        deadline = device.next_deadline()
-        timeout = None if deadline is None else deadline - monotonic()
-        # After waking: look again when this deadline is due, or within the busy interval
-        # (packets handled meanwhile may arm earlier timers).
-        timers_at = monotonic() + TIMER_CHECK_INTERVAL
-        if deadline is not None:
-            timers_at = min(timers_at, deadline)
-        if next_stats and (timeout is None or timeout > STATS_INTERVAL):
-            timeout = STATS_INTERVAL  # keep the shared figures fresh while sessions live
+        timeout = loop.idle_timeout(monotonic())
+        # Wait for room in the rings that are full, not for input they could not take.
+        inbound_blocked = [r for r in to_workers if not r.send_ready()]
         outbound_blocked = [] if to_udp.send_ready() else [to_udp]
-        c[st.BUSY_NS] += int((monotonic() - busy_since) * 1e9)
+        counters[st.BUSY_NS] += int((monotonic() - busy_since) * 1e9)
         events = sleeper.sleep(
             [r for r in consumers if r is not from_udp or not inbound_blocked]
             if not outbound_blocked

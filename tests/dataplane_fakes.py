@@ -1,0 +1,174 @@
+"""In-memory stand-ins for the data plane's shared memory, to drive crypto loops in tests.
+
+`MemoryRing` is a bounded SPSC ring with shm_ring.Ring's producer/consumer semantics (the
+loop's `PacketRing` interface): fixed slots, send_many takes what fits, recv_many returns
+views into the slots that stay valid until release(). Released slots are overwritten with
+POISON, so a packet used after release shows up as corrupted instead of passing by luck.
+
+`LoopGateway` is one gateway's crypto loop on such rings; `shuttle` is the network between
+two of them (it carries datagrams from one's UDP ring into the other's, with the sender's
+endpoint as the source, as the UDP process would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gateway import stats as st
+from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
+from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint, encode_endpoint
+from gateway.wireguard.device import Device, Endpoint
+
+POISON = 0xEE
+SLOT_SIZE = 1600  # room for a 1500-byte inner packet plus WireGuard's overhead and the header
+
+
+class MemoryRing:
+    """A bounded in-memory ring; one producer and one consumer (the test drives both)."""
+
+    def __init__(self, slots: int = 64, slot_size: int = SLOT_SIZE) -> None:
+        self.slots = slots
+        self.slot_size = slot_size
+        self._data = bytearray(slots * slot_size)
+        self._view = memoryview(self._data)
+        self._lengths = [0] * slots
+        self._head = 0  # packets ever published
+        self._tail = 0  # packets ever released
+        self._pending = 0  # received and not yet released
+        self.full_events = 0
+
+    def __len__(self) -> int:
+        """Packets in the ring (published, not released)."""
+        return self._head - self._tail
+
+    def send_ready(self) -> bool:
+        return self._head - self._tail < self.slots
+
+    def free_slots(self) -> int:
+        return self.slots - (self._head - self._tail)
+
+    def send(self, data: bytes | bytearray | memoryview) -> bool:
+        return self.send_many([data]) == 1
+
+    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
+        room = self.free_slots()
+        if len(packets) > room:
+            packets = packets[:room]
+            self.full_events += 1
+        for i, packet in enumerate(packets):
+            if not 0 < len(packet) <= self.slot_size:
+                raise ValueError(
+                    f"packet {i} of {len(packet)} bytes: ring packets must be 1..{self.slot_size}"
+                )
+        for packet in packets:
+            slot = self._head % self.slots
+            start = slot * self.slot_size
+            self._data[start : start + len(packet)] = packet
+            self._lengths[slot] = len(packet)
+            self._head += 1
+        return len(packets)
+
+    def recv_many(self, max_packets: int = 100) -> list[memoryview]:
+        start = self._tail + self._pending
+        count = min(self._head - start, max_packets)
+        if count <= 0:
+            return []
+        self._pending += count
+        views = []
+        for index in range(start, start + count):
+            slot = index % self.slots
+            offset = slot * self.slot_size
+            views.append(self._view[offset : offset + self._lengths[slot]])
+        return views
+
+    def release(self) -> None:
+        for index in range(self._tail, self._tail + self._pending):
+            offset = index % self.slots * self.slot_size
+            self._data[offset : offset + self.slot_size] = bytes([POISON]) * self.slot_size
+        self._tail += self._pending
+        self._pending = 0
+
+    def drain(self) -> list[bytes]:
+        """Every packet in the ring, copied, and released."""
+        packets = [bytes(p) for p in self.recv_many(self.slots)]
+        self.release()
+        return packets
+
+
+def counter_block() -> memoryview:
+    """A process's counter block, as gateway.stats lays it out, in plain memory."""
+    return memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+
+
+def peer_table(max_peers: int = 16) -> st.PeerTable:
+    raw = memoryview(bytearray(8 * st.PEER_SLOT_WORDS * max_peers))
+    return st.PeerTable(raw.cast("Q"), raw, max_peers)
+
+
+@dataclass(eq=False)  # compared and hashed by identity: tests key dicts by gateway
+class LoopGateway:
+    """One gateway's crypto loop on in-memory rings; `endpoint` is its address on the wire."""
+
+    device: Device
+    endpoint: Endpoint
+    workers: int = 2
+    slots: int = 64
+    counters: memoryview = field(default_factory=counter_block)
+    rings: CryptoRings[MemoryRing] = field(init=False)
+    loop: CryptoLoop[MemoryRing] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rings = CryptoRings(
+            from_udp=MemoryRing(self.slots),
+            to_udp=MemoryRing(self.slots),
+            from_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
+            to_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
+        )
+        self.loop = CryptoLoop(self.device, self.rings, self.counters, peer_table())
+
+    def run(self, now: float, max_turns: int = 1000) -> int:
+        """Turn until a turn takes nothing, then prepare to sleep, as run_crypto does;
+        returns how many turns found work."""
+        for busy in range(max_turns):
+            if not self.loop.turn(now):
+                self.loop.idle_timeout(now)
+                return busy
+        raise AssertionError(f"crypto loop still busy after {max_turns} turns")
+
+    def tun_out(self) -> list[list[bytes]]:
+        """Per worker: the packets the loop handed to that worker's TUN queue."""
+        return [ring.drain() for ring in self.rings.to_workers]
+
+    def udp_out(self) -> list[tuple[Endpoint, bytes]]:
+        """The datagrams the loop handed to the UDP process, with their destinations."""
+        return [(decode_endpoint(m), m[HEADER_SIZE:]) for m in self.rings.to_udp.drain()]
+
+    def udp_in(self, datagrams: Iterable[bytes], src: Endpoint) -> int:
+        """Datagrams from `src` into the loop's UDP ring, as many as fit; returns how many."""
+        header = encode_endpoint(src)
+        return self.rings.from_udp.send_many([header + d for d in datagrams])
+
+
+def shuttle(a: LoopGateway, b: LoopGateway) -> int:
+    """Carry each side's outgoing datagrams to the other (up to the room there); returns
+    how many moved. Datagrams that do not fit stay in the sender's ring."""
+    moved = 0
+    for src, dst in ((a, b), (b, a)):
+        outgoing = src.rings.to_udp
+        batch = outgoing.recv_many(dst.rings.from_udp.free_slots())
+        for message in batch:
+            if decode_endpoint(message) != dst.endpoint:
+                raise AssertionError(f"{src.endpoint} sent to {decode_endpoint(message)}")
+        moved += dst.udp_in([bytes(m[HEADER_SIZE:]) for m in batch], src.endpoint)
+        outgoing.release()
+    return moved
+
+
+def run_until_quiet(a: LoopGateway, b: LoopGateway, now: float, max_rounds: int = 1000) -> None:
+    """Turn both loops and carry datagrams between them until nothing moves."""
+    for _ in range(max_rounds):
+        busy = a.run(now) + b.run(now)
+        if not shuttle(a, b) and not busy:
+            return
+    raise AssertionError(f"gateways still exchanging after {max_rounds} rounds")
