@@ -29,10 +29,17 @@ from gateway.dataplane.children import (
     report_ready,
     stop_all,
 )
-from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.control import (
+    ListenPortChanged,
+    Reload,
+    decode_to_supervisor,
+    receive_messages,
+    send_message,
+)
+from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
+from gateway.dataplane.cryptoproc import CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE
 from gateway.dataplane.runstate import RunState
-from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
 from gateway.keys import encode_key
@@ -40,15 +47,7 @@ from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
 from gateway.show import stats_segment_name
-from gateway.uapi import (
-    ERR_IO,
-    DeviceState,
-    SetRequest,
-    UapiError,
-    UapiServer,
-    format_set,
-    parse_set,
-)
+from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
 from shm_ring.ring import Ring
@@ -105,13 +104,6 @@ class _NoBackend:
 
     def apply(self, request: SetRequest) -> int:
         return ERR_IO
-
-
-def _send_quietly(sock: socket.socket, message: bytes) -> None:
-    try:
-        sock.send(message)
-    except OSError as exc:
-        log.error("control message %r not sent: %s", message, exc)
 
 
 class Supervisor:
@@ -230,83 +222,28 @@ class Supervisor:
         return target
 
     def _crypto_target(self) -> None:
-        stats = self._stats()
-        block = stats.attach_process("crypto")
-        control = self._control_child
-        if control is None:
+        """In the forked crypto child: its inputs as they are now (reloaded config, moved port)."""
+        if self._control_child is None:
             raise SupervisorError("control socket missing")
         rings = self.rt.rings
-        workers = self.options.workers
-        device = build_device(self.config, time.monotonic())
-        udp = self.rt.udp
-        state = self._runstate
-
-        def save_state() -> None:
-            stats.public_key = device.public_key
-            if state is not None:
-                state.save(format_set(backend.get_snapshot()))
-
-        backend = DeviceBackend(
-            device,
-            listen_port=udp.port if udp is not None else 0,
-            request_listen_port=lambda port: _send_quietly(control, b"listen-port %d" % port),
-            on_change=save_state,
+        workers = range(self.options.workers)
+        crypto_main(
+            CryptoInputs(
+                config_path=self.options.config_path,
+                config=self.config,
+                rings=CryptoRings(
+                    from_udp=rings["udp_to_crypto"],
+                    to_udp=rings["crypto_to_udp"],
+                    from_workers=[rings[f"worker{i}_to_crypto"] for i in workers],
+                    to_workers=[rings[f"crypto_to_worker{i}"] for i in workers],
+                ),
+                stats=self._stats(),
+                control=self._control_child,
+                uapi=self.uapi,
+                runstate=self._runstate,
+                listen_port=self._port(),
+            )
         )
-        self._restore_state(backend)
-        stats.public_key = device.public_key
-        handlers: dict[int, Callable[[float], None]] = {}
-
-        def on_control(now: float) -> None:
-            while True:
-                try:
-                    message = control.recv(64)
-                except BlockingIOError:
-                    return
-                if message == b"reload":
-                    try:
-                        config = load_config(self.options.config_path)
-                    except ConfigError as exc:
-                        log.error("reload: config became invalid, keeping the old one:\n%s", exc)
-                        continue
-                    apply_peers(device, config, now)
-                    save_state()
-                    log.info("reload: %d peers", len(config.peers))
-                elif message.startswith(b"port "):
-                    backend.listen_port = int(message.split()[1])
-
-        handlers[control.fileno()] = on_control
-        if self.uapi is not None:
-            uapi = self.uapi
-            uapi.backend = backend
-            handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
-
-        report_ready()
-        run_crypto(
-            device,
-            CryptoRings(
-                from_udp=rings["udp_to_crypto"],
-                to_udp=rings["crypto_to_udp"],
-                from_workers=[rings[f"worker{i}_to_crypto"] for i in range(workers)],
-                to_workers=[rings[f"crypto_to_worker{i}"] for i in range(workers)],
-            ),
-            block,
-            self._stats().peers,
-            handlers=handlers,
-        )
-
-    def _restore_state(self, backend: DeviceBackend) -> None:
-        """In a restarted crypto process: bring back what `wg` and reloads had set."""
-        saved = None if self._runstate is None else self._runstate.load()
-        if saved is None:
-            return
-        try:
-            error = backend.apply(parse_set(saved))
-        except UapiError as exc:
-            error = exc.errno
-        if error:
-            log.error("run-time state not restored (errno %d): using the config file", error)
-            return
-        log.info("restored run-time state: %d peers", len(list(backend.device.peers())))
 
     def _udp_target(self) -> None:
         block = self._stats().attach_process("udp")
@@ -409,14 +346,9 @@ class Supervisor:
                     child.watch(epoll)
                 return
 
-    def _control_messages(self, control: socket.socket, epoll: select.epoll) -> None:
-        while True:
-            try:
-                message = control.recv(64)
-            except BlockingIOError:
-                return
-            if message.startswith(b"listen-port "):
-                self._change_listen_port(int(message.split()[1]), epoll)
+    def _control_messages(self, sock: socket.socket, epoll: select.epoll) -> None:
+        for message in receive_messages(sock, decode_to_supervisor):
+            self._change_listen_port(message.port, epoll)
 
     def _change_listen_port(self, port: int, epoll: select.epoll) -> None:
         """Bind the new port, then move the UDP process onto it (sessions stay)."""
@@ -435,7 +367,7 @@ class Supervisor:
         self._spawn(child)
         child.watch(epoll)
         if self._control_parent is not None:
-            self._control_parent.send(b"port %d" % new.port)
+            send_message(self._control_parent, ListenPortChanged(new.port))
         log.info("listening on UDP port %d", new.port)
 
     def _port(self) -> int:
@@ -570,7 +502,7 @@ class Supervisor:
         self._reload_interface(old.interface, config.interface)
         if self._control_parent is not None:
             try:
-                self._control_parent.send(b"reload")
+                send_message(self._control_parent, Reload())
             except OSError as exc:
                 log.error("reload: cannot reach the crypto process: %s", exc)
                 return

@@ -1,0 +1,145 @@
+"""The crypto process from fork to its loop, and its control paths while the loop runs.
+
+The supervisor forks the child with a `CryptoInputs` built at that moment (the config as
+last reloaded, the port the UDP socket is bound to now) and calls `crypto_main` there. It
+builds the Device from the config, the `wg` backend on it, brings back the run-time state a
+previous crypto process saved (`runstate.py`), then runs `cryptoproc.run_crypto` with two fd
+handlers: the `wg` control socket and the control socketpair to the supervisor
+(`control.py`). The keys exist only in this process. An exception ends the process; the
+supervisor restarts it from the same inputs and the saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gateway import stats as st
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.dataplane import control
+from gateway.dataplane.children import report_ready
+from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.runstate import RunState
+from gateway.dataplane.uapi_backend import DeviceBackend
+from gateway.uapi import UapiError, UapiServer, format_set, parse_set
+from shm_ring.ring import Ring
+
+log = logging.getLogger(__name__)
+
+
+class PublicKeyBoard(Protocol):
+    """Where `show` and /metrics read the interface's public key (gateway.stats)."""
+
+    public_key: bytes | None
+
+
+@dataclass
+class CryptoInputs:
+    """What the supervisor hands the crypto process (all of it made before fork)."""
+
+    config_path: Path  # re-read on Reload
+    config: GatewayConfig
+    rings: CryptoRings[Ring]
+    stats: st.StatsRegion
+    control: socket.socket  # the crypto end of the control socketpair, non-blocking
+    uapi: UapiServer | None  # the `wg` control socket, served here
+    runstate: RunState | None
+    listen_port: int  # the UDP port bound now
+
+
+class CryptoControl:
+    """The crypto process's Device and what changes it besides packets: `wg`, reloads and
+    the state saved for a successor."""
+
+    def __init__(  # noqa: PLR0913 - keyword-only, one per collaborator
+        self,
+        config: GatewayConfig,
+        *,
+        config_path: Path,
+        control_socket: socket.socket,
+        runstate: RunState | None,
+        listen_port: int,
+        key_board: PublicKeyBoard,
+        now: float,
+    ) -> None:
+        self.config_path = config_path
+        self._control = control_socket
+        self._runstate = runstate
+        self._key_board = key_board
+        self.device = build_device(config, now)
+        self.backend = DeviceBackend(
+            self.device,
+            listen_port=listen_port,
+            request_listen_port=self._request_listen_port,
+            on_change=self._save_state,
+        )
+
+    def restore_state(self) -> None:
+        """In a restarted crypto process: bring back what `wg` and reloads had set."""
+        saved = None if self._runstate is None else self._runstate.load()
+        if saved is not None:
+            try:
+                error = self.backend.apply(parse_set(saved))
+            except UapiError as exc:
+                error = exc.errno
+            if error:
+                log.error("run-time state not restored (errno %d): using the config file", error)
+            else:
+                log.info("restored run-time state: %d peers", len(list(self.device.peers())))
+        self._key_board.public_key = self.device.public_key
+
+    def on_control(self, now: float) -> None:
+        """The supervisor's messages waiting on the control socket."""
+        for message in control.receive_messages(self._control, control.decode_to_crypto):
+            if isinstance(message, control.Reload):
+                self._reload(now)
+            else:
+                self.backend.listen_port = message.port
+
+    def _reload(self, now: float) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: config became invalid, keeping the old one:\n%s", exc)
+            return
+        apply_peers(self.device, config, now)
+        self._save_state()
+        log.info("reload: %d peers", len(config.peers))
+
+    def _save_state(self) -> None:
+        self._key_board.public_key = self.device.public_key
+        if self._runstate is not None:
+            self._runstate.save(format_set(self.backend.get_snapshot()))
+
+    def _request_listen_port(self, port: int) -> None:
+        try:
+            control.send_message(self._control, control.ListenPortRequest(port))
+        except OSError as exc:
+            log.error("listen port %d not requested from the supervisor: %s", port, exc)
+
+
+def crypto_main(inputs: CryptoInputs) -> None:
+    """The crypto child's whole life: set up, report ready, run the loop (never returns)."""
+    block = inputs.stats.attach_process("crypto")
+    crypto = CryptoControl(
+        inputs.config,
+        config_path=inputs.config_path,
+        control_socket=inputs.control,
+        runstate=inputs.runstate,
+        listen_port=inputs.listen_port,
+        key_board=inputs.stats,
+        now=time.monotonic(),
+    )
+    crypto.restore_state()
+    handlers: dict[int, Callable[[float], None]] = {inputs.control.fileno(): crypto.on_control}
+    uapi = inputs.uapi
+    if uapi is not None:
+        uapi.backend = crypto.backend
+        handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
+    report_ready()
+    run_crypto(crypto.device, inputs.rings, block, inputs.stats.peers, handlers=handlers)

@@ -1,0 +1,176 @@
+"""The crypto process's control paths: reloads and port news from the supervisor, `wg`
+listen-port requests to it, and the run-time state a restarted crypto process restores."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.dataplane import control
+from gateway.dataplane.cryptomain import CryptoControl
+from gateway.dataplane.runstate import RunState
+from gateway.keys import encode_key, generate_private_key, public_key
+from gateway.uapi import PeerChange, SetRequest
+
+NOW = 100.0
+
+
+class KeyBoard:
+    public_key: bytes | None = None
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(supervisor end, crypto end) of a control socketpair, as the supervisor makes it."""
+    supervisor_end, crypto_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    supervisor_end.setblocking(False)
+    crypto_end.setblocking(False)
+    yield supervisor_end, crypto_end
+    supervisor_end.close()
+    crypto_end.close()
+
+
+@pytest.fixture
+def runstate() -> Iterator[RunState]:
+    state = RunState()
+    yield state
+    state.close()
+
+
+def _write_config(tmp_path: Path, peers: list[bytes]) -> Path:
+    key = tmp_path / "private.key"
+    if not key.exists():
+        key.write_text(encode_key(generate_private_key()) + "\n")
+        key.chmod(0o600)
+    text = '[interface]\nname = "fzc0"\nprivate_key_file = "private.key"\n'
+    for i, peer in enumerate(peers):
+        text += f'\n[[peers]]\npublic_key = "{encode_key(peer)}"\nallowed_ips = ["10.1.0.{i}/32"]\n'
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def _crypto(
+    path: Path, crypto_end: socket.socket, runstate: RunState, board: KeyBoard
+) -> CryptoControl:
+    return CryptoControl(
+        load_config(path),
+        config_path=path,
+        control_socket=crypto_end,
+        runstate=runstate,
+        listen_port=51820,
+        key_board=board,
+        now=NOW,
+    )
+
+
+def _peer() -> bytes:
+    return public_key(generate_private_key())
+
+
+def test_a_reload_message_applies_the_config_file_and_saves_the_state(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    supervisor_end, crypto_end = sockets
+    old, new = _peer(), _peer()
+    path = _write_config(tmp_path, [old])
+    board = KeyBoard()
+    crypto = _crypto(path, crypto_end, runstate, board)
+    _write_config(tmp_path, [new])
+    control.send_message(supervisor_end, control.Reload())
+    crypto.on_control(NOW)
+    assert [p.public_key for p in crypto.device.peers()] == [new]
+    saved = runstate.load()
+    assert saved is not None
+    assert f"public_key={new.hex()}" in saved
+    assert old.hex() not in saved
+    assert board.public_key == crypto.device.public_key
+
+
+def test_a_reload_of_a_broken_config_keeps_the_running_peers(
+    tmp_path: Path,
+    sockets: tuple[socket.socket, socket.socket],
+    runstate: RunState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    supervisor_end, crypto_end = sockets
+    peer = _peer()
+    path = _write_config(tmp_path, [peer])
+    crypto = _crypto(path, crypto_end, runstate, KeyBoard())
+    path.write_text("[interface\n")
+    control.send_message(supervisor_end, control.Reload())
+    with caplog.at_level(logging.ERROR):
+        crypto.on_control(NOW)
+    assert [p.public_key for p in crypto.device.peers()] == [peer]
+    assert "config became invalid" in caplog.text
+
+
+def test_a_bad_record_is_skipped_and_the_next_message_still_handled(
+    tmp_path: Path,
+    sockets: tuple[socket.socket, socket.socket],
+    runstate: RunState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    supervisor_end, crypto_end = sockets
+    peer = _peer()
+    path = _write_config(tmp_path, [peer])
+    crypto = _crypto(path, crypto_end, runstate, KeyBoard())
+    _write_config(tmp_path, [])  # a reload now would remove the peer
+    supervisor_end.send(b"reload")  # not a message: nothing is reloaded
+    control.send_message(supervisor_end, control.ListenPortChanged(51999))
+    with caplog.at_level(logging.ERROR):
+        crypto.on_control(NOW)
+    assert "ignored a control message" in caplog.text
+    assert [p.public_key for p in crypto.device.peers()] == [peer]
+    assert crypto.backend.listen_port == 51999  # what `wg show` reports
+
+
+def test_a_wg_listen_port_change_is_asked_of_the_supervisor(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    supervisor_end, crypto_end = sockets
+    crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
+    assert crypto.backend.apply(SetRequest(listen_port=0)) == 0  # 0: any free port
+    received = list(control.receive_messages(supervisor_end, control.decode_to_supervisor))
+    assert received == [control.ListenPortRequest(0)]
+
+
+def test_a_restarted_crypto_process_brings_back_peers_set_through_wg(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    _, crypto_end = sockets
+    path = _write_config(tmp_path, [])
+    first = _crypto(path, crypto_end, runstate, KeyBoard())
+    added = _peer()
+    change = PeerChange(public_key=added, allowed_ips=(ipaddress.ip_network("10.9.0.0/24"),))
+    assert first.backend.apply(SetRequest(peers=(change,))) == 0
+    board = KeyBoard()
+    second = _crypto(path, crypto_end, runstate, board)
+    assert second.device.peer(added) is None  # the config file alone does not have it
+    second.restore_state()
+    peer = second.device.peer(added)
+    assert peer is not None
+    assert [str(n) for n in peer.allowed_ips] == ["10.9.0.0/24"]
+    assert board.public_key == second.device.public_key
+
+
+def test_unusable_saved_state_is_logged_and_the_config_file_used(
+    tmp_path: Path,
+    sockets: tuple[socket.socket, socket.socket],
+    runstate: RunState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, crypto_end = sockets
+    peer = _peer()
+    crypto = _crypto(_write_config(tmp_path, [peer]), crypto_end, runstate, KeyBoard())
+    runstate.save("private_key=not-hex\n")
+    with caplog.at_level(logging.ERROR):
+        crypto.restore_state()
+    assert "run-time state not restored" in caplog.text
+    assert [p.public_key for p in crypto.device.peers()] == [peer]
