@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from gateway import stats as st
 from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
-from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint, encode_endpoint
-from gateway.wireguard.device import Device, Endpoint
+from gateway.dataplane.framing import HEADER_SIZE, Endpoint, decode_endpoint, encode_endpoint
+from gateway.wireguard.device import Device
 
 POISON = 0xEE
 SLOT_SIZE = 1600  # room for a 1500-byte inner packet plus WireGuard's overhead and the header

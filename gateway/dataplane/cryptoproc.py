@@ -91,6 +91,8 @@ RingT = TypeVar("RingT", bound=PacketRing)
 
 @dataclass
 class CryptoRings(Generic[RingT]):
+    """The crypto process's rings: a pair with the UDP process, a pair per TUN worker."""
+
     from_udp: RingT
     to_udp: RingT
     from_workers: Sequence[RingT]
