@@ -94,13 +94,22 @@ def decode_key(text: str) -> bytes:
 
 
 def read_key_file(path: Path) -> bytes:
-    """Read a key from a file that only its owner may access (mode 0600 or stricter)."""
+    """Read a key from a file that only its owner may access (mode 0600 or stricter).
+
+    Its owner is not checked: root's `show` and `check-config` read the key of the service's
+    user, and a key of a third user with mode 0600 is unreadable for anyone else but root.
+    """
     try:
         with path.open("rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
         raise KeyFileMissingError(f"key file {path} does not exist") from None
+    except PermissionError:
+        raise KeyFileError(
+            f"cannot read key file {path} as uid {os.geteuid()}: the user firezone-gw runs as"
+            f" must own it (chown it to that user, mode 0600)"
+        ) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):

@@ -4,28 +4,41 @@ Per-peer names follow the widely used WireGuard exporter (mdlayher/wireguard_exp
 `wireguard_peer_receive_bytes_total`, `wireguard_peer_transmit_bytes_total`,
 `wireguard_peer_last_handshake_seconds`, labelled by `device` and base64 `public_key`.
 Gateway-wide figures are `firezone_gw_*`. Units are base units (bytes, seconds, ratios).
+
+The server runs in threads of the supervisor: one accepts, one serves each connection (at
+most MAX_CONNECTIONS, each closed REQUEST_DEADLINE_SECONDS after accept). A handler that
+fails takes only its own connection down.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
+import io
 import ipaddress
 import logging
 import os
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gateway.stats import StatsSnapshot
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_LISTEN = "127.0.0.1:9586"
-REQUEST_TIMEOUT_SECONDS = 5.0
+REQUEST_DEADLINE_SECONDS = 5.0  # from accept to the last byte of the answer
+MAX_CONNECTIONS = 64
+MAX_REQUEST_BYTES = 16 << 10
 
 Labels = tuple[tuple[str, str], ...]
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -234,19 +247,114 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _Server(http.server.HTTPServer):
-    def __init__(self, address: tuple[str, int], app: MetricsServer) -> None:
+class _RequestTooLargeError(OSError):
+    pass
+
+
+class _DeadlineStream(io.RawIOBase):
+    """The connection as a file whose reads and writes all end by one deadline.
+
+    A socket timeout alone bounds each read: a client sending a byte every few seconds would
+    hold its thread forever. Reads also stop after `budget` bytes (a scrape is a few hundred).
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, budget: int) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+        self._budget = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if self._budget <= 0:
+            raise _RequestTooLargeError("request is larger than the server reads")
+        self._arm()
+        with memoryview(buffer) as view:
+            got = self._sock.recv_into(view, min(len(view), self._budget))
+        self._budget -= got
+        return got
+
+    def write(self, data: ReadableBuffer) -> int:
+        self._arm()
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+    def _arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        self._sock.settimeout(remaining)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once; beyond that a new
+    connection is closed at once (and counted), so nothing queues behind slow clients."""
+
+    block_on_close = True  # server_close() joins the handler threads (close() unblocks them)
+
+    def __init__(
+        self, address: tuple[str, int], app: MetricsServer, *, max_connections: int, deadline: float
+    ) -> None:
         self.address_family = (
             socket.AF_INET6 if ipaddress.ip_address(address[0]).version == 6 else socket.AF_INET  # noqa: PLR2004 (IP version)
         )
         self.app = app
+        self.deadline = deadline
+        self.max_connections = max_connections
+        self.refused = 0
+        self._active: set[socket.socket] = set()
+        self._lock = threading.Lock()
         super().__init__(address, _Handler)
+        self.socket.setblocking(False)  # accept() after a vanished connection must not hang
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._lock:
+            if len(self._active) >= self.max_connections:
+                self.refused += 1
+                log.debug("metrics http: %d connections open, refusing one", len(self._active))
+                return False
+            self._active.add(request)
+            return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._active.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that sent garbage, hung up or ran out of time: its business, not ours.
+        log.debug("metrics http: connection from %s dropped", client_address, exc_info=True)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def hang_up_all(self) -> None:
+        """Wake every handler thread blocked on its client (its next read sees EOF)."""
+        with self._lock:
+            for sock in self._active:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
-    timeout = REQUEST_TIMEOUT_SECONDS  # a stalled client cannot hold the server for long
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.0"  # one request per connection: the deadline covers it all
+
+    def setup(self) -> None:
+        self.connection = self.request
+        stream = _DeadlineStream(
+            self.request, time.monotonic() + self.server.deadline, MAX_REQUEST_BYTES
+        )
+        self.rfile = io.BufferedReader(stream)
+        self.wfile = io.BufferedWriter(stream)
 
     def do_GET(self) -> None:
         status, content_type, body = self.server.app.respond(self.path)
@@ -261,24 +369,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz from a thread of the supervisor.
+    """Serves /metrics, /healthz and /readyz from threads of the supervisor.
 
-    One request at a time (scrapes are rare and cheap); each has a socket timeout so a
-    stalled client cannot hold the server.
+    A listener thread accepts; each connection gets its own thread, at most
+    `max_connections` at once, and is closed `request_deadline` seconds after it was
+    accepted whatever the client does, so slow or idle clients cannot delay a probe.
+    Answers are computed one at a time (the callbacks need not be thread-safe).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the callbacks plus two limits with defaults)
         self,
         listen: tuple[str, int],
         *,
         snapshot: Callable[[], StatsSnapshot],
         ready: ReadyCheck,
         device: str,
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE_SECONDS,
     ) -> None:
         self._snapshot = snapshot
         self._ready = ready
         self._device = device
-        self._httpd = _Server(listen, self)
+        self._respond_lock = threading.Lock()
+        self._httpd = _Server(
+            listen, self, max_connections=max_connections, deadline=request_deadline
+        )
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
 
@@ -286,6 +401,14 @@ class MetricsServer:
     def address(self) -> tuple[str, int]:
         host, port = self._httpd.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def refused_connections(self) -> int:
+        return self._httpd.refused
+
+    @property
+    def open_connections(self) -> int:
+        return self._httpd.open_connections
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
@@ -296,12 +419,13 @@ class MetricsServer:
             os.write(self._wake_w, b"x")
             self._thread.join()
             self._thread = None
+        self._httpd.hang_up_all()
         self._httpd.server_close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def _serve(self) -> None:
-        # Blocks until a request or close(): no periodic wake-ups (serve_forever polls).
+        # Blocks until a connection or close(): no periodic wake-ups (serve_forever polls).
         with selectors.DefaultSelector() as selector:
             selector.register(self._httpd, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -309,14 +433,19 @@ class MetricsServer:
                 for key, _ in selector.select():
                     if key.fileobj == self._wake_r:
                         return
-                    self._httpd.handle_request()
+                    # accept, verify_request, start a handler thread
+                    self._httpd._handle_request_noblock()  # type: ignore[attr-defined]  # stdlib's, not in typeshed
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of `path`."""
+        with self._respond_lock:
+            return self._respond(path)
+
+    def _respond(self, path: str) -> tuple[int, str, bytes]:
         route = path.split("?", 1)[0]
         if route == "/metrics":
             try:
-                text = render(self._snapshot(), device=self._device)
+                text = render(self._snapshot(), device=self._device) + self._server_families()
             except Exception:
                 log.exception("metrics scrape failed")
                 return 500, "text/plain; charset=utf-8", b"scrape failed\n"
@@ -334,3 +463,12 @@ class MetricsServer:
             line = " ".join(reason.split()) or "not ready"
             return 503, "text/plain; charset=utf-8", f"{line}\n".encode()
         return 404, "text/plain; charset=utf-8", b"not found\n"
+
+    def _server_families(self) -> str:
+        refused = _Family(
+            "firezone_gw_metrics_connections_refused_total",
+            "counter",
+            "Connections to this server closed unanswered: too many were open.",
+        )
+        refused.add(self._httpd.refused)
+        return _format_family(refused)

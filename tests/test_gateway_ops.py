@@ -287,6 +287,21 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
         listener.close()
 
 
+def test_device_lines_have_the_shape_of_a_wireguard_go_device(lab1: Lab) -> None:
+    """Scripts read `ip -stats link show` by line (wireguard-go's tests/netns.sh takes the RX
+    counters from the fourth line): an extra line such as an alias would break them."""
+    started(lab1)
+    client = lab1.clients[0]
+    ours = lab1.gw.ip("-stats", "link", "show", "dev", lab1.ifname).splitlines()
+    theirs = client.ns.ip("-stats", "link", "show", "dev", client.ifname).splitlines()
+    assert len(ours) == len(theirs), (ours, theirs)
+    assert [line.split()[0] for line in ours[1:]] == [line.split()[0] for line in theirs[1:]]
+    assert theirs[2].split()[0] == "RX:"
+    rx_bytes, rx_packets = map(int, ours[3].split()[:2])
+    assert rx_bytes > 0
+    assert rx_packets > 0  # the pings came out of the tunnel into the device
+
+
 def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1: Lab) -> None:
     started(lab1)
     lab1.gw.ip("link", "set", lab1.ifname, "mtu", "9000")  # not through the config

@@ -121,6 +121,37 @@ def test_read_key_file_refuses_group_or_other_access(tmp_path: Path, mode: int) 
     assert f"mode {mode:04o}" in str(info.value)
 
 
+OTHER_UID = 64_723  # no account has it
+
+
+def test_unreadable_key_file_says_whose_it_must_be(tmp_path: Path) -> None:
+    """What the systemd unit's user sees for a key still owned by root."""
+    path = write_key_file(tmp_path / "k", keys.encode_key(bytes(32)) + "\n", 0o600)
+    tmp_path.chmod(0o755)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child drops to another uid, reads, reports and exits at once
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(OTHER_UID, OTHER_UID, OTHER_UID)
+            os.setresuid(OTHER_UID, OTHER_UID, OTHER_UID)
+            try:
+                keys.read_key_file(path)
+                message = "read it"
+            except keys.KeyFileError as exc:
+                message = str(exc)
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert message.startswith(f"cannot read key file {path} as uid {OTHER_UID}: "), message
+    assert "must own it (chown" in message
+
+
 def test_read_key_file_bad_content(tmp_path: Path) -> None:
     path = write_key_file(tmp_path / "k", "not a key\n")
     with pytest.raises(keys.KeyFileError, match=f"key file {path}: key must be 44"):

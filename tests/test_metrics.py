@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
+import re
+import select
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import stats
 from gateway.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
 from gateway.stats import StatsRegion, StatsSnapshot
+from tests.netns import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -193,3 +200,189 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="metrics listen"):
         parse_listen(text)
+
+
+# ---- the server under slow, idle, too many and bad clients -------------------------------
+
+
+def _connect(srv: MetricsServer) -> socket.socket:
+    return socket.create_connection(srv.address, timeout=10)
+
+
+def _closed_by_server(sock: socket.socket, wait: float) -> bool:
+    """Whether the server hangs up on `sock` within `wait` seconds (EOF or reset)."""
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return False
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+class Trickler:
+    """A client sending one byte of an endless request every `interval` seconds."""
+
+    def __init__(self, srv: MetricsServer, interval: float) -> None:
+        self.sock = _connect(srv)
+        self.interval = interval
+        self.sent = 0
+        self.hung_up_after: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        data = b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"a" * 100_000
+        while not self._stop.is_set():
+            try:
+                self.sock.send(data[self.sent : self.sent + 1])
+            except OSError:
+                self.hung_up_after = time.monotonic() - start
+                return
+            self.sent += 1
+            if _closed_by_server(self.sock, self.interval):
+                self.hung_up_after = time.monotonic() - start
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+def test_trickling_and_idle_clients_do_not_delay_readyz(
+    server: tuple[MetricsServer, Ready],
+) -> None:
+    srv, ready = server
+    ready.state = (True, "")
+    idle = [_connect(srv) for _ in range(5)]
+    tricklers = [Trickler(srv, 0.5), Trickler(srv, 4.0)]
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            host, port = srv.address
+            conn = http.client.HTTPConnection(host, port, timeout=1.0)
+            try:
+                conn.request("GET", "/readyz")
+                assert conn.getresponse().status == 200
+            finally:
+                conn.close()
+        assert all(t.hung_up_after is None for t in tricklers)  # still served, not refused
+    finally:
+        for t in tricklers:
+            t.stop()
+        for sock in idle:
+            sock.close()
+
+
+def test_a_request_gets_one_deadline_however_its_bytes_trickle_in(region: StatsRegion) -> None:
+    srv = MetricsServer(
+        ("127.0.0.1", 0),
+        snapshot=region.snapshot,
+        ready=lambda: (True, ""),
+        device="fzo0",
+        request_deadline=1.0,
+    )
+    srv.start()
+    trickler = Trickler(srv, 0.2)
+    idle = _connect(srv)
+    try:
+        # Each byte comes well within any per-read timeout; only a whole-request deadline
+        # ends this connection. Waiting far longer than the deadline is a bound, not a speed.
+        assert _closed_by_server(idle, 10)
+        wait_for(lambda: trickler.hung_up_after is not None, timeout=10)
+        assert trickler.sent >= 3
+        assert _get(srv, "/healthz")[0] == 200
+    finally:
+        trickler.stop()
+        idle.close()
+        srv.close()
+
+
+def test_connections_beyond_the_cap_are_closed_and_counted(region: StatsRegion) -> None:
+    srv = MetricsServer(
+        ("127.0.0.1", 0),
+        snapshot=region.snapshot,
+        ready=lambda: (True, ""),
+        device="fzo0",
+        max_connections=3,
+        request_deadline=60,
+    )
+    srv.start()
+    idle = [_connect(srv) for _ in range(3)]
+    extra = _connect(srv)
+    try:
+        assert _closed_by_server(extra, 10)
+        assert srv.refused_connections == 1
+        for sock in idle:
+            assert not _closed_by_server(sock, 0)
+            sock.close()
+        # Once the idle clients are gone, their slots are free again.
+        wait_for(lambda: _get_or_none(srv, "/readyz") == 200, timeout=10)
+        samples, _ = _scrape(srv)
+        assert samples[("firezone_gw_metrics_connections_refused_total", ())] == 1
+    finally:
+        extra.close()
+        for sock in idle:
+            sock.close()
+        srv.close()
+
+
+def _get_or_none(srv: MetricsServer, path: str) -> int | None:
+    try:
+        return _get(srv, path)[0]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x00\xff\x16\x03\x01garbage\r\n\r\n",  # a TLS client hello or line noise
+        b"GET\r\n\r\n",
+        b"GET /metrics HTTP/9.9\r\n\r\n",
+        b"GET /metrics HTTP/1.0\r\n" + b"X: y\r\n" * 200 + b"\r\n",  # too many headers
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\n\r\n",  # longer than the server reads
+        b"GET /metrics HTT",  # cut off
+    ],
+)
+def test_bad_requests_get_an_error_or_a_hang_up_and_the_server_lives_on(
+    server: tuple[MetricsServer, Ready], request_bytes: bytes
+) -> None:
+    srv, _ = server
+    with _connect(srv) as sock:
+        with contextlib.suppress(OSError):  # the server may hang up before reading it all
+            sock.sendall(request_bytes)
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+    # An error status, a bare error page (HTTP/0.9 style, for a request line without a
+    # version) or a hang-up; never an answer.
+    assert re.match(rb"(HTTP/1\.0 [45]\d\d |<!DOCTYPE HTML>|$)", reply), reply[:100]
+    assert _get(srv, "/healthz")[0] == 200
+
+
+def test_close_does_not_wait_for_clients(region: StatsRegion) -> None:
+    srv = MetricsServer(
+        ("127.0.0.1", 0),
+        snapshot=region.snapshot,
+        ready=lambda: (True, ""),
+        device="fzo0",
+        request_deadline=60,
+    )
+    srv.start()
+    idle = [_connect(srv) for _ in range(3)]
+    try:
+        wait_for(lambda: srv.open_connections == 3, timeout=10)
+        closer = threading.Thread(target=srv.close)
+        closer.start()
+        closer.join(timeout=10)  # without the hang-up it would wait out the 60 s deadline
+        assert not closer.is_alive()
+        assert all(_closed_by_server(sock, 10) for sock in idle)
+    finally:
+        for sock in idle:
+            sock.close()

@@ -320,6 +320,21 @@ def test_stale_device_of_our_own_is_recreated(tun_env: TunEnv) -> None:
     assert link_info(name, netns=tun_env.ns.name) is None  # not persistent any more
 
 
+def test_an_idle_tun_device_of_another_owner_is_not_ours(tun_env: TunEnv) -> None:
+    name = unique_name("fzt4tun")
+    other_uid = os.geteuid() + 4242
+    tun_env.ns.ip(
+        "tuntap", "add", "dev", name, "mode", "tun", "multi_queue", "user", str(other_uid)
+    )
+    with pytest.raises(
+        DeviceExistsError, match=f"not created by firezone-gw .owner uid {other_uid}"
+    ):
+        open_multiqueue(name, 1, netns=tun_env.ns.name)
+    info = link_info(name, netns=tun_env.ns.name)
+    assert info is not None  # left alone
+    assert info.owner == other_uid
+
+
 def test_foreign_devices_with_our_name_are_refused(tun_env: TunEnv) -> None:
     tuntap, veth = unique_name("fzt4tun"), unique_name("fzt4veth")
     tun_env.ns.ip("tuntap", "add", "dev", tuntap, "mode", "tun", "multi_queue")

@@ -23,9 +23,6 @@ from tunio.names import validate_ifname
 
 log = logging.getLogger(__name__)
 
-# Written to IFLA_IFALIAS of every device we create: it tells our own leftovers from devices
-# other software made under the same name.
-OWNER_ALIAS = "firezone-gw"
 DEFAULT_TXQUEUELEN = 10000  # Firezone found the default (500 on TUN) too small under load
 MIN_MTU = 68
 MIN_MTU_IPV6 = 1280
@@ -42,7 +39,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class LinkInfo:
     ifindex: int
     kind: str | None
-    alias: str | None
+    owner: int | None  # IFLA_TUN_OWNER: the uid a TUN device was given (TUNSETOWNER), if any
     attached_queues: int  # queues held open by some process (enabled + disabled)
 
 
@@ -86,6 +83,7 @@ def link_info(name: str, *, netns: str | None = None) -> LinkInfo | None:
     if msg is None:
         return None
     kind: str | None = None
+    owner: int | None = None
     queues = 0
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     if linkinfo is not None:
@@ -95,7 +93,8 @@ def link_info(name: str, *, netns: str | None = None) -> LinkInfo | None:
             queues = (data.get_attr("IFLA_TUN_NUM_QUEUES") or 0) + (
                 data.get_attr("IFLA_TUN_NUM_DISABLED_QUEUES") or 0
             )
-    return LinkInfo(msg["index"], kind, msg.get_attr("IFLA_IFALIAS"), queues)
+            owner = data.get_attr("IFLA_TUN_OWNER")
+    return LinkInfo(msg["index"], kind, owner, queues)
 
 
 def queue_holders(name: str) -> list[int]:
@@ -126,14 +125,14 @@ def _holds_tun(proc_path: str, name: str) -> bool:
     return False
 
 
-def mark_owned(name: str, *, netns: str | None = None) -> None:
-    """Tag a device we just created so a later run can recognise it as our leftover."""
-    with _rtnl(netns, f"tagging device {_where(name, netns)} as ours") as ipr:
-        ipr.link("set", ifname=name, ifalias=OWNER_ALIAS)
-
-
 def remove_stale_device(name: str, *, netns: str | None = None) -> None:
-    """Delete an idle device we made earlier, or raise why the name cannot be used."""
+    """Delete an idle device we made earlier, or raise why the name cannot be used.
+
+    Ours means a TUN device owned by our uid (`tunio.linux` sets the owner of every device
+    it creates). Our devices are not persistent, so they vanish with their last queue: an
+    idle one is left only if something made it persistent. Another program's device of our
+    name is left alone unless it, too, was given our uid as owner.
+    """
     info = link_info(name, netns=netns)
     where = _where(name, netns)
     if info is None:
@@ -150,10 +149,12 @@ def remove_stale_device(name: str, *, netns: str | None = None) -> None:
             f" {info.attached_queues} queues attached): refusing to attach to it. Stop that"
             " process or choose another device name"
         )
-    if info.alias != OWNER_ALIAS:
+    if info.owner != os.geteuid():
+        owner = "no owner" if info.owner is None else f"owner uid {info.owner}"
         raise DeviceExistsError(
-            f"TUN device {where} exists and was not created by firezone-gw: delete it"
-            f" (ip link del {name}) or choose another device name"
+            f"TUN device {where} exists and was not created by firezone-gw ({owner}, we run"
+            f" as uid {os.geteuid()}): delete it (ip link del {name}) or choose another"
+            " device name"
         )
     log.warning("removing stale TUN device %s left by an earlier firezone-gw run", where)
     with _rtnl(netns, f"deleting stale device {where}") as ipr:
@@ -212,7 +213,7 @@ class TunDeviceManager:
         with _rtnl(
             self.netns, f"setting MTU {mtu}, txqueuelen {txqueuelen} on {self._where}"
         ) as ipr:
-            ipr.link("set", index=index, mtu=mtu, txqlen=txqueuelen, ifalias=OWNER_ALIAS)
+            ipr.link("set", index=index, mtu=mtu, txqlen=txqueuelen)
         ipv6_ok = True
         for address in addresses:
             if _is_v6(address) and ipv6_ok:
