@@ -1,8 +1,8 @@
 """End to end: real wireguard-go clients -> the real `firezone-gw` process -> a resource.
 
-Namespaces, clients and the gateway come from bench/topology.py (the benchmark's topology),
-so what is tested here is what is measured there. Timing asserts are about availability
-(traffic resumes within 2 s, SIGTERM exits within 2 s), never about speed.
+Namespaces, clients and the gateway come from testbed/topology.py, the topology the network
+benchmark measures, so what is tested here is what is measured there. Timing asserts are
+about availability (traffic resumes within 2 s, SIGTERM exits within 2 s), never about speed.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.bench_network import IperfResult, run_iperf
-from bench.topology import (
-    RESOURCE_ADDR,
-    RESOURCE_ADDR6,
-    ClientOptions,
-    FirezoneGateway,
-    Topology,
-    topology,
-)
-from tests.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
+from testbed.addresses import RESOURCE_ADDR, RESOURCE_ADDR6, ClientOptions
+from testbed.gateways import FirezoneGateway
+from testbed.iperf import IperfResult, run_iperf
+from testbed.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
+from testbed.topology import Topology, topology
 
 pytestmark = pytest.mark.netns
 
@@ -45,7 +40,9 @@ MAX_UDP_LOSS_PERCENT = 5.0
 # --- helpers ---------------------------------------------------------------------------
 
 
-def iperf(topo: Topology, clients: list[int], args: list[str]) -> list[IperfResult]:
+def iperf(
+    topo: Topology[FirezoneGateway], clients: list[int], args: list[str]
+) -> list[IperfResult]:
     topo.wait_iperf_idle()
     return run_iperf(topo, clients, args, IPERF_SECONDS, udp="-u" in args)
 
@@ -63,7 +60,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def gateway_of(topo: Topology) -> FirezoneGateway:
+def gateway_of(topo: Topology[FirezoneGateway]) -> FirezoneGateway:
     backend = topo.backend
     assert isinstance(backend, FirezoneGateway)
     return backend
@@ -91,7 +88,7 @@ def ping_from(ns: NetNS, dest: str, count: int = 3) -> bool:
 
 
 @contextlib.contextmanager
-def echo_server(topo: Topology, bind: str = RESOURCE_ADDR) -> Iterator[None]:
+def echo_server(topo: Topology[FirezoneGateway], bind: str = RESOURCE_ADDR) -> Iterator[None]:
     proc = topo.resource.popen(
         sys.executable, UDP_TOOL, "server", "--bind", bind, "--port", str(ECHO_PORT)
     )
@@ -104,7 +101,7 @@ def echo_server(topo: Topology, bind: str = RESOURCE_ADDR) -> Iterator[None]:
 
 
 def start_probe(
-    topo: Topology, seconds: float, *, stop_after_outage: float | None = None
+    topo: Topology[FirezoneGateway], seconds: float, *, stop_after_outage: float | None = None
 ) -> subprocess.Popen[bytes]:
     argv = topo.client_ns(0).exec_argv(
         sys.executable, UDP_TOOL, "probe", "--dest", RESOURCE_ADDR,
@@ -238,12 +235,12 @@ def test_iperf_two_clients_tcp_both_ways_and_udp(workers: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared() -> Iterator[Topology]:
+def shared() -> Iterator[Topology[FirezoneGateway]]:
     with topology(FirezoneGateway(2), clients=1, iperf=True) as topo, echo_server(topo):
         yield topo
 
 
-def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology) -> None:
+def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology[FirezoneGateway]) -> None:
     argv = shared.client_ns(0).exec_argv(
         sys.executable, UDP_TOOL, "order", "--dest", RESOURCE_ADDR,
         "--port", str(ECHO_PORT), "--count", "5000", "--flows", "4",
@@ -259,7 +256,9 @@ def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology) -> None:
         assert flow["returned_inversions"] == 0, flows
 
 
-def test_worker_and_udp_restarts_keep_sessions_and_traffic(shared: Topology) -> None:
+def test_worker_and_udp_restarts_keep_sessions_and_traffic(
+    shared: Topology[FirezoneGateway],
+) -> None:
     gw = gateway_of(shared)
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
@@ -289,7 +288,7 @@ def test_worker_and_udp_restarts_keep_sessions_and_traffic(shared: Topology) -> 
     assert metric(gw.metrics_text(), "firezone_gw_child_restarts_total") >= gw.workers + 1
 
 
-def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
+def test_crypto_restart_client_rehandshakes(shared: Topology[FirezoneGateway]) -> None:
     gw = gateway_of(shared)
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
@@ -308,7 +307,7 @@ def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
     assert ping_from(shared.client_ns(0), RESOURCE_ADDR)
 
 
-def test_sigterm_stops_everything_within_two_seconds(shared: Topology) -> None:
+def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGateway]) -> None:
     gw = gateway_of(shared)
     assert gw.proc is not None
     assert gw.ns is not None
