@@ -60,12 +60,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def gateway_of(topo: Topology[FirezoneGateway]) -> FirezoneGateway:
-    backend = topo.backend
-    assert isinstance(backend, FirezoneGateway)
-    return backend
-
-
 def wait_metric(gw: FirezoneGateway, name: str, above: float, **labels: str) -> float:
     """Wait until the metric exceeds `above` (counters reach shared memory about once a s)."""
     value = [0.0]
@@ -158,7 +152,7 @@ def test_ping_handshakes_spoofing_and_unknown_key() -> None:
     ]
     backend = FirezoneGateway(2)
     with topology(backend, clients=4, client_options=options, iperf=False) as topo:
-        gw = gateway_of(topo)
+        gw = topo.backend
         # Client-initiated (topology waited for client 0's handshake): IPv4 and IPv6.
         assert topo.ping(0, count=3, dest=RESOURCE_ADDR)
         assert topo.ping(0, count=3, dest=RESOURCE_ADDR6)
@@ -202,7 +196,7 @@ def test_ping_handshakes_spoofing_and_unknown_key() -> None:
 def test_iperf_two_clients_tcp_both_ways_and_udp(workers: int) -> None:
     options = [ClientOptions(), ClientOptions(mtu=1420)]
     with topology(FirezoneGateway(workers), clients=2, client_options=options) as topo:
-        gw = gateway_of(topo)
+        gw = topo.backend
         keys = {c.public_key for c in topo.clients}
         assert len(keys) == 2
         # First, before any download teaches the resource a path MTU of 1280 towards the
@@ -259,7 +253,7 @@ def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology[FirezoneGate
 def test_worker_and_udp_restarts_keep_sessions_and_traffic(
     shared: Topology[FirezoneGateway],
 ) -> None:
-    gw = gateway_of(shared)
+    gw = shared.backend
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
     completed = metric(gw.metrics_text(), "firezone_gw_handshakes_completed_total")
@@ -289,7 +283,7 @@ def test_worker_and_udp_restarts_keep_sessions_and_traffic(
 
 
 def test_crypto_restart_client_rehandshakes(shared: Topology[FirezoneGateway]) -> None:
-    gw = gateway_of(shared)
+    gw = shared.backend
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
     probe = start_probe(shared, seconds=30, stop_after_outage=1.0)
@@ -308,7 +302,7 @@ def test_crypto_restart_client_rehandshakes(shared: Topology[FirezoneGateway]) -
 
 
 def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGateway]) -> None:
-    gw = gateway_of(shared)
+    gw = shared.backend
     assert gw.proc is not None
     assert gw.ns is not None
     children = [psutil.Process(pid) for pid in gw.role_pids().values()]
