@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl import bindings
 
-from tests.wireguard.wire import A_ENDPOINT, A_INNER, B_INNER, ipv4_packet, make_wire
+from testbed.wire import A_ENDPOINT, A_INNER, B_INNER, ipv4_packet, make_wire
 
 REPEATS = 7
 PACKETS = 2000

@@ -30,18 +30,17 @@ import psutil
 
 from bench import report
 from bench.report import BackendResult, Metric
-from bench.topology import (
+from testbed.addresses import RESOURCE_ADDR
+from testbed.gateways import (
     DEFAULT_FIREZONE_CMD,
     FIREZONE_CMD_ENV,
-    RESOURCE_ADDR,
     BackendUnavailable,
     FirezoneGateway,
     GatewayBackend,
-    Topology,
     WireGuardGoGateway,
-    tool_version,
-    topology,
 )
+from testbed.iperf import run_iperf
+from testbed.topology import Topology, tool_version, topology
 
 RESULTS_DIR = Path(__file__).parent / "results"
 BASELINE = "wireguard-go"
@@ -130,52 +129,7 @@ def gateway_cpu(backend: GatewayBackend) -> Iterator[list[float]]:
 # --- traffic --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class IperfResult:
-    bits_per_second: float
-    bytes: int
-    lost_percent: float = 0.0
-
-
-def parse_iperf(output: str, *, udp: bool) -> IperfResult:
-    """Receiver-side figures from `iperf3 -J` output; a run that errored raises ValueError."""
-    doc = json.loads(output)
-    if "error" in doc:
-        raise ValueError(f"iperf3: {doc['error']}")
-    received = doc["end"]["sum_received"]
-    if udp:
-        return IperfResult(received["bits_per_second"], received["bytes"], received["lost_percent"])
-    return IperfResult(received["bits_per_second"], received["bytes"])
-
-
-def iperf_argv(topo: Topology, client: int, args: Sequence[str], duration: int) -> list[str]:
-    port = topo.client_specs[client].iperf_port
-    return topo.client_ns(client).exec_argv(
-        "iperf3", "-c", RESOURCE_ADDR, "-p", str(port), "-t", str(duration), "-J", *args
-    )
-
-
-def run_iperf(
-    topo: Topology, clients: Sequence[int], args: Sequence[str], duration: int, *, udp: bool
-) -> list[IperfResult]:
-    """iperf3 from each of `clients` at once (each to its own server port)."""
-    procs = [
-        subprocess.Popen(
-            iperf_argv(topo, c, args, duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for c in clients
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=duration + 30)
-        try:
-            results.append(parse_iperf(out.decode(), udp=udp))
-        except (ValueError, KeyError) as exc:
-            raise RuntimeError(f"iperf3 failed: {exc} {err.decode()[-400:]}") from exc
-    return results
-
-
-def ping_rtts(topo: Topology, count: int, interval: float) -> list[float]:
+def ping_rtts(topo: Topology[GatewayBackend], count: int, interval: float) -> list[float]:
     argv = topo.client_ns(0).exec_argv(
         "ping", "-c", str(count), "-i", str(interval), "-W", "1", RESOURCE_ADDR
     )
@@ -199,7 +153,7 @@ TCP_CASES = [
 ]
 
 
-def measure(topo: Topology, settings: Settings, result: BackendResult) -> None:
+def measure(topo: Topology[GatewayBackend], settings: Settings, result: BackendResult) -> None:
     backend = topo.backend
     with gateway_cpu(backend) as idle:
         time.sleep(settings.idle_seconds)

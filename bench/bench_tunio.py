@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests import tun_packets
-from tests.netns import NetNS, unique_name
+from testbed import tun_packets
+from testbed.netns import NetNS, unique_name
 from tunio import TunDeviceManager, TunQueue, open_multiqueue
 from tunio._netns import entered_netns
 

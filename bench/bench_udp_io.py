@@ -18,7 +18,7 @@ from pathlib import Path
 from pyroute2 import netns as pyroute2_netns
 
 from gateway.udp_io import UdpIo
-from tests.netns import hosts
+from testbed.netns import hosts
 
 DATAGRAM = 1312
 BATCH = 64

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from bench.topology import RESOURCE_ADDR, BackendUnavailable, FirezoneGateway, topology
+from testbed.addresses import RESOURCE_ADDR
+from testbed.gateways import BackendUnavailable, FirezoneGateway
+from testbed.topology import topology
 
 
 def main() -> int:

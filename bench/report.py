@@ -90,7 +90,7 @@ def network_section(table: str, command: str, machine: Mapping[str, str], repeat
             f"Machine: {machine_line}.",
             "",
             "Topology: two wireguard-go clients (MTU 1280) -> gateway under test -> iperf3"
-            " server, each in its own namespace, joined by veths (bench/topology.py);"
+            " server, each in its own namespace, joined by veths (testbed/topology.py);"
             " single-client rows use client 0. Cells are medians of"
             f" {repeats} repetitions (ping: p50/p99 of each repetition's replies; CPU per GB:"
             " over every TCP run; idle CPU over 10 s and RSS after the runs: measured once);"

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns import Hosts, hosts
+from testbed.netns import Hosts, hosts
 
 
 @pytest.fixture

@@ -1,18 +1,14 @@
-"""The benchmark topology still carries traffic, so `make bench` cannot silently rot."""
+"""The test bed's topology carries traffic with either gateway, so `make bench` cannot rot."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.bench_network import run_iperf
-from bench.topology import (
-    RESOURCE_ADDR,
-    BackendUnavailable,
-    FirezoneGateway,
-    WireGuardGoGateway,
-    topology,
-)
-from tests.netns import run
+from testbed.addresses import RESOURCE_ADDR
+from testbed.gateways import BackendUnavailable, FirezoneGateway, WireGuardGoGateway
+from testbed.iperf import run_iperf
+from testbed.netns import run
+from testbed.topology import topology
 
 pytestmark = pytest.mark.netns
 

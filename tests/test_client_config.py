@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.keys import encode_key, generate_private_key
-from tests.netns import Hosts, unique_name, veth, wait_for
+from testbed.netns import Hosts, unique_name, veth, wait_for
 
 FIREZONE_GW = [sys.executable, "-m", "gateway"]
 

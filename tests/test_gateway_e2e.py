@@ -1,8 +1,8 @@
 """End to end: real wireguard-go clients -> the real `firezone-gw` process -> a resource.
 
-Namespaces, clients and the gateway come from bench/topology.py (the benchmark's topology),
-so what is tested here is what is measured there. Timing asserts are about availability
-(traffic resumes within 2 s, SIGTERM exits within 2 s), never about speed.
+Namespaces, clients and the gateway come from testbed/topology.py, the topology the network
+benchmark measures, so what is tested here is what is measured there. Timing asserts are
+about availability (traffic resumes within 2 s, SIGTERM exits within 2 s), never about speed.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.bench_network import IperfResult, run_iperf
-from bench.topology import (
-    RESOURCE_ADDR,
-    RESOURCE_ADDR6,
-    ClientOptions,
-    FirezoneGateway,
-    Topology,
-    topology,
-)
-from tests.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
+from testbed.addresses import RESOURCE_ADDR, RESOURCE_ADDR6, ClientOptions
+from testbed.gateways import FirezoneGateway
+from testbed.iperf import IperfResult, run_iperf
+from testbed.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
+from testbed.topology import Topology, topology
 
 pytestmark = pytest.mark.netns
 
@@ -45,7 +40,9 @@ MAX_UDP_LOSS_PERCENT = 5.0
 # --- helpers ---------------------------------------------------------------------------
 
 
-def iperf(topo: Topology, clients: list[int], args: list[str]) -> list[IperfResult]:
+def iperf(
+    topo: Topology[FirezoneGateway], clients: list[int], args: list[str]
+) -> list[IperfResult]:
     topo.wait_iperf_idle()
     return run_iperf(topo, clients, args, IPERF_SECONDS, udp="-u" in args)
 
@@ -61,12 +58,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(have.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total
-
-
-def gateway_of(topo: Topology) -> FirezoneGateway:
-    backend = topo.backend
-    assert isinstance(backend, FirezoneGateway)
-    return backend
 
 
 def wait_metric(gw: FirezoneGateway, name: str, above: float, **labels: str) -> float:
@@ -91,7 +82,7 @@ def ping_from(ns: NetNS, dest: str, count: int = 3) -> bool:
 
 
 @contextlib.contextmanager
-def echo_server(topo: Topology, bind: str = RESOURCE_ADDR) -> Iterator[None]:
+def echo_server(topo: Topology[FirezoneGateway], bind: str = RESOURCE_ADDR) -> Iterator[None]:
     proc = topo.resource.popen(
         sys.executable, UDP_TOOL, "server", "--bind", bind, "--port", str(ECHO_PORT)
     )
@@ -104,7 +95,7 @@ def echo_server(topo: Topology, bind: str = RESOURCE_ADDR) -> Iterator[None]:
 
 
 def start_probe(
-    topo: Topology, seconds: float, *, stop_after_outage: float | None = None
+    topo: Topology[FirezoneGateway], seconds: float, *, stop_after_outage: float | None = None
 ) -> subprocess.Popen[bytes]:
     argv = topo.client_ns(0).exec_argv(
         sys.executable, UDP_TOOL, "probe", "--dest", RESOURCE_ADDR,
@@ -161,7 +152,7 @@ def test_ping_handshakes_spoofing_and_unknown_key() -> None:
     ]
     backend = FirezoneGateway(2)
     with topology(backend, clients=4, client_options=options, iperf=False) as topo:
-        gw = gateway_of(topo)
+        gw = topo.backend
         # Client-initiated (topology waited for client 0's handshake): IPv4 and IPv6.
         assert topo.ping(0, count=3, dest=RESOURCE_ADDR)
         assert topo.ping(0, count=3, dest=RESOURCE_ADDR6)
@@ -205,7 +196,7 @@ def test_ping_handshakes_spoofing_and_unknown_key() -> None:
 def test_iperf_two_clients_tcp_both_ways_and_udp(workers: int) -> None:
     options = [ClientOptions(), ClientOptions(mtu=1420)]
     with topology(FirezoneGateway(workers), clients=2, client_options=options) as topo:
-        gw = gateway_of(topo)
+        gw = topo.backend
         keys = {c.public_key for c in topo.clients}
         assert len(keys) == 2
         # First, before any download teaches the resource a path MTU of 1280 towards the
@@ -238,12 +229,12 @@ def test_iperf_two_clients_tcp_both_ways_and_udp(workers: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared() -> Iterator[Topology]:
+def shared() -> Iterator[Topology[FirezoneGateway]]:
     with topology(FirezoneGateway(2), clients=1, iperf=True) as topo, echo_server(topo):
         yield topo
 
 
-def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology) -> None:
+def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology[FirezoneGateway]) -> None:
     argv = shared.client_ns(0).exec_argv(
         sys.executable, UDP_TOOL, "order", "--dest", RESOURCE_ADDR,
         "--port", str(ECHO_PORT), "--count", "5000", "--flows", "4",
@@ -259,8 +250,10 @@ def test_numbered_udp_stream_keeps_order_both_ways(shared: Topology) -> None:
         assert flow["returned_inversions"] == 0, flows
 
 
-def test_worker_and_udp_restarts_keep_sessions_and_traffic(shared: Topology) -> None:
-    gw = gateway_of(shared)
+def test_worker_and_udp_restarts_keep_sessions_and_traffic(
+    shared: Topology[FirezoneGateway],
+) -> None:
+    gw = shared.backend
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
     completed = metric(gw.metrics_text(), "firezone_gw_handshakes_completed_total")
@@ -289,8 +282,8 @@ def test_worker_and_udp_restarts_keep_sessions_and_traffic(shared: Topology) -> 
     assert metric(gw.metrics_text(), "firezone_gw_child_restarts_total") >= gw.workers + 1
 
 
-def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
-    gw = gateway_of(shared)
+def test_crypto_restart_client_rehandshakes(shared: Topology[FirezoneGateway]) -> None:
+    gw = shared.backend
     client = shared.clients[0]
     handshake = client.peers()[gw.public_key].latest_handshake
     probe = start_probe(shared, seconds=30, stop_after_outage=1.0)
@@ -308,8 +301,8 @@ def test_crypto_restart_client_rehandshakes(shared: Topology) -> None:
     assert ping_from(shared.client_ns(0), RESOURCE_ADDR)
 
 
-def test_sigterm_stops_everything_within_two_seconds(shared: Topology) -> None:
-    gw = gateway_of(shared)
+def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGateway]) -> None:
+    gw = shared.backend
     assert gw.proc is not None
     assert gw.ns is not None
     children = [psutil.Process(pid) for pid in gw.role_pids().values()]

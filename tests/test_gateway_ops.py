@@ -24,24 +24,37 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shm_ring.ring import SHM_DIR
-from tests.gateway_lab import (
-    GATEWAY_TUNNEL,
-    LISTEN_PORT,
-    Lab,
-    LabPeer,
-    firezone_gw,
-)
-from tests.netns import unique_name, wait_for
-from tests.wgpeer import wg_genkey, wg_pubkey
+from testbed.addresses import GATEWAY_TUNNEL_ADDR, LISTEN_PORT, client_specs
+from testbed.gateway_config import GatewayPeer
+from testbed.gateways import FirezoneGateway, firezone_executable
+from testbed.netns import unique_name, wait_for
+from testbed.topology import Topology
+from testbed.wgpeer import wg_genkey, wg_pubkey
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "firezone-gw.service"
+GATEWAY_TUNNEL = f"{GATEWAY_TUNNEL_ADDR}/24"
+
+# Wireguard-go clients, the gateway's namespace and a resource; the test writes the gateway's
+# config and starts it (start()), so it can rewrite the config and pick command and environment.
+Lab = Topology[FirezoneGateway]
+
+
+def new_lab(clients: int = 1) -> Lab:
+    return Topology(FirezoneGateway(workers=2), client_specs(clients))
+
+
+def start(lab: Lab, argv: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    """Start the gateway with the config as written; return once /readyz says ready."""
+    lab.backend.launch(lab.gateway_ns, argv, env)
+    lab.backend.wait_ready()
+
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture
 def lab1() -> Iterator[Lab]:
-    lab = Lab(clients=1)
+    lab = new_lab(1)
     try:
         yield lab
     finally:
@@ -49,7 +62,7 @@ def lab1() -> Iterator[Lab]:
 
 
 def scrape(lab: Lab) -> Samples:
-    status, text = lab.http_get("/metrics")
+    status, text = lab.backend.http_get("/metrics")
     assert status == 200
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -64,7 +77,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def show(lab: Lab, *args: str) -> str:
     proc = subprocess.run(
-        [firezone_gw(), "--config", str(lab.config_path), "show", *args],
+        [firezone_executable(), "--config", str(lab.backend.config_path), "show", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,8 +88,8 @@ def show(lab: Lab, *args: str) -> str:
 
 
 def started(lab: Lab, clients: int = 1) -> Lab:
-    lab.write_config([lab.peer(i) for i in range(clients)])
-    lab.start()
+    lab.backend.write_config([lab.peer(i) for i in range(clients)])
+    start(lab)
     for i in range(clients):
         lab.connect_client(i)
         lab.wait_ping(i)
@@ -91,13 +104,13 @@ def test_show_reads_the_running_gateway(lab1: Lab) -> None:
     key = lab1.clients[0].public_key
     wait_for(lambda: "latest handshake" in show(lab1), timeout=5)
     table = show(lab1)
-    assert f"interface: {lab1.ifname}" in table
-    assert f"public key: {lab1.public_key}" in table
+    assert f"interface: {lab1.backend.ifname}" in table
+    assert f"public key: {lab1.backend.public_key}" in table
     assert f"listening port: {LISTEN_PORT}" in table
     assert f"peer: {key}" in table
     assert "endpoint: 10.201.0.2:" in table
     data = json.loads(show(lab1, "--json"))
-    assert data["interface"]["public_key"] == lab1.public_key
+    assert data["interface"]["public_key"] == lab1.backend.public_key
     (peer,) = data["peers"]
     assert peer["public_key"] == key
     before = peer["rx_bytes"]
@@ -119,7 +132,7 @@ def test_show_without_a_running_gateway_fails_clearly(tmp_path: Path) -> None:
     name = unique_name("fzo2n")
     lab_config.write_text(f'[interface]\nname = "{name}"\nprivate_key_file = "{key_file}"\n')
     proc = subprocess.run(
-        [firezone_gw(), "--config", str(lab_config), "show"],
+        [firezone_executable(), "--config", str(lab_config), "show"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -132,7 +145,7 @@ def test_show_without_a_running_gateway_fails_clearly(tmp_path: Path) -> None:
 def test_metrics_move_with_traffic_and_drops_by_reason(lab1: Lab) -> None:
     started(lab1)
     key = lab1.clients[0].public_key
-    peer = {"device": lab1.ifname, "public_key": key}
+    peer = {"device": lab1.backend.ifname, "public_key": key}
     handshake = "wireguard_peer_last_handshake_seconds"
     wait_for(lambda: scrape(lab1).get((handshake, tuple(sorted(peer.items())))), timeout=5)
     before = scrape(lab1)
@@ -167,27 +180,27 @@ def test_metrics_move_with_traffic_and_drops_by_reason(lab1: Lab) -> None:
 
 def test_readyz_follows_children_and_healthz_stays_up(lab1: Lab) -> None:
     started(lab1)
-    assert lab1.readyz() == (200, "ready\n")
-    assert lab1.http_get("/healthz")[0] == 200
-    udp = lab1.child_pid("udp")
+    assert lab1.backend.readyz() == (200, "ready\n")
+    assert lab1.backend.http_get("/healthz")[0] == 200
+    udp = lab1.backend.child_pid("udp")
     os.kill(udp, signal.SIGSTOP)
     try:
-        wait_for(lambda: lab1.readyz()[0] == 503, timeout=5)
-        _, reason = lab1.readyz()
+        wait_for(lambda: lab1.backend.readyz()[0] == 503, timeout=5)
+        _, reason = lab1.backend.readyz()
         assert reason.strip() == "udp is stopped"
-        assert lab1.http_get("/healthz")[0] == 200
+        assert lab1.backend.http_get("/healthz")[0] == 200
     finally:
         os.kill(udp, signal.SIGCONT)
-    wait_for(lambda: lab1.readyz()[0] == 200, timeout=5)
-    lab1.gw.ip("link", "set", lab1.ifname, "down")
-    assert lab1.readyz() == (503, f"TUN device {lab1.ifname} is down\n")
-    lab1.gw.ip("link", "set", lab1.ifname, "up")
-    assert lab1.readyz() == (200, "ready\n")
+    wait_for(lambda: lab1.backend.readyz()[0] == 200, timeout=5)
+    lab1.gateway_ns.ip("link", "set", lab1.backend.ifname, "down")
+    assert lab1.backend.readyz() == (503, f"TUN device {lab1.backend.ifname} is down\n")
+    lab1.gateway_ns.ip("link", "set", lab1.backend.ifname, "up")
+    assert lab1.backend.readyz() == (200, "ready\n")
     # A killed child is restarted from the supervisor's resources; sessions survive a
     # worker restart, and readiness comes back once it reported ready.
-    os.kill(lab1.child_pid("worker0"), signal.SIGKILL)
+    os.kill(lab1.backend.child_pid("worker0"), signal.SIGKILL)
     wait_for(lambda: value(scrape(lab1), "firezone_gw_child_restarts_total") == 1, timeout=5)
-    wait_for(lambda: lab1.readyz()[0] == 200, timeout=5)
+    wait_for(lambda: lab1.backend.readyz()[0] == 200, timeout=5)
     assert lab1.ping(0, count=3, interval=0.05)
 
 
@@ -244,8 +257,8 @@ def unit_command(lab: Lab) -> list[str]:
     (line,) = [x for x in UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
     argv = shlex.split(line.removeprefix("ExecStart="))
     replace = {
-        "/usr/local/bin/firezone-gw": firezone_gw(),
-        "/etc/firezone-gw/gateway.toml": str(lab.config_path),
+        "/usr/local/bin/firezone-gw": firezone_executable(),
+        "/etc/firezone-gw/gateway.toml": str(lab.backend.config_path),
     }
     return [replace.get(arg, arg) for arg in argv]
 
@@ -253,10 +266,10 @@ def unit_command(lab: Lab) -> list[str]:
 def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> None:
     listener = NotifyListener(tmp_path / "notify.sock")
     try:
-        lab1.write_config([lab1.peer(0)])
+        lab1.backend.write_config([lab1.peer(0)])
         # WATCHDOG_USEC=1s: the supervisor pings every half second while healthy.
         env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
-        lab1.start(unit_command(lab1), env)
+        start(lab1, unit_command(lab1), env)
         ready = listener.wait_for("READY=1", timeout=5)
         assert listener.messages[0] == ready  # nothing before READY=1
         assert "STATUS=1 peers (0 active)" in ready
@@ -267,7 +280,7 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
         assert re.search(r"in [1-9][\d.]* (B|KiB)/s", status), status
         assert listener.wait_for("WATCHDOG=1", timeout=2)
         # A stopped child is not healthy: no WATCHDOG=1 until it runs again.
-        udp = lab1.child_pid("udp")
+        udp = lab1.backend.child_pid("udp")
         os.kill(udp, signal.SIGSTOP)
         try:
             listener.collect(0.7)  # a ping already under way may still arrive
@@ -276,11 +289,11 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
             os.kill(udp, signal.SIGCONT)
         listener.wait_for("WATCHDOG=1", timeout=3)
         # SIGHUP (ExecReload=): RELOADING=1, then READY=1 once the config is applied.
-        lab1.signal(signal.SIGHUP)
+        lab1.backend.signal(signal.SIGHUP)
         reloading = listener.wait_for("RELOADING=1", timeout=3)
         assert re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", reloading)
         listener.wait_for("READY=1", timeout=3)
-        assert lab1.stop() == 0
+        assert lab1.backend.stop() == 0
         listener.collect(0.2)
         assert listener.messages[-1].startswith("STOPPING=1")
     finally:
@@ -304,10 +317,10 @@ def test_device_lines_have_the_shape_of_a_wireguard_go_device(lab1: Lab) -> None
 
 def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1: Lab) -> None:
     started(lab1)
-    lab1.gw.ip("link", "set", lab1.ifname, "mtu", "9000")  # not through the config
-    lab1.gw.run("ip", "route", "flush", "cache", check=False)
+    lab1.gateway_ns.ip("link", "set", lab1.backend.ifname, "mtu", "9000")  # not through the config
+    lab1.gateway_ns.run("ip", "route", "flush", "cache", check=False)
     big = subprocess.run(  # 3000 bytes from the gateway host itself: larger than a ring slot
-        lab1.gw.exec_argv("ping", "-c", "3", "-i", "0.1", "-W", "1", "-s", "3000",
+        lab1.gateway_ns.exec_argv("ping", "-c", "3", "-i", "0.1", "-W", "1", "-s", "3000",
                                 "-M", "do", "10.77.0.2"),
         capture_output=True, check=False, timeout=10,
     )  # fmt: skip
@@ -322,17 +335,17 @@ def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1:
 
 
 def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
-    lab = Lab(clients=3)
+    lab = new_lab(3)
     try:
         a, b, c = 0, 1, 2
-        lab.write_config([lab.peer(a), lab.peer(c)])
-        lab.start()
+        lab.backend.write_config([lab.peer(a), lab.peer(c)])
+        start(lab)
         for i in (a, b, c):
             lab.connect_client(i)
         lab.wait_ping(a)
         lab.wait_ping(c)
         assert not lab.ping(b, count=2, interval=0.2)  # not a peer yet
-        gateway_key = lab.public_key
+        gateway_key = lab.backend.public_key
         handshake_a = lab.clients[a].peers()[gateway_key].latest_handshake
         assert handshake_a > 0
         # A steady ping from A across both reloads: not one reply may be lost.
@@ -346,25 +359,27 @@ def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
         try:
             # Reload 1: B added, C's allowed IPs changed to another address.
             c_new = "10.77.0.44"
-            lab.write_config(
-                [lab.peer(a), lab.peer(b), LabPeer(lab.clients[c].public_key, [f"{c_new}/32"])]
+            lab.backend.write_config(
+                [lab.peer(a), lab.peer(b), GatewayPeer(lab.clients[c].public_key, [f"{c_new}/32"])]
             )
-            lab.signal(signal.SIGHUP)
-            wait_for(lambda: "reload: 3 peers" in lab.log(), timeout=5)
+            lab.backend.signal(signal.SIGHUP)
+            wait_for(lambda: "reload: 3 peers" in lab.backend.log_text(), timeout=5)
             lab.wait_ping(b, timeout=10)
             assert not lab.ping(c, count=2, interval=0.1)  # old source now outside its IPs
             lab.clients[c].ns.ip("addr", "add", f"{c_new}/24", "dev", lab.clients[c].ifname)
             assert lab.ping(c, count=2, interval=0.1, source=c_new)
             # Reload 2: B removed again; it is cut off at once.
-            lab.write_config([lab.peer(a), LabPeer(lab.clients[c].public_key, [f"{c_new}/32"])])
-            lab.signal(signal.SIGHUP)
-            wait_for(lambda: "reload: 2 peers" in lab.log(), timeout=5)
+            lab.backend.write_config(
+                [lab.peer(a), GatewayPeer(lab.clients[c].public_key, [f"{c_new}/32"])]
+            )
+            lab.backend.signal(signal.SIGHUP)
+            wait_for(lambda: "reload: 2 peers" in lab.backend.log_text(), timeout=5)
             assert not lab.ping(b, count=3, interval=0.1)
             # An invalid config is refused with its errors; the running one stays.
-            lab.config_path.write_text('[interface]\nname = "x"\nlisten_port = 0\n')
-            lab.signal(signal.SIGHUP)
-            wait_for(lambda: "reload refused" in lab.log(), timeout=5)
-            assert "listen_port" in lab.log()
+            lab.backend.config_path.write_text('[interface]\nname = "x"\nlisten_port = 0\n')
+            lab.backend.signal(signal.SIGHUP)
+            wait_for(lambda: "reload refused" in lab.backend.log_text(), timeout=5)
+            assert "listen_port" in lab.backend.log_text()
             assert lab.ping(c, count=2, interval=0.1, source=c_new)
             output, _ = steady.communicate(timeout=15)
         finally:
@@ -375,7 +390,7 @@ def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
         assert b" 0% packet loss" in output, output
         # Unchanged peer, unchanged session: no new handshake on either side.
         assert lab.clients[a].peers()[gateway_key].latest_handshake == handshake_a
-        peers = lab.wg("show", lab.ifname, "latest-handshakes")
+        peers = lab.backend.wg("show", lab.backend.ifname, "latest-handshakes")
         assert lab.clients[a].public_key in peers
         assert lab.clients[b].public_key not in peers
     finally:
@@ -400,21 +415,28 @@ def _big_peer(net: int) -> tuple[str, str]:
 
 
 def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path: Path) -> None:
-    lab = Lab(clients=1)
+    lab = new_lab(1)
     try:
-        lab.write_config([], addresses=())  # no peers, no addresses
-        lab.start()
+        lab.backend.write_config([], addresses=())  # no peers, no addresses
+        start(lab)
         client = lab.clients[0]
         # Key, port and peers through `wg`, the address through `ip`, as with wireguard-go.
         key = wg_genkey()
         key_file = tmp_path / "gw.key"
         key_file.write_text(key + "\n")
         key_file.chmod(0o600)
-        lab.wg("set", lab.ifname, "private-key", str(key_file), "listen-port", "51821")
-        lab.wg("set", lab.ifname, "peer", client.public_key, "allowed-ips", "10.77.0.2/32")
-        lab.public_key = wg_pubkey(key)
-        assert lab.wg("show", lab.ifname, "public-key").strip() == lab.public_key
-        conf = lab.wg("showconf", lab.ifname)
+        lab.backend.wg(
+            "set", lab.backend.ifname, "private-key", str(key_file), "listen-port", "51821"
+        )
+        lab.backend.wg(
+            "set", lab.backend.ifname, "peer", client.public_key, "allowed-ips", "10.77.0.2/32"
+        )
+        lab.backend.public_key = wg_pubkey(key)
+        assert (
+            lab.backend.wg("show", lab.backend.ifname, "public-key").strip()
+            == lab.backend.public_key
+        )
+        conf = lab.backend.wg("showconf", lab.backend.ifname)
         assert "ListenPort = 51821" in conf
         assert "AllowedIPs = 10.77.0.2/32" in conf
         # setconf (replaces every peer, as with wireguard-go) with a 20k-prefix peer.
@@ -422,26 +444,28 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         big_conf = tmp_path / "big.conf"
         big_conf.write_text(f"{conf}\n[Peer]\nPublicKey = {big_key}\nAllowedIPs = {big_ips}\n")
         began = time.monotonic()
-        lab.wg("setconf", lab.ifname, str(big_conf))
+        lab.backend.wg("setconf", lab.backend.ifname, str(big_conf))
         setconf_seconds = time.monotonic() - began
-        allowed = lab.wg("show", lab.ifname, "allowed-ips")
+        allowed = lab.backend.wg("show", lab.backend.ifname, "allowed-ips")
         big_line = next(line for line in allowed.splitlines() if line.startswith(big_key))
         assert len(big_line.split("\t")[1].split()) == BIG_ALLOWED_IPS
 
-        lab.gw.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab.ifname)
+        lab.gateway_ns.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab.backend.ifname)
         lab.connect_client(0, port=51821)
         lab.wait_ping(0)
 
         # Listen port changed while running: traffic continues once the client follows.
-        lab.wg("set", lab.ifname, "listen-port", "51822")
-        wait_for(lambda: ":51822 " in lab.gw.run("ss", "-Hlun"), timeout=5)
-        assert ":51821 " not in lab.gw.run("ss", "-Hlun")
-        client.set("peer", lab.public_key, "endpoint", "10.201.0.1:51822")
+        lab.backend.wg("set", lab.backend.ifname, "listen-port", "51822")
+        wait_for(lambda: ":51822 " in lab.gateway_ns.run("ss", "-Hlun"), timeout=5)
+        assert ":51821 " not in lab.gateway_ns.run("ss", "-Hlun")
+        client.set("peer", lab.backend.public_key, "endpoint", "10.201.0.1:51822")
         lab.wait_ping(0, timeout=5)
         shown = show(lab)
         assert "listening port: 51822" in shown
-        assert f"public key: {lab.public_key}" in shown  # the key `wg` set, not the config's
-        handshake = client.peers()[lab.public_key].latest_handshake
+        assert (
+            f"public key: {lab.backend.public_key}" in shown
+        )  # the key `wg` set, not the config's
+        handshake = client.peers()[lab.backend.public_key].latest_handshake
 
         # addconf of another 20k prefixes under a steady ping: how long the loop stalls.
         more_key, more_ips = _big_peer(101)
@@ -454,7 +478,7 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
         )
         time.sleep(0.3)
         began = time.monotonic()
-        lab.wg("addconf", lab.ifname, str(more_conf))
+        lab.backend.wg("addconf", lab.backend.ifname, str(more_conf))
         addconf_seconds = time.monotonic() - began
         output, _ = pings.communicate(timeout=30)
         stall_ms = _max_rtt_ms(output)
@@ -466,25 +490,35 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
 
         # syncconf back to the small config: the big peers go, the client's session stays.
         small_conf = tmp_path / "small.conf"
-        small_conf.write_text(lab.wg("showconf", lab.ifname).split("\n[Peer]")[0] + "\n")
+        small_conf.write_text(
+            lab.backend.wg("showconf", lab.backend.ifname).split("\n[Peer]")[0] + "\n"
+        )
         peer_conf = f"[Peer]\nPublicKey = {client.public_key}\nAllowedIPs = 10.77.0.2/32\n"
         small_conf.write_text(small_conf.read_text() + peer_conf)
-        lab.wg("syncconf", lab.ifname, str(small_conf))
-        assert lab.wg("show", lab.ifname, "peers").split() == [client.public_key]
+        lab.backend.wg("syncconf", lab.backend.ifname, str(small_conf))
+        assert lab.backend.wg("show", lab.backend.ifname, "peers").split() == [client.public_key]
         assert lab.ping(0, count=3, interval=0.05)
-        assert client.peers()[lab.public_key].latest_handshake == handshake
+        assert client.peers()[lab.backend.public_key].latest_handshake == handshake
 
         # A crashed crypto process comes back with what `wg` set, not the empty config file.
-        crypto = lab.child_pid("crypto")
+        crypto = lab.backend.child_pid("crypto")
         os.kill(crypto, signal.SIGKILL)
-        wait_for(lambda: lab.child_pid("crypto") not in (0, crypto), timeout=5)
-        wait_for(lambda: client.public_key in lab.wg("show", lab.ifname, "peers"), timeout=5)
-        assert lab.wg("show", lab.ifname, "public-key").strip() == lab.public_key
-        assert "AllowedIPs = 10.77.0.2/32" in lab.wg("showconf", lab.ifname)
+        wait_for(lambda: lab.backend.child_pid("crypto") not in (0, crypto), timeout=5)
+        wait_for(
+            lambda: client.public_key in lab.backend.wg("show", lab.backend.ifname, "peers"),
+            timeout=5,
+        )
+        assert (
+            lab.backend.wg("show", lab.backend.ifname, "public-key").strip()
+            == lab.backend.public_key
+        )
+        assert "AllowedIPs = 10.77.0.2/32" in lab.backend.wg("showconf", lab.backend.ifname)
         # The client still holds the old session; a fresh one shows traffic flows again.
-        client.set("peer", lab.public_key, "remove")
+        client.set("peer", lab.backend.public_key, "remove")
         client.add_peer(
-            lab.public_key, allowed_ips="10.77.0.0/24,10.88.0.0/24", endpoint="10.201.0.1:51822"
+            lab.backend.public_key,
+            allowed_ips="10.77.0.0/24,10.88.0.0/24",
+            endpoint="10.201.0.1:51822",
         )
         client.ns.ip("route", "replace", "10.88.0.0/24", "dev", client.ifname)
         lab.wait_ping(0, timeout=10)
@@ -493,25 +527,30 @@ def test_wg_configures_an_empty_gateway_and_copes_with_20k_allowed_ips(tmp_path:
 
 
 def test_sighup_reload_applies_listen_port_mtu_and_addresses() -> None:
-    lab = Lab(clients=1)
+    lab = new_lab(1)
     try:
-        lab.write_config([lab.peer(0)])
-        lab.start()
+        lab.backend.write_config([lab.peer(0)])
+        start(lab)
         lab.connect_client(0)
         lab.wait_ping(0)
         extra = "10.77.9.1/24"
-        lab.write_config([lab.peer(0)], (GATEWAY_TUNNEL, extra), listen_port=51829, mtu=1380)
-        lab.signal(signal.SIGHUP)
-        wait_for(lambda: "has MTU 1380" in lab.log(), timeout=5)
-        assert "mtu 1380" in lab.gw.ip("-o", "link", "show", lab.ifname)
-        assert extra in lab.gw.ip("-o", "addr", "show", "dev", lab.ifname)
-        wait_for(lambda: ":51829 " in lab.gw.run("ss", "-Hlun"), timeout=5)
-        lab.clients[0].set("peer", lab.public_key, "endpoint", "10.201.0.1:51829")
+        lab.backend.write_config(
+            [lab.peer(0)], (GATEWAY_TUNNEL, extra), listen_port=51829, mtu=1380
+        )
+        lab.backend.signal(signal.SIGHUP)
+        wait_for(lambda: "has MTU 1380" in lab.backend.log_text(), timeout=5)
+        assert "mtu 1380" in lab.gateway_ns.ip("-o", "link", "show", lab.backend.ifname)
+        assert extra in lab.gateway_ns.ip("-o", "addr", "show", "dev", lab.backend.ifname)
+        wait_for(lambda: ":51829 " in lab.gateway_ns.run("ss", "-Hlun"), timeout=5)
+        lab.clients[0].set("peer", lab.backend.public_key, "endpoint", "10.201.0.1:51829")
         lab.wait_ping(0, timeout=5)  # same session, new port
         # Taking the address out of the config takes it off the device.
-        lab.write_config([lab.peer(0)], listen_port=51829, mtu=1380)
-        lab.signal(signal.SIGHUP)
-        wait_for(lambda: extra not in lab.gw.ip("-o", "addr", "show", "dev", lab.ifname), 5)
+        lab.backend.write_config([lab.peer(0)], listen_port=51829, mtu=1380)
+        lab.backend.signal(signal.SIGHUP)
+        wait_for(
+            lambda: extra not in lab.gateway_ns.ip("-o", "addr", "show", "dev", lab.backend.ifname),
+            5,
+        )
         assert lab.ping(0, count=2, interval=0.1)
     finally:
         lab.close()
@@ -525,25 +564,28 @@ def test_tun_device_moved_keeps_forwarding_and_deleted_stops_cleanly(
     lab1: Lab, moved: bool
 ) -> None:
     started(lab1)
-    home = lab1.gw
+    home = lab1.gateway_ns
     if moved:
         # The standard WireGuard test setup: the device goes where the inner traffic lives,
         # the UDP socket stays where it was bound.
         home = lab1.hosts.add("fzo2in")
-        lab1.gw.ip("link", "set", lab1.ifname, "netns", home.name)
-        home.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab1.ifname)
-        home.ip("link", "set", lab1.ifname, "up")
+        lab1.gateway_ns.ip("link", "set", lab1.backend.ifname, "netns", home.name)
+        home.ip("addr", "add", GATEWAY_TUNNEL, "dev", lab1.backend.ifname)
+        home.ip("link", "set", lab1.backend.ifname, "up")
         lab1.wait_ping(0, dest="10.77.0.1", timeout=5)
-        assert lab1.readyz() == (200, "ready\n")
+        assert lab1.backend.readyz() == (200, "ready\n")
         assert lab1.ping(0, count=3, interval=0.05, dest="10.77.0.1")
-    assert lab1.proc is not None
-    family = [lab1.proc.pid, *(lab1.child_pid(r) for r in ("crypto", "udp", "worker0", "worker1"))]
-    assert lab1.socket_path.exists()
-    home.ip("link", "del", lab1.ifname)
-    assert lab1.proc.wait(10) == 0, lab1.log()
-    log = lab1.log()
+    assert lab1.backend.proc is not None
+    family = [
+        lab1.backend.proc.pid,
+        *(lab1.backend.child_pid(r) for r in ("crypto", "udp", "worker0", "worker1")),
+    ]
+    assert lab1.backend.socket_path.exists()
+    home.ip("link", "del", lab1.backend.ifname)
+    assert lab1.backend.proc.wait(10) == 0, lab1.backend.log_text()
+    log = lab1.backend.log_text()
     assert "TUN device gone" in log  # a worker saw EBADFD and exited with its own status
-    assert f"TUN device {lab1.ifname} was deleted: shutting down" in log
-    assert not lab1.socket_path.exists()
-    assert not list(Path(SHM_DIR).glob(f"fzgw.{lab1.ifname}.*"))
+    assert f"TUN device {lab1.backend.ifname} was deleted: shutting down" in log
+    assert not lab1.backend.socket_path.exists()
+    assert not list(Path(SHM_DIR).glob(f"fzgw.{lab1.backend.ifname}.*"))
     assert not [pid for pid in family if psutil.pid_exists(pid)]

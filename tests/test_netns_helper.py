@@ -1,4 +1,4 @@
-from tests.netns import Hosts, unique_name, veth
+from testbed.netns import Hosts, unique_name, veth
 
 
 def test_unique_names_fit_interface_limit() -> None:

@@ -1,6 +1,6 @@
 import errno
 
-from tests.netns import run, unique_name
+from testbed.netns import run, unique_name
 from tunio.device_state import device_gone_error, interface_up, queue_device_name
 from tunio.linux import open_multiqueue
 

@@ -7,7 +7,7 @@ import select
 
 import pytest
 
-from tests import tun_packets
+from testbed import tun_packets
 from tunio import Tun, TunError
 from tunio.fake import FakeTun
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests import tun_packets
-from tests.netns import Hosts, NetNS, unique_name
+from testbed import tun_packets
+from testbed.netns import Hosts, NetNS, unique_name
 from tunio import (
     DeviceExistsError,
     DeviceInUseError,

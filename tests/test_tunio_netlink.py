@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns import Hosts, NetNS, unique_name
+from testbed.netns import Hosts, NetNS, unique_name
 from tunio import NetlinkError, TunDeviceManager, TunError, TunQueue, open_multiqueue
 
 pytestmark = pytest.mark.netns

@@ -165,7 +165,7 @@ def test_kernel_accepts_a_super_packet_into_a_real_tcp_connection() -> None:
     import socket  # noqa: PLC0415 - only this test
     import time  # noqa: PLC0415
 
-    from tests.netns import NetNS, unique_name  # noqa: PLC0415
+    from testbed.netns import NetNS, unique_name  # noqa: PLC0415
     from tunio._netns import entered_netns  # noqa: PLC0415
     from tunio.linux import open_multiqueue  # noqa: PLC0415
 

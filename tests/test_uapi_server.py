@@ -20,7 +20,7 @@ import pytest
 from gateway.stats import PeerStats
 from gateway.uapi import SOCKET_DIR, UapiServer
 from gateway.uapi_model import UapiModel, clamp
-from tests.netns import unique_name
+from testbed.netns import unique_name
 
 
 def b64(data: bytes) -> str:

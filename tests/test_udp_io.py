@@ -23,7 +23,7 @@ from gateway.udp_io import (
     sockaddr_for,
     split_gro,
 )
-from tests.netns import Hosts, NetNS, veth
+from testbed.netns import Hosts, NetNS, veth
 
 A: Endpoint = ("192.0.2.1", 51820)
 B: Endpoint = ("2001:db8::2", 4500)

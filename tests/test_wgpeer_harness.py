@@ -1,7 +1,7 @@
 """The wireguard-go harness itself: two real wireguard-go peers reach each other."""
 
-from tests.netns import Hosts, veth
-from tests.wgpeer import WireGuardGo
+from testbed.netns import Hosts, veth
+from testbed.wgpeer import WireGuardGo
 
 
 def test_two_wireguard_go_peers_ping(netns_hosts: Hosts) -> None:

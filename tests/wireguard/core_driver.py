@@ -13,7 +13,7 @@ import time
 from ipaddress import ip_network
 
 from gateway.wireguard.device import Device
-from tests.wireguard.wire import icmp_echo, parse_echo
+from testbed.wire import icmp_echo, parse_echo
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from gateway.wireguard.constants import (
 from gateway.wireguard.crypto import public_key
 from gateway.wireguard.device import Device
 from gateway.wireguard.peer import Peer
-from tests.wireguard.wire import (
+from testbed.wire import (
     A_ENDPOINT,
     A_INNER,
     B_ENDPOINT,

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gateway.wireguard import messages
 from gateway.wireguard.constants import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
-from tests.wireguard.wire import A_ENDPOINT, A_INNER, B_INNER, Wire, ipv4_packet, make_wire
+from testbed.wire import A_ENDPOINT, A_INNER, B_INNER, Wire, ipv4_packet, make_wire
 
 _WIRE: Wire | None = None
 _SAMPLES: list[bytes] = []

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Hosts, veth
-from tests.wgpeer import WireGuardGo, wg_genkey, wg_pubkey
+from testbed.netns import Hosts, veth
+from testbed.wgpeer import WireGuardGo, wg_genkey, wg_pubkey
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_UNDERLAY, CORE_UNDERLAY = "10.203.0.1", "10.203.0.2"

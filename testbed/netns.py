@@ -14,7 +14,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 _counter = itertools.count()
@@ -102,9 +102,8 @@ def veth(a: NetNS, b: NetNS, addr_a: str, addr_b: str, *, mtu: int = 1500) -> tu
     return name_a, name_b
 
 
-def wait_for(predicate: object, timeout: float = 10, interval: float = 0.05) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 10, interval: float = 0.05) -> None:
     """Poll `predicate()` until true; raise TimeoutError naming it otherwise."""
-    assert callable(predicate)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

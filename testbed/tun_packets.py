@@ -1,4 +1,4 @@
-"""IPv4 packet builders and parsers for the TUN tests (ICMP echo, UDP)."""
+"""IPv4 packet builders and parsers (ICMP echo, UDP) for the TUN tests and bench_tunio."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ICMP_ECHO_REPLY = 0
 def checksum(data: bytes | bytearray) -> int:
     if len(data) % 2:
         data = bytes(data) + b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

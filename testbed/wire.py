@@ -1,4 +1,7 @@
-"""Two sans-I/O Devices joined by an in-memory wire, with a fake clock (test helper)."""
+"""Two sans-I/O Devices joined by an in-memory wire, with a fake clock.
+
+The core's unit tests and bench/bench_core.py drive the same wire.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +11,14 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 
 from gateway.wireguard.crypto import public_key
-from gateway.wireguard.device import Datagram, Device, Endpoint
+from gateway.wireguard.device import Datagram, Device
+from gateway.wireguard.peer import Endpoint
+from testbed.tun_packets import checksum
 
 A_ENDPOINT: Endpoint = ("192.0.2.1", 51820)
 B_ENDPOINT: Endpoint = ("192.0.2.2", 51821)
 A_INNER = "10.0.0.1"
 B_INNER = "10.0.0.2"
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 28, proto: int = 17) -> bytes:
@@ -64,13 +60,15 @@ class Wire:
             if self.lost:
                 continue
             for dst, data in out_a:
-                assert dst == B_ENDPOINT
+                if dst != B_ENDPOINT:
+                    raise RuntimeError(f"A sent to {dst}, not to B")
                 moved += 1
                 inner = self.b.handle_datagram(data, A_ENDPOINT, self.now)
                 if inner is not None:
                     self.delivered_to_b.append(inner)
             for dst, data in out_b:
-                assert dst == A_ENDPOINT
+                if dst != A_ENDPOINT:
+                    raise RuntimeError(f"B sent to {dst}, not to A")
                 moved += 1
                 inner = self.a.handle_datagram(data, B_ENDPOINT, self.now)
                 if inner is not None:

@@ -1,7 +1,7 @@
 """A real WireGuard peer for tests: wireguard-go inside a test namespace, driven by `wg`.
 
 Interoperating with wireguard-go and wireguard-tools from Debian is the proof that our
-protocol is right. Interface names are unique to the run (see tests/netns.py), so the control
+protocol is right. Interface names are unique to the run (see testbed/netns.py), so the control
 socket /var/run/wireguard/<name>.sock is ours and we may remove it if wireguard-go did not.
 """
 
@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.netns import WIREGUARD_RUN_DIR, NetNS, run, unique_name, wait_for
+from testbed.netns import WIREGUARD_RUN_DIR, NetNS, run, unique_name, wait_for
 
 
 def wg_genkey() -> str:
