@@ -15,8 +15,8 @@ from gateway.dataplane.flow import flow_worker
 from gateway.keys import generate_private_key, public_key
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
+from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 from tests.dataplane_fakes import LoopGateway, run_until_quiet, shuttle
-from tests.wireguard.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 
 START = 1000.0
 DROP_SLOTS = range(st.DROP_BASE, st.DROP_BASE + len(st.DROP_REASONS))

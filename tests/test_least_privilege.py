@@ -22,8 +22,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.gateway_lab import Lab, firezone_gw
-from tests.netns import WIREGUARD_RUN_DIR
+from testbed.addresses import client_specs
+from testbed.gateways import FirezoneGateway, firezone_executable
+from testbed.netns import WIREGUARD_RUN_DIR
+from testbed.topology import Topology
 from tests.test_systemd_unit import unit_control_dir_mode, unit_directives
 
 pytestmark = pytest.mark.netns
@@ -73,9 +75,12 @@ def status_fields(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
 
 
+Lab = Topology[FirezoneGateway]
+
+
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Lab(clients=1)
+    lab = Topology(FirezoneGateway(workers=2), client_specs(1))
     try:
         yield lab
     finally:
@@ -88,29 +93,31 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
     # What the unit sets up: config and key readable by the gateway's user (the key its own,
     # 0600); /run/wireguard root's with the unit's mode for the gateway's group; a runtime
     # directory of its own (RuntimeDirectory=firezone-gw).
-    lab.write_config([lab.peer(0)])
-    run_dir = lab.dir / "run-wireguard"
-    runtime_dir = lab.dir / "runtime"
+    gw = lab.backend
+    gw.write_config([lab.peer(0)])
+    run_dir = gw.dir / "run-wireguard"
+    runtime_dir = gw.dir / "runtime"
     run_dir.mkdir()
     runtime_dir.mkdir(mode=0o750)
     os.chown(run_dir, 0, GATEWAY_UID)
     run_dir.chmod(unit_control_dir_mode()[0])
-    for path in (lab.dir, lab.config_path, lab.key_file, runtime_dir):
+    for path in (gw.dir, gw.config_path, gw.key_file, runtime_dir):
         os.chown(path, GATEWAY_UID, GATEWAY_UID)
     assert WIREGUARD_RUN_DIR.is_dir()  # the clients' wireguard-go made it: the mount point
 
     python, env = unprivileged_python()
-    gateway = [*python, "-m", "gateway", "--config", str(lab.config_path), "--workers", "2"]
+    gateway = [*python, "-m", "gateway", "--config", str(gw.config_path), "--workers", "2"]
     env |= {"PYTHONDONTWRITEBYTECODE": "1", "FIREZONE_GW_RUNTIME_DIR": str(runtime_dir)}
     argv = ["sh", "-c", LAUNCH, "launch", str(GATEWAY_UID), str(run_dir), *gateway, "run"]
-    lab.start(argv, env=env)
+    gw.launch(lab.gateway_ns, argv, env)
+    gw.wait_ready()
     lab.connect_client(0)
     lab.wait_ping(0)
     assert lab.ping(0, count=3)
 
     # Every process of the gateway: the uid, and CAP_NET_ADMIN as the only capability.
-    assert lab.proc is not None
-    supervisor = psutil.Process(lab.proc.pid)
+    assert gw.proc is not None
+    supervisor = psutil.Process(gw.proc.pid)
     processes = [supervisor, *supervisor.children(recursive=True)]
     assert len(processes) >= 5  # supervisor, 2 workers, crypto, UDP
     for proc in processes:
@@ -123,10 +130,10 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
 
     # The control socket is the gateway's, and root's `wg` uses it (in the gateway's view
     # of /run/wireguard, as every `wg` on a systemd host sees it).
-    sock = run_dir / f"{lab.ifname}.sock"
+    sock = run_dir / f"{gw.ifname}.sock"
     assert (sock.stat().st_uid, sock.stat().st_mode & 0o077) == (GATEWAY_UID, 0)
     shown = subprocess.run(
-        ["nsenter", f"--target={lab.proc.pid}", "--mount", "--net", "wg", "show", lab.ifname],
+        ["nsenter", f"--target={gw.proc.pid}", "--mount", "--net", "wg", "show", gw.ifname],
         capture_output=True,
         text=True,
         timeout=30,
@@ -137,7 +144,7 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
 
     # Root's `firezone-gw show` reads the counters of a gateway running as another user.
     proc = subprocess.run(
-        [firezone_gw(), "--config", str(lab.config_path), "show"],
+        [firezone_executable(), "--config", str(gw.config_path), "show"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -147,5 +154,5 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
     assert proc.returncode == 0, proc.stderr
     assert lab.clients[0].public_key in proc.stdout
 
-    assert lab.stop() == 0, lab.log()
+    assert gw.stop() == 0, gw.log_text()
     assert not sock.exists()  # removed on the way out, as root's would be

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import stats
 from gateway.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
 from gateway.stats import StatsRegion, StatsSnapshot
-from tests.netns import wait_for
+from testbed.netns import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
