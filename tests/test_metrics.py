@@ -183,13 +183,17 @@ def test_render_every_family_has_help_and_type(region: StatsRegion) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("127.0.0.1:9586", ("127.0.0.1", 9586)), ("[::1]:80", ("::1", 80))],
+    [
+        ("127.0.0.1:9586", ("127.0.0.1", 9586)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:9586", ("127.0.0.1", 9586)),  # resolved, like the config's metrics.listen
+    ],
 )
 def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen(text) == expected
 
 
-@pytest.mark.parametrize("text", ["localhost:9586", "127.0.0.1", "1.2.3.4:70000", "1.2.3.4:x"])
+@pytest.mark.parametrize("text", ["[fe80::1%lo]:9586", "127.0.0.1", "1.2.3.4:70000", "1.2.3.4:x"])
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="metrics listen"):
         parse_listen(text)

@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
+from gateway.endpoint import format_endpoint
 from gateway.wireguard.device import Device
 from shm_ring.ring import Ring
 
@@ -149,7 +150,7 @@ class PeerStatsSync:
                     block[st.PEER_TABLE_FULL] += 1
                     continue
                 self._slots[key] = slot
-            endpoint = "" if peer.endpoint is None else _endpoint_text(peer.endpoint)
+            endpoint = "" if peer.endpoint is None else format_endpoint(peer.endpoint)
             if self._endpoints.get(key) != endpoint:
                 self.table.set_endpoint(slot, endpoint)
                 self._endpoints[key] = endpoint
@@ -164,11 +165,6 @@ class PeerStatsSync:
         for key in [k for k in self._slots if k not in live]:
             self.table.release(self._slots.pop(key))
             self._endpoints.pop(key, None)
-
-
-def _endpoint_text(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place on purpose
