@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-import gateway.endpoint
-
 _real_getaddrinfo = socket.getaddrinfo
 
 
@@ -23,4 +21,4 @@ def _local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def use_offline_dns(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.endpoint.socket, "getaddrinfo", _local_only)
+    monkeypatch.setattr(socket, "getaddrinfo", _local_only)
