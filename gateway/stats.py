@@ -30,6 +30,8 @@ from typing import Self
 
 import psutil
 
+from gateway.wireguard.constants import KEY_SIZE
+
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
 HEADER_SLOTS = 16
@@ -133,7 +135,7 @@ PEER_LAST_HANDSHAKE_NS = 5  # wall clock (time.time_ns()), 0 = never
 PEER_ENDPOINT_LEN = 6
 PEER_IN_USE = 7
 PEER_KEY_OFFSET = 8 * 8  # bytes within the slot
-PEER_KEY_BYTES = 32
+PEER_KEY_BYTES = KEY_SIZE
 PEER_ENDPOINT_OFFSET = PEER_KEY_OFFSET + PEER_KEY_BYTES
 PEER_ENDPOINT_BYTES = 64
 PEER_SLOT_WORDS = (PEER_ENDPOINT_OFFSET + PEER_ENDPOINT_BYTES) // 8

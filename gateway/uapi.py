@@ -28,6 +28,7 @@ from typing import Protocol
 
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint
 from gateway.endpoint import parse_endpoint as parse_endpoint_text
+from gateway.wireguard.constants import KEY_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ ERR_INVALID = -_errno.EINVAL
 ERR_PORT_IN_USE = -_errno.EADDRINUSE
 ERR_UNKNOWN = -55  # wireguard-go's IpcErrorUnknown
 
-KEY_LEN = 32
-ZERO_KEY = bytes(KEY_LEN)
+ZERO_KEY = bytes(KEY_SIZE)
 MAX_LINE_BYTES = 4096
 MAX_REQUEST_BYTES = 32 << 20  # ~1M allowed IPs; wireguard-go has no limit
 READ_AHEAD_BYTES = 256 << 10  # unparsed input kept per connection before reading pauses
@@ -148,8 +148,8 @@ class UapiBackend(Protocol):
 def parse_key(value: str, what: str) -> bytes:
     # Never quote the value: it may be a private or preshared key, and errors are logged.
     if not _HEX_KEY.fullmatch(value):
-        problem = "non-hex characters" if len(value) == 2 * KEY_LEN else f"{len(value)} characters"
-        raise UapiError(ERR_INVALID, f"{what}: expected {2 * KEY_LEN} hex digits, got {problem}")
+        problem = "non-hex characters" if len(value) == 2 * KEY_SIZE else f"{len(value)} characters"
+        raise UapiError(ERR_INVALID, f"{what}: expected {2 * KEY_SIZE} hex digits, got {problem}")
     return bytes.fromhex(value)
 
 

@@ -23,7 +23,8 @@ from gateway.uapi import (
     parse_endpoint,
     parse_set,
 )
-from gateway.uapi_model import UapiModel, clamp
+from gateway.wireguard.crypto import clamp
+from tests.uapi_model import UapiModel
 
 K1 = "11" * 32
 K2 = "22" * 32

@@ -21,9 +21,10 @@ import pytest
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.stats import PeerStats
 from gateway.uapi import SOCKET_DIR, UapiServer
-from gateway.uapi_model import UapiModel, clamp
+from gateway.wireguard.crypto import clamp
 from gateway.wireguard.device import Device as WgDevice
 from tests.netns import unique_name
+from tests.uapi_model import UapiModel
 
 
 def b64(data: bytes) -> str:
