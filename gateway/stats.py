@@ -31,6 +31,7 @@ from typing import Self
 import psutil
 
 from gateway.wireguard.constants import KEY_SIZE
+from gateway.wireguard.drops import Drop, DropLabel
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
@@ -82,38 +83,31 @@ COUNTER_NAMES: tuple[str, ...] = (
 
 # --- process block: drops by reason ---
 DROP_BASE = 24
-DROP_REASONS: tuple[str, ...] = (
-    "malformed",  # too short, unknown message type, bad IP header
-    "mac1_invalid",
-    "cookie_required",  # under load without a valid mac2
-    "rate_limited",
-    "unknown_receiver",  # transport/response for a session index we do not have
-    "decrypt_failed",
-    "replay",
-    "no_session",  # plaintext for a peer without a usable session
-    "allowed_ips",  # decrypted source not in the peer's allowed IPs
-    "no_route",  # plaintext destination matches no peer
-    "policy",
-    "ring_full",
-    "too_big",
-    "tun_write_failed",
-    "udp_send_failed",
-)
-DROP_MALFORMED = DROP_BASE + 0
-DROP_MAC1_INVALID = DROP_BASE + 1
-DROP_COOKIE_REQUIRED = DROP_BASE + 2
-DROP_RATE_LIMITED = DROP_BASE + 3
-DROP_UNKNOWN_RECEIVER = DROP_BASE + 4
-DROP_DECRYPT_FAILED = DROP_BASE + 5
-DROP_REPLAY = DROP_BASE + 6
-DROP_NO_SESSION = DROP_BASE + 7
-DROP_ALLOWED_IPS = DROP_BASE + 8
-DROP_NO_ROUTE = DROP_BASE + 9
-DROP_POLICY = DROP_BASE + 10
-DROP_RING_FULL = DROP_BASE + 11
-DROP_TOO_BIG = DROP_BASE + 12
-DROP_TUN_WRITE_FAILED = DROP_BASE + 13
-DROP_UDP_SEND_FAILED = DROP_BASE + 14
+# One slot per metric label, in DropLabel's order (the core owns the list).
+DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
+
+
+def drop_slot(label: DropLabel) -> int:
+    return DROP_BASE + DROP_REASONS.index(label)
+
+
+DROP_MALFORMED = drop_slot(DropLabel.MALFORMED)
+DROP_MAC1_INVALID = drop_slot(DropLabel.MAC1_INVALID)
+DROP_COOKIE_REQUIRED = drop_slot(DropLabel.COOKIE_REQUIRED)
+DROP_RATE_LIMITED = drop_slot(DropLabel.RATE_LIMITED)
+DROP_UNKNOWN_RECEIVER = drop_slot(DropLabel.UNKNOWN_RECEIVER)
+DROP_DECRYPT_FAILED = drop_slot(DropLabel.DECRYPT_FAILED)
+DROP_REPLAY = drop_slot(DropLabel.REPLAY)
+DROP_NO_SESSION = drop_slot(DropLabel.NO_SESSION)
+DROP_ALLOWED_IPS = drop_slot(DropLabel.ALLOWED_IPS)
+DROP_NO_ROUTE = drop_slot(DropLabel.NO_ROUTE)
+DROP_POLICY = drop_slot(DropLabel.POLICY)
+DROP_RING_FULL = drop_slot(DropLabel.RING_FULL)
+DROP_TOO_BIG = drop_slot(DropLabel.TOO_BIG)
+DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
+DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
+# Where the crypto process adds each of the core's drop counts.
+CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
 # --- process block: identity (written by the process itself in attach_process) ---
 PID = 56

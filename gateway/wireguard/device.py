@@ -45,6 +45,7 @@ from gateway.wireguard.constants import (
 )
 from gateway.wireguard.cookie import CookieChecker, LoadMonitor
 from gateway.wireguard.crypto import CryptoFailure, tai64n
+from gateway.wireguard.drops import Drop
 from gateway.wireguard.keypair import Keypair
 from gateway.wireguard.messages import (
     INITIATION_MAC1_END,
@@ -113,7 +114,7 @@ class Device:
         self.unix_time_offset = unix_time_offset
         self.max_staged_per_peer = max_staged_per_peer
         self.max_outbox = max_outbox
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[Drop] = Counter()
         self.counters: Counter[str] = Counter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
@@ -239,7 +240,7 @@ class Device:
         """A plaintext IP packet from the TUN: its encrypted datagram, or None (staged/dropped)."""
         size = len(packet)
         if size < _IPV4_HEADER:
-            self.drops["malformed_packet"] += 1
+            self.drops[Drop.MALFORMED_PACKET] += 1
             return None
         version = packet[0] >> 4
         if version == _IPV4:
@@ -247,10 +248,10 @@ class Device:
         elif version == _IPV6 and size >= _IPV6_HEADER:
             peer = self._allowed.lookup(packet[24:40])
         else:
-            self.drops["malformed_packet"] += 1
+            self.drops[Drop.MALFORMED_PACKET] += 1
             return None
         if peer is None:
-            self.drops["no_peer_for_destination"] += 1
+            self.drops[Drop.NO_PEER_FOR_DESTINATION] += 1
             return None
         kp = peer.keypairs.current
         if kp is None or not kp.usable_for_sending(now) or peer.staged:
@@ -263,7 +264,7 @@ class Device:
     ) -> tuple[Endpoint, Datagram] | None:
         endpoint = peer.endpoint
         if endpoint is None:
-            self.drops["no_endpoint"] += 1
+            self.drops[Drop.NO_ENDPOINT] += 1
             return None
         size = len(packet)
         padded = (size + 15) & ~15
@@ -298,7 +299,7 @@ class Device:
     def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
         if len(peer.staged) >= self.max_staged_per_peer:
             peer.staged.popleft()
-            self.drops["staged_overflow"] += 1
+            self.drops[Drop.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
         self.counters["staged"] += 1
         self._flush_staged(peer, now)
@@ -321,7 +322,7 @@ class Device:
 
     def _transmit(self, endpoint: Endpoint, data: Datagram) -> None:
         if len(self._outbox) >= self.max_outbox:
-            self.drops["outbox_overflow"] += 1
+            self.drops[Drop.OUTBOX_OVERFLOW] += 1
             return
         self._outbox.append((endpoint, data))
 
@@ -383,42 +384,42 @@ class Device:
         """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return None
         kind = data[0]
         if kind == MESSAGE_TRANSPORT:
             if size < KEEPALIVE_SIZE or size > MAX_TRANSPORT_SIZE:
-                self.drops["malformed"] += 1
+                self.drops[Drop.MALFORMED] += 1
                 return None
             return self._receive_transport(data, src, now)
         if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
             try:
                 self._receive_handshake(bytes(data), kind, src, now)
             except CryptoFailure:
-                self.drops["handshake_failed"] += 1
+                self.drops[Drop.HANDSHAKE_FAILED] += 1
                 self.counters["handshakes_rejected"] += 1
             return None
-        self.drops["malformed"] += 1
+        self.drops[Drop.MALFORMED] += 1
         return None
 
     def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
         kp = self._keypairs.get(receiver)
         if kp is None:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return None
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
-            self.drops["expired_keypair"] += 1
+            self.drops[Drop.EXPIRED_KEYPAIR] += 1
             return None
         size = len(data)
         out = bytearray(size - KEEPALIVE_SIZE)
         try:
             kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
         except InvalidTag:
-            self.drops["decrypt_failed"] += 1
+            self.drops[Drop.DECRYPT_FAILED] += 1
             return None
         if not kp.replay.validate(counter):
-            self.drops["replay"] += 1
+            self.drops[Drop.REPLAY] += 1
             return None
         peer = kp.peer
         keypairs = peer.keypairs
@@ -453,13 +454,13 @@ class Device:
             length = _IPV6_HEADER + int.from_bytes(out[4:6], "big")
             source = out[8:24]
         else:
-            self.drops["malformed_inner"] += 1
+            self.drops[Drop.MALFORMED_INNER] += 1
             return None
         if length > len(out) or length < _IPV4_HEADER:
-            self.drops["malformed_inner"] += 1
+            self.drops[Drop.MALFORMED_INNER] += 1
             return None
         if self._allowed.lookup(source) is not peer:
-            self.drops["spoofed_source"] += 1
+            self.drops[Drop.SPOOFED_SOURCE] += 1
             return None
         del out[length:]
         return out
@@ -482,18 +483,18 @@ class Device:
             MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE,
         }[kind]
         if len(msg) != expected:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
         identity, checker = self._identity, self._checker
         if identity is None or checker is None:
-            self.drops["no_private_key"] += 1
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
             return
         if kind == MESSAGE_COOKIE_REPLY:
             self._receive_cookie_reply(msg, now)
             return
         mac1_end = INITIATION_MAC1_END if kind == MESSAGE_INITIATION else RESPONSE_MAC1_END
         if not checker.check_mac1(msg, mac1_end):
-            self.drops["bad_mac1"] += 1
+            self.drops[Drop.BAD_MAC1] += 1
             return
         ip, source = _source_bytes(src)
         if self._load.record(now):
@@ -501,10 +502,10 @@ class Device:
                 (sender,) = _SENDER.unpack_from(msg)
                 self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
                 self.counters["cookie_replies_sent"] += 1
-                self.drops["under_load_cookie"] += 1
+                self.drops[Drop.UNDER_LOAD_COOKIE] += 1
                 return
             if not self._limiter.allow(ip, now):
-                self.drops["rate_limited"] += 1
+                self.drops[Drop.RATE_LIMITED] += 1
                 return
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(identity, msg, src, now)
@@ -514,25 +515,25 @@ class Device:
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)
         if reply is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
         peer = self._handshakes.get(reply.receiver)
         if peer is None:
             kp = self._keypairs.get(reply.receiver)
             peer = None if kp is None else kp.peer
         if peer is None:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
         elif peer.cookies.consume_reply(reply, now):
             self.counters["cookie_replies_received"] += 1
         else:
-            self.drops["bad_cookie_reply"] += 1
+            self.drops[Drop.BAD_COOKIE_REPLY] += 1
 
     def _receive_initiation(
         self, identity: Identity, msg: bytes, src: Endpoint, now: float
     ) -> None:
         initiation = parse_initiation(msg)
         if initiation is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
 
         def find(public_key: bytes) -> Handshake | None:
@@ -546,7 +547,7 @@ class Device:
             self.counters["handshakes_rejected"] += 1
             return
         if hs is None:
-            self.drops["unknown_peer"] += 1
+            self.drops[Drop.UNKNOWN_PEER] += 1
             self.counters["handshakes_rejected"] += 1
             return
         peer = self._peers[hs.remote_static]
@@ -567,11 +568,11 @@ class Device:
     def _receive_response(self, identity: Identity, msg: bytes, src: Endpoint, now: float) -> None:
         response = parse_response(msg)
         if response is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
         peer = self._handshakes.get(response.receiver)
         if peer is None:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         keys = peer.handshake.consume_response(identity, response)
         del self._handshakes[response.receiver]
@@ -619,7 +620,7 @@ class Device:
         timers = peer.timers
         if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
             timers.send_keepalive = None
-            self.drops["handshake_gave_up"] += len(peer.staged)
+            self.drops[Drop.HANDSHAKE_GAVE_UP] += len(peer.staged)
             peer.staged.clear()
             self._forget_handshake(peer)
             self.counters["handshakes_gave_up"] += 1
