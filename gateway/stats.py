@@ -7,7 +7,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
-    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp)
+    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
+               copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
 
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
@@ -114,10 +115,11 @@ PID = 56
 STARTED_MONO_NS = 57  # time.monotonic_ns() at attach (CLOCK_MONOTONIC is system-wide)
 BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the same block
 
-# --- ring block ---
-RING_FULL_EVENTS = 0  # written by the producer when send finds the ring full
-RING_OCCUPANCY = 1  # packets waiting; written by the consumer after each batch
-RING_CAPACITY = 2  # written once by the supervisor
+# --- ring block: all written by the supervisor once a second, copied from the ring's own
+# header (shm_ring.Ring.stats()), so the ring's producer and consumer never touch it ---
+RING_FULL_EVENTS = 0  # sends that found the ring full, ever
+RING_OCCUPANCY = 1  # packets waiting at the last copy
+RING_CAPACITY = 2  # slots
 
 # --- peer slot (words); all written by the crypto process ---
 PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
@@ -196,7 +198,7 @@ class ProcessStats:
 
 
 @dataclass(frozen=True, slots=True)
-class RingStats:
+class RingCounters:
     name: str
     capacity: int
     occupancy: int
@@ -222,7 +224,7 @@ class StatsSnapshot:
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
-    rings: tuple[RingStats, ...]
+    rings: tuple[RingCounters, ...]
     peers: tuple[PeerStats, ...]
 
     def process(self, role: str) -> ProcessStats:
@@ -488,7 +490,7 @@ class StatsRegion:
         for index, ring in enumerate(self.ring_names):
             start = self._ring_base + index * RING_SLOTS
             full, occupancy, capacity = self._words[start : start + 3].tolist()
-            rings.append(RingStats(ring, capacity, occupancy, full))
+            rings.append(RingCounters(ring, capacity, occupancy, full))
         return StatsSnapshot(
             taken_at=time.time(),
             workers=self.workers,

@@ -41,6 +41,7 @@ from gateway.wireguard.constants import (
     RESPONSE_SIZE,
     TAG_SIZE,
     TRANSPORT_HEADER_SIZE,
+    TRANSPORT_OVERHEAD,
     ZERO_KEYS_AFTER,
 )
 from gateway.wireguard.cookie import CookieChecker, LoadMonitor
@@ -412,7 +413,7 @@ class Device:
             self.drops[Drop.EXPIRED_KEYPAIR] += 1
             return None
         size = len(data)
-        out = bytearray(size - KEEPALIVE_SIZE)
+        out = bytearray(size - TRANSPORT_OVERHEAD)
         try:
             kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
         except InvalidTag:
