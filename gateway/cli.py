@@ -23,7 +23,7 @@ from gateway.config import (
     PeerConfig,
     load_config,
 )
-from gateway.endpoint import EndpointError, format_endpoint, parse_endpoint
+from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
 from gateway.logsetup import LogDirectiveError, setup_logging
 from gateway.metrics import parse_listen
 
@@ -37,7 +37,7 @@ class GlobalOptions:
     workers: int
     log_filter: str
     log_format: str | None  # None: human, or journald when stderr is the systemd journal
-    metrics_listen: tuple[str, int] | None = None
+    metrics_listen: Endpoint | None = None
 
 
 pass_global_options = click.make_pass_decorator(GlobalOptions)

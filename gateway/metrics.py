@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from gateway.endpoint import EndpointError, parse_endpoint, resolve_endpoint
+from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.stats import StatsSnapshot
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str) -> Endpoint:
     """'127.0.0.1:9586', '[::1]:9586' or 'localhost:9586' -> (address, port); port 0 = any."""
     try:
         return resolve_endpoint(parse_endpoint(text, min_port=0))
