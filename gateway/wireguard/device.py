@@ -47,6 +47,7 @@ from gateway.wireguard.constants import (
 from gateway.wireguard.cookie import CookieChecker, LoadMonitor
 from gateway.wireguard.crypto import CryptoFailure, tai64n
 from gateway.wireguard.drops import Drop
+from gateway.wireguard.indextable import IndexEntry
 from gateway.wireguard.keypair import Keypair
 from gateway.wireguard.messages import (
     INITIATION_MAC1_END,
@@ -119,8 +120,7 @@ class Device:
         self.counters: Counter[str] = Counter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
-        self._handshakes: dict[int, Peer] = {}
-        self._keypairs: dict[int, Keypair] = {}
+        self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
@@ -226,14 +226,19 @@ class Device:
 
     def _end_sessions(self, peer: Peer) -> None:
         for kp in peer.keypairs.clear():
-            self._keypairs.pop(kp.local_index, None)
+            self._index.pop(kp.local_index, None)
         self._forget_handshake(peer)
 
     def _forget_handshake(self, peer: Peer) -> None:
-        hs = peer.handshake
-        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
-            del self._handshakes[hs.local_index]
-        hs.clear()
+        self._drop_handshake_index(peer)
+        peer.handshake.clear()
+
+    def _drop_handshake_index(self, peer: Peer) -> None:
+        """Free the index of our pending initiation to `peer`, if it still has one."""
+        index = peer.handshake.local_index
+        entry = self._index.get(index) if index else None
+        if entry is not None and entry.peer is peer and entry.keypair is None:
+            del self._index[index]
 
     # ---- outbound data path ----------------------------------------------------------------
 
@@ -339,7 +344,7 @@ class Device:
     def _new_index(self) -> int:
         while True:
             index = int.from_bytes(self._rng(4), "little")
-            if index and index not in self._handshakes and index not in self._keypairs:
+            if index and index not in self._index:
                 return index
 
     def _initiate(self, peer: Peer, now: float, *, retry: bool) -> None:
@@ -360,7 +365,7 @@ class Device:
         msg = peer.handshake.create_initiation(
             identity, index, self._rng(KEY_SIZE), tai64n(now + self.unix_time_offset)
         )
-        self._handshakes[index] = peer
+        self._index[index] = IndexEntry(peer)
         peer.cookies.add_macs(msg, INITIATION_MAC1_END, now)
         self._sent_handshake(peer, now)
         self._transmit(peer.endpoint, bytes(msg))
@@ -405,8 +410,9 @@ class Device:
 
     def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
-        kp = self._keypairs.get(receiver)
-        if kp is None:
+        entry = self._index.get(receiver)
+        kp = None if entry is None else entry.keypair
+        if entry is None or kp is None:
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return None
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
@@ -422,12 +428,12 @@ class Device:
         if not kp.replay.validate(counter):
             self.drops[Drop.REPLAY] += 1
             return None
-        peer = kp.peer
+        peer = entry.peer
         keypairs = peer.keypairs
         if kp is keypairs.next:
             dropped = keypairs.confirm(kp)
             if dropped is not None:
-                self._keypairs.pop(dropped.local_index, None)
+                self._index.pop(dropped.local_index, None)
             self._handshake_complete(peer, now)
             self._flush_staged(peer, now)
         else:
@@ -518,13 +524,10 @@ class Device:
         if reply is None:
             self.drops[Drop.MALFORMED] += 1
             return
-        peer = self._handshakes.get(reply.receiver)
-        if peer is None:
-            kp = self._keypairs.get(reply.receiver)
-            peer = None if kp is None else kp.peer
-        if peer is None:
+        entry = self._index.get(reply.receiver)
+        if entry is None:
             self.drops[Drop.UNKNOWN_INDEX] += 1
-        elif peer.cookies.consume_reply(reply, now):
+        elif entry.peer.cookies.consume_reply(reply, now):
             self.counters["cookie_replies_received"] += 1
         else:
             self.drops[Drop.BAD_COOKIE_REPLY] += 1
@@ -554,12 +557,11 @@ class Device:
         peer = self._peers[hs.remote_static]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
-            del self._handshakes[hs.local_index]  # our own pending initiation lost the race
+        self._drop_handshake_index(peer)  # our own pending initiation lost the race
         index = self._new_index()
         response, keys = hs.create_response(index, self._rng(KEY_SIZE))
         peer.cookies.add_macs(response, RESPONSE_MAC1_END, now)
-        self._install(peer, Keypair(keys, now, peer), now)
+        self._install(peer, Keypair(keys, now), now)
         peer.timers.last_sent_handshake = now
         self._sent_handshake(peer, now)
         self._transmit(src, bytes(response))
@@ -571,22 +573,23 @@ class Device:
         if response is None:
             self.drops[Drop.MALFORMED] += 1
             return
-        peer = self._handshakes.get(response.receiver)
-        if peer is None:
+        entry = self._index.get(response.receiver)
+        if entry is None or entry.keypair is not None:  # only a pending initiation gets one
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return
+        peer = entry.peer
         keys = peer.handshake.consume_response(identity, response)
-        del self._handshakes[response.receiver]
+        del self._index[response.receiver]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        self._install(peer, Keypair(keys, now, peer), now)
+        self._install(peer, Keypair(keys, now), now)
         self._handshake_complete(peer, now)
         self._send_keepalive(peer, now)  # confirms the session to the responder
 
     def _install(self, peer: Peer, kp: Keypair, now: float) -> None:
         for old in peer.keypairs.install(kp):
-            self._keypairs.pop(old.local_index, None)
-        self._keypairs[kp.local_index] = kp
+            self._index.pop(old.local_index, None)
+        self._index[kp.local_index] = IndexEntry(peer, kp)
         peer.timers.zero_key_material = now + ZERO_KEYS_AFTER
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
