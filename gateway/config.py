@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from gateway import keys
+from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -30,7 +31,6 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Endpoint = tuple[str, int]
 _T = TypeVar("_T")
 
 
@@ -413,28 +413,14 @@ def _parse_network(text: str, path: str, errors: _Errors) -> IPNetwork | None:
 
 
 def _parse_endpoint(text: str, path: str, errors: _Errors) -> Endpoint | None:
+    """A numeric endpoint: names are resolved here, so only addresses reach the data plane."""
     try:
-        return _split_endpoint(text)
-    except ValueError as exc:
+        endpoint = parse_endpoint(text)
+    except EndpointError as exc:
         errors.add(path, f"expected host:port or [IPv6]:port, got {text!r} ({exc})")
         return None
-
-
-def _split_endpoint(text: str) -> Endpoint:
-    """`host:port` or `[v6]:port`; the host is a name or an IP address."""
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ValueError("no port")
-        ipaddress.IPv6Address(host)  # raises ValueError naming the bad address
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError("no port")
-        if ":" in host:
-            raise ValueError("put an IPv6 address in brackets")
-    if not host or any(c.isspace() for c in host):
-        raise ValueError("no host")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
-        raise ValueError(f"port must be 1..{MAX_PORT}")
-    return host, int(port_text)
+    try:
+        return resolve_endpoint(endpoint)
+    except EndpointError as exc:
+        errors.add(path, f"{exc} (from {text!r})")
+        return None

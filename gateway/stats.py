@@ -7,7 +7,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
-    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp)
+    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
+               copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
 
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
@@ -29,6 +30,9 @@ from multiprocessing import resource_tracker, shared_memory
 from typing import Self
 
 import psutil
+
+from gateway.wireguard.constants import KEY_SIZE
+from gateway.wireguard.drops import Drop, DropLabel
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
@@ -80,48 +84,42 @@ COUNTER_NAMES: tuple[str, ...] = (
 
 # --- process block: drops by reason ---
 DROP_BASE = 24
-DROP_REASONS: tuple[str, ...] = (
-    "malformed",  # too short, unknown message type, bad IP header
-    "mac1_invalid",
-    "cookie_required",  # under load without a valid mac2
-    "rate_limited",
-    "unknown_receiver",  # transport/response for a session index we do not have
-    "decrypt_failed",
-    "replay",
-    "no_session",  # plaintext for a peer without a usable session
-    "allowed_ips",  # decrypted source not in the peer's allowed IPs
-    "no_route",  # plaintext destination matches no peer
-    "policy",
-    "ring_full",
-    "too_big",
-    "tun_write_failed",
-    "udp_send_failed",
-)
-DROP_MALFORMED = DROP_BASE + 0
-DROP_MAC1_INVALID = DROP_BASE + 1
-DROP_COOKIE_REQUIRED = DROP_BASE + 2
-DROP_RATE_LIMITED = DROP_BASE + 3
-DROP_UNKNOWN_RECEIVER = DROP_BASE + 4
-DROP_DECRYPT_FAILED = DROP_BASE + 5
-DROP_REPLAY = DROP_BASE + 6
-DROP_NO_SESSION = DROP_BASE + 7
-DROP_ALLOWED_IPS = DROP_BASE + 8
-DROP_NO_ROUTE = DROP_BASE + 9
-DROP_POLICY = DROP_BASE + 10
-DROP_RING_FULL = DROP_BASE + 11
-DROP_TOO_BIG = DROP_BASE + 12
-DROP_TUN_WRITE_FAILED = DROP_BASE + 13
-DROP_UDP_SEND_FAILED = DROP_BASE + 14
+# One slot per metric label, in DropLabel's order (the core owns the list).
+DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
+
+
+def drop_slot(label: DropLabel) -> int:
+    return DROP_BASE + DROP_REASONS.index(label)
+
+
+DROP_MALFORMED = drop_slot(DropLabel.MALFORMED)
+DROP_MAC1_INVALID = drop_slot(DropLabel.MAC1_INVALID)
+DROP_COOKIE_REQUIRED = drop_slot(DropLabel.COOKIE_REQUIRED)
+DROP_RATE_LIMITED = drop_slot(DropLabel.RATE_LIMITED)
+DROP_UNKNOWN_RECEIVER = drop_slot(DropLabel.UNKNOWN_RECEIVER)
+DROP_DECRYPT_FAILED = drop_slot(DropLabel.DECRYPT_FAILED)
+DROP_REPLAY = drop_slot(DropLabel.REPLAY)
+DROP_NO_SESSION = drop_slot(DropLabel.NO_SESSION)
+DROP_ALLOWED_IPS = drop_slot(DropLabel.ALLOWED_IPS)
+DROP_NO_ROUTE = drop_slot(DropLabel.NO_ROUTE)
+DROP_POLICY = drop_slot(DropLabel.POLICY)
+DROP_RING_FULL = drop_slot(DropLabel.RING_FULL)
+DROP_TOO_BIG = drop_slot(DropLabel.TOO_BIG)
+DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
+DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
+# Where the crypto process adds each of the core's drop counts.
+CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
 # --- process block: identity (written by the process itself in attach_process) ---
 PID = 56
 STARTED_MONO_NS = 57  # time.monotonic_ns() at attach (CLOCK_MONOTONIC is system-wide)
 BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the same block
 
-# --- ring block ---
-RING_FULL_EVENTS = 0  # written by the producer when send finds the ring full
-RING_OCCUPANCY = 1  # packets waiting; written by the consumer after each batch
-RING_CAPACITY = 2  # written once by the supervisor
+# --- ring block: all written by the supervisor once a second, copied from the ring's own
+# header (shm_ring.Ring.stats()), so the ring's producer and consumer never touch it ---
+RING_FULL_EVENTS = 0  # sends that found the ring full, ever
+RING_OCCUPANCY = 1  # packets waiting at the last copy
+RING_CAPACITY = 2  # slots
 
 # --- peer slot (words); all written by the crypto process ---
 PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
@@ -133,7 +131,7 @@ PEER_LAST_HANDSHAKE_NS = 5  # wall clock (time.time_ns()), 0 = never
 PEER_ENDPOINT_LEN = 6
 PEER_IN_USE = 7
 PEER_KEY_OFFSET = 8 * 8  # bytes within the slot
-PEER_KEY_BYTES = 32
+PEER_KEY_BYTES = KEY_SIZE
 PEER_ENDPOINT_OFFSET = PEER_KEY_OFFSET + PEER_KEY_BYTES
 PEER_ENDPOINT_BYTES = 64
 PEER_SLOT_WORDS = (PEER_ENDPOINT_OFFSET + PEER_ENDPOINT_BYTES) // 8
@@ -200,7 +198,7 @@ class ProcessStats:
 
 
 @dataclass(frozen=True, slots=True)
-class RingStats:
+class RingCounters:
     name: str
     capacity: int
     occupancy: int
@@ -226,7 +224,7 @@ class StatsSnapshot:
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
-    rings: tuple[RingStats, ...]
+    rings: tuple[RingCounters, ...]
     peers: tuple[PeerStats, ...]
 
     def process(self, role: str) -> ProcessStats:
@@ -492,7 +490,7 @@ class StatsRegion:
         for index, ring in enumerate(self.ring_names):
             start = self._ring_base + index * RING_SLOTS
             full, occupancy, capacity = self._words[start : start + 3].tolist()
-            rings.append(RingStats(ring, capacity, occupancy, full))
+            rings.append(RingCounters(ring, capacity, occupancy, full))
         return StatsSnapshot(
             taken_at=time.time(),
             workers=self.workers,

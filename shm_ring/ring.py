@@ -157,7 +157,7 @@ def _check_arch() -> None:
         )
 
 
-def process_start_ticks(pid: int) -> int | None:
+def process_start_us(pid: int) -> int | None:
     """A process's start time in microseconds since the epoch, or None if it is gone.
 
     Together with the pid it identifies a process across pid reuse.
@@ -171,7 +171,7 @@ def process_start_ticks(pid: int) -> int | None:
 
 def owner_alive(pid: int, start_us: int) -> bool:
     """Whether the process that created a segment still runs (same pid and start time)."""
-    now = process_start_ticks(pid)
+    now = process_start_us(pid)
     return now is not None and abs(now - start_us) < _START_TIME_SLACK_US
 
 
@@ -240,7 +240,7 @@ class Ring:
             space_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             with mmap.mmap(fd, _HEADER_BYTES) as hm, memoryview(hm) as hv, hv.cast("Q") as words:
                 pid = os.getpid()
-                start = process_start_ticks(pid) or 0
+                start = process_start_us(pid) or 0
                 for word, value in (
                     (_W_SLOTS, slots),
                     (_W_SLOT_SIZE, slot_size),

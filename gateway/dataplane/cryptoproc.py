@@ -27,7 +27,9 @@ from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
+from gateway.endpoint import format_endpoint
 from gateway.wireguard.device import Device
+from gateway.wireguard.drops import Drop
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -36,31 +38,6 @@ BATCH = 100
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
-# The core's drop reasons, folded into the reasons the metrics export.
-DROP_REASON_SLOTS: dict[str, int] = {
-    "malformed": st.DROP_MALFORMED,
-    "malformed_inner": st.DROP_MALFORMED,
-    "malformed_packet": st.DROP_MALFORMED,
-    "bad_cookie_reply": st.DROP_MALFORMED,
-    "handshake_failed": st.DROP_MALFORMED,
-    "bad_mac1": st.DROP_MAC1_INVALID,
-    "under_load_cookie": st.DROP_COOKIE_REQUIRED,
-    "rate_limited": st.DROP_RATE_LIMITED,
-    "unknown_index": st.DROP_UNKNOWN_RECEIVER,
-    "unknown_peer": st.DROP_UNKNOWN_RECEIVER,
-    "decrypt_failed": st.DROP_DECRYPT_FAILED,
-    "expired_keypair": st.DROP_NO_SESSION,
-    "replay": st.DROP_REPLAY,
-    "replayed_timestamp": st.DROP_REPLAY,  # an initiation no newer than the last one
-    "handshake_flood": st.DROP_RATE_LIMITED,  # a second initiation within 20 ms
-    "spoofed_source": st.DROP_ALLOWED_IPS,
-    "no_peer_for_destination": st.DROP_NO_ROUTE,
-    "no_endpoint": st.DROP_NO_SESSION,
-    "staged_overflow": st.DROP_NO_SESSION,
-    "handshake_gave_up": st.DROP_NO_SESSION,
-    "no_private_key": st.DROP_NO_SESSION,
-    "outbox_overflow": st.DROP_RING_FULL,
-}
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
     "handshakes_completed": st.HANDSHAKES_COMPLETED,
@@ -138,7 +115,7 @@ class CounterSync:
 
     def __init__(self, block: memoryview) -> None:
         self.block = block
-        self._drops: Counter[str] = Counter()
+        self._drops: Counter[Drop] = Counter()
         self._events: Counter[str] = Counter()
 
     def sync(self, device: Device) -> None:
@@ -146,7 +123,7 @@ class CounterSync:
         for reason, count in device.drops.items():
             delta = count - self._drops[reason]
             if delta:
-                block[DROP_REASON_SLOTS.get(reason, st.DROP_MALFORMED)] += delta
+                block[st.CORE_DROP_SLOTS[reason]] += delta
                 self._drops[reason] = count
         for name, slot in EVENT_COUNTER_SLOTS.items():
             count = device.counters[name]
@@ -178,7 +155,7 @@ class PeerStatsSync:
                     block[st.PEER_TABLE_FULL] += 1
                     continue
                 self._slots[key] = slot
-            endpoint = "" if peer.endpoint is None else _endpoint_text(peer.endpoint)
+            endpoint = "" if peer.endpoint is None else format_endpoint(peer.endpoint)
             if self._endpoints.get(key) != endpoint:
                 self.table.set_endpoint(slot, endpoint)
                 self._endpoints[key] = endpoint
@@ -193,11 +170,6 @@ class PeerStatsSync:
         for key in [k for k in self._slots if k not in live]:
             self.table.release(self._slots.pop(key))
             self._endpoints.pop(key, None)
-
-
-def _endpoint_text(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class CryptoLoop(Generic[RingT]):

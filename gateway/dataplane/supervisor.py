@@ -49,7 +49,7 @@ from gateway.sdnotify import Notifier, watchdog_interval
 from gateway.show import stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
-from gateway.wireguard.constants import KEEPALIVE_SIZE as MESSAGE_OVERHEAD
+from gateway.wireguard.constants import TRANSPORT_OVERHEAD
 from shm_ring.ring import Ring
 from shm_ring.stale import cleanup_stale
 from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
@@ -146,7 +146,7 @@ class Supervisor:
         except TunError as exc:
             raise SupervisorError(str(exc)) from exc
         inner = self._max_inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
-        datagram_slot = HEADER_SIZE + MESSAGE_OVERHEAD + inner + 16  # + padding to 16
+        datagram_slot = HEADER_SIZE + TRANSPORT_OVERHEAD + inner + 16  # + padding to 16
         pid = os.getpid()
         ring_specs = {}
         for i in range(workers):

@@ -8,13 +8,14 @@ import select
 from gateway import stats as st
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
+from gateway.endpoint import Endpoint
 from gateway.udp_io import UdpIo
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
-Outgoing = list[tuple[tuple[str, int], bytes | memoryview]]
+Outgoing = list[tuple[Endpoint, bytes | memoryview]]
 MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
 
 
