@@ -19,6 +19,7 @@ from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.wireguard.device import Device
 from shm_ring.ring import Ring
@@ -171,20 +172,22 @@ def _endpoint_text(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place on purpose
+def run_crypto(  # noqa: PLR0912, PLR0913, PLR0915 - the one hot loop and its inputs, in one place
     device: Device,
     rings: CryptoRings,
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """Forever: move and transform packets between the rings; run timers."""
     from_udp, to_udp = rings.from_udp, rings.to_udp
     from_workers, to_workers = list(rings.from_workers), list(rings.to_workers)
     workers = len(to_workers)
     consumers = [from_udp, *from_workers]
-    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
+    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
     for fd in handlers:
         sleeper.watch(fd, select.EPOLLIN)
@@ -200,6 +203,7 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
     monotonic = time.monotonic
     busy_since = monotonic()
     while True:
+        beat()
         now = monotonic()
         work = False
         # Inbound only while every worker ring has room: otherwise wait (backpressure).
