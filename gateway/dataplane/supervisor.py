@@ -475,7 +475,12 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         self._stalls[child.role] = Stall()
-        child.spawn(lambda: setup_logging(self.options.log_filter, self.options.log_format))
+        options = self.options
+        child.spawn(
+            lambda: setup_logging(
+                options.log_filter, options.log_format, process=child.process_name
+            )
+        )
 
     def _restarts_due(self) -> list[float]:
         return [c.restart_at for c in self.children.values() if c.restart_at is not None]
