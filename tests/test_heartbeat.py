@@ -79,8 +79,9 @@ def test_stall_counts_only_time_without_progress_with_work_waiting() -> None:
     assert stall.look(progress=1, work_waiting=True, now=101.0) == 1.0
     assert stall.look(progress=1, work_waiting=True, now=104.0) == 4.0
     # Progress resets it.
-    assert stall.look(progress=2, work_waiting=True, now=105.0) == 0.0
+    assert stall.look(progress=12, work_waiting=True, now=105.0) == 0.0
     assert stall.since is None
+    assert stall.advanced == 11  # loop turns between the last two looks
 
 
 def test_heartbeat_costs_no_fd() -> None:

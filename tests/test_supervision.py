@@ -231,6 +231,25 @@ def test_an_idle_stopped_child_is_not_taken_for_hung(lab: Lab) -> None:
     wait_for(lambda: lab.readyz()[0] == 200, timeout=5)
 
 
+def voluntary_switches(pid: int) -> int:
+    """Times the process's main thread went to sleep (each epoll wait is one)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)$", status, re.MULTILINE)
+    assert match is not None
+    return int(match.group(1))
+
+
+def test_an_idle_gateway_supervisor_wakes_once_a_second(lab: Lab) -> None:
+    """Watching heartbeats adds no wake-ups while nothing moves (a session is still live,
+    so the crypto process wakes for its timers: that is not traffic)."""
+    assert lab.proc is not None
+    time.sleep(1)  # the fixture's last ping is over
+    before = voluntary_switches(lab.proc.pid)
+    time.sleep(6)
+    woke = voluntary_switches(lab.proc.pid) - before
+    assert woke <= 6 + 2, woke  # one tick a second; reading heartbeats twice would be 12
+
+
 # ---- restart backoff ------------------------------------------------------------------------
 
 

@@ -131,10 +131,12 @@ class Stall:
     last_progress: int = -1
     last_look: float = 0.0
     since: float | None = None  # no progress since then, with work waiting
+    advanced: int = 0  # loop turns between the last two looks
 
     def look(self, progress: int, work_waiting: bool, now: float) -> float:
         """Record one look; returns for how many seconds the child is stuck (0: it is not)."""
         moved = progress != self.last_progress
+        self.advanced = progress - self.last_progress if self.last_progress >= 0 else 0
         if moved or not work_waiting:
             self.since = None
         elif self.since is None:

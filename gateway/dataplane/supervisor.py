@@ -70,6 +70,11 @@ MIN_INNER_PACKET = 1500
 # A child with work waiting that makes no progress for this long is hung: it is restarted.
 HANG_TIMEOUT = 3.0
 TICK = 1.0
+# While children carry traffic their heartbeats are read this often, so a hang is seen
+# sooner; otherwise with the tick only. Timers alone turn a loop a few times per second: more
+# turns than BUSY_TURNS between two looks is traffic.
+BUSY_LOOK_INTERVAL = 0.5
+BUSY_TURNS = 10
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
 ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
 
@@ -450,9 +455,10 @@ class Supervisor:
         signals: list[int],
     ) -> None:
         watchdog = watchdog_interval()
-        next_tick = time.monotonic()
+        next_tick = next_look = time.monotonic()
+        working = False
         while not self.stopping:
-            wake_at = min([next_tick, *self._restarts_due()])
+            wake_at = min([next_tick, next_look, *self._restarts_due()])
             timeout = max(0.0, wake_at - time.monotonic())
             for fd, _ in epoll.poll(timeout):
                 if fd == wake_r.fileno():
@@ -469,9 +475,15 @@ class Supervisor:
                 self._announced = True
                 self.notifier.ready(self._status())
                 log.info("gateway %s running: the data plane forwards", self.name)
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
+            now = time.monotonic()
+            if now >= next_look:
+                working = self._check_heartbeats()
+                next_look = now + BUSY_LOOK_INTERVAL
+            if now >= next_tick:
+                next_tick = now + (min(TICK, watchdog / 2) if watchdog else TICK)
                 self._tick()
+            if not working:
+                next_look = max(next_look, next_tick)
 
     def _spawn(self, child: Child) -> None:
         self._stalls[child.role] = Stall()
@@ -581,7 +593,6 @@ class Supervisor:
         child.restart_at = now + delay
 
     def _tick(self) -> None:
-        self._kill_hung_children()
         if self.rt.stats is not None:
             self.rt.stats.sample_busy()
             for ring_name, ring in self.rt.rings.items():
@@ -599,11 +610,15 @@ class Supervisor:
             self._next_status = now + STATUS_INTERVAL
             self.notifier.status(self._status())
 
-    def _kill_hung_children(self) -> None:
-        """SIGKILL every child stuck with work waiting; its exit restarts it."""
+    def _check_heartbeats(self) -> bool:
+        """SIGKILL every child stuck with work waiting (its exit restarts it); returns
+        whether any child carries traffic or is stuck."""
         now = time.monotonic()
+        working = False
         for child in self.children.values():
             stuck = self._stuck_for(child, now)
+            stall = self._stalls.get(child.role)
+            working = working or stuck > 0 or (stall is not None and stall.advanced > BUSY_TURNS)
             if stuck >= HANG_TIMEOUT:
                 log.error(
                     "%s (pid %d) is hung: work waiting and no progress for %.1f s; restarting it",
@@ -613,6 +628,7 @@ class Supervisor:
                 )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
+        return working
 
     def _stuck_for(self, child: Child, now: float) -> float:
         """Look at a running child's heartbeat: seconds without progress with work waiting."""
