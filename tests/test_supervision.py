@@ -182,15 +182,23 @@ def stop_and_wait_restart(lab: Lab, role: str) -> tuple[int, float]:
     """SIGSTOP the child playing `role`; its pid and the seconds until its replacement
     attached."""
     old = lab.child_pid(role)
+    reasons = set()
+
+    def replaced() -> bool:
+        reasons.add(lab.readyz()[1].strip())
+        return lab.child_pid(role) not in (0, old)
+
     stopped_at = time.monotonic()
     os.kill(old, signal.SIGSTOP)
     try:
-        wait_for(lambda: lab.child_pid(role) not in (0, old), timeout=RESTART_LIMIT)
+        wait_for(replaced, timeout=RESTART_LIMIT)
     except TimeoutError:
         os.kill(old, signal.SIGKILL)  # not restarted: do not leave it stopped
         raise AssertionError(f"{role} not restarted in {RESTART_LIMIT} s:\n{lab.log()}") from None
     took = time.monotonic() - stopped_at
     assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+    # /readyz told while it happened (WATCHDOG=1 follows the same health check).
+    assert f"{role} has work waiting but makes no progress" in reasons, reasons
     return old, took
 
 

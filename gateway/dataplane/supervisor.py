@@ -821,8 +821,10 @@ def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, in
 
 def run_gateway(options: Options) -> int:
     try:
-        config = load_config(options.config_path, create_private_key=True)
+        # No local name for the config: the supervisor's is the only reference, which the
+        # workers and the UDP process drop after fork (Supervisor._forget_secrets).
+        supervisor = Supervisor(options, load_config(options.config_path, create_private_key=True))
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
-    return Supervisor(options, config).run()
+    return supervisor.run()
