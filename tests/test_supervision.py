@@ -214,6 +214,10 @@ def test_a_stopped_child_under_traffic_is_restarted(lab: Lab) -> None:
         print(f"{worker} restarted {took:.1f} s after SIGSTOP")
         assert f"{worker} (pid {old}) is hung: work waiting and no progress" in lab.log()
         lab.wait_ping(0, timeout=5)
+        # The UDP process waits on its socket, not on a ring: its heartbeat says so.
+        old, took = stop_and_wait_restart(lab, "udp")
+        print(f"udp restarted {took:.1f} s after SIGSTOP")
+        lab.wait_ping(0, timeout=5)
         old, took = stop_and_wait_restart(lab, "crypto")
         print(f"crypto restarted {took:.1f} s after SIGSTOP")
         assert f"crypto (pid {old}) is hung: work waiting and no progress" in lab.log()
