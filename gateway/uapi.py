@@ -560,6 +560,10 @@ class UapiServer:
     def fileno(self) -> int:
         return self._epoll.fileno()
 
+    def fds(self) -> tuple[int, ...]:
+        """Every fd the server needs (its epoll and the listening socket), for fd hygiene."""
+        return (self._epoll.fileno(), self._listener.fileno())
+
     @property
     def connections(self) -> int:
         return len(self._clients)

@@ -26,6 +26,7 @@ from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
 from gateway.wireguard.device import Device
@@ -311,13 +312,14 @@ class CryptoLoop(Generic[RingT]):
         return timeout
 
 
-def run_crypto(
+def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rings
     device: Device,
     rings: CryptoRings[Ring],
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
@@ -325,7 +327,8 @@ def run_crypto(
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]
-    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
+    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
     for fd in handlers:
         sleeper.watch(fd, select.EPOLLIN)
@@ -333,6 +336,7 @@ def run_crypto(
     monotonic = time.monotonic
     busy_since = monotonic()
     while True:
+        beat()
         if turn(monotonic()):
             continue
         timeout = loop.idle_timeout(monotonic())

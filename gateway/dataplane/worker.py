@@ -5,6 +5,7 @@ from __future__ import annotations
 import select
 
 from gateway import stats as st
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from shm_ring.ring import Ring
 from tunio.base import Tun
@@ -12,13 +13,21 @@ from tunio.base import Tun
 BATCH = 100  # packets per read from the TUN queue, as in the seed's recv_many
 
 
-def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryview) -> None:
+def run_worker(
+    tun: Tun,
+    to_crypto: Ring,
+    from_crypto: Ring,
+    counters: memoryview,
+    heartbeat: Heartbeat | None = None,
+) -> None:
     """Forever: TUN -> to_crypto (only while it has room), from_crypto -> TUN."""
-    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
+    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     tun_fd = tun.fileno()
     limit = to_crypto.slot_size
     c = counters
     while True:
+        beat()
         busy = False
         room = to_crypto.free_slots()
         if room:
