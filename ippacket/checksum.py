@@ -13,9 +13,11 @@ is zero), so an incrementally updated checksum is byte-identical to a recomputed
 
 from __future__ import annotations
 
+import struct
 from typing import TypeAlias
 
 _MOD = 0xFFFF
+_FIELD = struct.Struct("!H")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -55,3 +57,15 @@ def update(checksum: int, old: int, new: int) -> int:
     """
     folded = (_MOD - checksum + new - old) % _MOD
     return _MOD - folded if folded else 0
+
+
+def update_field(buf: memoryview, at: int, old: int, new: int, udp: bool) -> None:
+    """`update` applied to the checksum field at `buf[at:at + 2]` (one call per field on the
+    per-packet path). For UDP (`udp`), 0 means no checksum was computed (RFC 768) and stays
+    0, and a computed 0 is written as 0xFFFF."""
+    current: int = _FIELD.unpack_from(buf, at)[0]
+    if udp and not current:
+        return
+    folded = (_MOD - current + new - old) % _MOD
+    value = _MOD - folded if folded else 0
+    _FIELD.pack_into(buf, at, value or _MOD if udp else value)

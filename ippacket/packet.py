@@ -73,11 +73,12 @@ class IpPacket:
     e.g. a ring slot): reads decode from it and setters write into it. A read-only buffer
     (memoryview of bytes) parses and reads; setters on it raise TypeError."""
 
-    __slots__ = ("_buf", "_fragment", "_l4", "_protocol", "_version")
+    __slots__ = ("_buf", "_csum", "_fragment", "_l4", "_protocol", "_version")
     _buf: memoryview
     _version: int
     _protocol: int
     _l4: int  # offset of the transport header, -1 for a non-first fragment
+    _csum: int  # offset of the TCP/UDP/ICMP(v6) checksum, -1 for other transports
     _fragment: bool
 
     def __init__(self, buf: Buffer | bytes) -> None:
@@ -110,12 +111,12 @@ class IpPacket:
             raise MalformedPacket(f"IP version {version}")
         if total < size:
             view = view[:total]
-        if l4 >= 0:
-            _check_transport_header(view, version, protocol, l4)
+        csum = _check_transport_header(view, version, protocol, l4) if l4 >= 0 else -1
         self._buf = view
         self._version = version
         self._protocol = protocol
         self._l4 = l4
+        self._csum = csum
         self._fragment = is_fragment
 
     # --- IP layer ---------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class IpPacket:
     @property
     def source_port(self) -> int | None:
         """TCP or UDP source port; None for other protocols and non-first fragments."""
-        if self._l4 >= 0 and self._protocol in _CHECKSUM_AT:
+        if self._csum >= 0 and self._protocol in _CHECKSUM_AT:
             port: int = _U16.unpack_from(self._buf, self._l4)[0]
             return port
         return None
@@ -203,7 +204,7 @@ class IpPacket:
     @property
     def destination_port(self) -> int | None:
         """TCP or UDP destination port; None for other protocols and non-first fragments."""
-        if self._l4 >= 0 and self._protocol in _CHECKSUM_AT:
+        if self._csum >= 0 and self._protocol in _CHECKSUM_AT:
             port: int = _U16.unpack_from(self._buf, self._l4 + 2)[0]
             return port
         return None
@@ -265,10 +266,8 @@ class IpPacket:
             header = (buf[0] & 0x0F) * 4
             _U16.pack_into(buf, 10, 0)
             _U16.pack_into(buf, 10, checksum.internet_checksum(buf[:header]))
-        if self._fragment or self._l4 < 0:
-            return
-        at = self._transport_checksum_at()
-        if at < 0:
+        at = self._csum
+        if self._fragment or at < 0:
             return
         l4 = self._l4
         _U16.pack_into(buf, at, 0)
@@ -291,27 +290,17 @@ class IpPacket:
     # --- internals ----------------------------------------------------------------------------
 
     def _has(self, protocol: int) -> bool:
-        return self._protocol == protocol and self._l4 >= 0
+        return self._protocol == protocol and self._csum >= 0
 
     def _is_icmp(self) -> bool:
-        if self._l4 < 0:
-            return False
-        return self._protocol == (ICMP if self._version == 4 else ICMPV6)  # noqa: PLR2004
-
-    def _is_icmpv6(self) -> bool:
-        return self._version == 6 and self._protocol == ICMPV6 and self._l4 >= 0  # noqa: PLR2004
+        """ICMP in IPv4 or ICMPv6 in IPv6 (the only other transports given a checksum)."""
+        return self._csum >= 0 and self._protocol not in _CHECKSUM_AT
 
     def _is_echo(self) -> bool:
         if not self._is_icmp():
             return False
         echo = _ICMPV4_ECHO if self._version == 4 else _ICMPV6_ECHO  # noqa: PLR2004 - IP version
         return self._buf[self._l4] in echo
-
-    def _transport_checksum_at(self) -> int:
-        """Offset of the TCP/UDP/ICMP checksum; -1 when there is none we know."""
-        if (at := _CHECKSUM_AT.get(self._protocol)) is not None:
-            return self._l4 + at
-        return self._l4 + _ICMP_CHECKSUM_AT if self._is_icmp() else -1
 
     def _pseudo_header_sum(self, length: int) -> int:
         buf = self._buf
@@ -322,51 +311,44 @@ class IpPacket:
         return checksum.pseudo_header_sum(src, dst, self._protocol, length)
 
     def _set_address(self, offset: int, address: IpAddress) -> None:
-        if address.version != self._version:
-            raise ImpossiblePacket(f"IPv{address.version} address in an IPv{self._version} packet")
         buf = self._buf
-        end = offset + (4 if self._version == 4 else 16)  # noqa: PLR2004 - IP version
-        old = int.from_bytes(buf[offset:end])
         new = int(address)
-        buf[offset:end] = address.packed
         if self._version == 4:  # noqa: PLR2004 - IP version
-            _update_u16(buf, 10, old, new)
-        # TCP, UDP and ICMPv6 checksums cover a pseudo-header with the addresses; ICMPv4's not.
-        if self._l4 >= 0 and (self._protocol in _CHECKSUM_AT or self._is_icmpv6()):
-            self._update_transport_checksum(self._transport_checksum_at(), old, new)
+            if not isinstance(address, IPv4Address):
+                raise ImpossiblePacket(f"IPv6 address in an IPv4 packet ({address})")
+            old: int = _U32.unpack_from(buf, offset)[0]
+            _U32.pack_into(buf, offset, new)
+            checksum.update_field(buf, 10, old, new, False)
+        else:
+            if not isinstance(address, IPv6Address):
+                raise ImpossiblePacket(f"IPv4 address in an IPv6 packet ({address})")
+            old = int.from_bytes(buf[offset : offset + 16])
+            buf[offset : offset + 16] = new.to_bytes(16)
+        # TCP, UDP and ICMPv6 checksums cover a pseudo-header with the addresses; ICMPv4's not
+        # (protocol 1 has a checksum offset only in IPv4).
+        if self._csum >= 0 and self._protocol != ICMP:
+            checksum.update_field(buf, self._csum, old, new, self._protocol == UDP)
 
     def _port_checksum_at(self, field: str) -> int:
-        if self._l4 < 0 or self._protocol not in _CHECKSUM_AT:
+        if self._csum < 0 or self._protocol not in _CHECKSUM_AT:
             raise ImpossiblePacket(f"{field} in a packet without ports ({self!r})")
-        return self._l4 + _CHECKSUM_AT[self._protocol]
+        return self._csum
 
     def _echo_checksum_at(self, field: str) -> int:
         if not self._is_icmp():
             raise ImpossiblePacket(f"echo {field} in a packet that is not ICMP ({self!r})")
         if __debug__ and not self._is_echo():
             raise AssertionError(f"ICMP {field} only exists for echo requests and replies")
-        return self._l4 + _ICMP_CHECKSUM_AT
+        return self._csum
 
     def _set_l4_u16(self, at: int, value: int, checksum_at: int) -> None:
         if not 0 <= value <= _PORT_MAX:
             raise ImpossiblePacket(f"{value} does not fit in 16 bits")
+        buf = self._buf
         offset = self._l4 + at
-        old = _U16.unpack_from(self._buf, offset)[0]
-        _U16.pack_into(self._buf, offset, value)
-        self._update_transport_checksum(checksum_at, old, value)
-
-    def _update_transport_checksum(self, at: int, old: int, new: int) -> None:
-        if self._protocol == UDP:
-            current = _U16.unpack_from(self._buf, at)[0]
-            if current == 0:  # no checksum was computed (RFC 768): there is none to update
-                return
-            _U16.pack_into(self._buf, at, checksum.update(current, old, new) or 0xFFFF)
-            return
-        _update_u16(self._buf, at, old, new)
-
-
-def _update_u16(buf: memoryview, at: int, old: int, new: int) -> None:
-    _U16.pack_into(buf, at, checksum.update(_U16.unpack_from(buf, at)[0], old, new))
+        old: int = _U16.unpack_from(buf, offset)[0]
+        _U16.pack_into(buf, offset, value)
+        checksum.update_field(buf, checksum_at, old, value, self._protocol == UDP)
 
 
 def _walk_ipv6_extensions(view: memoryview, next_header: int, end: int) -> tuple[int, int, bool]:
@@ -395,14 +377,21 @@ def _walk_ipv6_extensions(view: memoryview, next_header: int, end: int) -> tuple
         offset += length
 
 
-def _check_transport_header(view: memoryview, version: int, protocol: int, l4: int) -> None:
+def _check_transport_header(view: memoryview, version: int, protocol: int, l4: int) -> int:
+    """Offset of the transport checksum after checking that the TCP, UDP or ICMP header is
+    complete; -1 for other transports (their bytes are opaque)."""
     room = len(view) - l4
     if protocol == TCP:
         header = (view[l4 + 12] >> 4) * 4 if room >= _TCP_MIN else 0
         if header < _TCP_MIN or header > room:
             raise MalformedPacket(f"TCP header of {header} bytes in {room} bytes")
-    elif protocol == UDP:
+        return l4 + _CHECKSUM_AT[TCP]
+    if protocol == UDP:
         if room < _UDP_HEADER:
             raise MalformedPacket(f"UDP header in {room} bytes")
-    elif protocol == (ICMP if version == 4 else ICMPV6) and room < _ICMP_HEADER:  # noqa: PLR2004
-        raise MalformedPacket(f"ICMP header in {room} bytes")
+        return l4 + _CHECKSUM_AT[UDP]
+    if protocol == (ICMP if version == 4 else ICMPV6):  # noqa: PLR2004 - IP version
+        if room < _ICMP_HEADER:
+            raise MalformedPacket(f"ICMP header in {room} bytes")
+        return l4 + _ICMP_CHECKSUM_AT
+    return -1

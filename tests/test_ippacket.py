@@ -70,6 +70,17 @@ def test_incremental_update_is_rfc_1624_equation_3() -> None:
     assert checksum.update(0xDD2F, 0x5555, 0x3285) == 0x0000
 
 
+def test_udp_checksum_field_update_never_writes_zero_and_keeps_none() -> None:
+    # 0xFFFF - 0x1234 + 0x1234 - 0 folds to 0: the updated sum is all ones, checksum 0.
+    for udp, expected in ((False, 0x0000), (True, 0xFFFF)):
+        field = bytearray((0x1234).to_bytes(2))
+        checksum.update_field(memoryview(field), 0, 0, 0x1234, udp)
+        assert int.from_bytes(field) == expected
+    none = bytearray(2)  # UDP checksum 0: none computed, nothing to update
+    checksum.update_field(memoryview(none), 0, 0, 0x1234, True)
+    assert none == bytearray(2)
+
+
 # --- parsing --------------------------------------------------------------------------------
 
 
