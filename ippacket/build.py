@@ -21,6 +21,7 @@ from ippacket.headers import (
     ICMPV6,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    IPV4,
     TCP,
     UDP,
     TcpHeader,
@@ -63,7 +64,7 @@ def ip_packet(
         )
     check_field("protocol", protocol, 8)
     check_field("TTL", ttl, 8)
-    if source.version == 4:  # noqa: PLR2004 - IP version
+    if source.version == IPV4:
         total = _IPV4_HEADER + len(payload)
         if total > _IP_LENGTH_MAX:
             raise ImpossiblePacket(f"IPv4 packet of {total} bytes (at most {_IP_LENGTH_MAX})")
@@ -144,7 +145,7 @@ def icmp_packet(  # noqa: PLR0913 - a packet's fields are the parameters; the op
         0,
         check_field("ICMP rest of header", rest_of_header, 32),
     )
-    protocol = ICMP if source.version == 4 else ICMPV6  # noqa: PLR2004 - IP version
+    protocol = ICMP if source.version == IPV4 else ICMPV6
     return ip_packet(source, destination, protocol, header + payload, ttl=ttl)
 
 
@@ -157,7 +158,7 @@ def icmp_echo_request(  # noqa: PLR0913 - a packet's fields are the parameters; 
     *,
     ttl: int = DEFAULT_TTL,
 ) -> IpPacket:
-    kind = ICMPV4_ECHO_REQUEST if source.version == 4 else ICMPV6_ECHO_REQUEST  # noqa: PLR2004
+    kind = ICMPV4_ECHO_REQUEST if source.version == IPV4 else ICMPV6_ECHO_REQUEST
     return _echo(source, destination, kind, (identifier, sequence), payload, ttl=ttl)
 
 
@@ -170,7 +171,7 @@ def icmp_echo_reply(  # noqa: PLR0913 - a packet's fields are the parameters; th
     *,
     ttl: int = DEFAULT_TTL,
 ) -> IpPacket:
-    kind = ICMPV4_ECHO_REPLY if source.version == 4 else ICMPV6_ECHO_REPLY  # noqa: PLR2004
+    kind = ICMPV4_ECHO_REPLY if source.version == IPV4 else ICMPV6_ECHO_REPLY
     return _echo(source, destination, kind, (identifier, sequence), payload, ttl=ttl)
 
 

@@ -12,6 +12,8 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
+IPV4 = 4
+IPV6 = 6
 ICMP = socket.IPPROTO_ICMP
 TCP = socket.IPPROTO_TCP
 UDP = socket.IPPROTO_UDP

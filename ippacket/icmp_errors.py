@@ -23,7 +23,7 @@ from ipaddress import IPv4Address
 
 from ippacket.build import DEFAULT_TTL, check_field, icmp_packet
 from ippacket.errors import ImpossiblePacket
-from ippacket.headers import ICMPV4_DESTINATION_UNREACHABLE, ICMPV6_DESTINATION_UNREACHABLE
+from ippacket.headers import ICMPV4_DESTINATION_UNREACHABLE, ICMPV6_DESTINATION_UNREACHABLE, IPV4
 from ippacket.headers import ICMPV6_PACKET_TOO_BIG as _V6_PACKET_TOO_BIG
 from ippacket.packet import IpAddress, IpPacket
 
@@ -62,7 +62,7 @@ def destination_unreachable(
     ttl: int = DEFAULT_TTL,
 ) -> IpPacket:
     """ICMPv4 type 3 or ICMPv6 type 1 with `reason`'s code, quoting `original`."""
-    if original.version == 4:  # noqa: PLR2004 - IP version
+    if original.version == IPV4:
         kind, code = ICMPV4_DESTINATION_UNREACHABLE, reason.icmpv4_code
     else:
         kind, code = ICMPV6_DESTINATION_UNREACHABLE, reason.icmpv6_code
@@ -78,7 +78,7 @@ def packet_too_big(
 ) -> IpPacket:
     """IPv4: fragmentation needed (type 3 code 4) with the next-hop MTU (RFC 1191); IPv6:
     packet too big (type 2) with the MTU (RFC 4443 3.2)."""
-    if original.version == 4:  # noqa: PLR2004 - IP version
+    if original.version == IPV4:
         if check_field("MTU", mtu, 16) < _IPV4_MTU_MIN:
             raise ImpossiblePacket(f"IPv4 MTU {mtu} below the minimum of {_IPV4_MTU_MIN}")
         kind, code = ICMPV4_DESTINATION_UNREACHABLE, _V4_FRAGMENTATION_NEEDED
@@ -100,14 +100,14 @@ def _error(  # noqa: PLR0913 - shared body of the two public error builders
 ) -> IpPacket:
     if original.is_icmp_error:
         raise ImpossiblePacket(f"no ICMP error about an ICMP error ({original!r})")
-    if original.version == 4 and original.l4_offset is None:  # noqa: PLR2004 - IP version
+    if original.version == IPV4 and original.l4_offset is None:
         raise ImpossiblePacket(f"no ICMP error about a non-first IPv4 fragment ({original!r})")
     destination = original.source
     source = original.destination if source is None else source
     for role, address in (("destination", destination), ("source", source)):
         if address.is_multicast or address.is_unspecified or address == _BROADCAST:
             raise ImpossiblePacket(f"ICMP error {role} {address} is not a unicast address")
-    if original.version == 4:  # noqa: PLR2004 - IP version
+    if original.version == IPV4:
         room = IPV4_ERROR_MAX - _ICMP_ERROR_HEADERS_V4
     else:
         room = IPV6_ERROR_MAX - _ICMP_ERROR_HEADERS_V6

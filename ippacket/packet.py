@@ -15,6 +15,11 @@ Fragments: a non-first fragment has no transport header: `l4_offset`, ports and 
 None, and `protocol` is the transport protocol its datagram carries. A first fragment has its
 transport header (RFC 7112 requires the whole header chain in it); its transport checksum
 covers the whole datagram, which incremental updates keep right.
+
+IPv6 Routing header with segments left: the transport checksum's pseudo-header holds the final
+destination from the Routing header (RFC 8200 8.1), so `set_destination` leaves it alone and
+`recompute_checksums` does not touch the transport checksum. A Home Address option (RFC 6275)
+is not looked for: the pseudo-header source is taken to be the IPv6 source.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from ippacket.headers import (
     ICMPV4_ERROR_TYPES,
     ICMPV6,
     ICMPV6_ERROR_TYPES_BELOW,
+    IPV4,
+    IPV6,
     TCP,
     UDP,
     Icmpv4Header,
@@ -52,6 +59,7 @@ _IPV6_HEADER = 40
 # Extension headers whose length is (8-bit field + 1) x 8: hop-by-hop, routing, destination
 # options, mobility, HIP, shim6 (RFC 8200 4, RFC 6275, RFC 7401, RFC 5533).
 _IPV6_EXTENSIONS = frozenset({0, 43, 60, 135, 139, 140})
+_IPV6_ROUTING = 43  # byte 3: segments left
 _IPV6_FRAGMENT = 44
 _IPV6_AUTH = 51  # length is (field + 2) x 4 (RFC 4302)
 _IPV6_SPECIAL = frozenset({_IPV6_FRAGMENT, _IPV6_AUTH})
@@ -73,13 +81,14 @@ class IpPacket:
     e.g. a ring slot): reads decode from it and setters write into it. A read-only buffer
     (memoryview of bytes) parses and reads; setters on it raise TypeError."""
 
-    __slots__ = ("_buf", "_csum", "_fragment", "_l4", "_protocol", "_version")
+    __slots__ = ("_buf", "_csum", "_fragment", "_l4", "_protocol", "_routed", "_version")
     _buf: memoryview
     _version: int
     _protocol: int
     _l4: int  # offset of the transport header, -1 for a non-first fragment
     _csum: int  # offset of the TCP/UDP/ICMP(v6) checksum, -1 for other transports
     _fragment: bool
+    _routed: bool  # IPv6 Routing header with segments left: the destination is not final
 
     def __init__(self, buf: Buffer | bytes) -> None:
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
@@ -87,7 +96,7 @@ class IpPacket:
         if not size:
             raise MalformedPacket("empty packet")
         version = view[0] >> 4
-        if version == 4:  # noqa: PLR2004 - IP version
+        if version == IPV4:
             if size < _IPV4_HEADER:
                 raise MalformedPacket(f"IPv4 packet of {size} bytes, shorter than a header")
             first, total, fragment, protocol = _V4_FIELDS.unpack_from(view)
@@ -99,14 +108,15 @@ class IpPacket:
             # A non-first fragment (offset != 0) carries no transport header.
             l4 = -1 if fragment & 0x1FFF else header
             is_fragment = bool(fragment & 0x3FFF)
-        elif version == 6:  # noqa: PLR2004 - IP version
+            routed = False
+        elif version == IPV6:
             if size < _IPV6_HEADER:
                 raise MalformedPacket(f"IPv6 packet of {size} bytes, shorter than a header")
             payload_length, next_header = _V6_FIELDS.unpack_from(view)
             total = _IPV6_HEADER + payload_length
             if total > size:
                 raise MalformedPacket(f"IPv6 payload length {payload_length} > {size - 40} read")
-            protocol, l4, is_fragment = _walk_ipv6_extensions(view, next_header, total)
+            protocol, l4, is_fragment, routed = _walk_ipv6_extensions(view, next_header, total)
         else:
             raise MalformedPacket(f"IP version {version}")
         if total < size:
@@ -118,6 +128,7 @@ class IpPacket:
         self._l4 = l4
         self._csum = csum
         self._fragment = is_fragment
+        self._routed = routed
 
     # --- IP layer ---------------------------------------------------------------------------
 
@@ -142,14 +153,14 @@ class IpPacket:
     @property
     def source(self) -> IpAddress:
         buf = self._buf
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             return IPv4Address(_U32.unpack_from(buf, 12)[0])
         return IPv6Address(int.from_bytes(buf[8:24]))
 
     @property
     def destination(self) -> IpAddress:
         buf = self._buf
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             return IPv4Address(_U32.unpack_from(buf, 16)[0])
         return IPv6Address(int.from_bytes(buf[24:40]))
 
@@ -165,11 +176,11 @@ class IpPacket:
 
     @property
     def ipv4(self) -> Ipv4Header | None:
-        return Ipv4Header(self._buf) if self._version == 4 else None  # noqa: PLR2004 - IP version
+        return Ipv4Header(self._buf) if self._version == IPV4 else None
 
     @property
     def ipv6(self) -> Ipv6Header | None:
-        return Ipv6Header(self._buf) if self._version == 6 else None  # noqa: PLR2004 - IP version
+        return Ipv6Header(self._buf) if self._version == IPV6 else None
 
     # --- transport layer --------------------------------------------------------------------
 
@@ -183,13 +194,13 @@ class IpPacket:
 
     @property
     def icmpv4(self) -> Icmpv4Header | None:
-        if self._version == 4 and self._has(ICMP):  # noqa: PLR2004 - IP version
+        if self._version == IPV4 and self._has(ICMP):
             return Icmpv4Header(self._buf, self._l4)
         return None
 
     @property
     def icmpv6(self) -> Icmpv6Header | None:
-        if self._version == 6 and self._has(ICMPV6):  # noqa: PLR2004 - IP version
+        if self._version == IPV6 and self._has(ICMPV6):
             return Icmpv6Header(self._buf, self._l4)
         return None
 
@@ -224,7 +235,7 @@ class IpPacket:
         if not self._is_icmp():
             return False
         kind = self._buf[self._l4]
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             return kind in ICMPV4_ERROR_TYPES
         return kind < ICMPV6_ERROR_TYPES_BELOW
 
@@ -240,10 +251,11 @@ class IpPacket:
     # --- setters: checksums follow incrementally (RFC 1624) -------------------------------------
 
     def set_source(self, address: IpAddress) -> None:
-        self._set_address(12 if self._version == 4 else 8, address)  # noqa: PLR2004 - IP version
+        self._set_address(12 if self._version == IPV4 else 8, address, True)
 
     def set_destination(self, address: IpAddress) -> None:
-        self._set_address(16 if self._version == 4 else 24, address)  # noqa: PLR2004 - IP version
+        # Behind a Routing header with segments left, the pseudo-header has another address.
+        self._set_address(16 if self._version == IPV4 else 24, address, not self._routed)
 
     def set_source_port(self, port: int) -> None:
         self._set_l4_u16(0, port, self._port_checksum_at("source port"))
@@ -262,12 +274,12 @@ class IpPacket:
         packets; rewrites update them incrementally). A fragment's transport checksum covers
         the whole datagram, so it is left alone."""
         buf = self._buf
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             header = (buf[0] & 0x0F) * 4
             _U16.pack_into(buf, 10, 0)
             _U16.pack_into(buf, 10, checksum.internet_checksum(buf[:header]))
         at = self._csum
-        if self._fragment or at < 0:
+        if self._fragment or self._routed or at < 0:
             return
         l4 = self._l4
         _U16.pack_into(buf, at, 0)
@@ -299,21 +311,21 @@ class IpPacket:
     def _is_echo(self) -> bool:
         if not self._is_icmp():
             return False
-        echo = _ICMPV4_ECHO if self._version == 4 else _ICMPV6_ECHO  # noqa: PLR2004 - IP version
+        echo = _ICMPV4_ECHO if self._version == IPV4 else _ICMPV6_ECHO
         return self._buf[self._l4] in echo
 
     def _pseudo_header_sum(self, length: int) -> int:
         buf = self._buf
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             src, dst = _U32.unpack_from(buf, 12)[0], _U32.unpack_from(buf, 16)[0]
         else:
             src, dst = int.from_bytes(buf[8:24]), int.from_bytes(buf[24:40])
         return checksum.pseudo_header_sum(src, dst, self._protocol, length)
 
-    def _set_address(self, offset: int, address: IpAddress) -> None:
+    def _set_address(self, offset: int, address: IpAddress, in_pseudo_header: bool) -> None:
         buf = self._buf
         new = int(address)
-        if self._version == 4:  # noqa: PLR2004 - IP version
+        if self._version == IPV4:
             if not isinstance(address, IPv4Address):
                 raise ImpossiblePacket(f"IPv6 address in an IPv4 packet ({address})")
             old: int = _U32.unpack_from(buf, offset)[0]
@@ -326,7 +338,7 @@ class IpPacket:
             buf[offset : offset + 16] = new.to_bytes(16)
         # TCP, UDP and ICMPv6 checksums cover a pseudo-header with the addresses; ICMPv4's not
         # (protocol 1 has a checksum offset only in IPv4).
-        if self._csum >= 0 and self._protocol != ICMP:
+        if in_pseudo_header and self._csum >= 0 and self._protocol != ICMP:
             checksum.update_field(buf, self._csum, old, new, self._protocol == UDP)
 
     def _port_checksum_at(self, field: str) -> int:
@@ -351,14 +363,17 @@ class IpPacket:
         checksum.update_field(buf, checksum_at, old, value, self._protocol == UDP)
 
 
-def _walk_ipv6_extensions(view: memoryview, next_header: int, end: int) -> tuple[int, int, bool]:
-    """(transport protocol, its offset or -1 for a non-first fragment, is a fragment).
-    Terminates: every extension header is at least 8 bytes and must fit before `end`."""
+def _walk_ipv6_extensions(
+    view: memoryview, next_header: int, end: int
+) -> tuple[int, int, bool, bool]:
+    """(transport protocol, its offset or -1 for a non-first fragment, is a fragment, has a
+    Routing header with segments left). Terminates: every extension header is at least 8
+    bytes and must fit before `end`."""
     offset = _IPV6_HEADER
-    fragment = False
+    fragment = routed = False
     while True:
         if next_header not in _IPV6_EXTENSIONS and next_header not in _IPV6_SPECIAL:
-            return next_header, offset, fragment
+            return next_header, offset, fragment, routed
         if offset + _IPV6_EXTENSION_MIN > end:
             raise MalformedPacket(f"IPv6 extension header {next_header} at {offset} truncated")
         if next_header == _IPV6_FRAGMENT:
@@ -366,11 +381,12 @@ def _walk_ipv6_extensions(view: memoryview, next_header: int, end: int) -> tuple
             field = _U16.unpack_from(view, offset + 2)[0]
             fragment = bool(field & 0xFFF9)  # offset or M set: not an atomic fragment
             if field & 0xFFF8:  # non-first fragment: the rest is payload
-                return view[offset], -1, True
+                return view[offset], -1, True, routed
         elif next_header == _IPV6_AUTH:
             length = (view[offset + 1] + 2) * 4
         else:
             length = (view[offset + 1] + 1) * 8
+            routed = routed or (next_header == _IPV6_ROUTING and view[offset + 3] != 0)
         if offset + length > end:
             raise MalformedPacket(f"IPv6 extension header {next_header} at {offset} truncated")
         next_header = view[offset]
@@ -390,7 +406,7 @@ def _check_transport_header(view: memoryview, version: int, protocol: int, l4: i
         if room < _UDP_HEADER:
             raise MalformedPacket(f"UDP header in {room} bytes")
         return l4 + _CHECKSUM_AT[UDP]
-    if protocol == (ICMP if version == 4 else ICMPV6):  # noqa: PLR2004 - IP version
+    if protocol == (ICMP if version == IPV4 else ICMPV6):
         if room < _ICMP_HEADER:
             raise MalformedPacket(f"ICMP header in {room} bytes")
         return l4 + _ICMP_CHECKSUM_AT

@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
 )
 
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket, build, checksum
@@ -225,6 +226,24 @@ def test_rewrite_updates_checksums_without_re_summing_the_payload() -> None:
         packet.set_source_port(999)
         data[-1] ^= 0xFF
         assert bytes(data) == recomputed(bytes(data))
+
+
+def test_destination_rewrite_behind_a_routing_header_keeps_the_transport_checksum() -> None:
+    """With segments left, the pseudo-header holds the Routing header's final destination
+    (RFC 8200 8.1), so the IPv6 destination is not part of the transport checksum."""
+    for segments_left in (0, 1):
+        data = bytearray(
+            bytes(
+                IPv6(src=str(A6), dst=str(B6))
+                / IPv6ExtHdrRouting(addresses=["2001:db8::99"], segleft=segments_left)
+                / UDP(sport=1, dport=2)
+                / b"data"
+            )
+        )
+        packet = IpPacket(data)
+        packet.set_destination(IPv6Address("2001:db8::77"))
+        packet.set_source(IPv6Address("2001:db8::66"))
+        assert bytes(data) == recomputed(bytes(data)), segments_left
 
 
 def test_udp_checksum_zero_stays_zero() -> None:
