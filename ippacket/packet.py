@@ -79,7 +79,8 @@ _PORT_MAX = 0xFFFF
 class IpPacket:
     """An IPv4 or IPv6 packet over a caller's buffer (a bytearray or a writable memoryview,
     e.g. a ring slot): reads decode from it and setters write into it. A read-only buffer
-    (memoryview of bytes) parses and reads; setters on it raise TypeError."""
+    (memoryview of bytes) parses and reads; setters on it raise TypeError. While the packet
+    exists, a bytearray it reads cannot change size (the memoryview pins it)."""
 
     __slots__ = ("_buf", "_csum", "_fragment", "_l4", "_protocol", "_routed", "_version")
     _buf: memoryview

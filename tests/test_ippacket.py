@@ -113,6 +113,15 @@ def test_ipv6_walks_extension_headers_to_udp() -> None:
     assert bytes(udp.payload) == b"query"
 
 
+def test_ipv6_walks_an_authentication_header() -> None:
+    # AH's length field counts 4-byte words minus 2 (RFC 4302), unlike other extensions.
+    ah = bytes([17, 4, 0, 0]) + bytes(20)  # next header UDP, (4 + 2) x 4 = 24 bytes
+    udp = bytes(UDP(sport=7, dport=9))
+    data = bytes(IPv6(src=str(A6), dst=str(B6), nh=51, plen=len(ah) + len(udp))) + ah + udp
+    packet = IpPacket(bytearray(data))
+    assert (packet.protocol, packet.l4_offset, packet.destination_port) == (17, 64, 9)
+
+
 def test_icmp_echo_fields_v4_and_v6() -> None:
     v4 = IpPacket(build.icmp_echo_request(A4, B4, 7, 8, b"x").data)
     v6 = IpPacket(build.icmp_echo_reply(A6, B6, 9, 10).data)
