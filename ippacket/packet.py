@@ -3,7 +3,10 @@
 Parsing (the constructor) reads the IP header, walks IPv6 extension headers and checks that
 the transport header it found is complete: O(number of headers), a few `struct.unpack_from`
 calls on the caller's buffer and one memoryview, nothing else. Every other field is decoded
-when asked for. Bytes past the IP total length (padding) are ignored.
+when asked for. Bytes past the IP total length (padding) are ignored. A transport header must
+be complete (TCP 20 bytes + its options, UDP 8, ICMP/ICMPv6 8: every message type defined has
+that much), also in a first fragment (RFC 1858's tiny fragments are malformed); other
+transports (and ICMP in IPv6 / ICMPv6 in IPv4) are opaque bytes after `l4_offset`.
 
 Errors: a packet that cannot be read raises `MalformedPacket` from the constructor, and only
 from there (never IndexError or struct.error from an accessor). Setters raise
