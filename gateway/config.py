@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from gateway import keys
+from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -53,6 +54,18 @@ class _PeerToml(msgspec.Struct, forbid_unknown_fields=True):
     allowed_ips: list[str] = msgspec.field(default_factory=list)
     endpoint: str | None = None
     persistent_keepalive: int | None = None
+    resources: list[str] = msgspec.field(default_factory=list)
+
+
+class _FilterToml(msgspec.Struct, forbid_unknown_fields=True):
+    protocol: str
+    ports: str | None = None
+
+
+class _ResourceToml(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    address: str
+    filters: list[_FilterToml] = msgspec.field(default_factory=list)
 
 
 class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,6 +88,7 @@ class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     # Sections stay untyped here and are converted one by one to collect every error.
     interface: dict[str, Any]
     peers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    resources: list[dict[str, Any]] = msgspec.field(default_factory=list)
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
     udp: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -104,6 +118,8 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...]
     endpoint: Endpoint | None
     persistent_keepalive: int | None
+    # Names of the [[resources]] this peer may reach (only enforced when resources exist).
+    resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +142,8 @@ class GatewayConfig:
     metrics: MetricsConfig
     source: str
     udp: UdpConfig = UdpConfig()
+    # No resources: no policy, every peer reaches everything routed behind the gateway.
+    resources: tuple[Resource, ...] = ()
 
 
 class ConfigError(Exception):
@@ -184,12 +202,14 @@ def parse_config_text(
     metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
     udp_toml = errors.convert("udp", root.udp, _UdpToml)
     peer_tomls = [errors.convert(f"peers[{i}]", p, _PeerToml) for i, p in enumerate(root.peers)]
+    resources = _validate_resources(root.resources, errors)
 
     interface = None
     if interface_toml is not None:
         interface = _validate_interface(interface_toml, base_dir, errors, create_private_key)
     checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
+    _check_grants(peer_tomls, {r.name for r in resources}, errors)
     metrics_listen = None
     if metrics_toml is not None:
         metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
@@ -204,6 +224,7 @@ def parse_config_text(
         metrics=MetricsConfig(metrics_listen),
         source=source,
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
+        resources=tuple(resources),
     )
 
 
@@ -328,6 +349,7 @@ class _PeerChecker:
             allowed_ips=tuple(allowed_ips),
             endpoint=endpoint,
             persistent_keepalive=toml.persistent_keepalive,
+            resources=tuple(dict.fromkeys(toml.resources)),
         )
 
     def _public_key(self, index: int, text: str) -> bytes | None:
@@ -358,6 +380,50 @@ class _PeerChecker:
             return None
         self.prefix_owner[network] = index
         return network
+
+
+def _validate_resources(raw: list[dict[str, Any]], errors: _Errors) -> list[Resource]:
+    resources: list[Resource] = []
+    owner: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        path = f"resources[{index}]"
+        toml = errors.convert(path, entry, _ResourceToml)
+        if toml is None:
+            continue
+        start = len(errors.lines)
+        network = None
+        if not 1 <= len(toml.name) <= MAX_NAME_LENGTH:
+            errors.add(
+                f"{path}.name", f"expected 1..{MAX_NAME_LENGTH} characters, got {len(toml.name)}"
+            )
+        elif owner.setdefault(toml.name, index) != index:
+            errors.add(
+                f"{path}.name",
+                f"duplicate: {toml.name!r} is already the name of resources[{owner[toml.name]}]",
+            )
+        try:
+            network = parse_resource_address(toml.address)
+        except ValueError as exc:
+            errors.add(f"{path}.address", str(exc))
+        filters = []
+        for position, item in enumerate(toml.filters):
+            try:
+                filters.append(parse_filter(item.protocol, item.ports))
+            except ValueError as exc:
+                errors.add(f"{path}.filters[{position}]", f"{toml.name}: {exc}")
+        if len(errors.lines) == start and network is not None:
+            resources.append(Resource(toml.name, network, tuple(filters)))
+    return resources
+
+
+def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _Errors) -> None:
+    for index, toml in enumerate(peer_tomls):
+        for position, name in enumerate(toml.resources if toml else ()):
+            if name not in names:
+                errors.add(
+                    f"peers[{index}].resources[{position}]",
+                    f"no resource is named {name!r}",
+                )
 
 
 def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared keys
