@@ -6,12 +6,14 @@ import random
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dns.forwarder import Client, Forwarder, ToClient, ToUpstream, Transport
+from gateway.dns.forwarder import Client, Forwarder, Lookup, ToClient, ToUpstream, Transport
 
 UP1, UP2 = ("10.98.0.2", 53), ("10.98.0.3", 53)
 ALICE = Client(Transport.UDP, "100.64.0.2", 40000)
@@ -207,3 +209,16 @@ def test_fuzz_never_raises(query_bytes: bytes, response_bytes: bytes) -> None:
     fwd.handle_response(UP1, Transport.UDP, sent.wire[:2] + response_bytes, 0.1)
     fwd.expire(100.0)
     assert fwd.in_flight == 0
+
+
+def test_lookups_for_the_gateway_itself_come_back_tagged() -> None:
+    fwd = Forwarder([UP1], rng=random.Random(7))
+    sent = forwarded(fwd.lookup(42, dns.name.from_text("app.corp.test"), dns.rdatatype.AAAA, 0.0))
+    back = to_client(fwd.handle_response(UP1, Transport.UDP, answer(sent.wire, "192.0.2.1"), 0.1))
+    assert back.client == Lookup(42)
+    failed = to_client(Forwarder([]).lookup(5, dns.name.from_text("x.test"), dns.rdatatype.A, 0.0))
+    assert failed.client == Lookup(5)
+    assert dns.message.from_wire(failed.wire).rcode() == dns.rcode.SERVFAIL
+    fwd.lookup(43, dns.name.from_text("slow.test"), dns.rdatatype.A, 0.0)
+    (timed_out,) = fwd.expire(10.0)
+    assert timed_out.client == Lookup(43)

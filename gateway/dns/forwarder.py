@@ -27,8 +27,10 @@ from enum import StrEnum
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdatatype
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 1000
@@ -54,6 +56,13 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class Lookup:
+    """A question the gateway asks for itself (the real addresses behind a DNS resource)."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class ToUpstream:
     upstream: Endpoint
     transport: Transport
@@ -62,7 +71,9 @@ class ToUpstream:
 
 @dataclass(frozen=True, slots=True)
 class ToClient:
-    client: Client
+    """An answer for `client`; for a `Lookup`, the upstream's answer to the gateway itself."""
+
+    client: Client | Lookup
     wire: bytes
 
 
@@ -71,7 +82,7 @@ Output = ToUpstream | ToClient
 
 @dataclass(slots=True)
 class _Pending:
-    client: Client
+    client: Client | Lookup
     client_id: int
     question: tuple[object, ...]
     query: bytes  # as sent upstream, with the gateway's id
@@ -113,9 +124,34 @@ class Forwarder:
                 return None
             rcode, reason = query
             return self._refuse(client, wire, rcode, reason)
+        self.counters["forwarded"] += 1
+        return self._send(client, client.transport, query, wire, now)
+
+    def lookup(
+        self, token: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, now: float
+    ) -> Output:
+        """Ask the upstreams for `name` on the gateway's own behalf; the answer comes back as
+        `ToClient(Lookup(token), ...)` (or a SERVFAIL after the timeout, or at once when no
+        upstream is configured or too many queries are in flight)."""
+        query = dns.message.make_query(name, rdtype)
+        wire = query.to_wire()
+        self.counters["lookups"] += 1
+        if not self.upstreams or len(self._pending) >= self.max_in_flight:
+            failure = dns.message.make_response(query)
+            failure.set_rcode(dns.rcode.SERVFAIL)
+            return ToClient(Lookup(token), failure.to_wire())
+        return self._send(Lookup(token), Transport.UDP, query, wire, now)
+
+    def _send(
+        self,
+        client: Client | Lookup,
+        transport: Transport,
+        query: dns.message.Message,
+        wire: bytes,
+        now: float,
+    ) -> ToUpstream:
         upstream = self.upstreams[self._next_upstream % len(self.upstreams)]
         self._next_upstream += 1
-        transport = client.transport
         gateway_id = self._free_id(upstream, transport)
         sent = gateway_id.to_bytes(2, "big") + wire[2:]
         pending = _Pending(
@@ -129,7 +165,6 @@ class Forwarder:
         self._pending[key] = pending
         self._sequence += 1
         heapq.heappush(self._deadlines, (pending.deadline, self._sequence, key))
-        self.counters["forwarded"] += 1
         return ToUpstream(upstream, transport, sent)
 
     def _admit(  # noqa: PLR0911 - one early return per reason to refuse
