@@ -47,11 +47,13 @@ class Transport(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who asked: the peer's address and port, and for TCP which connection."""
+    """Who asked: the peer's address and port, which of the server's sockets it asked
+    (so the answer leaves from the address the query went to), and for TCP which connection."""
 
     transport: Transport
     address: str
     port: int
+    listener: int = 0
     connection: int = 0
 
 
