@@ -334,7 +334,7 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
         lines.append(f"{len(config.resources)} resource{_plural(config.resources)}")
         for resource in config.resources:
             filters = ", ".join(str(f) for f in resource.filters) or "every protocol and port"
-            lines.append(f"  resource {resource.name}: {resource.network} ({filters})")
+            lines.append(f"  resource {resource.name}: {resource.address} ({filters})")
     else:
         lines.append("no resources: every peer reaches everything routed behind the gateway")
     lines.append(f"{len(config.peers)} peer{_plural(config.peers)}")

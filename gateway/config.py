@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import dns.resolver
 import msgspec
 
 from gateway import keys
@@ -26,6 +27,9 @@ MAX_PORT = 65535
 MAX_KEEPALIVE = 65535
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
+DEFAULT_DNS_PORT = 53
+DNS_PORT = 53  # of upstream servers given without a port
+RESOLV_CONF = Path("/etc/resolv.conf")
 # Bigger than any sensible config; guards against pointing --config at a huge file.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -68,6 +72,11 @@ class _ResourceToml(msgspec.Struct, forbid_unknown_fields=True):
     filters: list[_FilterToml] = msgspec.field(default_factory=list)
 
 
+class _DnsToml(msgspec.Struct, forbid_unknown_fields=True):
+    port: int = DEFAULT_DNS_PORT
+    upstreams: list[str] | None = None
+
+
 class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_METRICS_LISTEN
 
@@ -90,6 +99,7 @@ class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     peers: list[dict[str, Any]] = msgspec.field(default_factory=list)
     resources: list[dict[str, Any]] = msgspec.field(default_factory=list)
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    dns: dict[str, Any] | None = None
     udp: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -123,6 +133,14 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The DNS server for peers, on `port` of every tunnel address of the gateway."""
+
+    port: int
+    upstreams: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: Endpoint
 
@@ -144,6 +162,8 @@ class GatewayConfig:
     udp: UdpConfig = UdpConfig()
     # No resources: no policy, every peer reaches everything routed behind the gateway.
     resources: tuple[Resource, ...] = ()
+    # None: no DNS server (no [dns] table and no DNS resources).
+    dns: DnsConfig | None = None
 
 
 class ConfigError(Exception):
@@ -210,6 +230,9 @@ def parse_config_text(
     checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
     _check_grants(peer_tomls, {r.name for r in resources}, errors)
+    dns = None
+    if root.dns is not None or any(r.pattern is not None for r in resources):
+        dns = _validate_dns(root.dns or {}, interface, errors)
     metrics_listen = None
     if metrics_toml is not None:
         metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
@@ -225,6 +248,7 @@ def parse_config_text(
         source=source,
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
         resources=tuple(resources),
+        dns=dns,
     )
 
 
@@ -414,6 +438,58 @@ def _validate_resources(raw: list[dict[str, Any]], errors: _Errors) -> list[Reso
         if len(errors.lines) == start and network is not None:
             resources.append(Resource(toml.name, network, tuple(filters)))
     return resources
+
+
+def _validate_dns(
+    raw: dict[str, Any], interface: InterfaceConfig | None, errors: _Errors
+) -> DnsConfig | None:
+    toml = errors.convert("dns", raw, _DnsToml)
+    if toml is None:
+        return None
+    start = len(errors.lines)
+    _check_range("dns.port", toml.port, 1, MAX_PORT, errors)
+    if interface is not None and not interface.addresses:
+        errors.add("dns", "the DNS server listens on the interface addresses, but there are none")
+    if toml.upstreams is None:
+        texts, path = _resolv_conf_nameservers(), f"dns.upstreams (from {RESOLV_CONF})"
+    else:
+        texts, path = toml.upstreams, "dns.upstreams"
+    upstreams = []
+    for position, text in enumerate(texts):
+        upstream = _parse_upstream(text)
+        if upstream is None:
+            errors.add(
+                f"{path}[{position}]",
+                f"expected an IP address, IP:port or [IPv6]:port, got {text!r}",
+            )
+        else:
+            upstreams.append(upstream)
+    if not texts:
+        errors.add(path, "no upstream DNS server: give dns.upstreams")
+    if len(errors.lines) > start:
+        return None
+    return DnsConfig(port=toml.port, upstreams=tuple(upstreams))
+
+
+def _resolv_conf_nameservers() -> list[str]:
+    try:
+        resolver = dns.resolver.Resolver(filename=str(RESOLV_CONF))
+    except dns.resolver.NoResolverConfiguration:
+        return []
+    return [str(server) for server in resolver.nameservers]
+
+
+def _parse_upstream(text: str) -> Endpoint | None:
+    """A numeric upstream: `IP`, `IPv4:port` or `[IPv6]:port` (a name would need a resolver)."""
+    try:
+        return str(ipaddress.ip_address(text)), DNS_PORT
+    except ValueError:
+        pass
+    try:
+        host, port = _split_endpoint(text)
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return None
 
 
 def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _Errors) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config as config_module
 from gateway.cli import summary_lines
 from gateway.policy import Protocol
 from tests.test_config import (
@@ -106,7 +107,7 @@ def test_check_config_summary_lists_each_peers_resources(config_dir: Path) -> No
             '[[resources]]\nname = "a"\naddress = "10.1.0.0/33"\n',
             "",
             "gw.toml: resources[0].address: expected an IPv4 or IPv6 network such as "
-            "10.98.0.0/24, got '10.1.0.0/33'",
+            "10.98.0.0/24 or a DNS name such as app.corp.test or *.corp.test, got '10.1.0.0/33'",
         ),
         (
             '[[resources]]\nname = "a"\naddress = "10.1.0.0/16"\n'
@@ -152,3 +153,70 @@ def test_bad_resources_and_grants_are_named(
     extra = f"resources = [{grant}]" if grant else ""
     text = interface_table() + peer_table(PEER1, extra=extra) + resources
     assert expected in errors_of(text, config_dir)
+
+
+DNS_RESOURCE = """
+[[resources]]
+name = "app"
+address = "*.corp.test"
+filters = [{ protocol = "tcp", ports = "443" }]
+"""
+
+
+def test_dns_resource_and_dns_table(config_dir: Path) -> None:
+    text = (
+        interface_table()
+        + peer_table(PEER1, extra='resources = ["app"]')
+        + DNS_RESOURCE
+        + '[dns]\nport = 5353\nupstreams = ["10.98.0.2:53", "10.98.0.3", "[fd00:98::2]:5300"]\n'
+    )
+    config = parse(text, config_dir)
+    (app,) = config.resources
+    assert (app.network, str(app.pattern)) == (None, "*.corp.test")
+    assert config.dns is not None
+    assert config.dns.port == 5353
+    assert config.dns.upstreams == (("10.98.0.2", 53), ("10.98.0.3", 53), ("fd00:98::2", 5300))
+
+
+def test_no_dns_table_and_no_dns_resource_means_no_dns_server(config_dir: Path) -> None:
+    assert parse(interface_table() + peer_table() + RESOURCES, config_dir).dns is None
+
+
+def test_dns_upstreams_default_to_resolv_conf(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# comment\nsearch corp.test\nnameserver 10.98.0.9\nnameserver fd00::53\n")
+    monkeypatch.setattr(config_module, "RESOLV_CONF", resolv)
+    config = parse(interface_table() + DNS_RESOURCE, config_dir)
+    assert config.dns is not None
+    assert (config.dns.port, config.dns.upstreams) == (53, (("10.98.0.9", 53), ("fd00::53", 53)))
+    resolv.write_text("search corp.test\n")
+    assert (
+        f"gw.toml: dns.upstreams (from {resolv}): no upstream DNS server: give dns.upstreams"
+    ) in errors_of(interface_table() + DNS_RESOURCE, config_dir)
+
+
+@pytest.mark.parametrize(
+    ("dns_table", "expected"),
+    [
+        ('upstreams = ["dns.corp.test:53"]', "dns.upstreams[0]: expected an IP address"),
+        ('upstreams = ["10.98.0.2:0"]', "dns.upstreams[0]: expected an IP address"),
+        ("upstreams = []", "dns.upstreams: no upstream DNS server"),
+        ("port = 0", "dns.port: expected an integer in 1..65535, got 0"),
+        ('colour = "red"', "dns.colour: unknown key"),
+    ],
+)
+def test_bad_dns_tables_are_named(config_dir: Path, dns_table: str, expected: str) -> None:
+    text = interface_table() + f"[dns]\n{dns_table}\n"
+    assert any(expected in line for line in errors_of(text, config_dir)), expected
+
+
+def test_dns_needs_interface_addresses(config_dir: Path) -> None:
+    text = interface_table().replace(
+        'addresses = ["100.64.0.1/10", "fd00:2021:1111::1/107"]', "addresses = []"
+    )
+    assert (
+        "gw.toml: dns: the DNS server listens on the interface addresses, but there are none"
+        in errors_of(text + '[dns]\nupstreams = ["10.98.0.2"]\n', config_dir)
+    )

@@ -170,8 +170,12 @@ def test_parse_resource_address() -> None:
     assert str(parse_resource_address("fd00::1")) == "fd00::1/128"
     with pytest.raises(ValueError, match=r"host bits set; did you mean 10\.98\.0\.0/24"):
         parse_resource_address("10.98.0.1/24")
-    with pytest.raises(ValueError, match="expected an IPv4 or IPv6 network"):
-        parse_resource_address("db.corp")
+    for typo in ("10.98.0.0/33", "10.98.0.300", "fd00::g"):
+        with pytest.raises(ValueError, match="expected an IPv4 or IPv6 network"):
+            parse_resource_address(typo)
+    assert str(parse_resource_address("*.corp.test")) == "*.corp.test"
+    with pytest.raises(ValueError, match="not a host name label"):
+        parse_resource_address("db corp")
 
 
 def test_icmp_error_limiter_bursts_then_one_per_second() -> None:
@@ -237,21 +241,25 @@ def test_inbound_matches_brute_force(
                 return True
         return False
 
-    containing = [r for r in resources if r.name in granted and address in r.network]
+    def network(r: Resource) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        assert r.network is not None
+        return r.network
+
+    containing = [r for r in resources if r.name in granted and address in network(r)]
     permitting = [r for r in containing if permits(r)]
     decision = p.inbound(ALICE, address.packed, protocol, port)
     if permitting:
-        best = max(r.network.prefixlen for r in permitting)
+        best = max(network(r).prefixlen for r in permitting)
         assert decision.action is Action.ALLOW
         assert decision.resource is not None
         assert p.resources[decision.resource] in permitting
-        assert p.resources[decision.resource].network.prefixlen == best
+        assert network(p.resources[decision.resource]).prefixlen == best
     else:
         assert decision.action is Action.PROHIBIT
         if containing:
             assert decision.resource is not None
-            assert p.resources[decision.resource].network.prefixlen == max(
-                r.network.prefixlen for r in containing
+            assert network(p.resources[decision.resource]).prefixlen == max(
+                network(r).prefixlen for r in containing
             )
         else:
             assert decision.resource is None

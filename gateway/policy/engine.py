@@ -25,8 +25,8 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from gateway.policy.filters import IPPROTO_ICMP, IPPROTO_ICMPV6, FilterSet
-from gateway.policy.resources import Resource
+from gateway.policy.filters import IPPROTO_ICMP, IPPROTO_ICMPV6, Filter, FilterSet
+from gateway.policy.resources import IPNetwork, Resource
 
 CACHE_MAX_ENTRIES = 16384
 _V4_MULTICAST = int(ipaddress.IPv4Address("224.0.0.0")) >> 28  # 224.0.0.0/4
@@ -96,23 +96,35 @@ class Policy:
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.enabled = bool(self.resources)
         index_of = {r.name: i for i, r in enumerate(self.resources)}
-        compiled = [self._compile(i, r) for i, r in enumerate(self.resources)]
+        # Network resources only: DNS resources are matched by proxy address (gateway/nat/).
+        compiled = {
+            i: self._compile(i, r.network, r.filters)
+            for i, r in enumerate(self.resources)
+            if r.network is not None
+        }
         # Per peer, most specific first (the order `_best` relies on), then by name.
         self._grants: dict[Hashable, tuple[_Grant, ...]] = {
             peer: tuple(
                 sorted(
-                    {compiled[index_of[name]] for name in names},
+                    {compiled[index_of[n]] for n in names if index_of[n] in compiled},
                     key=lambda g: (-g.prefix_len, self.resources[g.index].name),
                 )
             )
             for peer, names in grants.items()
         }
+        self._granted_names = {
+            peer: sorted(set(names), key=lambda n: (-self._specificity(index_of[n]), n))
+            for peer, names in grants.items()
+        }
         self._own = frozenset(a.packed for a in own_addresses)
         self._cache: dict[tuple[Hashable, bytes, int, int, bool], Decision] = {}
 
+    def _specificity(self, index: int) -> int:
+        network = self.resources[index].network
+        return -1 if network is None else network.prefixlen
+
     @staticmethod
-    def _compile(index: int, resource: Resource) -> _Grant:
-        network = resource.network
+    def _compile(index: int, network: IPNetwork, filters: tuple[Filter, ...]) -> _Grant:
         shift = network.max_prefixlen - network.prefixlen
         return _Grant(
             index=index,
@@ -120,14 +132,14 @@ class Policy:
             key=int(network.network_address) >> shift,
             shift=shift,
             prefix_len=network.prefixlen,
-            filters=FilterSet(resource.filters),
+            filters=FilterSet(filters),
             allow=Decision(Action.ALLOW, index),
             prohibit=Decision(Action.PROHIBIT, index),
         )
 
     def granted(self, peer: Hashable) -> list[str]:
         """Names of the resources `peer` may reach, most specific first."""
-        return [self.resources[g.index].name for g in self._grants.get(peer, ())]
+        return list(self._granted_names.get(peer, ()))
 
     def inbound(
         self, peer: Hashable, destination: bytes, protocol: int, port_or_type: int
