@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,8 @@ import dns.rcode
 import dns.rrset
 
 from gateway.dns.forwarder import Forwarder
+from gateway.dns.names import parse_name_pattern
+from gateway.dns.resources import ProxyMapping, ResourceAnswers
 from gateway.dns.server import DnsServer
 
 ANSWERS = {"a.test.": "192.0.2.1", "b.test.": "192.0.2.2", "big.test.": "192.0.2.3"}
@@ -185,5 +188,31 @@ def test_garbage_gets_formerr_or_nothing_and_the_server_keeps_serving() -> None:
                 ok = await ask_udp(sock, listen, query("a.test", 10))
                 assert a_records(ok) == ["192.0.2.1"]
                 stalled.close()
+
+    asyncio.run(scenario())
+
+
+def test_dns_resource_answered_with_a_proxy_after_the_mapping_is_out() -> None:
+    async def scenario() -> None:
+        mappings: list[ProxyMapping] = []
+        async with upstream(0.0, "up") as (up, fake):
+            listen = ("127.0.0.1", free_port())
+            forwarder = Forwarder([up])
+            resources = ResourceAnswers(
+                [(0, parse_name_pattern("a.test"))], {"me": [0]}, {"127.0.0.1": "me"}.get, forwarder
+            )
+            server = DnsServer(forwarder, [listen], resources, mappings.append)
+            await server.start()
+            try:
+                with udp_client() as sock:
+                    answer = await ask_udp(sock, listen, query("a.test", 11))
+                    other = await ask_udp(sock, listen, query("b.test", 12))
+            finally:
+                await server.close()
+        (mapping,) = mappings
+        assert mapping.real_v4 == (ipaddress.IPv4Address("192.0.2.1"),)
+        assert a_records(answer) == [str(mapping.proxies.v4)]
+        assert a_records(other) == ["192.0.2.2"]  # not a resource: forwarded
+        assert sorted(fake.seen) == ["a.test.", "a.test.", "b.test."]  # A and AAAA lookups
 
     asyncio.run(scenario())

@@ -25,11 +25,11 @@ from gateway.dns.forwarder import (
     Endpoint,
     Forwarder,
     Lookup,
-    Output,
     ToClient,
     ToUpstream,
     Transport,
 )
+from gateway.dns.resources import Event, ProxyMapping, ResourceAnswers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MAX_TCP_CLIENTS = 128
 TCP_IDLE = 10.0
 MAX_MESSAGE = 65535
 
-LookupHandler = Callable[[Lookup, bytes], None]
+MappingHandler = Callable[[ProxyMapping], None]
 
 
 def normalize(endpoint: Endpoint) -> Endpoint:
@@ -74,11 +74,13 @@ class DnsServer:
         self,
         forwarder: Forwarder,
         listen: Sequence[Endpoint],
-        on_lookup: LookupHandler | None = None,
+        resources: ResourceAnswers | None = None,
+        on_mapping: MappingHandler | None = None,
     ) -> None:
         self.forwarder = forwarder
         self.listen = tuple(listen)
-        self.on_lookup = on_lookup
+        self.resources = resources
+        self.on_mapping = on_mapping
         self._listeners: list[asyncio.DatagramTransport] = []
         self._upstream: dict[int, asyncio.DatagramTransport] = {}
         self._tcp_servers: list[asyncio.Server] = []
@@ -130,10 +132,19 @@ class DnsServer:
     # ---- queries and answers --------------------------------------------------------------
 
     def query(self, client: Client, wire: bytes) -> None:
-        self.dispatch(self.forwarder.handle_query(client, wire, time.monotonic()))
+        now = time.monotonic()
+        if self.resources is not None:
+            for event in self.resources.handle_query(client, wire, now):
+                self.dispatch(event)
+        else:
+            self.dispatch(self.forwarder.handle_query(client, wire, now))
 
-    def dispatch(self, output: Output | None) -> None:
+    def dispatch(self, output: Event | None) -> None:
         if output is None:
+            return
+        if isinstance(output, ProxyMapping):
+            if self.on_mapping is not None:
+                self.on_mapping(output)
             return
         if isinstance(output, ToUpstream):
             self._wake.set()  # a new deadline
@@ -147,8 +158,9 @@ class DnsServer:
     def _answer(self, answer: ToClient) -> None:
         client = answer.client
         if isinstance(client, Lookup):
-            if self.on_lookup is not None:
-                self.on_lookup(client, answer.wire)
+            if self.resources is not None:
+                for event in self.resources.handle_lookup(client, answer.wire, time.monotonic()):
+                    self.dispatch(event)
             return
         if client.transport is Transport.UDP:
             self._listeners[client.listener].sendto(answer.wire, (client.address, client.port))
