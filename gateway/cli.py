@@ -333,11 +333,24 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
         f"  public key {keys.encode_key(interface.public_key)}",
         f"  addresses {addresses}",
         f"metrics on {format_endpoint(config.metrics.listen)}",
-        f"{len(config.peers)} peer{'' if len(config.peers) == 1 else 's'}",
     ]
+    if config.resources:
+        lines.append(f"{len(config.resources)} resource{_plural(config.resources)}")
+        for resource in config.resources:
+            filters = ", ".join(str(f) for f in resource.filters) or "every protocol and port"
+            lines.append(f"  resource {resource.name}: {resource.address} ({filters})")
+    else:
+        lines.append("no resources: every peer reaches everything routed behind the gateway")
+    lines.append(f"{len(config.peers)} peer{_plural(config.peers)}")
     for peer in config.peers:
         allowed = ", ".join(str(n) for n in peer.allowed_ips) or "none"
         lines.append(f"  peer {keys.encode_key(peer.public_key)}: allowed IPs {allowed}")
         if peer.endpoint is not None:
             lines.append(f"    endpoint {format_endpoint(peer.endpoint)}")
+        if config.resources:
+            lines.append(f"    resources {', '.join(peer.resources) or 'none'}")
     return lines
+
+
+def _plural(items: Sequence[object]) -> str:
+    return "" if len(items) == 1 else "s"
