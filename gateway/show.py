@@ -5,15 +5,14 @@ from __future__ import annotations
 import base64
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import psutil
 
-from gateway.stats import HEADER_SLOTS, MAGIC, StatsSnapshot
-from shm_ring.ring import SHM_DIR
+from gateway import runtime_dir
+from gateway.stats import StatsSnapshot, read_header
 
 # A segment is created after its supervisor started; allow for the granularity of the
 # process start time when comparing the two.
@@ -34,41 +33,47 @@ def stats_segment_name(interface: str, pid: int) -> str:
     return f"fzgw.{interface}.{pid}.stats"
 
 
-def find_stats_segment(interface: str, shm_dir: Path = Path(SHM_DIR)) -> str | None:
+def find_stats_segment(interface: str, directory: Path | None = None) -> str | None:
     """The counters of the live gateway serving `interface`, or None when none runs.
 
-    Segments are fzgw.<interface>.<supervisor pid>.stats; one whose supervisor is gone (a
-    crash, or a pid now used by another process) is skipped. Of several live ones (should
-    not happen: the device name is exclusive) the newest wins.
+    Segments are fzgw.<interface>.<supervisor pid>.stats in the runtime directory; one whose
+    supervisor is gone (a crash, or a pid now used by another process), or that is not a
+    well-formed segment (a fifo, a link, wrong owner, size or header), is skipped. Of several
+    live ones (should not happen: the device name is exclusive) the newest wins. Raises
+    UnsafePathError when the directory itself could have been written by someone else.
     """
     pattern = re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+    try:
+        dir_fd, owner = runtime_dir.open_dir(directory)
+    except FileNotFoundError:
+        return None
     best: tuple[int, str] | None = None
     try:
-        entries = list(os.scandir(shm_dir))
-    except OSError:
-        return None
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match is None:
-            continue
-        created_ns = _created_ns(entry.path)
-        if created_ns is None or not _alive_since(int(match.group(1)), created_ns):
-            continue
-        if best is None or created_ns > best[0]:
-            best = (created_ns, entry.name)
+        for name in os.listdir(dir_fd):
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            created_ns = _created_ns(dir_fd, name, owner)
+            if created_ns is None or not _alive_since(int(match.group(1)), created_ns):
+                continue
+            if best is None or created_ns > best[0]:
+                best = (created_ns, name)
+    finally:
+        os.close(dir_fd)
     return None if best is None else best[1]
 
 
-def _created_ns(path: str) -> int | None:
+def _created_ns(dir_fd: int, name: str, owner: int) -> int | None:
     try:
-        with open(path, "rb") as segment:
-            header = segment.read(HEADER_SLOTS * 8)
+        fd, size = runtime_dir.open_file(dir_fd, name, owner)
     except OSError:
         return None
-    if len(header) < HEADER_SLOTS * 8:
+    try:
+        return read_header(fd, size, name).created_ns
+    except (OSError, ValueError):
         return None
-    magic, _version, _workers, _peers, created = struct.unpack_from("=5Q", header)
-    return int(created) if magic == MAGIC else None
+    finally:
+        os.close(fd)
 
 
 def _alive_since(pid: int, created_ns: int) -> bool:

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.runtime_dir import runtime_dir
 from gateway.show import find_stats_segment
 from gateway.stats import StatsRegion
-from shm_ring.ring import SHM_DIR
 from tests.netns import WIREGUARD_RUN_DIR, Hosts, unique_name, veth, wait_for
 from tests.wgpeer import WireGuardGo, wg_genkey, wg_pubkey
 from tunio._netns import entered_netns
@@ -260,7 +260,7 @@ class Lab:
         # After a gateway that had to be killed: its socket and segments (names are ours).
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        for leftover in Path(SHM_DIR).glob(f"fzgw.{self.ifname}.*"):
+        for leftover in runtime_dir().glob(f"fzgw.{self.ifname}.*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         self._dir.cleanup()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shm_ring.ring import SHM_DIR
+from gateway import runtime_dir
 from tests.gateway_lab import (
     GATEWAY_TUNNEL,
     LISTEN_PORT,
@@ -306,6 +306,18 @@ def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1:
 # ---- SIGHUP reload ------------------------------------------------------------------------
 
 
+def test_gateway_has_no_resource_tracker_process(lab1: Lab) -> None:
+    started(lab1)
+    assert lab1.proc is not None
+    family = psutil.Process(lab1.proc.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in family]
+    assert len(commands) == 4  # worker0, worker1, crypto, udp
+    assert not [c for c in commands if "resource_tracker" in c], commands
+
+
+# ---- SIGHUP reload ------------------------------------------------------------------------
+
+
 def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
     lab = Lab(clients=3)
     try:
@@ -530,5 +542,5 @@ def test_tun_device_moved_keeps_forwarding_and_deleted_stops_cleanly(
     assert "TUN device gone" in log  # a worker saw EBADFD and exited with its own status
     assert f"TUN device {lab1.ifname} was deleted: shutting down" in log
     assert not lab1.socket_path.exists()
-    assert not list(Path(SHM_DIR).glob(f"fzgw.{lab1.ifname}.*"))
+    assert not list(runtime_dir.runtime_dir().glob(f"fzgw.{lab1.ifname}.*"))
     assert not [pid for pid in family if psutil.pid_exists(pid)]
