@@ -287,23 +287,44 @@ def test_sd_notify_ready_status_watchdog_stopping(lab1: Lab, tmp_path: Path) -> 
         listener.close()
 
 
-def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1: Lab) -> None:
+def test_tun_mtu_raised_at_run_time_carries_8000_byte_packets_both_ways(lab1: Lab) -> None:
+    """Slots hold 1500 bytes; an 8028-byte packet spans six of them on every ring."""
     started(lab1)
+    client = lab1.clients[0]
     lab1.gw.ip("link", "set", lab1.ifname, "mtu", "9000")  # not through the config
-    lab1.gw.run("ip", "route", "flush", "cache", check=False)
-    big = subprocess.run(  # 3000 bytes from the gateway host itself: larger than a ring slot
-        lab1.gw.exec_argv("ping", "-c", "3", "-i", "0.1", "-W", "1", "-s", "3000",
-                                "-M", "do", "10.77.0.2"),
-        capture_output=True, check=False, timeout=10,
-    )  # fmt: skip
-    assert big.returncode != 0
+    client.ns.ip("link", "set", client.ifname, "mtu", "9000")
+    for host in (lab1.gw, client.ns):
+        host.run("ip", "route", "flush", "cache", check=False)
+    # From the client: its request crosses UDP -> crypto -> worker -> TUN whole (-M do), the
+    # gateway's reply TUN -> worker -> crypto -> UDP; only the outer UDP is fragmented.
+    assert lab1.ping(0, count=3, interval=0.1, dest=GATEWAY_TUNNEL.split("/")[0], size=8000)
     samples = scrape(lab1)
-    assert value(samples, "firezone_gw_drops_total", reason="too_big") >= 3
+    assert value(samples, "firezone_gw_drops_total", reason="too_big") == 0
     assert value(samples, "firezone_gw_child_restarts_total") == 0
     assert lab1.ping(0, count=2, interval=0.1)  # and ordinary traffic goes on
 
 
-# ---- SIGHUP reload ------------------------------------------------------------------------
+def test_planted_fifos_hang_neither_start_up_nor_show(lab1: Lab) -> None:
+    """Any local user can mkfifo in /dev/shm; only the gateway's user in its runtime dir, but
+    a fifo there must not hang `show` either. Neither start-up nor `show` may block on one."""
+    lab1.write_config([lab1.peer(0)])
+    planted = [Path(f"/dev/shm/fzgw.{lab1.ifname}.1.worker0_to_crypto")]
+    planted.append(Path(f"/dev/shm/fzgw.{lab1.ifname}.1.stats"))
+    rundir = runtime_dir.runtime_dir()
+    os.close(runtime_dir.make_dir(rundir))
+    planted.append(rundir / f"fzgw.{lab1.ifname}.1.stats")  # pid 1 runs: looks live
+    try:
+        for fifo in planted:
+            os.mkfifo(fifo, 0o600)
+        lab1.start()  # bounded: raises after 15 s without readiness
+        lab1.connect_client(0)
+        lab1.wait_ping(0)
+        table = show(lab1)  # bounded by show()'s 30 s timeout
+        assert f"interface: {lab1.ifname}" in table
+        assert all(fifo.exists() for fifo in planted)  # refused, not removed
+    finally:
+        for fifo in planted:
+            fifo.unlink(missing_ok=True)
 
 
 def test_gateway_has_no_resource_tracker_process(lab1: Lab) -> None:

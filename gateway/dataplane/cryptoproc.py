@@ -191,8 +191,8 @@ def run_crypto(  # noqa: PLR0912, PLR0915 - the one hot loop, kept in one place 
     c = counters
     drops = CounterSync(c)
     peers = PeerStatsSync(peer_table, device.unix_time_offset)
-    max_inner = min(r.slot_size for r in to_workers)
-    max_datagram = to_udp.slot_size - HEADER_SIZE
+    max_inner = min(r.max_message for r in to_workers)
+    max_datagram = to_udp.max_message - HEADER_SIZE
     next_stats = 0.0
     timers_at = 0.0
     handle_datagram, handle_packet = device.handle_datagram, device.handle_packet

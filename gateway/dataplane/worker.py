@@ -16,7 +16,7 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
     """Forever: TUN -> to_crypto (only while it has room), from_crypto -> TUN."""
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
     tun_fd = tun.fileno()
-    limit = to_crypto.slot_size
+    limit = to_crypto.max_message  # a packet longer than a slot spans several
     c = counters
     while True:
         busy = False
@@ -27,7 +27,7 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
             if packets:
                 busy = True
                 sizes = list(map(len, packets))
-                if max(sizes) > limit or min(sizes) == 0:  # e.g. an MTU raised behind our back
+                if max(sizes) > limit or min(sizes) == 0:
                     c[st.DROP_TOO_BIG] += sum(size > limit for size in sizes)
                     c[st.DROP_MALFORMED] += sizes.count(0)
                     packets = [p for p in packets if 0 < len(p) <= limit]
