@@ -31,6 +31,7 @@ from bench.topology import (
     Topology,
     topology,
 )
+from gateway.runtime_dir import runtime_dir
 from tests.netns import WIREGUARD_RUN_DIR, Hosts, NetNS, wait_for
 
 pytestmark = pytest.mark.netns
@@ -313,8 +314,8 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology) -> None:
     assert gw.proc is not None
     assert gw.ns is not None
     children = [psutil.Process(pid) for pid in gw.role_pids().values()]
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
-    assert segments  # rings and stats exist while running
+    segments = sorted(p.name for p in runtime_dir().glob(f"fzgw.{gw.ifname}.*"))
+    assert segments  # the stats segment exists while running (rings have no name)
     sent = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     code = gw.proc.wait(5)
@@ -322,7 +323,7 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology) -> None:
     assert took < 2.0, took
     assert code == 0
     assert gw.ifname not in gw.ns.ip("-o", "link", "show")
-    assert not list(Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
+    assert not list(runtime_dir().glob(f"fzgw.{gw.ifname}.*"))
     assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
@@ -345,13 +346,13 @@ def test_more_than_five_crashes_in_a_minute_exit_non_zero(netns_hosts: Hosts) ->
         code = gw.proc.wait(5)
         assert code != 0, gw.describe_failure()
         assert "crashes" in gw.log_text()
-        assert not list(Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
+        assert not list(runtime_dir().glob(f"fzgw.{gw.ifname}.*"))
     finally:
         gw.close()
 
 
 def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> None:
-    """SIGTERM as soon as the first shared-memory segment exists (rings are being built)."""
+    """SIGTERM as soon as the stats segment exists (start-up is still under way)."""
     ns = netns_hosts.add("fzegw")
     gw = FirezoneGateway(4)
     gw.start(ns, [])
@@ -359,14 +360,14 @@ def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> Non
     pattern = f"fzgw.{gw.ifname}.*"
     try:
         deadline = time.monotonic() + 15
-        while not list(Path("/dev/shm").glob(pattern)) and time.monotonic() < deadline:
+        while not list(runtime_dir().glob(pattern)) and time.monotonic() < deadline:
             time.sleep(0.001)  # a tight poll: the window between segments and handlers is short
         gw.proc.send_signal(signal.SIGTERM)
         gw.proc.wait(5)
-        assert not list(Path("/dev/shm").glob(pattern)), gw.describe_failure()
+        assert not list(runtime_dir().glob(pattern)), gw.describe_failure()
         assert gw.ifname not in ns.ip("-o", "link", "show")
         assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     finally:
-        for leftover in Path("/dev/shm").glob(pattern):  # ours: the name is unique to this run
+        for leftover in runtime_dir().glob(pattern):  # ours: the name is unique to this run
             leftover.unlink()
         gw.close()
