@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,33 @@ def stats_segment_name(interface: str, pid: int) -> str:
     return f"fzgw.{interface}.{pid}.stats"
 
 
+def _pattern(interface: str) -> re.Pattern[str]:
+    return re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+
+
+def remove_dead_segments(interface: str, directory: Path | None = None) -> list[str]:
+    """Unlink what crashed supervisors of `interface` left in the runtime directory; call at
+    start. Segments of a live supervisor stay; anything else under such a name (only our uid
+    can write there) is removed without being opened for reading."""
+    pattern = _pattern(interface)
+    dir_fd = runtime_dir.make_dir(directory)
+    removed = []
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            created_ns = _created_ns(dir_fd, name, os.geteuid())
+            if created_ns is not None and _alive_since(int(match.group(1)), created_ns):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+            removed.append(name)
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
 def find_stats_segment(interface: str, directory: Path | None = None) -> str | None:
     """The counters of the live gateway serving `interface`, or None when none runs.
 
@@ -42,7 +70,7 @@ def find_stats_segment(interface: str, directory: Path | None = None) -> str | N
     live ones (should not happen: the device name is exclusive) the newest wins. Raises
     UnsafePathError when the directory itself could have been written by someone else.
     """
-    pattern = re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+    pattern = _pattern(interface)
     try:
         dir_fd, owner = runtime_dir.open_dir(directory)
     except FileNotFoundError:

@@ -305,25 +305,27 @@ def test_tun_mtu_raised_at_run_time_carries_8000_byte_packets_both_ways(lab1: La
 
 
 def test_planted_fifos_hang_neither_start_up_nor_show(lab1: Lab) -> None:
-    """Any local user can mkfifo in /dev/shm; only the gateway's user in its runtime dir, but
-    a fifo there must not hang `show` either. Neither start-up nor `show` may block on one."""
+    """Any local user can mkfifo in /dev/shm, only the gateway's user in its runtime dir;
+    neither start-up nor `show` may block on one (each step below has a deadline)."""
     lab1.write_config([lab1.peer(0)])
-    planted = [Path(f"/dev/shm/fzgw.{lab1.ifname}.1.worker0_to_crypto")]
-    planted.append(Path(f"/dev/shm/fzgw.{lab1.ifname}.1.stats"))
     rundir = runtime_dir.runtime_dir()
     os.close(runtime_dir.make_dir(rundir))
-    planted.append(rundir / f"fzgw.{lab1.ifname}.1.stats")  # pid 1 runs: looks live
+    in_shm = [Path(f"/dev/shm/fzgw.{lab1.ifname}.1.{n}") for n in ("worker0_to_crypto", "stats")]
+    left = rundir / f"fzgw.{lab1.ifname}.1.stats"  # pid 1 runs: looks like a live gateway's
+    late = rundir / f"fzgw.{lab1.ifname}.{os.getpid()}.stats"
     try:
-        for fifo in planted:
+        for fifo in (*in_shm, left):
             os.mkfifo(fifo, 0o600)
-        lab1.start()  # bounded: raises after 15 s without readiness
+        lab1.start()  # raises after 15 s without readiness
+        assert not left.exists()  # not a segment: removed at start, never opened to read
+        os.mkfifo(late, 0o600)
         lab1.connect_client(0)
         lab1.wait_ping(0)
-        table = show(lab1)  # bounded by show()'s 30 s timeout
+        table = show(lab1)  # a 30 s timeout
         assert f"interface: {lab1.ifname}" in table
-        assert all(fifo.exists() for fifo in planted)  # refused, not removed
+        assert all(fifo.exists() for fifo in (*in_shm, late))  # /dev/shm is not ours to clean
     finally:
-        for fifo in planted:
+        for fifo in (*in_shm, left, late):
             fifo.unlink(missing_ok=True)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import runtime_dir
-from gateway.show import find_stats_segment, stats_segment_name
+from gateway.show import find_stats_segment, remove_dead_segments, stats_segment_name
 from gateway.stats import MAGIC, VERSION, StatsRegion
 from tests.gateway_lab import firezone_gw
 from tests.wgpeer import wg_genkey
@@ -163,3 +163,28 @@ def test_show_names_an_unsafe_runtime_dir_instead_of_reading_it(tmp_path: Path) 
     )
     assert proc.returncode == 1
     assert f"cannot read the counters of fzo2u: {rundir} is writable by group" in proc.stderr
+
+
+def test_segments_of_dead_supervisors_are_removed_at_start(rundir: Path) -> None:
+    interface = f"fzo2d{os.getpid() % 10000}"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    crashed = StatsRegion.create(
+        stats_segment_name(interface, dead.pid), workers=1, directory=rundir
+    )
+    crashed.close()
+    live = StatsRegion.create(
+        stats_segment_name(interface, os.getpid()), workers=1, directory=rundir
+    )
+    other = StatsRegion.create(
+        stats_segment_name(interface + "o", dead.pid), workers=1, directory=rundir
+    )
+    os.mkfifo(rundir / stats_segment_name(interface, 1), 0o600)
+    try:
+        removed = remove_dead_segments(interface, rundir)
+        assert removed == sorted([crashed.name, stats_segment_name(interface, 1)])
+        assert live.path.exists() and other.path.exists()
+    finally:
+        for region in (live, other):
+            region.close()
+            region.unlink()

@@ -39,7 +39,7 @@ from gateway.keys import encode_key
 from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
-from gateway.show import stats_segment_name
+from gateway.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import (
     ERR_IO,
     DeviceState,
@@ -160,6 +160,8 @@ class Supervisor:
             # Anonymous memory: only the processes forked from here can reach a ring.
             self.rt.rings[ring_name] = Ring.create(ring_name, slots=RING_SLOTS, slot_size=slot_size)
         try:
+            for name in remove_dead_segments(self.name):
+                log.info("removed %s, left by a gateway that is gone", name)
             self.rt.stats = st.StatsRegion.create(
                 stats_segment_name(self.name, os.getpid()),
                 workers=workers,
