@@ -20,6 +20,7 @@ from ippacket import IpAddress
 
 EXTENSIONS = (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment)
 ICMPV6_ECHO = (128, 129)
+CHECKSUM_FIELDS = ("chksum", "cksum")
 
 
 @dataclass
@@ -75,8 +76,9 @@ def recomputed(data: bytes) -> bytes:
     ip: Packet = IP(data) if data[0] >> 4 == 4 else IPv6(data)
     layer: Packet = ip
     while not isinstance(layer, NoPayload):
-        if "chksum" in layer.fields and not (isinstance(layer, UDP) and layer.chksum == 0):
-            layer.chksum = None
+        for name in CHECKSUM_FIELDS:  # scapy's ICMPv6 layers call it cksum
+            if name in layer.fields and not (isinstance(layer, UDP) and layer.chksum == 0):
+                setattr(layer, name, None)
         if layer is not ip and not isinstance(layer, EXTENSIONS):
             break
         layer = layer.payload
