@@ -443,3 +443,10 @@ def test_wrong_family_is_a_caller_bug() -> None:
         ipv4_to_ipv6(parsed(request6(UDP())), PROXY6, PEER6)
     with pytest.raises(ValueError, match="ipv6_to_ipv4"):
         ipv6_to_ipv4(parsed(request6(UDP())), PROXY6, PEER6)  # type: ignore[arg-type]  # the bug under test
+
+
+def test_all_zero_icmpv4_message_gets_checksum_0xffff() -> None:
+    # Found by hypothesis: echo reply, id 0, sequence 0, no data. Its ICMPv4 words sum to 0,
+    # so the only valid checksum is 0xFFFF; an incremental update from ICMPv6 gave 0x0000.
+    v4 = to_v4(request6(ICMPv6EchoReply(id=0, seq=0)))
+    assert v4[ICMP].chksum == 0xFFFF

@@ -245,6 +245,10 @@ def _v6_to_v4(data: memoryview, source: int, destination: int, *, quote: bool) -
     elif protocol == UDP:
         _check_udp_length(body, transport_length)
     _update_checksum(out, _IPV4_HEADER, protocol, old_pseudo, new_pseudo)
+    if protocol4 == ICMP and not any(out[_IPV4_HEADER:]):
+        # An all-zero ICMPv4 message (echo reply, id and sequence 0, no data) sums to 0,
+        # whose checksum is 0xFFFF (RFC 1071); an RFC 1624 update never gives that value.
+        _U16.pack_into(out, _IPV4_HEADER + 2, 0xFFFF)
     return out
 
 
