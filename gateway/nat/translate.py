@@ -124,7 +124,7 @@ def ipv4_to_ipv6(
 ) -> bytearray:
     """`packet` (IPv4) as an IPv6 packet from `source` to `destination`; `quoted` is the
     (source, destination) of the packet an ICMP error quotes (default: the outer two swapped)."""
-    if packet.version != 4 or source.version != 6 or destination.version != 6:  # noqa: PLR2004
+    if packet.version != 4 or source.version != 6 or destination.version != 6:  # noqa: PLR2004 - IP versions
         raise ValueError(f"ipv4_to_ipv6 of {packet!r} to {source}, {destination}")
     if packet.is_fragment:
         raise Untranslatable(Reason.FRAGMENT, "IPv4 fragment")
@@ -149,7 +149,7 @@ def ipv6_to_ipv4(
     quoted: tuple[IPv4Address, IPv4Address] | None = None,
 ) -> bytearray:
     """`packet` (IPv6) as an IPv4 packet from `source` to `destination`; `quoted` as above."""
-    if packet.version != 6 or source.version != 4 or destination.version != 4:  # noqa: PLR2004
+    if packet.version != 6 or source.version != 4 or destination.version != 4:  # noqa: PLR2004 - IP versions
         raise ValueError(f"ipv6_to_ipv4 of {packet!r} to {source}, {destination}")
     if packet.is_icmp_error:
         inner = quoted or (destination, source)
@@ -318,7 +318,7 @@ def _check_ipv4_options(options: memoryview) -> None:
         length = options[at + 1] if at + 1 < len(options) else 0
         if length < 2 or at + length > len(options):  # noqa: PLR2004 - type and length bytes
             raise Untranslatable(Reason.MALFORMED, f"IPv4 option {kind} of length {length}")
-        pointer = options[at + 2] if length > 2 else 0  # noqa: PLR2004
+        pointer = options[at + 2] if length > 2 else 0  # noqa: PLR2004 - a pointer after them
         if kind in _SOURCE_ROUTES and pointer <= length:
             raise Untranslatable(Reason.SOURCE_ROUTE, f"unexpired IPv4 source route {kind}")
         at += length
@@ -341,7 +341,8 @@ def _icmpv4_error(
     quote = message[_ICMP_HEADER:]
     if kind in _V4_EXTENSIBLE and (words := message[5]):
         quote = quote[: words * 4]  # RFC 4884: the quote, then extensions (dropped)
-    quoted_length = _U16.unpack_from(quote, 2)[0] if len(quote) >= 4 else 0  # noqa: PLR2004
+    # The quoted IPv4 total length (bytes 2-3), for an MTU of 0.
+    quoted_length = _U16.unpack_from(quote, 2)[0] if len(quote) >= 4 else 0  # noqa: PLR2004 - see above
     mapped = icmp_map.icmpv4_to_icmpv6(kind, code, rest, quoted_length)
     if mapped is None:
         raise Untranslatable(Reason.ICMP_TYPE, f"ICMPv4 type {kind} code {code}")
