@@ -111,7 +111,9 @@ class Untranslatable(ValueError):
     @property
     def silent(self) -> bool:
         """RFC 7915 says to drop it without an ICMP answer (an ICMP error or a message type
-        with no counterpart); otherwise the caller may answer destination unreachable."""
+        with no counterpart); otherwise the caller may answer destination unreachable,
+        unless the packet itself is an ICMP error (RFC 1122 3.2.2: never answered with one,
+        which ippacket's error builders refuse anyway)."""
         return self.reason in _SILENT
 
 
