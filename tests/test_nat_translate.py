@@ -107,6 +107,13 @@ def test_ipv4_options_are_dropped() -> None:
     assert (v6.plen, bytes(v6[UDP].payload)) == (10, b"hi")
 
 
+def test_ipv4_without_df_is_translated_whole_never_fragmented() -> None:
+    # RFC 7915 4 would fragment it; here the caller keeps packets within the path MTU.
+    v4 = IP(src=str(REAL4), dst=str(GATEWAY4), flags=0) / UDP() / (b"d" * 1472)
+    v6 = to_v6(v4)
+    assert (v6.nh, v6.plen, len(v6)) == (17, 1480, 1520)
+
+
 def test_expired_ipv4_source_route_is_dropped_like_any_option() -> None:
     # Loose source route, length 7, pointer 8 > length: every hop visited.
     v4 = IP(src=str(REAL4), dst=str(GATEWAY4), options=b"\x83\x07\x08\x0a\x00\x00\x01\x00") / UDP()
