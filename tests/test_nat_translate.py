@@ -457,3 +457,18 @@ def test_all_zero_icmpv4_message_gets_checksum_0xffff() -> None:
     # so the only valid checksum is 0xFFFF; an incremental update from ICMPv6 gave 0x0000.
     v4 = to_v4(request6(ICMPv6EchoReply(id=0, seq=0)))
     assert v4[ICMP].chksum == 0xFFFF
+
+
+def test_quoted_echo_is_translated_with_its_checksum() -> None:
+    # Time exceeded for a ping: the quoted echo request changes type and pseudo-header too.
+    ping4 = bytes(IP(src=str(GATEWAY4), dst=str(REAL4), flags="DF", id=0, ttl=1)
+                  / ICMP(type=8, id=5, seq=6) / b"abcdefgh")  # fmt: skip
+    v6 = IPv6(checked(ipv4_to_ipv6(parsed(icmpv4_error(11, 0, quote=ping4)), PROXY6, PEER6)))
+    inner6 = bytes(v6[IPerror6])
+    assert recomputed(inner6) == inner6
+    assert inner6 == checked(ipv4_to_ipv6(parsed(ping4), PEER6, PROXY6))
+    ping6 = bytes(IPv6(src=str(PROXY6), dst=str(PEER6), hlim=1) / ICMPv6EchoReply(id=5, seq=6))
+    v4 = IP(checked(ipv6_to_ipv4(parsed(icmpv6_error(3, 0, quote=ping6)), GATEWAY4, REAL4)))
+    inner4 = bytes(v4[IPerror])
+    assert recomputed(inner4) == inner4
+    assert inner4 == checked(ipv6_to_ipv4(parsed(ping6), REAL4, GATEWAY4))
