@@ -214,8 +214,11 @@ class CryptoLoop(Generic[RingT]):
         rings: CryptoRings[RingT],
         counters: memoryview,
         peer_table: st.PeerTable,
+        *,
+        keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
     ) -> None:
         self.device = device
+        self._keep_timestamps = keep_timestamps
         self.rings = rings
         self.counters = counters
         self._drops = CounterSync(counters)
@@ -231,6 +234,10 @@ class CryptoLoop(Generic[RingT]):
     def turn(self, now: float) -> bool:
         """Move and transform what the rings allow; True if any packet was taken."""
         work = self._decrypt(now)
+        if self._keep_timestamps is not None:
+            accepted = self.device.take_timestamps()
+            if accepted:  # before the responses leave: a restart never forgets a sent one
+                self._keep_timestamps(accepted)
         outbound: list[bytes] = []
         if self._encrypt(now, outbound):
             work = True
@@ -339,17 +346,18 @@ class CryptoLoop(Generic[RingT]):
         return timeout
 
 
-def run_crypto(
+def run_crypto(  # noqa: PLR0913 - the last two are keyword-only options
     device: Device,
     rings: CryptoRings[Ring],
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
-    loop = CryptoLoop(device, rings, counters, peer_table)
+    loop = CryptoLoop(device, rings, counters, peer_table, keep_timestamps=keep_timestamps)
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]

@@ -119,6 +119,7 @@ class Device:
         self._handshakes: dict[int, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
+        self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
@@ -205,6 +206,21 @@ class Device:
                 self._send_keepalive(peer, now)  # as wireguard-go: start right away
         return peer
 
+    def restore_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
+        """Raise a peer's floor for initiation timestamps to a value a previous run accepted
+        (the greatest one wins, as in the kernel); False if there is no such peer."""
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return False
+        peer.handshake.last_timestamp = max(peer.handshake.last_timestamp, timestamp)
+        return True
+
+    def take_timestamps(self) -> dict[bytes, bytes]:
+        """Initiation timestamps accepted since the last call (peer key -> TAI64N), for a
+        driver that keeps them across restarts (see restore_timestamp)."""
+        taken, self._new_timestamps = self._new_timestamps, {}
+        return taken
+
     def remove_allowed_ip(self, peer: Peer, network: Network) -> bool:
         """Take `network` away from `peer` (only if it is the peer's); True if it was."""
         if network not in self._allowed.prefixes_of(peer):
@@ -217,6 +233,7 @@ class Device:
             return False
         self._end_sessions(peer)
         self._allowed.remove_value(peer)
+        self._new_timestamps.pop(public_key, None)
         peer.staged.clear()
         peer.timers.clear()
         return True
@@ -549,6 +566,7 @@ class Device:
             self.counters["handshakes_rejected"] += 1
             return
         peer = self._peers[hs.remote_static]
+        self._new_timestamps[peer.public_key] = hs.last_timestamp
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
         if hs.local_index and self._handshakes.get(hs.local_index) is peer:
