@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -25,7 +25,13 @@ from typing import Generic, Protocol, TypeVar
 from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
-from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.framing import (
+    HEADER_SIZE,
+    Endpoint,
+    FramingError,
+    decode_endpoint,
+    encode_endpoint,
+)
 from gateway.dataplane.sleeper import Sleeper
 from gateway.wireguard.device import Device
 from shm_ring.ring import Ring
@@ -33,6 +39,13 @@ from shm_ring.ring import Ring
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# Handshake messages cost 20-300 us each in Python (transport: a few us). A turn handles
+# transport first and then at most HANDSHAKE_BUDGET handshake messages; the others wait,
+# copied, in a queue of HANDSHAKE_QUEUE (the slots they came in are released at once), and
+# past that they are dropped and counted, so a flood of initiations cannot starve sessions.
+HANDSHAKE_BUDGET = 16
+HANDSHAKE_QUEUE = 256
+_HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
@@ -230,10 +243,15 @@ class CryptoLoop(Generic[RingT]):
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0
+        self.handshakes: deque[tuple[Endpoint, bytes]] = deque()  # waiting for a turn's budget
+        self.handshakes_dropped = 0  # found the queue full (counted as rate_limited too)
 
     def turn(self, now: float) -> bool:
-        """Move and transform what the rings allow; True if any packet was taken."""
+        """Move and transform what the rings allow; True if any packet was taken or any
+        waiting handshake message handled (then more may wait for the next turn)."""
         work = self._decrypt(now)
+        if self._handle_handshakes(now):
+            work = True
         if self._keep_timestamps is not None:
             accepted = self.device.take_timestamps()
             if accepted:  # before the responses leave: a restart never forgets a sent one
@@ -274,6 +292,9 @@ class CryptoLoop(Generic[RingT]):
             except FramingError:
                 c[st.DROP_MALFORMED] += 1
                 continue
+            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+                self._queue_handshake(src, message)
+                continue
             inner = handle_datagram(message[HEADER_SIZE:], src, now)
             if inner is not None:
                 if len(inner) > max_inner:
@@ -287,6 +308,25 @@ class CryptoLoop(Generic[RingT]):
                 if taken < len(packets):
                     c[st.DROP_RING_FULL] += len(packets) - taken
                 packets.clear()
+        return True
+
+    def _queue_handshake(self, src: Endpoint, message: memoryview) -> None:
+        """A handshake message waits (copied: its slot is released) for a turn's budget."""
+        if len(self.handshakes) < HANDSHAKE_QUEUE:
+            self.handshakes.append((src, bytes(message[HEADER_SIZE:])))
+        else:
+            self.handshakes_dropped += 1
+            self.counters[st.DROP_RATE_LIMITED] += 1
+
+    def _handle_handshakes(self, now: float) -> bool:
+        """At most HANDSHAKE_BUDGET waiting handshake messages; True if any was handled."""
+        handshakes = self.handshakes
+        if not handshakes:
+            return False
+        handle_datagram = self.device.handle_datagram
+        for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
+            src, message = handshakes.popleft()
+            handle_datagram(message, src, now)  # answers go to the outbox, none to a worker
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:

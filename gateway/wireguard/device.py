@@ -122,6 +122,9 @@ class Device:
         self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
+        # Cookie replies cost an XChaCha20-Poly1305 seal each: under a flood, each source
+        # gets them at the rate the limiter lets its handshakes through (20/s, burst 5).
+        self._cookie_limiter = RateLimiter()
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
         self._identity: Identity | None = None
         self._checker: CookieChecker | None = None
@@ -514,10 +517,7 @@ class Device:
         ip, source = _source_bytes(src)
         if self._load.record(now):
             if not checker.check_mac2(msg, mac1_end, source, now):
-                (sender,) = _SENDER.unpack_from(msg)
-                self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
-                self.counters["cookie_replies_sent"] += 1
-                self.drops["under_load_cookie"] += 1
+                self._reply_cookie(checker, msg, mac1_end, src, now)
                 return
             if not self._limiter.allow(ip, now):
                 self.drops["rate_limited"] += 1
@@ -526,6 +526,20 @@ class Device:
             self._receive_initiation(identity, msg, src, now)
         else:
             self._receive_response(identity, msg, src, now)
+
+    def _reply_cookie(
+        self, checker: CookieChecker, msg: bytes, mac1_end: int, src: Endpoint, now: float
+    ) -> None:
+        """Under load, a handshake message without a valid mac2: answer with a cookie (at
+        most as often per source as the rate limiter allows), drop the message."""
+        ip, source = _source_bytes(src)
+        if not self._cookie_limiter.allow(ip, now):
+            self.drops["rate_limited"] += 1
+            return
+        (sender,) = _SENDER.unpack_from(msg)
+        self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
+        self.counters["cookie_replies_sent"] += 1
+        self.drops["under_load_cookie"] += 1
 
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)

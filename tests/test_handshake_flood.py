@@ -1,0 +1,126 @@
+"""A flood of handshake initiations with a valid mac1 (anyone who knows the gateway's public
+key can make them) must not starve the sessions' transport data, nor make the gateway answer
+each of them with a cookie reply."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+
+import pytest
+
+from gateway import stats as st
+from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE
+from gateway.keys import generate_private_key, public_key
+from gateway.wireguard.constants import (
+    INITIATION_SIZE,
+    LABEL_MAC1,
+    MESSAGE_INITIATION,
+    MESSAGE_TRANSPORT,
+)
+from gateway.wireguard.crypto import hash_, mac
+from gateway.wireguard.device import Device, Packet
+from gateway.wireguard.messages import INITIATION_MAC1_END
+from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
+from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
+from tests.wireguard.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
+
+START = 1000.0
+
+
+def flood_initiation(gateway_public_key: bytes) -> bytes:
+    """An initiation from nobody the gateway knows, with a valid mac1 and no mac2."""
+    msg = bytearray(os.urandom(INITIATION_SIZE))
+    msg[:4] = struct.pack("<I", MESSAGE_INITIATION)
+    mac1_key = hash_(LABEL_MAC1, gateway_public_key)
+    msg[INITIATION_MAC1_END : INITIATION_MAC1_END + 16] = mac(
+        mac1_key, bytes(msg[:INITIATION_MAC1_END])
+    )
+    msg[INITIATION_MAC1_END + 16 :] = bytes(16)
+    return bytes(msg)
+
+
+def test_cookie_replies_under_load_are_rate_limited_per_source() -> None:
+    gateway = Device(generate_private_key(), under_load_threshold=0)  # under load at once
+    assert gateway.public_key is not None
+    flooder = ("203.0.113.9", 40000)
+    for _ in range(50):
+        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START)
+    assert gateway.counters["cookie_replies_sent"] == PACKETS_BURSTABLE
+    assert gateway.drops["rate_limited"] == 50 - PACKETS_BURSTABLE
+    for i in range(50):  # one second more, spread over it
+        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + i / 50)
+    assert gateway.counters["cookie_replies_sent"] <= PACKETS_BURSTABLE + PACKETS_PER_SECOND
+    other = ("203.0.113.10", 40000)  # another source still gets its cookie
+    gateway.handle_datagram(flood_initiation(gateway.public_key), other, START + 1)
+    assert len([d for d, _ in gateway.take_transmits() if d == other]) == 1
+
+
+def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:
+    """A client (A) with a session to the gateway (B), whose UDP ring has `slots` slots."""
+    key_a, key_b = generate_private_key(), generate_private_key()
+    client, gateway = Device(key_a), Device(key_b)
+    client.upsert_peer(
+        public_key(key_b),
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
+        now=START,
+    )
+    gateway.upsert_peer(
+        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
+    )
+    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
+    first = ipv4_packet(A_INNER, B_INNER, b"hello")
+    a.rings.from_workers[0].send(first)
+    run_until_quiet(a, b, START)
+    assert [p for w in b.tun_out() for p in w] == [first]
+    return a, b
+
+
+def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = _established(slots=512)
+    now = START + 1
+    packets = [ipv4_packet(A_INNER, B_INNER, struct.pack("!I", i) * 8) for i in range(40)]
+    a.rings.from_workers[0].send_many(packets)
+    a.run(now)
+    transport = [d for _, d in a.udp_out()]
+    assert len(transport) == len(packets)
+    gateway_key = b.device.public_key
+    assert gateway_key is not None
+    flood = [flood_initiation(gateway_key) for _ in range(10 * len(transport))]
+    sources = [(f"203.0.113.{i % 50 + 1}", 40000 + i) for i in range(len(flood))]
+    for i, datagram in enumerate(transport):  # ten initiations before every data packet
+        for j in range(10 * i, 10 * i + 10):
+            assert b.udp_in([flood[j]], sources[j]) == 1
+        assert b.udp_in([datagram], A_ENDPOINT) == 1
+
+    handled: list[int] = []  # handshake messages the Device worked on, per turn
+    handle_datagram = b.device.handle_datagram
+
+    def counting(data: Packet, src: Endpoint, now: float) -> bytes | bytearray | None:
+        if data[0] != MESSAGE_TRANSPORT:
+            handled[-1] += 1
+        return handle_datagram(data, src, now)
+
+    monkeypatch.setattr(b.device, "handle_datagram", counting)
+    delivered: list[bytes] = []
+    while len(b.rings.from_udp):  # until the gateway has read every datagram
+        handled.append(0)
+        assert b.loop.turn(now)
+        delivered += [p for w in b.tun_out() for p in w]
+    assert sorted(delivered) == sorted(packets)  # every one, by the time the ring is read
+    assert max(handled) <= HANDSHAKE_BUDGET
+    queued = len(b.loop.handshakes)
+    assert 0 < queued <= HANDSHAKE_QUEUE
+    dropped = b.loop.handshakes_dropped
+    assert dropped > 0
+    assert b.counters[st.DROP_RATE_LIMITED] >= dropped
+    assert sum(handled) + queued + dropped == len(flood)  # each one handled, waiting or counted
+    handled.append(0)
+    while b.loop.turn(now):  # the rest waits for later turns, a budget at a time
+        handled.append(0)
+    assert not b.loop.handshakes
+    assert max(handled) <= HANDSHAKE_BUDGET
