@@ -5,40 +5,23 @@ each of them with a cookie reply."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 
 import pytest
 
+from bench.bench_flood import flood_initiation
 from gateway import stats as st
 from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE
 from gateway.keys import generate_private_key, public_key
 from gateway.wireguard.constants import (
-    INITIATION_SIZE,
-    LABEL_MAC1,
-    MESSAGE_INITIATION,
     MESSAGE_TRANSPORT,
 )
-from gateway.wireguard.crypto import hash_, mac
 from gateway.wireguard.device import Device, Packet
-from gateway.wireguard.messages import INITIATION_MAC1_END
 from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
 from tests.wireguard.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 
 START = 1000.0
-
-
-def flood_initiation(gateway_public_key: bytes) -> bytes:
-    """An initiation from nobody the gateway knows, with a valid mac1 and no mac2."""
-    msg = bytearray(os.urandom(INITIATION_SIZE))
-    msg[:4] = struct.pack("<I", MESSAGE_INITIATION)
-    mac1_key = hash_(LABEL_MAC1, gateway_public_key)
-    msg[INITIATION_MAC1_END : INITIATION_MAC1_END + 16] = mac(
-        mac1_key, bytes(msg[:INITIATION_MAC1_END])
-    )
-    msg[INITIATION_MAC1_END + 16 :] = bytes(16)
-    return bytes(msg)
 
 
 def test_cookie_replies_under_load_are_rate_limited_per_source() -> None:

@@ -25,13 +25,7 @@ from typing import Generic, Protocol, TypeVar
 from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
-from gateway.dataplane.framing import (
-    HEADER_SIZE,
-    Endpoint,
-    FramingError,
-    decode_endpoint,
-    encode_endpoint,
-)
+from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
 from gateway.wireguard.device import Device
 from shm_ring.ring import Ring
@@ -243,7 +237,7 @@ class CryptoLoop(Generic[RingT]):
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0
-        self.handshakes: deque[tuple[Endpoint, bytes]] = deque()  # waiting for a turn's budget
+        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
         self.handshakes_dropped = 0  # found the queue full (counted as rate_limited too)
 
     def turn(self, now: float) -> bool:
@@ -287,13 +281,13 @@ class CryptoLoop(Generic[RingT]):
         per_worker = self._per_worker
         workers = len(to_workers)
         for message in batch:
+            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+                self._queue_handshake(message)  # a flood's excess costs no more than this
+                continue
             try:
                 src = decode_endpoint(message)
             except FramingError:
                 c[st.DROP_MALFORMED] += 1
-                continue
-            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
-                self._queue_handshake(src, message)
                 continue
             inner = handle_datagram(message[HEADER_SIZE:], src, now)
             if inner is not None:
@@ -310,10 +304,10 @@ class CryptoLoop(Generic[RingT]):
                 packets.clear()
         return True
 
-    def _queue_handshake(self, src: Endpoint, message: memoryview) -> None:
+    def _queue_handshake(self, message: memoryview) -> None:
         """A handshake message waits (copied: its slot is released) for a turn's budget."""
         if len(self.handshakes) < HANDSHAKE_QUEUE:
-            self.handshakes.append((src, bytes(message[HEADER_SIZE:])))
+            self.handshakes.append(bytes(message))
         else:
             self.handshakes_dropped += 1
             self.counters[st.DROP_RATE_LIMITED] += 1
@@ -325,8 +319,14 @@ class CryptoLoop(Generic[RingT]):
             return False
         handle_datagram = self.device.handle_datagram
         for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
-            src, message = handshakes.popleft()
-            handle_datagram(message, src, now)  # answers go to the outbox, none to a worker
+            message = handshakes.popleft()
+            try:
+                src = decode_endpoint(message)
+            except FramingError:
+                self.counters[st.DROP_MALFORMED] += 1
+                continue
+            # Answers go to the outbox, never to a worker.
+            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:

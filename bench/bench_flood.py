@@ -1,0 +1,232 @@
+"""Handshake flood: does a client's session keep working while a third host floods the
+gateway with initiations that carry a valid mac1? firezone-gw against wireguard-go as the
+gateway, in the same run.
+
+    python -m bench.bench_flood [--rate 20000] [--pings 20] [--repeats 3] [--workers 2]
+
+Topology (bench/topology.py, two clients): client 0 pings the resource `--pings` times
+(0.2 s apart, 1 s timeout each) while client 1's namespace, a third host, sends `--rate`
+initiations a second from its own address: random bytes with a valid mac1 for the
+gateway's public key (anyone who knows the key can make them) and no mac2, so the gateway
+is under load and answers with cookie replies or drops. Prints the replies each gateway
+got through and writes the docs/BENCHMARKS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.topology import (
+    LISTEN_PORT,
+    RESOURCE_ADDR,
+    BackendUnavailable,
+    FirezoneGateway,
+    GatewayBackend,
+    Topology,
+    WireGuardGoGateway,
+    tool_version,
+    topology,
+)
+from gateway.keys import decode_key
+from gateway.wireguard.constants import INITIATION_SIZE, LABEL_MAC1, MESSAGE_INITIATION
+from gateway.wireguard.crypto import hash_, mac
+from gateway.wireguard.messages import INITIATION_MAC1_END
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_DOC = ROOT / "docs" / "BENCHMARKS.md"
+BEGIN = "<!-- bench:flood begin (written by python -m bench.bench_flood) -->"
+END = "<!-- bench:flood end -->"
+DISTINCT_MESSAGES = 1024
+_RECEIVED = re.compile(r"(\d+) received")
+
+
+def flood_initiation(gateway_public_key: bytes) -> bytes:
+    """An initiation from nobody the gateway knows, with a valid mac1 and no mac2."""
+    msg = bytearray(os.urandom(INITIATION_SIZE))
+    msg[:4] = struct.pack("<I", MESSAGE_INITIATION)
+    mac1_key = hash_(LABEL_MAC1, gateway_public_key)
+    msg[INITIATION_MAC1_END : INITIATION_MAC1_END + 16] = mac(
+        mac1_key, bytes(msg[:INITIATION_MAC1_END])
+    )
+    msg[INITIATION_MAC1_END + 16 :] = bytes(16)
+    return bytes(msg)
+
+
+def flood(target: tuple[str, int], gateway_public_key: bytes, rate: int, seconds: float) -> int:
+    """Send `rate` initiations a second (0: as fast as possible) for `seconds`; how many."""
+    messages = [flood_initiation(gateway_public_key) for _ in range(DISTINCT_MESSAGES)]
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate) if rate else sent + 256
+            while sent < due:
+                try:
+                    sock.sendto(messages[sent % DISTINCT_MESSAGES], target)
+                except BlockingIOError:
+                    break  # the socket buffer is full: the next round goes on
+                sent += 1
+            if rate:
+                time.sleep(0.005)
+    return sent
+
+
+def pings_during_flood(topo: Topology, rate: int, pings: int) -> tuple[int, int]:
+    """(ping replies, initiations sent) while client 1's namespace floods the gateway."""
+    spec = topo.client_specs[1]
+    seconds = pings * 0.2 + 4
+    flooder = topo.client_ns(1).popen(
+        sys.executable,
+        "-m",
+        "bench.bench_flood",
+        "--send-to",
+        spec.gateway_underlay_addr,
+        "--key",
+        topo.backend.public_key,
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        stdout=subprocess.PIPE,
+        cwd=str(ROOT),
+    )
+    before = udp_receive_errors(topo)
+    try:
+        time.sleep(1.5)  # the gateway is under load before the first ping
+        argv = topo.client_ns(0).exec_argv(
+            "ping", "-c", str(pings), "-i", "0.2", "-W", "1", "-q", RESOURCE_ADDR
+        )
+        out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=pings + 30)
+        found = _RECEIVED.search(out.stdout)
+        stdout, _ = flooder.communicate(timeout=seconds + 30)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait()
+    print(
+        f"  the gateway's kernel dropped {udp_receive_errors(topo) - before} datagrams"
+        " (UDP receive buffer full)",
+        file=sys.stderr,
+    )
+    return (int(found.group(1)) if found else 0), int(stdout.decode().strip() or 0)
+
+
+def udp_receive_errors(topo: Topology) -> int:
+    """RcvbufErrors of UDP in the gateway's namespace (/proc/net/snmp)."""
+    lines = [line.split() for line in topo.gateway_ns.run("cat", "/proc/net/snmp").splitlines()]
+    names, values = [line for line in lines if line[0] == "Udp:"][:2]
+    return int(values[names.index("RcvbufErrors")])
+
+
+def run_backend(
+    make: Callable[[], GatewayBackend], rate: int, pings: int, repeats: int
+) -> tuple[str, list[tuple[int, int]], str]:
+    """The backend's name, (replies, initiations sent) per repetition, and an error or ''."""
+    backend = make()
+    results: list[tuple[int, int]] = []
+    try:
+        with topology(backend, clients=2, iperf=False) as topo:
+            for rep in range(repeats):
+                replies, sent = pings_during_flood(topo, rate, pings)
+                results.append((replies, sent))
+                print(
+                    f"{backend.name}: {rep + 1}/{repeats}: {replies}/{pings} replies "
+                    f"while {sent} initiations were sent",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except BackendUnavailable as exc:
+        return backend.name, results, str(exc)
+    return backend.name, results, ""
+
+
+def section(
+    command: str, rate: int, pings: int, rows: list[tuple[str, list[tuple[int, int]], str]]
+) -> str:
+    lines = [
+        BEGIN,
+        "## Handshake flood: pings through a session while a third host floods initiations",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}` from the repository root, as"
+        f" root (wireguard-go {tool_version('wireguard-go', '--version')}). Client 0 pings the"
+        f" resource {pings} times (0.2 s apart, 1 s timeout) through its session while client"
+        f" 1's namespace sends {rate or 'unlimited'} initiations/s with a valid mac1 and no"
+        " mac2 to the gateway (bench/bench_flood.py). Each cell: replies of one repetition"
+        " (initiations the flooder got out meanwhile). The two cores are shared with other"
+        " work.",
+        "",
+        "| gateway | replies (initiations sent) |",
+        "|---|---|",
+    ]
+    for name, results, error in rows:
+        cells = ", ".join(f"{r}/{pings} ({s})" for r, s in results)
+        lines.append(f"| {name} | {cells}{' — ' + error if error else ''} |")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def update_doc(text: str, path: Path = BENCHMARKS_DOC) -> None:
+    doc = path.read_text()
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + text + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip() + "\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_flood", description=__doc__)
+    parser.add_argument("--rate", type=int, default=20000, help="initiations/s, 0: unlimited")
+    parser.add_argument("--pings", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="firezone-gw --workers")
+    parser.add_argument(
+        "--gw-cmd",
+        default="",
+        help="firezone-gw command template with {exe} {config} {workers}, as bench_network",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="don't update docs/BENCHMARKS.md")
+    parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flooder's own mode
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(raw)
+    if args.rate < 0 or args.pings < 1 or args.repeats < 1:
+        parser.error("--rate must be >= 0, --pings and --repeats >= 1")
+    if args.send_to:
+        print(flood((args.send_to, LISTEN_PORT), decode_key(args.key), args.rate, args.seconds))
+        return 0
+    makers: list[Callable[[], GatewayBackend]] = [
+        WireGuardGoGateway,
+        lambda: FirezoneGateway(args.workers, args.gw_cmd or None),
+    ]
+    rows = [run_backend(make, args.rate, args.pings, args.repeats) for make in makers]
+    text = section(
+        shlex.join(["python", "-m", "bench.bench_flood", *raw]), args.rate, args.pings, rows
+    )
+    print(text)
+    if not args.no_docs:
+        update_doc(text)
+    return 0 if all(not error for _, _, error in rows) else 1
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the topology's cleanup
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sys.exit(main())
