@@ -11,9 +11,10 @@ import pytest
 
 from bench.bench_flood import flood_initiation
 from gateway import stats as st
-from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE
+from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
 from gateway.keys import generate_private_key, public_key
 from gateway.wireguard.constants import (
+    MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
 from gateway.wireguard.device import Device, Packet
@@ -107,3 +108,31 @@ def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
         handled.append(0)
     assert not b.loop.handshakes
     assert max(handled) <= HANDSHAKE_BUDGET
+
+
+def test_one_flooding_host_takes_few_places_in_the_queue_and_a_client_still_gets_in() -> None:
+    a, b = _established(slots=512)
+    now = START + 1
+    gateway_key = b.device.public_key
+    assert gateway_key is not None
+    flood = [flood_initiation(gateway_key) for _ in range(400)]
+    assert b.udp_in(flood, ("203.0.113.9", 40000)) == len(flood)
+    client_key = a.device.private_key  # the client restarts and initiates a new session
+    assert client_key is not None
+    client = Device(client_key)
+    client.upsert_peer(
+        gateway_key,
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
+        now=now,
+    )
+    assert client.handle_packet(ipv4_packet(A_INNER, B_INNER), now) is None  # staged
+    ((_, initiation),) = client.take_transmits()
+    assert b.udp_in([initiation], A_ENDPOINT) == 1
+    b.run(now)
+    # Each of the 5 turns that read the ring (100 a turn) frees HANDSHAKE_BUDGET places; past
+    # UNDER_LOAD_QUEUED the flooding host has only its burst (the clock does not move).
+    queued_at_most = UNDER_LOAD_QUEUED + PACKETS_BURSTABLE + 5 * HANDSHAKE_BUDGET
+    assert b.loop.handshakes_dropped >= len(flood) - queued_at_most
+    responses = [d for dst, d in b.udp_out() if dst == A_ENDPOINT and d[0] == MESSAGE_RESPONSE]
+    assert len(responses) == 1

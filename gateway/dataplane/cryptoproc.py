@@ -28,6 +28,7 @@ from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
 from gateway.wireguard.device import Device
+from gateway.wireguard.ratelimiter import RateLimiter
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,12 @@ BATCH = 100
 # past that they are dropped and counted, so a flood of initiations cannot starve sessions.
 HANDSHAKE_BUDGET = 16
 HANDSHAKE_QUEUE = 256
+# Under load (the queue 1/8 full, the kernel's criterion) each source address gets its
+# handshake messages queued at the kernel's rate (20/s, burst 5), so one flooding host
+# costs the loop a token-bucket lookup per message and takes few of the queue's places.
+UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
 _HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
+_IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
@@ -202,6 +208,11 @@ class PeerStatsSync:
             self._endpoints.pop(key, None)
 
 
+def _source_address(message: memoryview) -> bytes:
+    """The raw source address in a ring message's endpoint header (see framing.py)."""
+    return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
+
+
 def _endpoint_text(endpoint: tuple[str, int]) -> str:
     host, port = endpoint
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -238,7 +249,8 @@ class CryptoLoop(Generic[RingT]):
         self._next_stats = 0.0
         self._timers_at = 0.0
         self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
-        self.handshakes_dropped = 0  # found the queue full (counted as rate_limited too)
+        self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
+        self._source_limiter = RateLimiter()
 
     def turn(self, now: float) -> bool:
         """Move and transform what the rings allow; True if any packet was taken or any
@@ -282,7 +294,7 @@ class CryptoLoop(Generic[RingT]):
         workers = len(to_workers)
         for message in batch:
             if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
-                self._queue_handshake(message)  # a flood's excess costs no more than this
+                self._queue_handshake(message, now)
                 continue
             try:
                 src = decode_endpoint(message)
@@ -304,9 +316,12 @@ class CryptoLoop(Generic[RingT]):
                 packets.clear()
         return True
 
-    def _queue_handshake(self, message: memoryview) -> None:
+    def _queue_handshake(self, message: memoryview, now: float) -> None:
         """A handshake message waits (copied: its slot is released) for a turn's budget."""
-        if len(self.handshakes) < HANDSHAKE_QUEUE:
+        queued = len(self.handshakes)
+        if queued < HANDSHAKE_QUEUE and (
+            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
+        ):
             self.handshakes.append(bytes(message))
         else:
             self.handshakes_dropped += 1
