@@ -2,14 +2,14 @@
 gateway with initiations that carry a valid mac1? firezone-gw against wireguard-go as the
 gateway, in the same run.
 
-    python -m bench.bench_flood [--rate 20000] [--pings 20] [--repeats 3] [--workers 2]
+    python -m bench.bench_flood [--rates 20000,50000] [--pings 20] [--repeats 3] [--workers 2]
 
 Topology (bench/topology.py, two clients): client 0 pings the resource `--pings` times
-(0.2 s apart, 1 s timeout each) while client 1's namespace, a third host, sends `--rate`
-initiations a second from its own address: random bytes with a valid mac1 for the
-gateway's public key (anyone who knows the key can make them) and no mac2, so the gateway
-is under load and answers with cookie replies or drops. Prints the replies each gateway
-got through and writes the docs/BENCHMARKS.md section.
+(0.2 s apart, 1 s timeout each) while client 1's namespace, a third host, sends initiations
+from its own address at each of `--rates` per second: random bytes with a valid mac1 for
+the gateway's public key (anyone who knows the key can make them) and no mac2, so the
+gateway is under load and answers with cookie replies or drops. Prints the replies each
+gateway got through and writes the docs/BENCHMARKS.md section.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.topology import (
@@ -83,8 +84,17 @@ def flood(target: tuple[str, int], gateway_public_key: bytes, rate: int, seconds
     return sent
 
 
-def pings_during_flood(topo: Topology, rate: int, pings: int) -> tuple[int, int]:
-    """(ping replies, initiations sent) while client 1's namespace floods the gateway."""
+@dataclass
+class Round:
+    """One repetition: ping replies, initiations sent, datagrams the gateway's kernel dropped."""
+
+    replies: int
+    sent: int
+    kernel_dropped: int
+
+
+def pings_during_flood(topo: Topology, rate: int, pings: int) -> Round:
+    """Client 0 pings while client 1's namespace floods the gateway."""
     spec = topo.client_specs[1]
     seconds = pings * 0.2 + 4
     flooder = topo.client_ns(1).popen(
@@ -115,12 +125,11 @@ def pings_during_flood(topo: Topology, rate: int, pings: int) -> tuple[int, int]
         if flooder.poll() is None:
             flooder.kill()
             flooder.wait()
-    print(
-        f"  the gateway's kernel dropped {udp_receive_errors(topo) - before} datagrams"
-        " (UDP receive buffer full)",
-        file=sys.stderr,
+    return Round(
+        replies=int(found.group(1)) if found else 0,
+        sent=int(stdout.decode().strip() or 0),
+        kernel_dropped=udp_receive_errors(topo) - before,
     )
-    return (int(found.group(1)) if found else 0), int(stdout.decode().strip() or 0)
 
 
 def udp_receive_errors(topo: Topology) -> int:
@@ -130,49 +139,63 @@ def udp_receive_errors(topo: Topology) -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
+@dataclass
+class Row:
+    backend: str
+    rate: int
+    rounds: list[Round] = field(default_factory=list)
+    error: str = ""
+
+
 def run_backend(
-    make: Callable[[], GatewayBackend], rate: int, pings: int, repeats: int
-) -> tuple[str, list[tuple[int, int]], str]:
-    """The backend's name, (replies, initiations sent) per repetition, and an error or ''."""
+    make: Callable[[], GatewayBackend], rates: Sequence[int], pings: int, repeats: int
+) -> list[Row]:
+    """One topology around the backend; `repeats` rounds at each rate."""
     backend = make()
-    results: list[tuple[int, int]] = []
+    rows = [Row(backend.name, rate) for rate in rates]
     try:
         with topology(backend, clients=2, iperf=False) as topo:
-            for rep in range(repeats):
-                replies, sent = pings_during_flood(topo, rate, pings)
-                results.append((replies, sent))
-                print(
-                    f"{backend.name}: {rep + 1}/{repeats}: {replies}/{pings} replies "
-                    f"while {sent} initiations were sent",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            for row in rows:
+                for rep in range(repeats):
+                    result = pings_during_flood(topo, row.rate, pings)
+                    row.rounds.append(result)
+                    print(
+                        f"{backend.name} at {row.rate}/s: {rep + 1}/{repeats}: {result.replies}/"
+                        f"{pings} replies; {result.sent} initiations sent, "
+                        f"{result.kernel_dropped} datagrams dropped by the gateway's kernel",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     except BackendUnavailable as exc:
-        return backend.name, results, str(exc)
-    return backend.name, results, ""
+        for row in rows:
+            row.error = str(exc)
+    return rows
 
 
-def section(
-    command: str, rate: int, pings: int, rows: list[tuple[str, list[tuple[int, int]], str]]
-) -> str:
+def section(command: str, pings: int, rows: list[Row]) -> str:
     lines = [
         BEGIN,
         "## Handshake flood: pings through a session while a third host floods initiations",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} with `{command}` from the repository root, as"
-        f" root (wireguard-go {tool_version('wireguard-go', '--version')}). Client 0 pings the"
+        f" root (wireguard-go {tool_version('wireguard-go', '--version')}; load average"
+        f" {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end). Client 0 pings the"
         f" resource {pings} times (0.2 s apart, 1 s timeout) through its session while client"
-        f" 1's namespace sends {rate or 'unlimited'} initiations/s with a valid mac1 and no"
-        " mac2 to the gateway (bench/bench_flood.py). Each cell: replies of one repetition"
-        " (initiations the flooder got out meanwhile). The two cores are shared with other"
-        " work.",
+        " 1's namespace sends initiations with a valid mac1 and no mac2 to the gateway at the"
+        " rate shown (bench/bench_flood.py). Each cell is one repetition: replies (initiations"
+        " the flooder got out / datagrams the gateway's kernel dropped, UDP receive buffer"
+        " full). The two cores are shared with other work: under contention the gateway's"
+        " processes get less CPU than they need and its socket overflows.",
         "",
-        "| gateway | replies (initiations sent) |",
-        "|---|---|",
+        "| gateway | initiations/s | replies (sent / dropped by the kernel) |",
+        "|---|---|---|",
     ]
-    for name, results, error in rows:
-        cells = ", ".join(f"{r}/{pings} ({s})" for r, s in results)
-        lines.append(f"| {name} | {cells}{' — ' + error if error else ''} |")
+    for row in sorted(rows, key=lambda r: r.rate):
+        cells = ", ".join(
+            f"{r.replies}/{pings} ({r.sent} / {r.kernel_dropped})" for r in row.rounds
+        )
+        error = f" — {row.error}" if row.error else ""
+        lines.append(f"| {row.backend} | {row.rate or 'unlimited'} | {cells}{error} |")
     lines.append(END)
     return "\n".join(lines)
 
@@ -190,7 +213,7 @@ def update_doc(text: str, path: Path = BENCHMARKS_DOC) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench.bench_flood", description=__doc__)
-    parser.add_argument("--rate", type=int, default=20000, help="initiations/s, 0: unlimited")
+    parser.add_argument("--rates", default="20000,50000", help="initiations/s, 0: unlimited")
     parser.add_argument("--pings", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="firezone-gw --workers")
@@ -202,25 +225,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="don't update docs/BENCHMARKS.md")
     parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flooder's own mode
     parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(raw)
-    if args.rate < 0 or args.pings < 1 or args.repeats < 1:
-        parser.error("--rate must be >= 0, --pings and --repeats >= 1")
     if args.send_to:
         print(flood((args.send_to, LISTEN_PORT), decode_key(args.key), args.rate, args.seconds))
         return 0
+    try:
+        rates = [int(r) for r in args.rates.split(",") if r]
+    except ValueError:
+        parser.error(f"--rates wants a comma-separated list of integers, got {args.rates!r}")
+    if any(r < 0 for r in rates) or args.pings < 1 or args.repeats < 1:
+        parser.error("--rates must be >= 0, --pings and --repeats >= 1")
     makers: list[Callable[[], GatewayBackend]] = [
         WireGuardGoGateway,
         lambda: FirezoneGateway(args.workers, args.gw_cmd or None),
     ]
-    rows = [run_backend(make, args.rate, args.pings, args.repeats) for make in makers]
-    text = section(
-        shlex.join(["python", "-m", "bench.bench_flood", *raw]), args.rate, args.pings, rows
-    )
+    rows = [row for make in makers for row in run_backend(make, rates, args.pings, args.repeats)]
+    text = section(shlex.join(["python", "-m", "bench.bench_flood", *raw]), args.pings, rows)
     print(text)
     if not args.no_docs:
         update_doc(text)
-    return 0 if all(not error for _, _, error in rows) else 1
+    return 0 if all(not row.error for row in rows) else 1
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
