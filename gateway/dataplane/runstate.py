@@ -77,6 +77,10 @@ class RunState:
         word = os.pread(self.fd, _RESTORING.size, _RESTORING_OFFSET)
         return _RESTORING.unpack(word)[0] if len(word) == _RESTORING.size else 0
 
+    def fds(self) -> list[int]:
+        """Every fd the state lives in: what a process that uses it must keep open."""
+        return [self.fd, self.timestamps.fd]
+
     def close(self) -> None:
         os.close(self.fd)
         self.timestamps.close()

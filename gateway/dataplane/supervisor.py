@@ -267,7 +267,7 @@ class Supervisor:
         if self.uapi is not None:
             extra += self.uapi.fds()
         if self._runstate is not None:
-            extra.append(self._runstate.fd)
+            extra += self._runstate.fds()
         return replace(ring_fds, other=(*ring_fds.other, *extra))
 
     def _forget_secrets(self) -> None:
