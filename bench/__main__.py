@@ -2,7 +2,8 @@
 
 Each bench/bench_*.py module runs as its own subprocess (`python -m bench.<module>`) with its
 own output, the network benchmark first. Options this runner does not know are passed to the
-network benchmark (see `python -m bench.bench_network --help`).
+network benchmark (see `python -m bench.bench_network --help`); `--wireguard-go PATH` goes to
+every benchmark that runs wireguard-go (network and profile).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 NETWORK = "bench_network"
+RUNS_WIREGUARD_GO = (NETWORK, "bench_profile")
 
 
 def discover() -> list[str]:
@@ -28,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", action="append", default=[], help="e.g. network, ring")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--wireguard-go", metavar="PATH", help="wireguard-go to compare with")
     args, network_args = parser.parse_known_args(argv)
     modules = discover()
     if args.list:
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if wanted and name not in wanted:
             continue
         extra = network_args if name == NETWORK else []
+        if args.wireguard_go and name in RUNS_WIREGUARD_GO:
+            extra = [*extra, "--wireguard-go", args.wireguard_go]
         print(f"\n=== {name} ===", flush=True)
         start = time.monotonic()
         rc = subprocess.run(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.__main__ import discover
-from bench.report import BEGIN, END, BackendResult, Metric, markdown_table, replace_section
+from bench.report import BackendResult, Metric, markdown_table, markers, replace_section
 
 UP = Metric("up", "upload", "Gbit/s", True)
 
@@ -21,14 +21,27 @@ def test_table_gives_ratios_to_the_baseline_and_names_backends_not_run() -> None
 
 
 def test_docs_section_is_replaced_not_piled_up() -> None:
+    BEGIN, END = markers("v0.0.20220316")
     doc = "# Benchmarks\n\nintro\n"
-    once = replace_section(doc, f"{BEGIN}\nold\n{END}")
-    twice = replace_section(once + "\n## other\n", f"{BEGIN}\nnew\n{END}")
+    once = replace_section(doc, f"{BEGIN}\nold\n{END}", BEGIN, END)
+    twice = replace_section(once + "\n## other\n", f"{BEGIN}\nnew\n{END}", BEGIN, END)
     assert twice.count(BEGIN) == 1
     assert "old" not in twice
     assert "new" in twice
     assert twice.startswith("# Benchmarks\n\nintro\n")
     assert twice.rstrip().endswith("## other")
+
+
+def test_each_wireguard_go_version_keeps_its_own_section() -> None:
+    old_begin, old_end = markers("v0.0.20220316")
+    new_begin, new_end = markers("v0.0.20250522")
+    doc = replace_section("# Benchmarks\n", f"{old_begin}\ndebian\n{old_end}", old_begin, old_end)
+    doc = replace_section(doc, f"{new_begin}\nnewer\n{new_end}", new_begin, new_end)
+    doc = replace_section(doc, f"{new_begin}\nnewest\n{new_end}", new_begin, new_end)
+    assert "debian" in doc
+    assert "newest" in doc
+    assert "newer\n" not in doc
+    assert doc.index("debian") < doc.index("newest")
 
 
 def test_runner_finds_every_bench_module_network_first() -> None:

@@ -48,7 +48,13 @@ BackendT = TypeVar("BackendT", bound=GatewayBackend)
 class Topology(Generic[Backend_co]):
     """The namespaces, the wireguard-go clients and the gateway backend; close() removes all."""
 
-    def __init__(self, backend: Backend_co, specs: Sequence[ClientSpec]) -> None:
+    def __init__(
+        self,
+        backend: Backend_co,
+        specs: Sequence[ClientSpec],
+        *,
+        wireguard_go: str | None = None,
+    ) -> None:
         self.backend = backend
         self.client_specs = list(specs)
         self.hosts = Hosts()
@@ -66,7 +72,9 @@ class Topology(Generic[Backend_co]):
                     f"{spec.underlay_addr}/30",
                     f"{spec.gateway_underlay_addr}/30",
                 )
-                wg = WireGuardGo(ns, tag=f"{TAG}c", private_key=spec.private_key)
+                wg = WireGuardGo(
+                    ns, tag=f"{TAG}c", private_key=spec.private_key, binary=wireguard_go
+                )
                 self.clients.append(wg)
                 wg.listen(spec.listen_port)
         except BaseException:
@@ -209,15 +217,17 @@ def topology(
     ready_timeout: float = READY_TIMEOUT,
     client_options: Sequence[ClientOptions] = (),
     iperf: bool = True,
+    wireguard_go: str | None = None,
 ) -> Iterator[Topology[BackendT]]:
     """Build the topology around `backend`, wait until traffic crosses it, tear it down after.
 
+    The clients run the wireguard-go executable `wireguard_go` (default Debian's).
     IPv4 and IPv6 both run inside the tunnel and between gateway and resource. Clients listen
     on fixed ports (ClientSpec.listen_port). Raises BackendUnavailable (with the gateway's log)
     if the gateway never gets ready; the backend is closed either way.
     """
     try:
-        topo = Topology(backend, client_specs(clients, client_options))
+        topo = Topology(backend, client_specs(clients, client_options), wireguard_go=wireguard_go)
     except BaseException:
         backend.close()  # a Topology that failed half-way closed it already: twice is harmless
         raise
