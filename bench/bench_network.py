@@ -173,6 +173,7 @@ def measure(topo: Topology[GatewayBackend], settings: Settings, result: BackendR
 
     for rep in range(settings.repeats):
         for key, clients, args in TCP_CASES:
+            topo.wait_iperf_idle()
             with gateway_cpu(backend) as cpu:
                 runs = run_iperf(topo, clients, args, settings.duration, udp=False)
             gbits = sum(r.bits_per_second for r in runs) / 1e9
@@ -183,6 +184,7 @@ def measure(topo: Topology[GatewayBackend], settings: Settings, result: BackendR
             progress(f"{result.backend}: {key} {rep + 1}/{settings.repeats}: {gbits:.3f} Gbit/s")
         for case, rate in (("udp_max", "0"), ("udp_fixed", settings.udp_rate)):
             udp_args = ["-u", "-b", rate, "-l", str(settings.udp_length)]
+            topo.wait_iperf_idle()
             (udp,) = run_iperf(topo, [0], udp_args, settings.duration, udp=True)
             result.add(f"{case}_rate", udp.bits_per_second / 1e9)
             result.add(f"{case}_loss", udp.lost_percent)

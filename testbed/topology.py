@@ -158,10 +158,12 @@ class Topology(Generic[Backend_co]):
             wait_for(functools.partial(_listening, self.resource, spec.iperf_port), timeout=10)
 
     def wait_iperf_idle(self, timeout: float = 10) -> None:
-        """Wait until no iperf3 server holds a connection from the last test: iperf3 3.12
-        refuses ("server is busy") a client that connects while it still finishes one."""
+        """Wait until every iperf3 server listens and holds no connection from the last test:
+        iperf3 3.12 refuses ("server is busy") a client that connects while it still finishes
+        one, and between tests its listening socket may be briefly gone (connection refused)."""
         for spec in self.client_specs:
-            wait_for(functools.partial(_idle, self.resource, spec.iperf_port), timeout=timeout)
+            ready = functools.partial(_ready_for_test, self.resource, spec.iperf_port)
+            wait_for(ready, timeout=timeout)
 
     def close(self) -> None:
         for wg in self.clients:
@@ -176,6 +178,10 @@ def _idle(ns: NetNS, port: int) -> bool:
 
 def _listening(ns: NetNS, port: int) -> bool:
     return f":{port} " in ns.run("ss", "-Hltn", check=False)
+
+
+def _ready_for_test(ns: NetNS, port: int) -> bool:
+    return _idle(ns, port) and _listening(ns, port)
 
 
 def _wait_ready(topo: Topology[GatewayBackend], timeout: float) -> None:
