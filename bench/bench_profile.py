@@ -535,7 +535,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, str, bool]:
     parser.add_argument("--udp-rate", default="300M", help="iperf3 -b for the UDP loss runs")
     parser.add_argument("--py-spy", action="store_true", help="also sample with py-spy")
     parser.add_argument("--no-reference", action="store_true", help="skip wireguard-go")
-    parser.add_argument("--label", default="main", help="names the docs section (e.g. before)")
+    parser.add_argument("--label", default="latest", help="names the docs section (e.g. before)")
     add_wireguard_go_option(parser)
     parser.add_argument("--no-docs", action="store_true", help="don't update docs/BENCHMARKS.md")
     args = parser.parse_args(argv)

@@ -92,7 +92,7 @@ def network_section(
     return "\n".join(
         [
             begin,
-            f"## Network: gateway vs wireguard-go {wireguard_go} as the gateway (`make bench`)",
+            f"### Network: gateway vs wireguard-go {wireguard_go} as the gateway (`make bench`)",
             "",
             f"Measured {time.strftime('%Y-%m-%d')} with `{command}` from the repository root,"
             " as root (`make bench` runs it with the defaults; `make bench"
