@@ -27,6 +27,9 @@ With --py-spy (if `py-spy` is installed: the dev extras have it) a second run of
 samples every process (py-spy record --nonblocking) and lists the lines where most samples
 ended; the first run is never profiled, so py-spy's own CPU does not skew the figures.
 
+Ping (client 0 to the resource, every 20 ms) runs for 4 s before the cases (idle) and
+during each TCP run (under load): p50 and p99 round trips.
+
 Then a UDP run at a fixed offer in each direction lists every counter along the path that
 lost datagrams: UDP socket errors in each namespace (/proc/net/snmp), interface drops (`ip
 -s link`), the gateway's drop reasons and ring full events, and iperf3's loss.
@@ -45,6 +48,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +62,7 @@ import psutil
 from bench import report
 from bench.bench_network import add_wireguard_go_option, load_average, machine, progress
 from shm_ring.ring import SHM_DIR, RingStats, read_stats
-from testbed.addresses import TUNNEL_MTU
+from testbed.addresses import RESOURCE_ADDR, TUNNEL_MTU
 from testbed.gateways import FirezoneGateway, GatewayBackend, WireGuardGoGateway
 from testbed.iperf import IperfResult, iperf_argv, parse_iperf
 from testbed.netns import NetNS
@@ -67,6 +71,8 @@ from testbed.topology import Topology, topology
 RESULTS_DIR = Path(__file__).parent / "results"
 TCP_CASES: tuple[tuple[str, list[str]], ...] = (("TCP upload", []), ("TCP download", ["-R"]))
 TOP_LINES = 6
+PING_INTERVAL = 0.02  # 50 pings a second: a latency probe, not load
+_PING_TIME = re.compile(r"time=([\d.]+) ms")
 TCP_PAYLOAD_PER_PACKET = TUNNEL_MTU - 20 - 20 - 12  # IPv4, TCP, timestamps option
 _LINE_IN_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -254,6 +260,7 @@ class CaseResult:
     rings: dict[str, dict[str, int]] = field(default_factory=dict)
     tunnel_datagrams: int = 0
     top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    ping_ms: list[float] = field(default_factory=list)  # client 0 to the resource, meanwhile
 
 
 def run_client(topo: Topology[GatewayBackend], args: Sequence[str], duration: int) -> IperfResult:
@@ -263,6 +270,32 @@ def run_client(topo: Topology[GatewayBackend], args: Sequence[str], duration: in
         return parse_iperf(out.stdout, udp="-u" in args)
     except (ValueError, KeyError) as exc:
         raise RuntimeError(f"iperf3 failed: {exc} {out.stderr[-400:]}") from exc
+
+
+def start_ping(topo: Topology[GatewayBackend], seconds: float) -> subprocess.Popen[str]:
+    """Ping the resource from client 0 every PING_INTERVAL s for `seconds` (runs alongside)."""
+    count = max(2, int(seconds / PING_INTERVAL))
+    argv = topo.client_ns(0).exec_argv(
+        "ping", "-c", str(count), "-i", str(PING_INTERVAL), "-W", "1", RESOURCE_ADDR
+    )
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def ping_result(proc: subprocess.Popen[str], timeout: float) -> list[float]:
+    """The round-trip times (ms) a start_ping process saw."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return [float(m) for m in _PING_TIME.findall(out)]
+
+
+def rtt_summary(rtts: Sequence[float]) -> str:
+    if len(rtts) < 2:
+        return "no ping replies"
+    p99 = statistics.quantiles(rtts, n=100, method="inclusive")[98]
+    return f"ping p50 {statistics.median(rtts):.3f} ms, p99 {p99:.3f} ms ({len(rtts)} replies)"
 
 
 def backend_pids(backend: GatewayBackend) -> dict[str, int]:
@@ -282,10 +315,12 @@ def measure_case(
     rings_before = ring_counters(gw.ifname) if gw else {}
     procs_before = sample_all(pids)
     start = time.monotonic()
+    ping = start_ping(topo, duration - 1)  # ends before iperf3 does: all of it under load
     result = run_client(topo, args, duration)
     seconds = time.monotonic() - start
     procs = {r: s.minus(procs_before[r]) for r, s in sample_all(pids).items()}
     out = CaseResult(backend.name, case, seconds, result, procs)
+    out.ping_ms = ping_result(ping, timeout=30)
     if gw:
         after = gateway_counters(gw)
         out.counters = {r: minus(after[r], counters_before.get(r, {})) for r in after}
@@ -399,6 +434,8 @@ def case_markdown(result: CaseResult) -> str:
         f"#### {result.backend}, {result.case}: {gbits:.3f} Gbit/s, {per_gb:.1f} CPU-s/GB, "
         f"{result.tunnel_datagrams / result.seconds:,.0f} tunnel datagrams/s",
         "",
+        f"Under this load: {rtt_summary(result.ping_ms)}.",
+        "",
         process_table(result),
     ]
     if result.rings:
@@ -476,6 +513,9 @@ def profile_backend(
     cases: list[dict[str, object]] = []
     progress(f"{backend.name}: building topology")
     with topology(backend, clients=1, wireguard_go=settings.wireguard_go) as topo:
+        idle_seconds = 4.0
+        idle = ping_result(start_ping(topo, idle_seconds), timeout=idle_seconds + 30)
+        sections.append(f"#### {backend.name}, idle: {rtt_summary(idle)}")
         for case, args in TCP_CASES:
             topo.wait_iperf_idle()
             result = measure_case(topo, case, args, settings.duration)
@@ -497,6 +537,7 @@ def profile_backend(
         sections.append(loss_markdown(backend.name, losses, settings.udp_rate))
     record: dict[str, object] = {
         "backend": backend.name,
+        "idle_ping_ms": idle,
         "cases": cases,
         "loss": [asdict(x) for x in losses],
     }

@@ -11,6 +11,7 @@ from bench.bench_profile import (
     parse_link_stats,
     parse_snmp_udp,
     process_table,
+    rtt_summary,
     top_lines,
 )
 from testbed.iperf import IperfResult
@@ -95,3 +96,9 @@ def test_process_table_adds_up_to_the_whole_gateway() -> None:
     assert "| worker0 | 1000 | 2.00 | 1.00 | 3.00 | 10 | 100.00 | 1 | 0.05 | 0.02 |" in table
     # all: 7 ms user + 2 ms system over 1000 tunnel datagrams.
     assert "| **all** | 1000 | 7.00 | 2.00 | 9.00 | 35 |" in table
+
+
+def test_rtt_summary_gives_median_and_p99() -> None:
+    rtts = [float(ms) for ms in range(1, 101)]  # 1..100 ms
+    assert rtt_summary(rtts) == "ping p50 50.500 ms, p99 99.010 ms (100 replies)"
+    assert rtt_summary([1.0]) == "no ping replies"
