@@ -26,6 +26,15 @@ def discover() -> list[str]:
     return sorted(names, key=lambda n: n != NETWORK)
 
 
+def module_args(name: str, network_args: Sequence[str], wireguard_go: str | None) -> list[str]:
+    """The options benchmark `name` gets: the unknown ones if it is the network benchmark,
+    --wireguard-go if it runs wireguard-go."""
+    extra = list(network_args) if name == NETWORK else []
+    if wireguard_go and name in RUNS_WIREGUARD_GO:
+        extra += ["--wireguard-go", wireguard_go]
+    return extra
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", action="append", default=[], help="e.g. network, ring")
@@ -43,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in modules:
         if wanted and name not in wanted:
             continue
-        extra = network_args if name == NETWORK else []
-        if args.wireguard_go and name in RUNS_WIREGUARD_GO:
-            extra = [*extra, "--wireguard-go", args.wireguard_go]
+        extra = module_args(name, network_args, args.wireguard_go)
         print(f"\n=== {name} ===", flush=True)
         start = time.monotonic()
         rc = subprocess.run(

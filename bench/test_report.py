@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.__main__ import discover
+from bench.__main__ import discover, module_args
 from bench.report import BackendResult, Metric, markdown_table, markers, replace_section
 
 UP = Metric("up", "upload", "Gbit/s", True)
@@ -48,3 +48,16 @@ def test_runner_finds_every_bench_module_network_first() -> None:
     modules = discover()
     assert modules[0] == "bench_network"
     assert all(m.startswith("bench_") for m in modules)
+
+
+def test_runner_gives_wireguard_go_to_the_benchmarks_that_run_it() -> None:
+    wg = "/opt/wg/wireguard-go"
+    assert module_args("bench_network", ["--duration", "5"], wg) == [
+        "--duration",
+        "5",
+        "--wireguard-go",
+        wg,
+    ]
+    assert module_args("bench_profile", ["--duration", "5"], wg) == ["--wireguard-go", wg]
+    assert module_args("bench_ring", ["--duration", "5"], wg) == []
+    assert module_args("bench_network", [], None) == []
