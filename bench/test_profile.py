@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bench.bench_profile import (
-    CaseResult,
-    ProcSample,
-    packets_of,
-    parse_link_stats,
-    parse_snmp_udp,
-    process_table,
-    rtt_summary,
-    top_lines,
-)
+from bench.bench_profile import CaseResult, packets_of, process_table
+from bench.probes import ProcSample, parse_link_stats, parse_snmp_udp, rtt_summary, top_lines
 from testbed.iperf import IperfResult
 
 SNMP = """Ip: Forwarding DefaultTTL
