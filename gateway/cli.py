@@ -7,7 +7,6 @@ Later commands (`run`, `show`, ...) attach to `main` and read the options with
 from __future__ import annotations
 
 import ipaddress
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from gateway.config import (
     PeerConfig,
     load_config,
 )
+from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
 from gateway.logsetup import LogDirectiveError, setup_logging
 from gateway.metrics import parse_listen
 
@@ -37,7 +37,7 @@ class GlobalOptions:
     workers: int
     log_filter: str
     log_format: str | None  # None: human, or journald when stderr is the systemd journal
-    metrics_listen: tuple[str, int] | None = None
+    metrics_listen: Endpoint | None = None
 
 
 pass_global_options = click.make_pass_decorator(GlobalOptions)
@@ -179,7 +179,11 @@ def show(options: GlobalOptions, as_json: bool) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     name = config.interface.name
-    segment = show_mod.find_stats_segment(name)
+    try:
+        segment = show_mod.find_stats_segment(name)
+    except OSError as exc:  # e.g. a runtime directory others could have written to
+        click.echo(f"Error: cannot read the counters of {name}: {exc}", err=True)
+        sys.exit(1)
     if segment is None:
         click.echo(f"Error: no running firezone-gw for interface {name}", err=True)
         sys.exit(1)
@@ -233,8 +237,12 @@ def client_config(
         networks = [ipaddress.ip_network(r, strict=True) for r in routes]
     except ValueError as exc:
         raise click.UsageError(f"--route: {exc}") from None
-    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}", endpoint):
-        raise click.UsageError(f"--endpoint {endpoint!r}: expected HOST:PORT or [V6]:PORT")
+    try:  # the client resolves a name itself: only check the syntax here
+        endpoint = format_endpoint(parse_endpoint(endpoint))
+    except EndpointError as exc:
+        raise click.UsageError(
+            f"--endpoint {endpoint!r}: expected HOST:PORT or [V6]:PORT ({exc})"
+        ) from None
     try:
         config = load_config(options.config)
     except ConfigError as exc:
@@ -328,17 +336,25 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
         f"interface {interface.name}: listen port {interface.listen_port}, mtu {interface.mtu}",
         f"  public key {keys.encode_key(interface.public_key)}",
         f"  addresses {addresses}",
-        f"metrics on {_format_endpoint(config.metrics.listen)}",
-        f"{len(config.peers)} peer{'' if len(config.peers) == 1 else 's'}",
+        f"metrics on {format_endpoint(config.metrics.listen)}",
     ]
+    if config.resources:
+        lines.append(f"{len(config.resources)} resource{_plural(config.resources)}")
+        for resource in config.resources:
+            filters = ", ".join(str(f) for f in resource.filters) or "every protocol and port"
+            lines.append(f"  resource {resource.name}: {resource.address} ({filters})")
+    else:
+        lines.append("no resources: every peer reaches everything routed behind the gateway")
+    lines.append(f"{len(config.peers)} peer{_plural(config.peers)}")
     for peer in config.peers:
         allowed = ", ".join(str(n) for n in peer.allowed_ips) or "none"
         lines.append(f"  peer {keys.encode_key(peer.public_key)}: allowed IPs {allowed}")
         if peer.endpoint is not None:
-            lines.append(f"    endpoint {_format_endpoint(peer.endpoint)}")
+            lines.append(f"    endpoint {format_endpoint(peer.endpoint)}")
+        if config.resources:
+            lines.append(f"    resources {', '.join(peer.resources) or 'none'}")
     return lines
 
 
-def _format_endpoint(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _plural(items: Sequence[object]) -> str:
+    return "" if len(items) == 1 else "s"

@@ -15,7 +15,9 @@ from pathlib import Path
 import nacl.public
 import nacl.utils
 
-KEY_LEN = 32
+from gateway.wireguard.constants import KEY_SIZE
+from gateway.wireguard.crypto import clamp
+
 KEY_BASE64_LEN = 44
 # A key file holds one line; anything much longer is not a key file.
 MAX_KEY_FILE_BYTES = 1024
@@ -35,35 +37,32 @@ class KeyFileMissingError(KeyFileError):
 
 def clamp_private_key(raw: bytes) -> bytes:
     """Clamp 32 random bytes into an X25519 private key, as `wg genkey` does."""
-    if len(raw) != KEY_LEN:
-        raise KeyFormatError(f"a private key is {KEY_LEN} bytes, got {len(raw)}")
-    key = bytearray(raw)
-    key[0] &= 248
-    key[31] = (key[31] & 127) | 64
-    return bytes(key)
+    if len(raw) != KEY_SIZE:
+        raise KeyFormatError(f"a private key is {KEY_SIZE} bytes, got {len(raw)}")
+    return clamp(raw)
 
 
 def generate_private_key() -> bytes:
     """A new clamped X25519 private key (`wg genkey`)."""
-    return clamp_private_key(nacl.utils.random(KEY_LEN))
+    return clamp_private_key(nacl.utils.random(KEY_SIZE))
 
 
 def generate_preshared_key() -> bytes:
     """A new random 32-byte preshared key (`wg genpsk`)."""
-    return nacl.utils.random(KEY_LEN)
+    return nacl.utils.random(KEY_SIZE)
 
 
 def public_key(private_key: bytes) -> bytes:
     """The X25519 public key for a private key (`wg pubkey`); the scalar is clamped first."""
-    if len(private_key) != KEY_LEN:
-        raise KeyFormatError(f"a private key is {KEY_LEN} bytes, got {len(private_key)}")
+    if len(private_key) != KEY_SIZE:
+        raise KeyFormatError(f"a private key is {KEY_SIZE} bytes, got {len(private_key)}")
     return nacl.public.PrivateKey(private_key).public_key.encode()
 
 
 def encode_key(key: bytes) -> str:
     """The 44-character base64 text of a 32-byte key."""
-    if len(key) != KEY_LEN:
-        raise KeyFormatError(f"a key is {KEY_LEN} bytes, got {len(key)}")
+    if len(key) != KEY_SIZE:
+        raise KeyFormatError(f"a key is {KEY_SIZE} bytes, got {len(key)}")
     return base64.b64encode(key).decode("ascii")
 
 
@@ -78,15 +77,15 @@ def decode_key(text: str) -> bytes:
         raise KeyFormatError("key is empty")
     if len(text) != KEY_BASE64_LEN:
         raise KeyFormatError(
-            f"key must be {KEY_BASE64_LEN} base64 characters ({KEY_LEN} bytes), "
+            f"key must be {KEY_BASE64_LEN} base64 characters ({KEY_SIZE} bytes), "
             f"got {len(text)} characters"
         )
     try:
         key = base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise KeyFormatError("key is not valid base64") from None
-    if len(key) != KEY_LEN:
-        raise KeyFormatError(f"key decodes to {len(key)} bytes, expected {KEY_LEN}")
+    if len(key) != KEY_SIZE:
+        raise KeyFormatError(f"key decodes to {len(key)} bytes, expected {KEY_SIZE}")
     if base64.b64encode(key).decode("ascii") != text:
         # Unused low bits in the last character are set: `wg` refuses these too.
         raise KeyFormatError("key is not canonical base64 (unused trailing bits are set)")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.stats import StatsSnapshot
 
 if TYPE_CHECKING:
@@ -230,21 +231,12 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9586' or '[::1]:9586' -> (host, port); a clear error otherwise."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"metrics listen address needs host:port, got {text!r}")
-    port = int(port_text)
-    if port > 0xFFFF:  # noqa: PLR2004 (largest port)
-        raise ValueError(f"metrics listen port out of range: {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+def parse_listen(text: str) -> Endpoint:
+    """'127.0.0.1:9586', '[::1]:9586' or 'localhost:9586' -> (address, port); port 0 = any."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"metrics listen host must be an IP address, got {text!r}") from None
-    return host, port
+        return resolve_endpoint(parse_endpoint(text, min_port=0))
+    except EndpointError as exc:
+        raise ValueError(f"metrics listen address {text!r}: {exc}") from None
 
 
 class _RequestTooLargeError(OSError):

@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gateway.endpoint import Endpoint, EndpointError, format_endpoint
+from gateway.endpoint import parse_endpoint as parse_endpoint_text
+from gateway.ipnet import IPNetwork
+from gateway.wireguard.constants import KEY_SIZE
+
 log = logging.getLogger(__name__)
 
 ERR_IO = -_errno.EIO
@@ -34,15 +39,13 @@ ERR_INVALID = -_errno.EINVAL
 ERR_PORT_IN_USE = -_errno.EADDRINUSE
 ERR_UNKNOWN = -55  # wireguard-go's IpcErrorUnknown
 
-KEY_LEN = 32
-ZERO_KEY = bytes(KEY_LEN)
+ZERO_KEY = bytes(KEY_SIZE)
 MAX_LINE_BYTES = 4096
 MAX_REQUEST_BYTES = 32 << 20  # ~1M allowed IPs; wireguard-go has no limit
 READ_AHEAD_BYTES = 256 << 10  # unparsed input kept per connection before reading pauses
 MAX_DRAIN_BYTES = 64 << 20  # input discarded after a session ends, before the socket closes
 SOCKET_DIR = Path("/var/run/wireguard")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DIGITS = re.compile(r"[0-9]+")
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
@@ -54,17 +57,6 @@ class UapiError(Exception):
     def __init__(self, errno: int, message: str) -> None:
         super().__init__(message)
         self.errno = errno
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    address: IPAddress
-    port: int
-
-    def __str__(self) -> str:
-        if self.address.version == 6:  # noqa: PLR2004 (IP version)
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
 
 
 # ---- set: typed operations ----
@@ -154,8 +146,10 @@ class UapiBackend(Protocol):
 
 
 def parse_key(value: str, what: str) -> bytes:
+    # Never quote the value: it may be a private or preshared key, and errors are logged.
     if not _HEX_KEY.fullmatch(value):
-        raise UapiError(ERR_INVALID, f"{what}: expected 64 hex digits, got {value[:80]!r}")
+        problem = "non-hex characters" if len(value) == 2 * KEY_SIZE else f"{len(value)} characters"
+        raise UapiError(ERR_INVALID, f"{what}: expected {2 * KEY_SIZE} hex digits, got {problem}")
     return bytes.fromhex(value)
 
 
@@ -166,19 +160,11 @@ def parse_uint(value: str, bits: int, what: str) -> int:
 
 
 def parse_endpoint(value: str) -> Endpoint:
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise UapiError(ERR_INVALID, f"endpoint: missing port in {value!r}")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
+    """A numeric endpoint, as wireguard-go's netip.ParseAddrPort: `wg` resolves names itself."""
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise UapiError(ERR_INVALID, f"endpoint: bad IP address in {value!r}") from None
-    if (address.version == 6) != bracketed:  # noqa: PLR2004 (IP version)
-        raise UapiError(ERR_INVALID, f"endpoint: IPv6 needs brackets, IPv4 none: {value!r}")
-    return Endpoint(address, parse_uint(port_text, 16, "endpoint port"))
+        return parse_endpoint_text(value, min_port=0, numeric=True)
+    except EndpointError as exc:
+        raise UapiError(ERR_INVALID, f"endpoint: {exc}: {value[:80]!r}") from None
 
 
 def parse_prefix(value: str) -> IPNetwork:
@@ -287,7 +273,8 @@ class SetParser:
     def line(self, line: str) -> None:
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(ERR_PROTOCOL, f"failed to parse line {line[:80]!r}")
+            # Not quoted: a mistyped `private_key` line would put the key into the log.
+            raise UapiError(ERR_PROTOCOL, f"failed to parse a line of {len(line)} bytes: no '='")
         if key == "public_key":
             public_key = parse_key(value, key)
             self._finish_peer()
@@ -357,7 +344,7 @@ def format_get(state: DeviceState) -> bytes:
         lines.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
         lines.append("protocol_version=1")
         if peer.endpoint is not None:
-            lines.append(f"endpoint={peer.endpoint}")
+            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
         seconds, nanoseconds = divmod(peer.last_handshake_ns, 1_000_000_000)
         lines.append(f"last_handshake_time_sec={seconds}")
         lines.append(f"last_handshake_time_nsec={nanoseconds}")
@@ -383,7 +370,7 @@ def format_set(state: DeviceState) -> str:
         lines.append(f"public_key={peer.public_key.hex()}")
         lines.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
         if peer.endpoint is not None:
-            lines.append(f"endpoint={peer.endpoint}")
+            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
         lines.append("replace_allowed_ips=true")
         lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
@@ -484,7 +471,8 @@ class UapiConnection:
             self._request_bytes = 0
             return None
         self._mode = "closed"
-        return CloseConnection(f"invalid UAPI operation: {line[:80]!r}")
+        operation = line.partition("=")[0][:80]  # never the value: it could be a key
+        return CloseConnection(f"invalid UAPI operation: {operation!r}")
 
     def _on_set_line(self, line: str, size: int) -> Event | None:
         if self._set is None:
@@ -571,6 +559,10 @@ class UapiServer:
 
     def fileno(self) -> int:
         return self._epoll.fileno()
+
+    def fds(self) -> tuple[int, ...]:
+        """Every fd the server needs (its epoll and the listening socket), for fd hygiene."""
+        return (self._epoll.fileno(), self._listener.fileno())
 
     @property
     def connections(self) -> int:

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Endpoint = tuple[str, int]
+from gateway.endpoint import Endpoint
+
 Datagram = bytes | bytearray | memoryview
 
 # Linux values; Python's socket module has no names for them.

@@ -10,9 +10,9 @@ import struct
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 
+from gateway.endpoint import Endpoint
 from gateway.wireguard.crypto import public_key
 from gateway.wireguard.device import Datagram, Device
-from gateway.wireguard.peer import Endpoint
 from testbed.tun_packets import checksum
 
 A_ENDPOINT: Endpoint = ("192.0.2.1", 51820)

@@ -13,6 +13,7 @@ from gateway.config import (
     load_config,
     parse_config_text,
 )
+from tests.offline_dns import use_offline_dns
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "gateway.toml"
@@ -42,6 +43,11 @@ public_key = "{public_key}"
 allowed_ips = [{allowed}]
 {extra}
 """
+
+
+@pytest.fixture(autouse=True)
+def _offline_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_offline_dns(monkeypatch)
 
 
 @pytest.fixture
@@ -121,10 +127,16 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
 
 
 def test_inline_preshared_key_and_hostname_endpoint(config_dir: Path) -> None:
-    extra = f'preshared_key = "{keys.encode_key(PSK)}"\nendpoint = "peer.example.com:51820"'
+    extra = f'preshared_key = "{keys.encode_key(PSK)}"\nendpoint = "localhost:51820"'
     config = parse(interface_table() + peer_table(extra=extra), config_dir)
     assert config.peers[0].preshared_key == PSK
-    assert config.peers[0].endpoint == ("peer.example.com", 51820)
+    # Resolved at load time: only numeric addresses may reach the data plane (issue #11).
+    assert config.peers[0].endpoint in {("127.0.0.1", 51820), ("::1", 51820)}
+
+
+def test_host_name_metrics_listen_is_resolved(config_dir: Path) -> None:
+    config = parse(interface_table() + '[metrics]\nlisten = "localhost:9586"\n', config_dir)
+    assert config.metrics.listen in {("127.0.0.1", 9586), ("::1", 9586)}
 
 
 def test_address_without_prefix_is_a_host_network(config_dir: Path) -> None:
@@ -288,6 +300,19 @@ BAD_CASES = {
     "keepalive-range": (
         interface_table() + peer_table(extra="persistent_keepalive = 0"),
         "gw.toml: peers[0].persistent_keepalive: expected an integer in 1..65535, got 0",
+    ),
+    "endpoint-name-does-not-resolve": (
+        interface_table() + peer_table(extra='endpoint = "no-such-host.invalid:51820"'),
+        "gw.toml: peers[0].endpoint: cannot resolve 'no-such-host.invalid': ",
+    ),
+    "endpoint-scoped-ipv6": (
+        interface_table() + peer_table(extra='endpoint = "[fe80::1%lo]:51820"'),
+        "gw.toml: peers[0].endpoint: expected host:port or [IPv6]:port, got '[fe80::1%lo]:51820' "
+        "(scoped IPv6 addresses (with %zone) are not supported)",
+    ),
+    "metrics-listen-name-does-not-resolve": (
+        interface_table() + '[metrics]\nlisten = "no-such-host.invalid:9586"\n',
+        "gw.toml: metrics.listen: cannot resolve 'no-such-host.invalid': ",
     ),
     "metrics-listen-without-port": (
         interface_table() + '[metrics]\nlisten = "127.0.0.1"\n',

@@ -25,7 +25,7 @@ def test_generated_private_keys_are_clamped_and_distinct() -> None:
     generated = {keys.generate_private_key() for _ in range(64)}
     assert len(generated) == 64
     for key in generated:
-        assert len(key) == keys.KEY_LEN
+        assert len(key) == keys.KEY_SIZE
         assert key[0] & 0b111 == 0
         assert key[31] & 0x80 == 0
         assert key[31] & 0x40 == 0x40
@@ -42,7 +42,7 @@ def test_clamp_matches_rfc7748() -> None:
 def test_preshared_keys_are_random_32_bytes() -> None:
     generated = {keys.generate_preshared_key() for _ in range(64)}
     assert len(generated) == 64
-    assert all(len(k) == keys.KEY_LEN for k in generated)
+    assert all(len(k) == keys.KEY_SIZE for k in generated)
 
 
 def test_public_key_rfc7748_vector() -> None:

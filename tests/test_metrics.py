@@ -190,13 +190,17 @@ def test_render_every_family_has_help_and_type(region: StatsRegion) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("127.0.0.1:9586", ("127.0.0.1", 9586)), ("[::1]:80", ("::1", 80))],
+    [
+        ("127.0.0.1:9586", ("127.0.0.1", 9586)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:9586", ("127.0.0.1", 9586)),  # resolved, like the config's metrics.listen
+    ],
 )
 def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen(text) == expected
 
 
-@pytest.mark.parametrize("text", ["localhost:9586", "127.0.0.1", "1.2.3.4:70000", "1.2.3.4:x"])
+@pytest.mark.parametrize("text", ["[fe80::1%lo]:9586", "127.0.0.1", "1.2.3.4:70000", "1.2.3.4:x"])
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="metrics listen"):
         parse_listen(text)
@@ -319,8 +323,10 @@ def test_connections_beyond_the_cap_are_closed_and_counted(region: StatsRegion) 
         for sock in idle:
             assert not _closed_by_server(sock, 0)
             sock.close()
-        # Once the idle clients are gone, their slots are free again.
-        wait_for(lambda: _get_or_none(srv, "/readyz") == 200, timeout=10)
+        # Once the idle clients are gone, their slots are free again (wait for the server to
+        # see them go first: an early poll would be refused, and counted, too).
+        wait_for(lambda: srv.open_connections == 0, timeout=10)
+        assert _get_or_none(srv, "/readyz") == 200
         samples, _ = _scrape(srv)
         assert samples[("firezone_gw_metrics_connections_refused_total", ())] == 1
     finally:

@@ -8,7 +8,7 @@ import os
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.keys import generate_private_key, public_key
-from gateway.uapi import Endpoint, PeerChange, SetRequest, format_set, parse_set
+from gateway.uapi import PeerChange, SetRequest, format_set, parse_set
 from gateway.wireguard.device import Device
 
 
@@ -22,7 +22,7 @@ def _configured() -> DeviceBackend:
         PeerChange(
             public_key=public_key(generate_private_key()),
             preshared_key=os.urandom(32) if i else None,
-            endpoint=Endpoint(ipaddress.ip_address(f"fd00::{i + 1}"), 51000 + i) if i else None,
+            endpoint=(f"fd00::{i + 1}", 51000 + i) if i else None,
             persistent_keepalive_interval=25 if i else None,
             allowed_ips=(
                 ipaddress.ip_network(f"10.0.{i}.0/24"),

@@ -12,7 +12,6 @@ from gateway import uapi
 from gateway.uapi import (
     CloseConnection,
     DeviceState,
-    Endpoint,
     GetRequest,
     PeerChange,
     PeerState,
@@ -24,7 +23,8 @@ from gateway.uapi import (
     parse_endpoint,
     parse_set,
 )
-from gateway.uapi_model import UapiModel, clamp
+from gateway.wireguard.crypto import clamp
+from tests.uapi_model import UapiModel
 
 K1 = "11" * 32
 K2 = "22" * 32
@@ -69,7 +69,7 @@ def test_parse_set_full_request() -> None:
             PeerChange(
                 public_key=bytes.fromhex(K1),
                 preshared_key=bytes.fromhex(K2),
-                endpoint=Endpoint(ipaddress.ip_address("2001:db8::1"), 51820),
+                endpoint=("2001:db8::1", 51820),
                 persistent_keepalive_interval=25,
                 replace_allowed_ips=True,
                 allowed_ips=(net("10.0.0.0/24"), net("fd00::/64")),
@@ -128,9 +128,39 @@ def test_bad_lines_are_rejected_with_wireguard_go_errno(body: str, errno: int) -
     assert err.value.errno == errno
 
 
-def test_endpoint_formats() -> None:
-    assert str(parse_endpoint("[fe80::1%eth0]:7")) == "[fe80::1%eth0]:7"
-    assert str(parse_endpoint("192.0.2.1:51820")) == "192.0.2.1:51820"
+def test_endpoints_are_numeric_and_canonical() -> None:
+    assert parse_endpoint("192.0.2.1:51820") == ("192.0.2.1", 51820)
+    assert parse_endpoint("[2001:DB8::1]:0") == ("2001:db8::1", 0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    # `wg` resolves names before it sends; a scope id could not be framed for the UDP process
+    # (issue #11: both used to reach the crypto process and crash it).
+    ["localhost:51820", "[fe80::1%eth0]:7", "[fe80::1%1]:7", "192.0.2.1", "[192.0.2.1]:1"],
+)
+def test_names_and_scoped_endpoints_are_invalid(value: str) -> None:
+    with pytest.raises(UapiError) as err:
+        parse_set(f"public_key={K1}\nendpoint={value}")
+    assert err.value.errno == uapi.ERR_INVALID
+
+
+SECRET_HEX = "ab" * 31 + "zz"  # a key with one typo: 64 characters, not all hex
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"private_key={SECRET_HEX}",
+        f"private_key={SECRET_HEX[:-2]}",
+        f"public_key={K1}\npreshared_key={SECRET_HEX}",
+        f"private_key{SECRET_HEX}",  # no '=': the whole line is the key material
+    ],
+)
+def test_errors_never_quote_key_values(body: str) -> None:
+    with pytest.raises(UapiError) as err:
+        parse_set(body)
+    assert SECRET_HEX[:16] not in str(err.value)
 
 
 def test_format_get_order_and_omissions() -> None:
@@ -141,7 +171,7 @@ def test_format_get_order_and_omissions() -> None:
         peers=[
             PeerState(
                 public_key=bytes.fromhex(K1),
-                endpoint=Endpoint(ipaddress.ip_address("192.0.2.1"), 1),
+                endpoint=("192.0.2.1", 1),
                 last_handshake_ns=1_700_000_000_123_456_789,
                 tx_bytes=5,
                 rx_bytes=6,

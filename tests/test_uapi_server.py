@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import logging
 import os
 import select
 import socket
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.stats import PeerStats
 from gateway.uapi import SOCKET_DIR, UapiServer
-from gateway.uapi_model import UapiModel, clamp
+from gateway.wireguard.crypto import clamp
+from gateway.wireguard.device import Device as WgDevice
 from testbed.netns import unique_name
+from tests.uapi_model import UapiModel
 
 
 def b64(data: bytes) -> str:
@@ -288,3 +292,34 @@ def test_stale_socket_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
     finally:
         loop.stop()
         server.close()
+
+
+def test_device_refuses_non_numeric_endpoints_and_saves_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #11: a name or a scoped address used to reach the crypto process's framing."""
+    changes: list[int] = []
+    backend = DeviceBackend(
+        WgDevice(None),
+        listen_port=1,
+        request_listen_port=lambda _p: None,
+        on_change=lambda: changes.append(1),
+    )
+    server = UapiServer.for_interface(unique_name("fzo"), backend)
+    loop = Loop(server)
+    peer = new_key().hex()
+    secret = os.urandom(31).hex() + "zz"  # a private key with a typo
+    caplog.set_level(logging.DEBUG, logger="gateway.uapi")
+    try:
+        for endpoint in ("localhost:51820", "[fe80::1%lo]:51820", "[fe80::1%1]:51820"):
+            request = f"set=1\npublic_key={peer}\nendpoint={endpoint}\n\n".encode()
+            assert _raw(server.path, request) == b"errno=-22\n\n"
+        assert _raw(server.path, f"set=1\nprivate_key={secret}\n\n".encode()) == b"errno=-22\n\n"
+        assert _raw(server.path, f"set=1\nprivate_key{secret}\n\n".encode()) == b"errno=-71\n\n"
+    finally:
+        loop.stop()
+        server.close()
+    assert list(backend.device.peers()) == []
+    assert changes == []  # nothing was saved into the run-time state
+    assert "private_key" in caplog.text  # the errors were logged, naming the key ...
+    assert secret[:16] not in caplog.text  # ... but never its value

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2 import netns as pyroute2_netns
 
+from gateway.endpoint import Endpoint
 from gateway.udp_io import (
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,
-    Endpoint,
     GsoBatch,
     UdpIo,
     endpoint_from_sockaddr,

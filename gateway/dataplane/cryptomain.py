@@ -24,6 +24,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.uapi import UapiError, UapiServer, format_set, parse_set
@@ -50,6 +51,7 @@ class CryptoInputs:
     uapi: UapiServer | None  # the `wg` control socket, served here
     runstate: RunState | None
     listen_port: int  # the UDP port bound now
+    heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
 
 
 class CryptoControl:
@@ -142,4 +144,11 @@ def crypto_main(inputs: CryptoInputs) -> None:
         uapi.backend = crypto.backend
         handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
     report_ready()
-    run_crypto(crypto.device, inputs.rings, block, inputs.stats.peers, handlers=handlers)
+    run_crypto(
+        crypto.device,
+        inputs.rings,
+        block,
+        inputs.stats.peers,
+        handlers=handlers,
+        heartbeat=inputs.heartbeat,
+    )

@@ -26,8 +26,11 @@ from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
+from gateway.endpoint import format_endpoint
 from gateway.wireguard.device import Device
+from gateway.wireguard.drops import Drop
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -36,31 +39,6 @@ BATCH = 100
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
-# The core's drop reasons, folded into the reasons the metrics export.
-DROP_REASON_SLOTS: dict[str, int] = {
-    "malformed": st.DROP_MALFORMED,
-    "malformed_inner": st.DROP_MALFORMED,
-    "malformed_packet": st.DROP_MALFORMED,
-    "bad_cookie_reply": st.DROP_MALFORMED,
-    "handshake_failed": st.DROP_MALFORMED,
-    "bad_mac1": st.DROP_MAC1_INVALID,
-    "under_load_cookie": st.DROP_COOKIE_REQUIRED,
-    "rate_limited": st.DROP_RATE_LIMITED,
-    "unknown_index": st.DROP_UNKNOWN_RECEIVER,
-    "unknown_peer": st.DROP_UNKNOWN_RECEIVER,
-    "decrypt_failed": st.DROP_DECRYPT_FAILED,
-    "expired_keypair": st.DROP_NO_SESSION,
-    "replay": st.DROP_REPLAY,
-    "replayed_timestamp": st.DROP_REPLAY,  # an initiation no newer than the last one
-    "handshake_flood": st.DROP_RATE_LIMITED,  # a second initiation within 20 ms
-    "spoofed_source": st.DROP_ALLOWED_IPS,
-    "no_peer_for_destination": st.DROP_NO_ROUTE,
-    "no_endpoint": st.DROP_NO_SESSION,
-    "staged_overflow": st.DROP_NO_SESSION,
-    "handshake_gave_up": st.DROP_NO_SESSION,
-    "no_private_key": st.DROP_NO_SESSION,
-    "outbox_overflow": st.DROP_RING_FULL,
-}
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
     "handshakes_completed": st.HANDSHAKES_COMPLETED,
@@ -73,7 +51,7 @@ class PacketRing(Protocol):
     """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
 
     @property
-    def slot_size(self) -> int: ...
+    def max_message(self) -> int: ...  # the largest message (packet) it carries, in bytes
 
     def send_ready(self) -> bool: ...
 
@@ -138,7 +116,7 @@ class CounterSync:
 
     def __init__(self, block: memoryview) -> None:
         self.block = block
-        self._drops: Counter[str] = Counter()
+        self._drops: Counter[Drop] = Counter()
         self._events: Counter[str] = Counter()
 
     def sync(self, device: Device) -> None:
@@ -146,7 +124,7 @@ class CounterSync:
         for reason, count in device.drops.items():
             delta = count - self._drops[reason]
             if delta:
-                block[DROP_REASON_SLOTS.get(reason, st.DROP_MALFORMED)] += delta
+                block[st.CORE_DROP_SLOTS[reason]] += delta
                 self._drops[reason] = count
         for name, slot in EVENT_COUNTER_SLOTS.items():
             count = device.counters[name]
@@ -178,7 +156,7 @@ class PeerStatsSync:
                     block[st.PEER_TABLE_FULL] += 1
                     continue
                 self._slots[key] = slot
-            endpoint = "" if peer.endpoint is None else _endpoint_text(peer.endpoint)
+            endpoint = "" if peer.endpoint is None else format_endpoint(peer.endpoint)
             if self._endpoints.get(key) != endpoint:
                 self.table.set_endpoint(slot, endpoint)
                 self._endpoints[key] = endpoint
@@ -193,11 +171,6 @@ class PeerStatsSync:
         for key in [k for k in self._slots if k not in live]:
             self.table.release(self._slots.pop(key))
             self._endpoints.pop(key, None)
-
-
-def _endpoint_text(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class CryptoLoop(Generic[RingT]):
@@ -222,8 +195,8 @@ class CryptoLoop(Generic[RingT]):
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
-        self._max_inner = min(r.slot_size for r in self._to_workers)
-        self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
+        self._max_inner = min(r.max_message for r in self._to_workers)
+        self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0
@@ -339,13 +312,14 @@ class CryptoLoop(Generic[RingT]):
         return timeout
 
 
-def run_crypto(
+def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rings
     device: Device,
     rings: CryptoRings[Ring],
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
@@ -353,7 +327,8 @@ def run_crypto(
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]
-    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
+    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
     for fd in handlers:
         sleeper.watch(fd, select.EPOLLIN)
@@ -361,6 +336,7 @@ def run_crypto(
     monotonic = time.monotonic
     busy_since = monotonic()
     while True:
+        beat()
         if turn(monotonic()):
             continue
         timeout = loop.idle_timeout(monotonic())

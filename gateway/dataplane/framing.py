@@ -10,11 +10,11 @@ from __future__ import annotations
 import socket
 import struct
 
+from gateway.endpoint import Endpoint
+
 HEADER_SIZE = 20
 _HEADER = struct.Struct("!BxH16s")
 _CACHE_MAX = 4096
-
-Endpoint = tuple[str, int]
 
 _encoded: dict[Endpoint, bytes] = {}
 _decoded: dict[bytes, Endpoint] = {}

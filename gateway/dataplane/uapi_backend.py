@@ -8,7 +8,6 @@ owns the UDP socket: it binds the new port and restarts the UDP process on it.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
 import time
@@ -20,7 +19,6 @@ from gateway.uapi import (
     ERR_PORT_IN_USE,
     ZERO_KEY,
     DeviceState,
-    Endpoint,
     PeerChange,
     PeerState,
     SetRequest,
@@ -72,9 +70,6 @@ class DeviceBackend:
     def get_snapshot(self) -> DeviceState:
         peers = []
         for peer in self.device.peers():
-            endpoint = None
-            if peer.endpoint is not None:
-                endpoint = Endpoint(ipaddress.ip_address(peer.endpoint[0]), peer.endpoint[1])
             handshake_ns = 0
             if peer.last_handshake is not None:
                 handshake_ns = int((peer.last_handshake + self.device.unix_time_offset) * 1e9)
@@ -82,7 +77,7 @@ class DeviceBackend:
                 PeerState(
                     public_key=peer.public_key,
                     preshared_key=peer.preshared_key,
-                    endpoint=endpoint,
+                    endpoint=peer.endpoint,
                     last_handshake_ns=handshake_ns,
                     tx_bytes=peer.tx_bytes,
                     rx_bytes=peer.rx_bytes,
@@ -147,7 +142,7 @@ class DeviceBackend:
         peer = device.upsert_peer(
             change.public_key,
             preshared_key=UNCHANGED if psk is None else (None if psk == ZERO_KEY else psk),
-            endpoint=UNCHANGED if endpoint is None else (str(endpoint.address), endpoint.port),
+            endpoint=UNCHANGED if endpoint is None else endpoint,
             persistent_keepalive=UNCHANGED if keepalive is None else keepalive,
             allowed_ips=change.allowed_ips,
             replace_allowed_ips=change.replace_allowed_ips,

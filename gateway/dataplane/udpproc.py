@@ -7,27 +7,35 @@ import select
 
 from gateway import stats as st
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
+from gateway.endpoint import Endpoint
 from gateway.udp_io import UdpIo
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
-Outgoing = list[tuple[tuple[str, int], bytes | memoryview]]
+Outgoing = list[tuple[Endpoint, bytes | memoryview]]
 MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
 
 
 def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
-    udp: UdpIo, to_crypto: Ring, from_crypto: Ring, counters: memoryview
+    udp: UdpIo,
+    to_crypto: Ring,
+    from_crypto: Ring,
+    counters: memoryview,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """Forever: socket -> to_crypto (while it has room), from_crypto -> socket."""
-    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
+    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     sock_fd = udp.fileno()
-    max_payload = to_crypto.slot_size - HEADER_SIZE
+    max_payload = to_crypto.max_message - HEADER_SIZE  # a long datagram spans several slots
     c = counters
     unsent: Outgoing = []
     while True:
+        beat()
         busy = False
         room = to_crypto.free_slots()
         if room:

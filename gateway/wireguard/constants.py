@@ -23,7 +23,9 @@ RESPONSE_SIZE: Final = 92
 COOKIE_REPLY_SIZE: Final = 64
 TRANSPORT_HEADER_SIZE: Final = 16
 TAG_SIZE: Final = 16
-KEEPALIVE_SIZE: Final = TRANSPORT_HEADER_SIZE + TAG_SIZE
+# What encryption adds to a packet; a keepalive is a transport message with no packet.
+TRANSPORT_OVERHEAD: Final = TRANSPORT_HEADER_SIZE + TAG_SIZE
+KEEPALIVE_SIZE: Final = TRANSPORT_OVERHEAD
 # Largest datagram we accept: an IP packet can be at most 65535 bytes, padded to 16.
 MAX_TRANSPORT_SIZE: Final = TRANSPORT_HEADER_SIZE + 65536 + TAG_SIZE
 KEY_SIZE: Final = 32

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 
-from gateway.wireguard.allowedips import AllowedIPs
+from gateway.endpoint import Endpoint
+from gateway.wireguard.allowedips import AllowedIPs, Network
 from gateway.wireguard.constants import (
     COOKIE_REPLY_SIZE,
     DEFAULT_UNDER_LOAD_THRESHOLD,
@@ -40,10 +41,13 @@ from gateway.wireguard.constants import (
     RESPONSE_SIZE,
     TAG_SIZE,
     TRANSPORT_HEADER_SIZE,
+    TRANSPORT_OVERHEAD,
     ZERO_KEYS_AFTER,
 )
 from gateway.wireguard.cookie import CookieChecker, LoadMonitor
 from gateway.wireguard.crypto import CryptoFailure, tai64n
+from gateway.wireguard.drops import Drop
+from gateway.wireguard.indextable import IndexEntry
 from gateway.wireguard.keypair import Keypair
 from gateway.wireguard.messages import (
     INITIATION_MAC1_END,
@@ -54,7 +58,7 @@ from gateway.wireguard.messages import (
     parse_response,
 )
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
-from gateway.wireguard.peer import Endpoint, Network, Peer
+from gateway.wireguard.peer import Peer
 from gateway.wireguard.ratelimiter import RateLimiter
 from gateway.wireguard.timers import expired, next_deadline
 
@@ -112,12 +116,11 @@ class Device:
         self.unix_time_offset = unix_time_offset
         self.max_staged_per_peer = max_staged_per_peer
         self.max_outbox = max_outbox
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[Drop] = Counter()
         self.counters: Counter[str] = Counter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
-        self._handshakes: dict[int, Peer] = {}
-        self._keypairs: dict[int, Keypair] = {}
+        self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
@@ -223,14 +226,19 @@ class Device:
 
     def _end_sessions(self, peer: Peer) -> None:
         for kp in peer.keypairs.clear():
-            self._keypairs.pop(kp.local_index, None)
+            self._index.pop(kp.local_index, None)
         self._forget_handshake(peer)
 
     def _forget_handshake(self, peer: Peer) -> None:
-        hs = peer.handshake
-        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
-            del self._handshakes[hs.local_index]
-        hs.clear()
+        self._drop_handshake_index(peer)
+        peer.handshake.clear()
+
+    def _drop_handshake_index(self, peer: Peer) -> None:
+        """Free the index of our pending initiation to `peer`, if it still has one."""
+        index = peer.handshake.local_index
+        entry = self._index.get(index) if index else None
+        if entry is not None and entry.peer is peer and entry.keypair is None:
+            del self._index[index]
 
     # ---- outbound data path ----------------------------------------------------------------
 
@@ -238,7 +246,7 @@ class Device:
         """A plaintext IP packet from the TUN: its encrypted datagram, or None (staged/dropped)."""
         size = len(packet)
         if size < _IPV4_HEADER:
-            self.drops["malformed_packet"] += 1
+            self.drops[Drop.MALFORMED_PACKET] += 1
             return None
         version = packet[0] >> 4
         if version == _IPV4:
@@ -246,10 +254,10 @@ class Device:
         elif version == _IPV6 and size >= _IPV6_HEADER:
             peer = self._allowed.lookup(packet[24:40])
         else:
-            self.drops["malformed_packet"] += 1
+            self.drops[Drop.MALFORMED_PACKET] += 1
             return None
         if peer is None:
-            self.drops["no_peer_for_destination"] += 1
+            self.drops[Drop.NO_PEER_FOR_DESTINATION] += 1
             return None
         kp = peer.keypairs.current
         if kp is None or not kp.usable_for_sending(now) or peer.staged:
@@ -262,7 +270,7 @@ class Device:
     ) -> tuple[Endpoint, Datagram] | None:
         endpoint = peer.endpoint
         if endpoint is None:
-            self.drops["no_endpoint"] += 1
+            self.drops[Drop.NO_ENDPOINT] += 1
             return None
         size = len(packet)
         padded = (size + 15) & ~15
@@ -297,7 +305,7 @@ class Device:
     def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
         if len(peer.staged) >= self.max_staged_per_peer:
             peer.staged.popleft()
-            self.drops["staged_overflow"] += 1
+            self.drops[Drop.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
         self.counters["staged"] += 1
         self._flush_staged(peer, now)
@@ -320,7 +328,7 @@ class Device:
 
     def _transmit(self, endpoint: Endpoint, data: Datagram) -> None:
         if len(self._outbox) >= self.max_outbox:
-            self.drops["outbox_overflow"] += 1
+            self.drops[Drop.OUTBOX_OVERFLOW] += 1
             return
         self._outbox.append((endpoint, data))
 
@@ -336,7 +344,7 @@ class Device:
     def _new_index(self) -> int:
         while True:
             index = int.from_bytes(self._rng(4), "little")
-            if index and index not in self._handshakes and index not in self._keypairs:
+            if index and index not in self._index:
                 return index
 
     def _initiate(self, peer: Peer, now: float, *, retry: bool) -> None:
@@ -357,7 +365,7 @@ class Device:
         msg = peer.handshake.create_initiation(
             identity, index, self._rng(KEY_SIZE), tai64n(now + self.unix_time_offset)
         )
-        self._handshakes[index] = peer
+        self._index[index] = IndexEntry(peer)
         peer.cookies.add_macs(msg, INITIATION_MAC1_END, now)
         self._sent_handshake(peer, now)
         self._transmit(peer.endpoint, bytes(msg))
@@ -382,49 +390,50 @@ class Device:
         """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return None
         kind = data[0]
         if kind == MESSAGE_TRANSPORT:
             if size < KEEPALIVE_SIZE or size > MAX_TRANSPORT_SIZE:
-                self.drops["malformed"] += 1
+                self.drops[Drop.MALFORMED] += 1
                 return None
             return self._receive_transport(data, src, now)
         if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
             try:
                 self._receive_handshake(bytes(data), kind, src, now)
             except CryptoFailure:
-                self.drops["handshake_failed"] += 1
+                self.drops[Drop.HANDSHAKE_FAILED] += 1
                 self.counters["handshakes_rejected"] += 1
             return None
-        self.drops["malformed"] += 1
+        self.drops[Drop.MALFORMED] += 1
         return None
 
     def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
-        kp = self._keypairs.get(receiver)
-        if kp is None:
-            self.drops["unknown_index"] += 1
+        entry = self._index.get(receiver)
+        kp = None if entry is None else entry.keypair
+        if entry is None or kp is None:
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return None
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
-            self.drops["expired_keypair"] += 1
+            self.drops[Drop.EXPIRED_KEYPAIR] += 1
             return None
         size = len(data)
-        out = bytearray(size - KEEPALIVE_SIZE)
+        out = bytearray(size - TRANSPORT_OVERHEAD)
         try:
             kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
         except InvalidTag:
-            self.drops["decrypt_failed"] += 1
+            self.drops[Drop.DECRYPT_FAILED] += 1
             return None
         if not kp.replay.validate(counter):
-            self.drops["replay"] += 1
+            self.drops[Drop.REPLAY] += 1
             return None
-        peer = kp.peer
+        peer = entry.peer
         keypairs = peer.keypairs
         if kp is keypairs.next:
             dropped = keypairs.confirm(kp)
             if dropped is not None:
-                self._keypairs.pop(dropped.local_index, None)
+                self._index.pop(dropped.local_index, None)
             self._handshake_complete(peer, now)
             self._flush_staged(peer, now)
         else:
@@ -452,13 +461,13 @@ class Device:
             length = _IPV6_HEADER + int.from_bytes(out[4:6], "big")
             source = out[8:24]
         else:
-            self.drops["malformed_inner"] += 1
+            self.drops[Drop.MALFORMED_INNER] += 1
             return None
         if length > len(out) or length < _IPV4_HEADER:
-            self.drops["malformed_inner"] += 1
+            self.drops[Drop.MALFORMED_INNER] += 1
             return None
         if self._allowed.lookup(source) is not peer:
-            self.drops["spoofed_source"] += 1
+            self.drops[Drop.SPOOFED_SOURCE] += 1
             return None
         del out[length:]
         return out
@@ -481,18 +490,18 @@ class Device:
             MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE,
         }[kind]
         if len(msg) != expected:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
         identity, checker = self._identity, self._checker
         if identity is None or checker is None:
-            self.drops["no_private_key"] += 1
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
             return
         if kind == MESSAGE_COOKIE_REPLY:
             self._receive_cookie_reply(msg, now)
             return
         mac1_end = INITIATION_MAC1_END if kind == MESSAGE_INITIATION else RESPONSE_MAC1_END
         if not checker.check_mac1(msg, mac1_end):
-            self.drops["bad_mac1"] += 1
+            self.drops[Drop.BAD_MAC1] += 1
             return
         ip, source = _source_bytes(src)
         if self._load.record(now):
@@ -500,10 +509,10 @@ class Device:
                 (sender,) = _SENDER.unpack_from(msg)
                 self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
                 self.counters["cookie_replies_sent"] += 1
-                self.drops["under_load_cookie"] += 1
+                self.drops[Drop.UNDER_LOAD_COOKIE] += 1
                 return
             if not self._limiter.allow(ip, now):
-                self.drops["rate_limited"] += 1
+                self.drops[Drop.RATE_LIMITED] += 1
                 return
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(identity, msg, src, now)
@@ -513,25 +522,22 @@ class Device:
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)
         if reply is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
-        peer = self._handshakes.get(reply.receiver)
-        if peer is None:
-            kp = self._keypairs.get(reply.receiver)
-            peer = None if kp is None else kp.peer
-        if peer is None:
-            self.drops["unknown_index"] += 1
-        elif peer.cookies.consume_reply(reply, now):
+        entry = self._index.get(reply.receiver)
+        if entry is None:
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+        elif entry.peer.cookies.consume_reply(reply, now):
             self.counters["cookie_replies_received"] += 1
         else:
-            self.drops["bad_cookie_reply"] += 1
+            self.drops[Drop.BAD_COOKIE_REPLY] += 1
 
     def _receive_initiation(
         self, identity: Identity, msg: bytes, src: Endpoint, now: float
     ) -> None:
         initiation = parse_initiation(msg)
         if initiation is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
 
         def find(public_key: bytes) -> Handshake | None:
@@ -545,18 +551,17 @@ class Device:
             self.counters["handshakes_rejected"] += 1
             return
         if hs is None:
-            self.drops["unknown_peer"] += 1
+            self.drops[Drop.UNKNOWN_PEER] += 1
             self.counters["handshakes_rejected"] += 1
             return
         peer = self._peers[hs.remote_static]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        if hs.local_index and self._handshakes.get(hs.local_index) is peer:
-            del self._handshakes[hs.local_index]  # our own pending initiation lost the race
+        self._drop_handshake_index(peer)  # our own pending initiation lost the race
         index = self._new_index()
         response, keys = hs.create_response(index, self._rng(KEY_SIZE))
         peer.cookies.add_macs(response, RESPONSE_MAC1_END, now)
-        self._install(peer, Keypair(keys, now, peer), now)
+        self._install(peer, Keypair(keys, now), now)
         peer.timers.last_sent_handshake = now
         self._sent_handshake(peer, now)
         self._transmit(src, bytes(response))
@@ -566,24 +571,25 @@ class Device:
     def _receive_response(self, identity: Identity, msg: bytes, src: Endpoint, now: float) -> None:
         response = parse_response(msg)
         if response is None:
-            self.drops["malformed"] += 1
+            self.drops[Drop.MALFORMED] += 1
             return
-        peer = self._handshakes.get(response.receiver)
-        if peer is None:
-            self.drops["unknown_index"] += 1
+        entry = self._index.get(response.receiver)
+        if entry is None or entry.keypair is not None:  # only a pending initiation gets one
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return
+        peer = entry.peer
         keys = peer.handshake.consume_response(identity, response)
-        del self._handshakes[response.receiver]
+        del self._index[response.receiver]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        self._install(peer, Keypair(keys, now, peer), now)
+        self._install(peer, Keypair(keys, now), now)
         self._handshake_complete(peer, now)
         self._send_keepalive(peer, now)  # confirms the session to the responder
 
     def _install(self, peer: Peer, kp: Keypair, now: float) -> None:
         for old in peer.keypairs.install(kp):
-            self._keypairs.pop(old.local_index, None)
-        self._keypairs[kp.local_index] = kp
+            self._index.pop(old.local_index, None)
+        self._index[kp.local_index] = IndexEntry(peer, kp)
         peer.timers.zero_key_material = now + ZERO_KEYS_AFTER
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
@@ -618,7 +624,7 @@ class Device:
         timers = peer.timers
         if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
             timers.send_keepalive = None
-            self.drops["handshake_gave_up"] += len(peer.staged)
+            self.drops[Drop.HANDSHAKE_GAVE_UP] += len(peer.staged)
             peer.staged.clear()
             self._forget_handshake(peer)
             self.counters["handshakes_gave_up"] += 1

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from gateway.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from gateway.wireguard.noise import SessionKeys
 from gateway.wireguard.replay import ReplayFilter
-
-if TYPE_CHECKING:
-    from gateway.wireguard.peer import Peer
 
 
 class Keypair:
@@ -21,7 +16,6 @@ class Keypair:
         "created",
         "is_initiator",
         "local_index",
-        "peer",
         "recv",
         "remote_index",
         "replay",
@@ -29,7 +23,7 @@ class Keypair:
         "send_counter",
     )
 
-    def __init__(self, keys: SessionKeys, created: float, peer: Peer) -> None:
+    def __init__(self, keys: SessionKeys, created: float) -> None:
         self.send = ChaCha20Poly1305(keys.send_key)
         self.recv = ChaCha20Poly1305(keys.recv_key)
         self.send_counter = 0
@@ -38,7 +32,6 @@ class Keypair:
         self.is_initiator = keys.is_initiator
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
-        self.peer = peer
 
     def usable_for_sending(self, now: float) -> bool:
         return now - self.created < REJECT_AFTER_TIME and self.send_counter < REJECT_AFTER_MESSAGES

@@ -27,6 +27,7 @@ from gateway.wireguard.crypto import (
     kdf3,
     public_key,
 )
+from gateway.wireguard.drops import Drop
 from gateway.wireguard.messages import Initiation, Response, build_initiation, build_response
 
 ZERO_PSK = bytes(KEY_SIZE)
@@ -152,8 +153,8 @@ class Handshake:
 class InitiationRejected(Exception):
     """An authenticated initiation that must still be dropped (replay or flood); names why."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Drop) -> None:
+        super().__init__(str(reason))
         self.reason = reason
 
 
@@ -181,9 +182,9 @@ def consume_initiation(
     timestamp = aead_decrypt(key, 0, msg.encrypted_timestamp, h)
     h = hash_(h, msg.encrypted_timestamp)
     if timestamp <= hs.last_timestamp:
-        raise InitiationRejected("replayed_timestamp")
+        raise InitiationRejected(Drop.REPLAYED_TIMESTAMP)
     if now < hs.last_initiation_consumed + HANDSHAKE_INITIATION_RATE:
-        raise InitiationRejected("handshake_flood")
+        raise InitiationRejected(Drop.HANDSHAKE_FLOOD)
     hs.chain_key, hs.hash = ck, h
     hs.remote_ephemeral = msg.ephemeral
     hs.remote_index = msg.sender

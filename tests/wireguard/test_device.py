@@ -15,6 +15,7 @@ from gateway.wireguard.constants import (
 )
 from gateway.wireguard.crypto import public_key
 from gateway.wireguard.device import Device
+from gateway.wireguard.drops import Drop
 from gateway.wireguard.peer import Peer
 from testbed.wire import (
     A_ENDPOINT,
@@ -77,7 +78,7 @@ def test_psk_both_sides_and_mismatch() -> None:
     wire = make_wire(psk=psk)
     peer_of(wire.b).preshared_key = os.urandom(32)
     assert wire.send_a_to_b() is None
-    assert wire.a.drops["handshake_failed"] == 1  # the response does not authenticate
+    assert wire.a.drops[Drop.HANDSHAKE_FAILED] == 1  # the response does not authenticate
     assert peer_of(wire.a).keypairs.current is None
 
 
@@ -133,7 +134,7 @@ def test_retransmit_with_jitter_then_give_up_and_zero_keys() -> None:
     assert wire.a.counters["handshakes_gave_up"] == 1
     initiated = wire.a.counters["handshakes_initiated"]
     assert initiated == 20  # the first one plus 19 retries, as wireguard-go
-    assert wire.a.drops["handshake_gave_up"] == 1  # the staged packet is flushed
+    assert wire.a.drops[Drop.HANDSHAKE_GAVE_UP] == 1  # the staged packet is flushed
     assert not peer_of(wire.a).staged
     run_for(wire, ZERO_KEYS_AFTER, step=10)
     assert wire.a.counters["handshakes_initiated"] == initiated  # no more tries on its own
@@ -195,7 +196,7 @@ def test_reject_after_time_both_directions() -> None:
     assert late is not None
     wire.now += REJECT_AFTER_TIME + 1
     assert wire.b.handle_datagram(late[1], A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["expired_keypair"] == 1
+    assert wire.b.drops[Drop.EXPIRED_KEYPAIR] == 1
     wire.lost = True
     assert wire.a.handle_packet(ipv4_packet(A_INNER, B_INNER), wire.now) is None  # staged
     assert len(peer_of(wire.a).staged) == 1
@@ -206,12 +207,12 @@ def test_cookie_reply_under_load_then_mac2_accepted() -> None:
     wire.a.under_load_threshold = 1000  # only B is under load
     wire.a.handle_packet(ipv4_packet(A_INNER, B_INNER), wire.now)
     wire.pump()
-    assert wire.b.drops["under_load_cookie"] == 1
+    assert wire.b.drops[Drop.UNDER_LOAD_COOKIE] == 1
     assert wire.b.counters["cookie_replies_sent"] == 1
     assert wire.a.counters["cookie_replies_received"] == 1
     assert not wire.delivered_to_b
     run_for(wire, REKEY_TIMEOUT + 0.5, step=0.25)  # the retransmit carries a valid mac2
-    assert wire.b.drops["under_load_cookie"] == 1
+    assert wire.b.drops[Drop.UNDER_LOAD_COOKIE] == 1
     assert len(wire.delivered_to_b) == 1
 
 
@@ -235,8 +236,8 @@ def test_rate_limit_under_load() -> None:
     del initiation
     for _ in range(20):
         wire.b.handle_datagram(bytes(msg), A_ENDPOINT, wire.now)
-    assert wire.b.drops["rate_limited"] >= 10
-    assert wire.b.drops["under_load_cookie"] == 1  # mac2 was valid every time
+    assert wire.b.drops[Drop.RATE_LIMITED] >= 10
+    assert wire.b.drops[Drop.UNDER_LOAD_COOKIE] == 1  # mac2 was valid every time
 
 
 def test_roaming_follows_latest_authenticated_source() -> None:
@@ -261,15 +262,15 @@ def test_replay_and_unknown_index_and_bad_tag() -> None:
     assert out is not None
     assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is not None
     assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["replay"] == 1
+    assert wire.b.drops[Drop.REPLAY] == 1
     unknown = bytearray(out[1])
     unknown[4:8] = (int.from_bytes(unknown[4:8], "little") ^ 1).to_bytes(4, "little")
     assert wire.b.handle_datagram(unknown, A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["unknown_index"] == 1
+    assert wire.b.drops[Drop.UNKNOWN_INDEX] == 1
     tampered = bytearray(out[1])
     tampered[20] ^= 0x80
     assert wire.b.handle_datagram(tampered, A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["decrypt_failed"] == 1
+    assert wire.b.drops[Drop.DECRYPT_FAILED] == 1
 
 
 def test_spoofed_inner_source_is_dropped() -> None:
@@ -277,7 +278,7 @@ def test_spoofed_inner_source_is_dropped() -> None:
     out = wire.a.handle_packet(ipv4_packet("10.0.0.9", B_INNER), wire.now)
     assert out is not None
     assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["spoofed_source"] == 1
+    assert wire.b.drops[Drop.SPOOFED_SOURCE] == 1
 
 
 def test_replayed_initiation_is_rejected() -> None:
@@ -286,7 +287,7 @@ def test_replayed_initiation_is_rejected() -> None:
     (initiation,) = wire.a.take_transmits()
     wire.b.handle_datagram(initiation[1], A_ENDPOINT, wire.now)
     wire.b.handle_datagram(initiation[1], A_ENDPOINT, wire.now + 1)
-    assert wire.b.drops["replayed_timestamp"] == 1
+    assert wire.b.drops[Drop.REPLAYED_TIMESTAMP] == 1
     assert wire.b.counters["handshake_responses_sent"] == 1
 
 
@@ -309,7 +310,7 @@ def test_handshake_flood_guard() -> None:
     a_peer.cookies.add_macs(second, 116, wire.now)
     wire.b.handle_datagram(bytes(first), A_ENDPOINT, wire.now)
     wire.b.handle_datagram(bytes(second), A_ENDPOINT, wire.now + 0.010)
-    assert wire.b.drops["handshake_flood"] == 1
+    assert wire.b.drops[Drop.HANDSHAKE_FLOOD] == 1
     wire.b.handle_datagram(bytes(second), A_ENDPOINT, wire.now + 0.025)
     assert wire.b.counters["handshake_responses_sent"] == 2
 
@@ -330,7 +331,7 @@ def test_runtime_peer_changes_leave_other_sessions_alone() -> None:
     assert wire.a.remove_peer(other)
     assert not wire.a.remove_peer(other)
     assert wire.a.handle_packet(ipv4_packet(A_INNER, B_INNER), wire.now) is None
-    assert wire.a.drops["no_peer_for_destination"] == 1
+    assert wire.a.drops[Drop.NO_PEER_FOR_DESTINATION] == 1
     wire.a.upsert_peer(
         a_peer.public_key, allowed_ips=[ip_network("10.0.0.0/24")], replace_allowed_ips=True,
         now=wire.now,
@@ -343,7 +344,7 @@ def test_runtime_peer_changes_leave_other_sessions_alone() -> None:
     out = wire.a.handle_packet(ipv4_packet(A_INNER, B_INNER), wire.now)
     assert out is not None
     assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["unknown_index"] == 1
+    assert wire.b.drops[Drop.UNKNOWN_INDEX] == 1
 
 
 def test_staging_is_bounded() -> None:
@@ -352,7 +353,7 @@ def test_staging_is_bounded() -> None:
     for _ in range(10):
         wire.a.handle_packet(ipv4_packet(A_INNER, B_INNER), wire.now)
     assert len(peer_of(wire.a).staged) == 4
-    assert wire.a.drops["staged_overflow"] == 6
+    assert wire.a.drops[Drop.STAGED_OVERFLOW] == 6
 
 
 def test_private_key_change_ends_sessions() -> None:
@@ -380,17 +381,17 @@ def test_malformed_outbound_and_inner_packets_are_counted() -> None:
     assert wire.a.handle_packet(b"\x45" * 10, wire.now) is None
     assert wire.a.handle_packet(b"\x60" + bytes(30), wire.now) is None
     assert wire.a.handle_packet(b"\x00" * 40, wire.now) is None
-    assert wire.a.drops["malformed_packet"] == 3
+    assert wire.a.drops[Drop.MALFORMED_PACKET] == 3
     bogus = bytearray(ipv4_packet(A_INNER, B_INNER))
     bogus[2:4] = (4000).to_bytes(2, "big")  # total length beyond the datagram
     out = wire.a.handle_packet(bytes(bogus), wire.now)
     assert out is not None
     assert wire.b.handle_datagram(out[1], A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["malformed_inner"] == 1
+    assert wire.b.drops[Drop.MALFORMED_INNER] == 1
     assert wire.b.handle_datagram(b"\x04\x00\x00\x00" + bytes(20), A_ENDPOINT, wire.now) is None
     assert wire.b.handle_datagram(b"\x05\x00\x00\x00" + bytes(60), A_ENDPOINT, wire.now) is None
     assert wire.b.handle_datagram(b"\x01\x00\x00\x00" + bytes(60), A_ENDPOINT, wire.now) is None
     assert wire.b.handle_datagram(b"\x01\x00", A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["malformed"] == 4
+    assert wire.b.drops[Drop.MALFORMED] == 4
     assert wire.b.handle_datagram(b"\x01\x00\x00\x00" + bytes(144), A_ENDPOINT, wire.now) is None
-    assert wire.b.drops["bad_mac1"] == 1
+    assert wire.b.drops[Drop.BAD_MAC1] == 1

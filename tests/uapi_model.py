@@ -1,8 +1,9 @@
-"""A plain in-memory WireGuard configuration that applies UAPI set requests as wireguard-go
-does: allowed IPs are owned by one peer at a time (adding a prefix moves it), `update_only`
-never creates a peer, a peer with the device's own public key is ignored, and private keys
-are clamped. It is a `UapiBackend`; the gateway can keep its desired configuration in one
-and push the difference to the data plane.
+"""A test double of the gateway's UAPI backend: an in-memory WireGuard configuration.
+
+It applies UAPI set requests as wireguard-go does: allowed IPs are owned by one peer at a
+time (adding a prefix moves it), `update_only` never creates a peer, a peer with the
+device's own public key is ignored, and private keys are clamped. Tests and benchmarks of
+the UAPI codec and server use it in place of the crypto process's `DeviceBackend`.
 """
 
 from __future__ import annotations
@@ -12,23 +13,17 @@ from dataclasses import dataclass, field
 
 from nacl.bindings import crypto_scalarmult_base
 
+from gateway.endpoint import Endpoint
 from gateway.stats import PeerStats
 from gateway.uapi import (
     ZERO_KEY,
     DeviceState,
-    Endpoint,
     IPNetwork,
     PeerChange,
     PeerState,
     SetRequest,
 )
-
-
-def clamp(private_key: bytes) -> bytes:
-    key = bytearray(private_key)
-    key[0] &= 248
-    key[31] = (key[31] & 127) | 64
-    return bytes(key)
+from gateway.wireguard.crypto import clamp
 
 
 @dataclass(slots=True)

@@ -1,0 +1,94 @@
+"""UDP endpoints: the one (host, port) type with its parser, formatter and name resolver.
+
+The syntax is wg-quick's: `host:port`, or `[IPv6]:port`. Only numeric addresses ever reach
+the data plane: the ring framing has no room for a name and a DNS lookup on the send path
+would stall the crypto process. So names are resolved once, when the config is loaded (a
+SIGHUP reload loads it again), and the UAPI, whose client `wg` resolves names itself, takes
+numeric endpoints only. Scoped IPv6 addresses (fe80::1%eth0) are refused everywhere: neither
+the ring framing nor the UDP process carries a scope id.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+Endpoint = tuple[str, int]
+MAX_PORT = 65535
+_IPV6 = 6
+
+
+class EndpointError(ValueError):
+    """Text that is not an endpoint, or a name that does not resolve; says what was wrong."""
+
+
+def parse_endpoint(text: str, *, min_port: int = 1, numeric: bool = False) -> Endpoint:
+    """`host:port` or `[IPv6]:port` -> (host, port); a numeric host comes back canonical.
+
+    With `numeric`, the host must be an IP address (IPv4 bare, IPv6 in brackets).
+    """
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise EndpointError("no port")
+    if "%" in host:
+        raise EndpointError("scoped IPv6 addresses (with %zone) are not supported")
+    if not host or any(c.isspace() for c in host):
+        raise EndpointError("no host")
+    if not bracketed and ":" in host:
+        raise EndpointError("put an IPv6 address in brackets")
+    if not (port_text.isascii() and port_text.isdigit()) or not (
+        min_port <= int(port_text) <= MAX_PORT
+    ):
+        raise EndpointError(f"port must be {min_port}..{MAX_PORT}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed:
+            raise EndpointError(f"{host!r} in brackets is not an IPv6 address") from None
+        if numeric:
+            raise EndpointError(f"{host!r} is not an IP address") from None
+        return host, int(port_text)
+    if bracketed != (address.version == _IPV6):
+        raise EndpointError("IPv6 needs brackets, IPv4 none")
+    return str(address), int(port_text)
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return "%" not in host
+
+
+def resolve_endpoint(endpoint: Endpoint) -> Endpoint:
+    """The endpoint with its host name replaced by the first address it resolves to.
+
+    Takes the first unscoped result of getaddrinfo, as `wg` does. May block on DNS: call it
+    only while loading the config, never from the data plane.
+    """
+    host, port = endpoint
+    if is_numeric(host):
+        return endpoint
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+    except OSError as exc:  # socket.gaierror
+        raise EndpointError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except ValueError:  # NUL or an over-long label, from the IDNA codec
+        raise EndpointError(f"{host!r} is not a valid host name") from None
+    for family, _, _, _, sockaddr in infos:
+        if any(sockaddr[3:]):  # IPv6 with a scope id (link-local): the rings carry none
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = str(sockaddr[0]).partition("%")[0]
+            return str(ipaddress.ip_address(address)), port
+    raise EndpointError(f"{host!r} resolves to no usable IPv4 or IPv6 address")

@@ -1,0 +1,212 @@
+"""Property (issue #11): whatever `check-config` accepts starts and keeps running.
+
+Hypothesis writes config files over the value space of every field, valid and not. Each
+one is either refused with `<file>: <key path>: <problem>` lines, or it goes through what
+the data plane does with it, in-process and without root: the crypto process's Device with
+its peers (applied twice, as a SIGHUP reload does) and timers, the ring framing of every
+endpoint, the UDP process's socket with the configured buffers and its address for every
+endpoint (nothing is sent), the UAPI dump parsed back and applied to a fresh device, and
+the metrics server bound on a free port when the listen address is loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from gateway import keys
+from gateway.config import ConfigError, GatewayConfig, parse_config_text
+from gateway.dataplane.cryptoproc import apply_peers, build_device
+from gateway.dataplane.framing import decode_endpoint, encode_endpoint
+from gateway.dataplane.uapi_backend import DeviceBackend
+from gateway.metrics import MetricsServer
+from gateway.uapi import format_get, format_set, parse_set
+from gateway.udp_io import UdpIo
+from gateway.wireguard.device import Device
+from tests.offline_dns import use_offline_dns
+
+T = TypeVar("T")
+PRIVATE = keys.generate_private_key()
+KEYS = [keys.public_key(keys.generate_private_key()) for _ in range(3)]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _text(*values: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(values) | st.text(max_size=24)
+
+
+def mostly(valid: st.SearchStrategy[T], invalid: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """Valid nine times in ten, so that many whole configs get through validation."""
+    return st.integers(0, 9).flatmap(lambda i: invalid if i == 0 else valid)
+
+
+VALID_KEY = st.sampled_from([keys.encode_key(k) for k in KEYS])
+BAD_KEY = st.sampled_from(
+    [keys.encode_key(keys.public_key(PRIVATE)), "", "AAAA", "not base64!"]
+) | st.binary(min_size=0, max_size=40).map(_b64)
+ENDPOINT = mostly(
+    st.sampled_from(
+        [
+            "192.0.2.1:51820",
+            "[2001:db8::1]:1",
+            "[::ffff:192.0.2.1]:65535",
+            "0.0.0.0:1",
+            "[::]:9",
+            "255.255.255.255:7",
+            "localhost:51820",
+            "localhost:1",
+        ]
+    ),
+    _text(
+        "no-such-host.invalid:51820",
+        "[fe80::1%lo]:51820",
+        "[fe80::1%1]:51820",
+        "192.0.2.1:0",
+        "192.0.2.1:65536",
+        "192.0.2.1",
+        "2001:db8::1:51820",
+        "[192.0.2.1]:1",
+        ":1",
+    ),
+)
+NETWORK = mostly(
+    st.integers(0, 255).map(lambda i: f"10.{i}.0.0/16")
+    | st.integers(0, 0xFFFF).map(lambda i: f"fd00:{i:x}::/64")
+    | st.sampled_from(["0.0.0.0/0", "::/0", "100.64.0.2/32", "100.64.0.3"]),
+    _text("10.0.0.1/8", "fe80::%lo/64", "10.0.0.0/33", "::/129"),
+)
+ADDRESS = mostly(
+    st.sampled_from(["100.64.0.1/10", "fd00::1/64", "10.0.0.1", "::1/128", "192.0.2.1/32"]),
+    _text("10.0.0.1/33", "fe80::1%lo/64"),
+)
+METRICS = mostly(
+    st.sampled_from(["127.0.0.1:9586", "[::1]:9586", "localhost:9586", "0.0.0.0:9586"]),
+    _text("[fe80::1%lo]:9586", "127.0.0.1:0", "127.0.0.1", "no-such-host.invalid:1"),
+)
+UINT16 = mostly(st.integers(1, 65535), st.integers(-1, 70_000))
+BUFFER = mostly(st.integers(64 * 1024, 64 << 20), st.integers(0, 1 << 31))
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(map(_toml_string, values)) + "]"
+
+
+@st.composite
+def config_texts(draw: st.DrawFn) -> str:
+    name = draw(mostly(st.sampled_from(["fzgw0", "a" * 15]), _text("a" * 16, "a/b", "", "..")))
+    lines = ["[interface]", f"name = {_toml_string(name)}"]
+    private_key = draw(mostly(st.just(keys.encode_key(PRIVATE)), BAD_KEY))
+    lines.append(f"private_key = {_toml_string(private_key)}")
+    if draw(st.booleans()):
+        lines.append(f"listen_port = {draw(UINT16)}")
+    lines.append(f"addresses = {_list(draw(st.lists(ADDRESS, max_size=3)))}")
+    if draw(st.booleans()):
+        lines.append(f"mtu = {draw(mostly(st.integers(1280, 65535), st.integers(0, 70_000)))}")
+    for _ in range(draw(st.integers(0, 3))):
+        lines.append("[[peers]]")
+        lines.append(f"public_key = {_toml_string(draw(mostly(VALID_KEY, BAD_KEY)))}")
+        if draw(st.booleans()):
+            psk = mostly(st.just(keys.encode_key(keys.generate_preshared_key())), BAD_KEY)
+            lines.append(f"preshared_key = {_toml_string(draw(psk))}")
+        lines.append(f"allowed_ips = {_list(draw(st.lists(NETWORK, max_size=3)))}")
+        if draw(st.booleans()):
+            lines.append(f"endpoint = {_toml_string(draw(ENDPOINT))}")
+        if draw(st.booleans()):
+            lines.append(f"persistent_keepalive = {draw(UINT16)}")
+    if draw(st.booleans()):
+        lines.append(f"[metrics]\nlisten = {_toml_string(draw(METRICS))}")
+    if draw(st.booleans()):
+        lines.append(f"[udp]\nreceive_buffer = {draw(BUFFER)}\nsend_buffer = {draw(BUFFER)}")
+    return "\n".join(lines) + "\n"
+
+
+def _no_snapshot() -> object:
+    raise AssertionError("the metrics server is only bound, never scraped")
+
+
+def _run_data_plane(config: GatewayConfig) -> None:
+    """What the gateway's processes do with an accepted config; raises if any step fails."""
+    now = 1000.0
+    device = build_device(config, now)
+    apply_peers(device, config, now + 1)  # a SIGHUP reload of the same file
+    endpoints = [peer.endpoint for peer in device.peers() if peer.endpoint is not None]
+    for step in range(30):  # timers: keepalives and handshake initiations for 30 s
+        device.tick(now + 1 + step)
+        endpoints += [endpoint for endpoint, _ in device.take_transmits()]
+
+    # Dual-stack on "::" as the gateway's; nothing is sent, only addresses are made.
+    udp = UdpIo(0, config.udp.receive_buffer, config.udp.send_buffer, bind_host=None)
+    try:
+        for endpoint in endpoints:  # the crypto -> UDP ring, then the socket address
+            message = encode_endpoint(endpoint) + b"datagram"
+            host, port = decode_endpoint(message)
+            assert (ipaddress.ip_address(host), port) == (
+                ipaddress.ip_address(endpoint[0]),
+                endpoint[1],
+            )
+            udp._sockaddr(endpoint)
+    finally:
+        udp.sock.close()
+
+    backend = DeviceBackend(
+        device, listen_port=config.interface.listen_port, request_listen_port=lambda _p: None
+    )
+    state = backend.get_snapshot()
+    format_get(state)
+    fresh = DeviceBackend(
+        Device(None), listen_port=state.listen_port, request_listen_port=lambda _p: None
+    )
+    assert fresh.apply(parse_set(format_set(state))) == 0
+    assert format_set(fresh.get_snapshot()) == format_set(state)  # counters aside, the same
+
+    host, _ = config.metrics.listen
+    if ipaddress.ip_address(host).is_loopback:
+        server = MetricsServer(
+            (host, 0), snapshot=_no_snapshot, ready=lambda: (True, "ok"), device="fzgw0"
+        )
+        server.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=config_texts())
+def test_what_check_config_accepts_runs(text: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        use_offline_dns(patch)
+        try:
+            config = parse_config_text(text, base_dir=Path("/nonexistent"), source="gw.toml")
+        except ConfigError as exc:
+            event("refused")
+            assert exc.errors, text
+            assert all(line.startswith("gw.toml: ") for line in exc.errors), exc.errors
+            return
+    event("accepted")
+    _run_data_plane(config)
+
+
+def test_the_generator_reaches_accepted_configs() -> None:
+    """Guard against a property that only ever sees refused configs."""
+    text = (
+        f'[interface]\nname = "fzgw0"\nprivate_key = "{keys.encode_key(PRIVATE)}"\n'
+        f'[[peers]]\npublic_key = "{keys.encode_key(KEYS[0])}"\nallowed_ips = ["10.0.0.0/8"]\n'
+        'endpoint = "localhost:51820"\npersistent_keepalive = 1\n'
+        '[metrics]\nlisten = "localhost:9586"\n'
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        use_offline_dns(patch)
+        config = parse_config_text(text, base_dir=Path("/nonexistent"), source="gw.toml")
+    assert config.peers[0].endpoint == ("127.0.0.1", 51820)
+    _run_data_plane(config)
