@@ -14,7 +14,8 @@ stream) it reads, before and after the run:
   syscr/syscw: read, readv, write, writev, e.g. TUN and eventfd I/O; recvmsg, sendmsg and
   epoll_wait are not counted there);
 - the gateway's own counters (the stats segment): packets each process moved, GSO batches;
-- every ring's counters (shm_ring): packets, eventfd writes to wake each side, full events.
+- every ring's counters (shm_ring's, copied to the stats segment by the supervisor every
+  second): packets, eventfd writes to wake each side, full events.
 
 CPU per packet divides by the packets that process handled: a worker the packets it read
 from and wrote to its TUN queue, the UDP process the datagrams it received and sent, crypto
@@ -58,6 +59,7 @@ from pathlib import Path
 from bench import report
 from bench.bench_network import add_wireguard_go_option, load_average, machine, progress
 from bench.probes import (
+    RING_COPY_DELAY,
     ProcSample,
     gateway_counters,
     have_py_spy,
@@ -120,7 +122,7 @@ def measure_case(
     pids = backend_pids(backend)
     gw = backend if isinstance(backend, FirezoneGateway) else None
     counters_before = gateway_counters(gw) if gw else {}
-    rings_before = ring_counters(gw.ifname) if gw else {}
+    rings_before = ring_counters(gw) if gw else {}
     procs_before = sample_all(pids)
     start = time.monotonic()
     ping = start_ping(topo, duration - 1)  # ends before iperf3 does: all of it under load
@@ -135,11 +137,10 @@ def measure_case(
         out.tunnel_datagrams = sum(
             row["udp_rx_packets"] + row["udp_tx_packets"] for row in out.counters.values()
         )
-        rings_after = ring_counters(gw.ifname)
+        time.sleep(RING_COPY_DELAY)
+        rings_after = ring_counters(gw)
         out.rings = {
-            name: minus(asdict(rings_after[name]), asdict(rings_before[name]))
-            for name in rings_after
-            if name in rings_before
+            name: minus(row, rings_before.get(name, {})) for name, row in rings_after.items()
         }
     else:
         # No counters of its own, and with GSO (0.0.20250522, client and gateway) every
@@ -281,12 +282,13 @@ def measure_loss(
         if gw:
             for role, row in gateway_counters(gw).items():
                 flat |= {f"gateway {role}: {k}": v for k, v in row.items() if k.startswith("drop_")}
-            for name, ring in ring_counters(gw.ifname).items():
-                flat[f"ring {name}: full_events"] = ring.full_events
+            for name, ring in ring_counters(gw).items():
+                flat[f"ring {name}: full_events"] = ring["full_events"]
         return flat
 
     before = snapshot()
     result = run_client(topo, args, duration)
+    time.sleep(RING_COPY_DELAY)
     grew = {k: v for k, v in minus(snapshot(), before).items() if v > 0 and LOSS_COUNTERS.search(k)}
     return LossResult(direction, result, grew)
 

@@ -23,13 +23,20 @@ from pathlib import Path
 import psutil
 
 from bench.bench_network import progress
-from shm_ring.ring import SHM_DIR, RingStats, read_stats
+from gateway import stats as st
 from testbed.addresses import RESOURCE_ADDR
 from testbed.gateways import FirezoneGateway, GatewayBackend
 from testbed.netns import NetNS
 from testbed.topology import Topology
 
 TOP_LINES = 6
+RING_COPY_DELAY = 1.2  # s: the supervisor copies ring counters to the stats segment every 1 s
+_RING_WORDS = {
+    "packets": st.RING_PACKETS,
+    "consumer_wakeups": st.RING_CONSUMER_WAKEUPS,
+    "producer_wakeups": st.RING_PRODUCER_WAKEUPS,
+    "full_events": st.RING_FULL_EVENTS,
+}
 PING_INTERVAL = 0.02  # 50 pings a second: a latency probe, not load
 _PING_TIME = re.compile(r"time=([\d.]+) ms")
 _LINE_IN_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -98,16 +105,17 @@ def gateway_counters(gw: FirezoneGateway) -> dict[str, dict[str, int]]:
     }
 
 
-def ring_counters(ifname: str) -> dict[str, RingStats]:
-    """Every ring of the gateway on `ifname`, by ring name (empty if they are not named files)."""
-    rings = {}
-    for path in sorted(Path(SHM_DIR).glob(f"fzgw.{ifname}.*")):
-        name = path.name.rsplit(".", 1)[-1]
-        if name == "stats":
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            rings[name] = read_stats(path.name)
-    return rings
+def ring_counters(gw: FirezoneGateway) -> dict[str, dict[str, int]]:
+    """Every ring's packets, wake-ups and full events, as the supervisor last copied them
+    (once a second: read them a second after the traffic stopped, see RING_COPY_DELAY)."""
+    region = gw.stats()
+    try:
+        return {
+            name: {key: int(region.ring_block(name)[word]) for key, word in _RING_WORDS.items()}
+            for name in region.ring_names
+        }
+    finally:
+        region.close()
 
 
 def parse_snmp_udp(text: str) -> dict[str, int]:
