@@ -44,9 +44,12 @@ test: deps venv lint
 
 # Benchmarks (root): the network benchmark (firezone-gw vs wireguard-go as the gateway) and
 # every other bench/bench_*.py, each in its own process. E.g. BENCH_ARGS="--duration 5".
+# WG_GO=/path/to/wireguard-go: the clients and the reference gateway run that build instead of
+# Debian's (e.g. ../shared/tools/wireguard-go-0.0.20250522/wireguard-go).
 BENCH_ARGS ?=
+WG_GO ?=
 bench: deps venv
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(WG_GO),--wireguard-go "$(WG_GO)") $(BENCH_ARGS)
 
 # shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
 bench-ring: venv

@@ -39,6 +39,7 @@ import psutil
 from gateway import runtime_dir
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
+from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
@@ -128,6 +129,9 @@ BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the s
 RING_FULL_EVENTS = 0  # sends that found the ring full, ever
 RING_OCCUPANCY = 1  # packets waiting at the last copy
 RING_CAPACITY = 2  # slots
+RING_PACKETS = 3  # messages published, ever
+RING_CONSUMER_WAKEUPS = 4  # eventfd writes that woke the consumer, ever
+RING_PRODUCER_WAKEUPS = 5  # eventfd writes that woke the producer, ever
 
 # --- peer slot (words); all written by the crypto process ---
 PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
@@ -153,6 +157,17 @@ if len(COUNTER_NAMES) > DROP_BASE or DROP_BASE + len(DROP_REASONS) > PID:
 
 def process_roles(workers: int) -> tuple[str, ...]:
     return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp")
+
+
+def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
+    """The supervisor's once-a-second copy of a ring's own counters into its ring block
+    (the wake-up counts let bench_profile show eventfd writes per ring)."""
+    block[RING_FULL_EVENTS] = ring.full_events
+    block[RING_OCCUPANCY] = ring.occupancy
+    block[RING_CAPACITY] = ring.slots
+    block[RING_PACKETS] = ring.packets
+    block[RING_CONSUMER_WAKEUPS] = ring.consumer_wakeups
+    block[RING_PRODUCER_WAKEUPS] = ring.producer_wakeups
 
 
 def ring_names(workers: int) -> tuple[str, ...]:

@@ -528,11 +528,7 @@ class Supervisor:
         if self.rt.stats is not None:
             self.rt.stats.sample_busy()
             for ring_name, ring in self.rt.rings.items():
-                block = self.rt.stats.ring_block(ring_name)
-                rs = ring.stats()
-                block[st.RING_FULL_EVENTS] = rs.full_events
-                block[st.RING_OCCUPANCY] = rs.occupancy
-                block[st.RING_CAPACITY] = rs.slots
+                st.copy_ring_counters(self.rt.stats.ring_block(ring_name), ring.stats())
         if not self.notifier.enabled or not self._announced:
             return
         if not self._unhealthy() and self._device_name() is not None:
