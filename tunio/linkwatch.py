@@ -109,10 +109,12 @@ class LinkWatch:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                log.warning("link notifications were lost: asking for the device's state")
-                self._request()
+                if exc.errno == errno.ENOBUFS:
+                    log.warning("link notifications were lost: asking for the device's state")
+                    self._request()
+                else:  # never seen; a fresh socket is the way back
+                    log.warning("reading link notifications: %s: subscribing again", exc)
+                    self._subscribe()
                 continue
             if sender != KERNEL_PORT:
                 continue
