@@ -10,7 +10,7 @@ ports and the MTU are then set with `wg` and `ip`, and deleting the device ends 
 This script does that for firezone-gw: a fresh private key, a generated config with no peers
 and no addresses (the UDP and metrics ports are free ones of this namespace, so several
 gateways can share it, as wg1 and wg2 do in netns.sh), the gateway started in its own
-session, and a return once the control socket exists and /readyz answers. The config, key
+session, and a return once its control socket answers a `get` (as `wg show` asks). The config, key
 and log stay in $FIREZONE_GW_SUITE_DIR/IFNAME.PID (default /tmp/firezone-gw-suite) for a
 post-mortem; `make netns-suite` removes them. Needs only the standard library (run it with
 any Python 3.11); the gateway is $FIREZONE_GW, else the repository's .venv/bin/firezone-gw.
@@ -18,22 +18,24 @@ any Python 3.11); the gateway is $FIREZONE_GW, else the repository's .venv/bin/f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 SOCKET_DIR = Path("/var/run/wireguard")
 STARTUP_SECONDS = 30.0  # generous: the suite runs on shared, busy machines
 MTU = 1420  # wireguard-go's default
+METRICS_FALLBACK_PORT = 9586  # when loopback is down here: the gateway logs it and runs on
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port(kind: socket.SocketKind, host: str) -> int:
-    """A port nothing in this namespace uses now (the kernel picks it)."""
+    """A port nothing in this namespace uses now (the kernel picks it); OSError if `host`
+    is not an address here (netns.sh leaves loopback down in some namespaces)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, kind) as sock:
         if family == socket.AF_INET6:  # the gateway's UDP socket is dual-stack
@@ -66,14 +68,17 @@ def write_config(folder: Path, ifname: str, metrics_port: int) -> Path:
     return config
 
 
-def ready(metrics_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics_port}/readyz", timeout=2
-        ) as response:
-            return response.status == 200
-    except OSError:
-        return False
+def serves_wg(control: Path) -> bool:
+    """Whether the control socket answers a `get` as `wg show` would ask it (errno=0)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        sock.connect(str(control))
+        sock.sendall(b"get=1\n\n")
+        reply = b""
+        while not reply.endswith(b"\n\n") and (chunk := sock.recv(65536)):
+            reply += chunk
+        return b"errno=0\n" in reply
+    return False
 
 
 def launch(ifname: str) -> int:
@@ -82,7 +87,10 @@ def launch(ifname: str) -> int:
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder = base / f"{ifname}.{os.getpid()}"
     folder.mkdir(mode=0o700)
-    metrics_port = free_port(socket.SOCK_STREAM, "127.0.0.1")
+    try:
+        metrics_port = free_port(socket.SOCK_STREAM, "127.0.0.1")
+    except OSError:
+        metrics_port = METRICS_FALLBACK_PORT
     config = write_config(folder, ifname, metrics_port)
     log_path = folder / "gateway.log"
     with log_path.open("wb") as log:
@@ -97,7 +105,7 @@ def launch(ifname: str) -> int:
     while time.monotonic() < deadline:
         if gateway.poll() is not None:
             break
-        if control.is_socket() and ready(metrics_port):
+        if control.is_socket() and serves_wg(control):
             print(f"firezone-gw {ifname}: pid {gateway.pid}, log {log_path}")
             return 0
         time.sleep(0.05)
