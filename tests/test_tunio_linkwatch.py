@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import select
+import socket
 import time
 
 import pytest
 from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTMGRP_LINK,
+)
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from testbed.netns import Hosts, unique_name
 from tunio import open_multiqueue
+from tunio._netns import entered_netns
 from tunio.linkwatch import LinkEvent, LinkWatch, link_request, parse_link_events
 
 
@@ -113,6 +121,31 @@ def test_follows_mtu_changes_and_the_device_into_another_namespace(netns_hosts: 
         away.ip("link", "del", name)
         assert not mtu_announced(watch, 1380, timeout=1)
         assert not watch.following
+    finally:
+        watch.close()
+        queue.close()
+
+
+@pytest.mark.netns
+def test_link_messages_not_sent_by_the_kernel_are_ignored(netns_hosts: Hosts) -> None:
+    home = netns_hosts.add("fzmtu")
+    name = unique_name("fzmtu")
+    (queue,) = open_multiqueue(name, 1, netns=home.name)
+    watch = LinkWatch(queue.fileno())
+    try:
+        assert mtu_announced(watch, 1500)
+        # Another process of the namespace announces a made-up MTU to the link group.
+        with entered_netns(home.name):
+            forger = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        with forger:
+            forger.bind((0, 0))
+            forger.sendto(link_message(RTM_NEWLINK, watch.ifindex, 68), (0, RTMGRP_LINK))
+        with contextlib.closing(select.epoll()) as epoll:
+            epoll.register(watch.fileno(), select.EPOLLIN)
+            assert epoll.poll(5)  # it did arrive
+        assert watch.read() is None
+        home.ip("link", "set", name, "mtu", "1400")
+        assert mtu_announced(watch, 1400)  # and the real ones still count
     finally:
         watch.close()
         queue.close()
