@@ -170,6 +170,7 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam.add(getattr(t, value))
         yield fam
 
+    yield _mtu_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
     full = counter("firezone_gw_ring_full_events_total", "Sends that found a ring full.")
@@ -216,6 +217,13 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         txp.add(peer.tx_packets, device=device, public_key=key)
         hs.add(peer.last_handshake, device=device, public_key=key)
     yield from (info, rx, tx, rxp, txp, hs)
+
+
+def _mtu_family(snap: StatsSnapshot) -> _Family:
+    family = _Family("firezone_gw_tun_mtu_bytes", "gauge", "MTU of the TUN device, as it is now.")
+    if snap.mtu:  # 0: not known yet
+        family.add(snap.mtu)
+    return family
 
 
 def _format_family(family: _Family) -> str:

@@ -3,7 +3,8 @@
 Layout of the segment (all u64, native endianness, 8-byte aligned):
 
     header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
-               the UDP listen port (written by the supervisor; it can change at run time),
+               the UDP listen port and the TUN device's MTU (both written by the supervisor;
+               `wg` and `ip link` can change them at run time),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
@@ -45,6 +46,7 @@ MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
+HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
 PROC_SLOTS = 64
 RING_SLOTS = 8
@@ -244,6 +246,7 @@ class StatsSnapshot:
     taken_at: float  # wall-clock seconds
     workers: int
     max_peers: int
+    mtu: int  # of the TUN device; 0 = not known yet
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
@@ -466,6 +469,15 @@ class StatsRegion:
         self._words[HEADER_LISTEN_PORT] = port
 
     @property
+    def mtu(self) -> int:
+        """The TUN device's MTU now (0 until the supervisor set it)."""
+        return int(self._words[HEADER_MTU])
+
+    @mtu.setter
+    def mtu(self, mtu: int) -> None:
+        self._words[HEADER_MTU] = mtu
+
+    @property
     def public_key(self) -> bytes | None:
         """The interface's public key as the crypto process last wrote it; None if unset."""
         key = bytes(self._public_key)
@@ -547,6 +559,7 @@ class StatsRegion:
             taken_at=time.time(),
             workers=self.workers,
             max_peers=self.max_peers,
+            mtu=self.mtu,
             totals=Totals(*sums),
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),

@@ -53,6 +53,7 @@ class CryptoInputs:
     runstate: RunState | None
     listen_port: int  # the UDP port bound now
     heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
+    mtu: int | None = None  # the TUN device's now (`ip link` may have changed the config's)
 
 
 class CryptoControl:
@@ -108,6 +109,8 @@ class CryptoControl:
         for message in control.receive_messages(self._control, control.decode_to_crypto):
             if isinstance(message, control.Reload):
                 self._reload(now)
+            elif isinstance(message, control.MtuChanged):
+                self.device.mtu = message.mtu
             else:
                 self.backend.listen_port = message.port
 
@@ -145,6 +148,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
         key_board=inputs.stats,
         now=time.monotonic(),
     )
+    if inputs.mtu is not None:
+        crypto.device.mtu = inputs.mtu
     crypto.restore_state()
     handlers: dict[int, Callable[[float], None]] = {inputs.control.fileno(): crypto.on_control}
     uapi = inputs.uapi
