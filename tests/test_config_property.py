@@ -28,8 +28,8 @@ from gateway.dataplane.framing import decode_endpoint, encode_endpoint
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dns.forwarder import Forwarder
 from gateway.dns.resources import ResourceAnswers
-from gateway.metrics import MetricsServer
 from gateway.policy import Policy
+from gateway.telemetry.metrics import MetricsServer
 from gateway.uapi import format_get, format_set, parse_set
 from gateway.udp_io import UdpIo
 from gateway.wireguard.device import Device

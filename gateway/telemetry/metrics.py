@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
-from gateway.stats import StatsSnapshot
+from gateway.telemetry.stats import StatsSnapshot
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
