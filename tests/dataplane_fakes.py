@@ -115,6 +115,7 @@ class LoopGateway:
     workers: int = 2
     slots: int = 64
     counters: memoryview = field(default_factory=counter_block)
+    resource_table: st.ResourceTable | None = None
     rings: CryptoRings[MemoryRing] = field(init=False)
     loop: CryptoLoop[MemoryRing] = field(init=False)
 
@@ -125,7 +126,13 @@ class LoopGateway:
             from_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
             to_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
         )
-        self.loop = CryptoLoop(self.device, self.rings, self.counters, peer_table())
+        self.loop = CryptoLoop(
+            self.device,
+            self.rings,
+            self.counters,
+            peer_table(),
+            resource_table=self.resource_table,
+        )
 
     def run(self, now: float, max_turns: int = 1000) -> int:
         """Turn until a turn takes nothing, then prepare to sleep, as run_crypto does;
