@@ -142,6 +142,21 @@ class Setup:
 CLIENT_KEY = generate_private_key()
 
 
+class Routes:
+    """The firewall's view of the peers' allowed IPs, as a table of addresses."""
+
+    def __init__(self, owners: dict[bytes, bytes]) -> None:
+        self.owners = owners
+        self.routes_version = 0
+
+    def peer_key_for(self, address: bytes) -> bytes | None:
+        return self.owners.get(bytes(address))
+
+    def move(self, address: bytes, peer: bytes) -> None:
+        self.owners[address] = peer
+        self.routes_version += 1
+
+
 @pytest.fixture
 def region() -> Iterator[st.StatsRegion]:
     stats = st.StatsRegion.create(f"fzfw-{os.getpid()}-{uuid.uuid4().hex[:8]}", workers=1)
@@ -315,8 +330,8 @@ def test_peer_to_peer_is_denied_and_multicast_and_icmp_errors_from_peers_dropped
     path = tmp_path / "gateway.toml"
     path.write_text(_config_text(public_key(CLIENT_KEY), ["db"]))
     other = public_key(generate_private_key())
-    owners = {CLIENT.packed: public_key(CLIENT_KEY), OTHER_CLIENT.packed: other}
-    firewall = Firewall(build_policy(load_config(path)), owners.get)
+    routes = Routes({CLIENT.packed: public_key(CLIENT_KEY), OTHER_CLIENT.packed: other})
+    firewall = Firewall(build_policy(load_config(path)), routes)
     me = public_key(CLIENT_KEY)
 
     def from_me(packet: IpPacket) -> bytearray | None:
@@ -335,3 +350,37 @@ def test_peer_to_peer_is_denied_and_multicast_and_icmp_errors_from_peers_dropped
     garbage = bytearray(b"\x45" + bytes(30))
     assert firewall.from_peer(me, garbage, NOW) is None
     assert firewall.counts.malformed == 1
+
+
+def test_packets_of_a_known_flow_are_counted_and_a_reload_revoking_it_stops_it(
+    setup: Setup, control_end: tuple[socket.socket, socket.socket]
+) -> None:
+    packets = [_syn(DB, 5432) for _ in range(3)]  # after the first, the flow is known
+    setup.send(*packets)
+    assert len(setup.at_resources()) == 3
+    setup.gateway.loop.turn(NOW + 2)
+    (db,) = [r for r in setup.region.resources.read() if r.name == "db"]
+    assert (db.allowed_packets, db.allowed_bytes) == (3, 3 * len(packets[0]))
+    setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["v6"]))
+    control.send_message(control_end[0], control.Reload())
+    setup.crypto.on_control(NOW + 2)
+    setup.send(packets[0], now=NOW + 2)
+    assert setup.at_resources() == []
+    assert len(setup.at_client()) == 1  # prohibited
+
+
+def test_a_known_return_flow_does_not_follow_an_address_to_another_peer(tmp_path: Path) -> None:
+    key = tmp_path / "private.key"
+    key.write_text(encode_key(generate_private_key()) + "\n")
+    key.chmod(0o600)
+    path = tmp_path / "gateway.toml"
+    path.write_text(_config_text(public_key(CLIENT_KEY), ["db"]))
+    me, other = public_key(CLIENT_KEY), public_key(generate_private_key())
+    routes = Routes({CLIENT.packed: me})
+    firewall = Firewall(build_policy(load_config(path)), routes)
+    answer = memoryview(bytearray(tcp_packet(DB, CLIENT, 5432, 40000).data))
+    assert firewall.to_peer(answer, NOW) is not None
+    assert firewall.to_peer(answer, NOW) is not None  # known flow
+    routes.move(CLIENT.packed, other)  # `wg set` gave the address to a peer granted nothing
+    assert firewall.to_peer(answer, NOW) is None
+    assert firewall.counts.policy_drops == 1

@@ -87,7 +87,7 @@ class CryptoControl:
             request_listen_port=self._request_listen_port,
             on_change=self._save_state,
         )
-        self.firewall = Firewall(build_policy(config), self.device.peer_key_for)
+        self.firewall = Firewall(build_policy(config), self.device)
         self._loop: CryptoLoop[Ring] | None = None
         if not config.resources:
             log.info("no [[resources]] configured: no policy, peers reach everything routed here")

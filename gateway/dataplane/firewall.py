@@ -19,24 +19,45 @@ Counting: plain ints here (`counts`, per-resource `take_resource_counts`), copie
 stats segment by the loop once a second, so the hot path never touches shared memory. The
 `Policy` is immutable; `set_policy` swaps it whole on reload (sessions are the Device's and
 stay). Grants are keyed by the peer's public key.
+
+Flow cache (speed): parsing costs more than the decision, so a TCP/UDP packet of a flow the
+firewall already allowed for the same peer skips it. The key is the raw addresses and ports,
+read only where the layout is the plain one (IPv4 without options or fragments, IPv6 with the
+transport header first) and the transport header fits; anything else takes the full path.
+Only allows are cached, with the peer they were decided for; the cache is emptied when the
+policy or any peer's allowed IPs change (`PeerRoutes.routes_version`: a `wg set` that moves
+an address to another peer) and when it is full.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gateway.config import GatewayConfig
-from gateway.policy import Action, IcmpErrorLimiter, Policy
+from gateway.policy import Action, Decision, IcmpErrorLimiter, Policy
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket
 from ippacket.icmp_errors import Unreachable, destination_unreachable
 
 _IPV4 = 4
+_IPV4_PLAIN = 0x45  # version 4, 20-byte header
+_IPV6 = 6
+_TCP, _UDP = 6, 17
+FLOW_CACHE_MAX = 16384  # per direction and protocol; emptied when full
 _ICMP_ERROR_QUOTE = 8  # the quoted packet starts after the 8-byte ICMP header
 
-# Looks up which peer's allowed IPs contain a raw 4- or 16-byte address (the Device's table).
-PeerLookup = Callable[[bytes], bytes | None]
+
+class PeerRoutes(Protocol):
+    """Which peer's allowed IPs contain an address: the Device's table."""
+
+    @property
+    def routes_version(self) -> int:
+        """Changes whenever the answers of `peer_key_for` may have changed."""
+        ...
+
+    def peer_key_for(self, address: bytes) -> bytes | None:
+        """The public key of the peer whose allowed IPs contain a raw 4/16-byte address."""
+        ...
 
 
 class NotMine:
@@ -82,6 +103,30 @@ class FirewallCounts:
 
 # Per resource: [packets allowed, bytes allowed, packets denied].
 ResourceCounts = list[int]
+# A flow allowed for a peer: (peer key, the counts of the resource it is counted against).
+_Flow = tuple[bytes, ResourceCounts | None]
+_FlowTables = dict[int, dict[bytes, _Flow]]
+_FlowKey = tuple[int, bytes] | None
+
+
+def _flow_key(packet: bytearray | memoryview) -> _FlowKey:
+    """(protocol, addresses + ports as raw bytes) of a plain TCP/UDP packet, else None."""
+    first = packet[0]
+    if first == _IPV4_PLAIN:
+        if packet[6] & 0x3F or packet[7]:  # more fragments, or a fragment offset
+            return None
+        protocol, start, end = packet[9], 12, 24
+    elif first >> 4 == _IPV6:
+        protocol, start, end = packet[6], 8, 44
+    else:
+        return None
+    # The transport header must fit, as ippacket requires of a parsed packet.
+    if protocol == _TCP:
+        if len(packet) < end + 16 or packet[end + 8] >> 4 < 5:  # noqa: PLR2004 - TCP data offset
+            return None
+    elif protocol != _UDP or len(packet) < end + 4:
+        return None
+    return protocol, bytes(packet[start:end])
 
 
 def build_policy(config: GatewayConfig) -> Policy:
@@ -100,10 +145,12 @@ class Firewall:
     def __init__(
         self,
         policy: Policy,
-        peer_for: PeerLookup,
+        routes: PeerRoutes,
         limiter: IcmpErrorLimiter | None = None,
     ) -> None:
-        self._peer_for = peer_for
+        self._routes = routes
+        self._routes_version = routes.routes_version
+        self._peer_for = routes.peer_key_for
         self._limiter = IcmpErrorLimiter() if limiter is None else limiter
         self._proxy: ProxyHandler | None = None
         self._replies: list[bytearray] = []
@@ -112,6 +159,8 @@ class Firewall:
         self._retired: dict[str, ResourceCounts] = {}
         self._policy = policy
         self._resource_counts: list[ResourceCounts] = [[0, 0, 0] for _ in policy.resources]
+        self._inbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
+        self._outbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
 
     @property
     def policy(self) -> Policy:
@@ -127,6 +176,12 @@ class Firewall:
         self._retire_counts()
         self._policy = policy
         self._resource_counts = [[0, 0, 0] for _ in policy.resources]
+        self._forget_flows()
+
+    def _forget_flows(self) -> None:
+        for tables in (self._inbound_flows, self._outbound_flows):
+            for table in tables.values():
+                table.clear()
 
     def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
         self._proxy = handler
@@ -152,6 +207,9 @@ class Firewall:
     # --- the data path --------------------------------------------------------------------
 
     def from_peer(self, peer_key: bytes, packet: bytearray, now: float) -> bytearray | None:
+        flow = self._flow_key(packet)
+        if flow is not None and self._known_inbound(flow, peer_key, len(packet)):
+            return packet
         try:
             parsed = IpPacket(packet)
         except MalformedPacket:
@@ -166,19 +224,44 @@ class Firewall:
         if port is None:
             port = parsed.icmp_type or 0
         decision = self._policy.inbound(peer_key, destination, protocol, port)
-        index = decision.resource
-        if decision.action is Action.ALLOW:
-            if index is not None:
-                counts = self._resource_counts[index]
-                counts[0] += 1
-                counts[1] += len(packet)
+        if self._count(decision, len(packet), peer_key, self._inbound_flows, flow):
             return packet
-        self.counts.policy_drops += 1
-        if index is not None:
-            self._resource_counts[index][2] += 1
         if decision.action is Action.PROHIBIT:
             self._prohibit(peer_key, parsed, now)
         return None
+
+    def _flow_key(self, packet: bytearray | memoryview) -> _FlowKey:
+        """The packet's flow-cache key; None: take the full path (and do not cache)."""
+        if self._proxy is not None:
+            return None  # the proxy handler sees every packet (NAT state)
+        version = self._routes.routes_version
+        if version != self._routes_version:
+            self._routes_version = version
+            self._forget_flows()
+        return _flow_key(packet)
+
+    def _known_inbound(self, flow: tuple[int, bytes], peer_key: bytes, size: int) -> bool:
+        """A flow already allowed for this peer: counted, True."""
+        hit = self._inbound_flows[flow[0]].get(flow[1])
+        if hit is None or hit[0] != peer_key:
+            return False
+        counts = hit[1]
+        if counts is not None:
+            counts[0] += 1
+            counts[1] += size
+        return True
+
+    def _known_outbound(self, flow: tuple[int, bytes], size: int) -> bool:
+        """A flow already allowed (for the peer its destination routed to then, and still:
+        the routes did not change since): counted, True."""
+        hit = self._outbound_flows[flow[0]].get(flow[1])
+        if hit is None:
+            return False
+        counts = hit[1]
+        if counts is not None:
+            counts[0] += 1
+            counts[1] += size
+        return True
 
     def _prohibit(self, peer_key: bytes, packet: IpPacket, now: float) -> None:
         """Queue ICMP "administratively prohibited" from the address the peer tried to reach."""
@@ -193,6 +276,9 @@ class Firewall:
         self.counts.icmp_errors_sent += 1
 
     def to_peer(self, packet: memoryview, now: float) -> bytes | bytearray | memoryview | None:
+        flow = self._flow_key(packet)
+        if flow is not None and self._known_outbound(flow, len(packet)):
+            return packet
         try:
             parsed = IpPacket(packet)
         except MalformedPacket:
@@ -218,17 +304,28 @@ class Firewall:
             if parsed.is_icmp_error:
                 quoted_from_peer = self._quoted_source_is(peer, parsed)
         decision = self._policy.outbound(peer, source, protocol, port, quoted_from_peer)
-        index = decision.resource
-        if decision.action is Action.ALLOW:
-            if index is not None:
-                counts = self._resource_counts[index]
-                counts[0] += 1
-                counts[1] += len(packet)
+        if self._count(decision, len(packet), peer, self._outbound_flows, flow):
             return packet
-        self.counts.policy_drops += 1
-        if index is not None:
-            self._resource_counts[index][2] += 1
         return None
+
+    def _count(
+        self, decision: Decision, size: int, peer: bytes, tables: _FlowTables, flow: _FlowKey
+    ) -> bool:
+        """Count a decision against its resource (and as a policy drop); remember an
+        allowed flow. True if the packet may pass."""
+        index = decision.resource
+        counted = None if index is None else self._resource_counts[index]
+        if decision.action is Action.ALLOW:
+            if counted is not None:
+                counted[0] += 1
+                counted[1] += size
+            if flow is not None:
+                _remember(tables[flow[0]], flow[1], (peer, counted))
+            return True
+        self.counts.policy_drops += 1
+        if counted is not None:
+            counted[2] += 1
+        return False
 
     def _quoted_source_is(self, peer: bytes, error: IpPacket) -> bool:
         """Whether the packet an ICMP error quotes was sent by `peer` (its source lies in
@@ -247,3 +344,9 @@ class Firewall:
         else:
             return False
         return self._peer_for(source) == peer
+
+
+def _remember(table: dict[bytes, _Flow], key: bytes, flow: _Flow) -> None:
+    if len(table) >= FLOW_CACHE_MAX:
+        table.clear()
+    table[key] = flow

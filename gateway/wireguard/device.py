@@ -169,6 +169,11 @@ class Device:
     def peer(self, public_key: bytes) -> Peer | None:
         return self._peers.get(public_key)
 
+    @property
+    def routes_version(self) -> int:
+        """Changes whenever any peer's allowed IPs change (what `peer_key_for` answers)."""
+        return self._allowed.version
+
     def peer_key_for(self, address: bytes | bytearray | memoryview) -> bytes | None:
         """The public key of the peer whose allowed IPs contain a raw 4- or 16-byte address
         (the firewall's lookup of a packet's peer, through the allowed-IPs cache)."""
