@@ -7,7 +7,9 @@ connect) and, with the policy on, 100 resources with each peer granted 10; the c
 grants include the resource network with the iperf3 servers (TCP 5201-5208). One gateway
 process serves both modes: a SIGHUP switches between the two config files, so both run on
 the same session, alternating off/on `--repeats` times. Figures are medians of the repeats;
-the ratio is on/off. Writes bench/results/policy-network.json.
+the ratio is on/off. On a shared machine throughput mostly measures the neighbours, so each
+run also records the crypto process's CPU time per MB carried (CPU time is not taken by
+other processes' turns on the CPU). Writes bench/results/policy-network.json.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import signal
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+
+import psutil
 
 from gateway.keys import encode_key, generate_private_key, public_key
 from testbed.addresses import GATEWAY_TUNNEL_ADDR, RESOURCE_NET, client_specs
@@ -89,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures: dict[str, dict[str, list[float]]] = {
         mode: {"upload": [], "download": []} for mode in ("off", "on")
     }
+    cpu: dict[str, dict[str, list[float]]] = {
+        mode: {"upload": [], "download": []} for mode in ("off", "on")
+    }
     topo = Topology(FirezoneGateway(workers=args.workers), client_specs(1))
     try:
         topo.backend.write_config(peers(topo, policy=False))
@@ -102,18 +109,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                 apply(topo, policy=mode == "on")
                 for direction, extra in (("upload", []), ("download", ["-R"])):
                     topo.wait_iperf_idle()
+                    crypto = psutil.Process(topo.backend.role_pids()["crypto"])
+                    before = sum(crypto.cpu_times()[:2])
                     (result,) = run_iperf(topo, [0], extra, args.duration, udp=False)
+                    spent = sum(crypto.cpu_times()[:2]) - before
                     figures[mode][direction].append(result.bits_per_second / GB)
+                    cpu[mode][direction].append(spent * 1e6 / (result.bytes / 1e6))
     finally:
         topo.close()
     medians = {
         mode: {d: statistics.median(v) for d, v in by_direction.items()}
         for mode, by_direction in figures.items()
     }
+    cpu_medians = {
+        mode: {d: statistics.median(v) for d, v in by_direction.items()}
+        for mode, by_direction in cpu.items()
+    }
     print(f"{'TCP, 1 stream':16} {'policy off':>12} {'policy on':>12} {'on/off':>8}")
     for direction in ("upload", "download"):
         off, on = medians["off"][direction], medians["on"][direction]
         print(f"{direction:16} {off:9.3f} Gb {on:9.3f} Gb {on / off:8.2f}")
+    print(f"{'crypto CPU':16} {'us/MB off':>12} {'us/MB on':>12} {'on/off':>8}")
+    for direction in ("upload", "download"):
+        off, on = cpu_medians["off"][direction], cpu_medians["on"][direction]
+        print(f"{direction:16} {off:12.0f} {on:12.0f} {on / off:8.2f}")
     RESULTS.parent.mkdir(exist_ok=True)
     document = {
         "peers": PEERS,
@@ -123,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "workers": args.workers,
         "gbit_per_second": figures,
         "median": medians,
+        "crypto_cpu_us_per_mb": cpu,
+        "crypto_cpu_median": cpu_medians,
     }
     RESULTS.write_text(json.dumps(document, indent=2))
 

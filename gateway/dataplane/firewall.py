@@ -179,6 +179,7 @@ class Firewall:
         self._forget_flows()
 
     def _forget_flows(self) -> None:
+        self._routes_version = self._routes.routes_version
         for tables in (self._inbound_flows, self._outbound_flows):
             for table in tables.values():
                 table.clear()
@@ -207,9 +208,26 @@ class Firewall:
     # --- the data path --------------------------------------------------------------------
 
     def from_peer(self, peer_key: bytes, packet: bytearray, now: float) -> bytearray | None:
-        flow = self._flow_key(packet)
-        if flow is not None and self._known_inbound(flow, peer_key, len(packet)):
-            return packet
+        # The flow cache, inline: this is the per-packet path of every established flow.
+        flow = None
+        if self._proxy is None:
+            if self._routes.routes_version != self._routes_version:
+                self._forget_flows()
+            flow = _flow_key(packet)
+            if flow is not None:
+                hit = self._inbound_flows[flow[0]].get(flow[1])
+                if hit is not None and hit[0] == peer_key:
+                    counts = hit[1]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(packet)
+                    return packet
+        return self._from_peer(peer_key, packet, flow, now)
+
+    def _from_peer(
+        self, peer_key: bytes, packet: bytearray, flow: _FlowKey, now: float
+    ) -> bytearray | None:
+        """A packet of no known flow: parsed and decided."""
         try:
             parsed = IpPacket(packet)
         except MalformedPacket:
@@ -230,39 +248,6 @@ class Firewall:
             self._prohibit(peer_key, parsed, now)
         return None
 
-    def _flow_key(self, packet: bytearray | memoryview) -> _FlowKey:
-        """The packet's flow-cache key; None: take the full path (and do not cache)."""
-        if self._proxy is not None:
-            return None  # the proxy handler sees every packet (NAT state)
-        version = self._routes.routes_version
-        if version != self._routes_version:
-            self._routes_version = version
-            self._forget_flows()
-        return _flow_key(packet)
-
-    def _known_inbound(self, flow: tuple[int, bytes], peer_key: bytes, size: int) -> bool:
-        """A flow already allowed for this peer: counted, True."""
-        hit = self._inbound_flows[flow[0]].get(flow[1])
-        if hit is None or hit[0] != peer_key:
-            return False
-        counts = hit[1]
-        if counts is not None:
-            counts[0] += 1
-            counts[1] += size
-        return True
-
-    def _known_outbound(self, flow: tuple[int, bytes], size: int) -> bool:
-        """A flow already allowed (for the peer its destination routed to then, and still:
-        the routes did not change since): counted, True."""
-        hit = self._outbound_flows[flow[0]].get(flow[1])
-        if hit is None:
-            return False
-        counts = hit[1]
-        if counts is not None:
-            counts[0] += 1
-            counts[1] += size
-        return True
-
     def _prohibit(self, peer_key: bytes, packet: IpPacket, now: float) -> None:
         """Queue ICMP "administratively prohibited" from the address the peer tried to reach."""
         if not self._limiter.allow(peer_key, now):
@@ -276,9 +261,29 @@ class Firewall:
         self.counts.icmp_errors_sent += 1
 
     def to_peer(self, packet: memoryview, now: float) -> bytes | bytearray | memoryview | None:
-        flow = self._flow_key(packet)
-        if flow is not None and self._known_outbound(flow, len(packet)):
-            return packet
+        # The flow cache, inline (as in from_peer). The proxy handler sees every packet (NAT
+        # state), so there is no cache while one is set.
+        flow = None
+        if self._proxy is None:
+            if self._routes.routes_version != self._routes_version:
+                self._forget_flows()
+            flow = _flow_key(packet)
+            if flow is not None:
+                # Allowed for the peer the destination routed to then, and still does: the
+                # routes did not change since.
+                hit = self._outbound_flows[flow[0]].get(flow[1])
+                if hit is not None:
+                    counts = hit[1]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(packet)
+                    return packet
+        return self._to_peer(packet, flow, now)
+
+    def _to_peer(
+        self, packet: memoryview, flow: _FlowKey, now: float
+    ) -> bytes | bytearray | memoryview | None:
+        """A packet of no known flow: parsed and decided."""
         try:
             parsed = IpPacket(packet)
         except MalformedPacket:
