@@ -182,6 +182,7 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam.add(getattr(t, value))
         yield fam
 
+    yield _mtu_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
     full = counter("firezone_gw_ring_full_events_total", "Sends that found a ring full.")
@@ -250,6 +251,13 @@ def _resource_families(snap: StatsSnapshot) -> Iterable[_Family]:
         allowed_bytes.add(resource.allowed_bytes, resource=resource.name)
         denied.add(resource.denied_packets, resource=resource.name)
     return (allowed, allowed_bytes, denied)
+
+
+def _mtu_family(snap: StatsSnapshot) -> _Family:
+    family = _Family("firezone_gw_tun_mtu_bytes", "gauge", "MTU of the TUN device, as it is now.")
+    if snap.mtu:  # 0: not known yet
+        family.add(snap.mtu)
+    return family
 
 
 def _format_family(family: _Family) -> str:

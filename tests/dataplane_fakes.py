@@ -12,7 +12,7 @@ endpoint as the source, as the UDP process would).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway import stats as st
@@ -30,6 +30,8 @@ class MemoryRing:
     def __init__(self, slots: int = 64, slot_size: int = SLOT_SIZE) -> None:
         self.slots = slots
         self.slot_size = slot_size
+        # One slot per message: the shm ring's messages spanning slots are its own tests' job.
+        self.max_message = slot_size
         self._data = bytearray(slots * slot_size)
         self._view = memoryview(self._data)
         self._lengths = [0] * slots
@@ -116,6 +118,7 @@ class LoopGateway:
     slots: int = 64
     counters: memoryview = field(default_factory=counter_block)
     resource_table: st.ResourceTable | None = None
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None
     rings: CryptoRings[MemoryRing] = field(init=False)
     loop: CryptoLoop[MemoryRing] = field(init=False)
 
@@ -132,6 +135,7 @@ class LoopGateway:
             self.counters,
             peer_table(),
             resource_table=self.resource_table,
+            keep_timestamps=self.keep_timestamps,
         )
 
     def run(self, now: float, max_turns: int = 1000) -> int:

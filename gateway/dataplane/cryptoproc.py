@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -32,11 +32,24 @@ from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
+from gateway.wireguard.ratelimiter import RateLimiter
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# Handshake messages cost 20-300 us each in Python (transport: a few us). A turn handles
+# transport first and then at most HANDSHAKE_BUDGET handshake messages; the others wait,
+# copied, in a queue of HANDSHAKE_QUEUE (the slots they came in are released at once), and
+# past that they are dropped and counted, so a flood of initiations cannot starve sessions.
+HANDSHAKE_BUDGET = 16
+HANDSHAKE_QUEUE = 256
+# Under load (the queue 1/8 full, the kernel's criterion) each source address gets its
+# handshake messages queued at the kernel's rate (20/s, burst 5), so one flooding host
+# costs the loop a token-bucket lookup per message and takes few of the queue's places.
+UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
+_HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
+_IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
@@ -52,7 +65,7 @@ class PacketRing(Protocol):
     """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
 
     @property
-    def slot_size(self) -> int: ...
+    def max_message(self) -> int: ...  # the largest message (packet) it carries, in bytes
 
     def send_ready(self) -> bool: ...
 
@@ -227,6 +240,11 @@ _FIREWALL_SLOTS = (
 )
 
 
+def _source_address(message: memoryview) -> bytes:
+    """The raw source address in a ring message's endpoint header (see framing.py)."""
+    return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
+
+
 class CryptoLoop(Generic[RingT]):
     """The crypto process's work, one turn at a time, with the clock passed in.
 
@@ -244,8 +262,10 @@ class CryptoLoop(Generic[RingT]):
         *,
         firewall: Firewall | None = None,
         resource_table: st.ResourceTable | None = None,
+        keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
     ) -> None:
         self.device = device
+        self._keep_timestamps = keep_timestamps
         # None when no policy or DNS proxy exists: packets then skip the firewall entirely.
         self.firewall = firewall
         self._firewall_sync = FirewallSync(counters, resource_table)
@@ -255,15 +275,25 @@ class CryptoLoop(Generic[RingT]):
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
-        self._max_inner = min(r.slot_size for r in self._to_workers)
-        self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
+        self._max_inner = min(r.max_message for r in self._to_workers)
+        self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0
+        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
+        self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
+        self._source_limiter = RateLimiter()
 
     def turn(self, now: float) -> bool:
-        """Move and transform what the rings allow; True if any packet was taken."""
+        """Move and transform what the rings allow; True if any packet was taken or any
+        waiting handshake message handled (then more may wait for the next turn)."""
         work = self._decrypt(now)
+        if self._handle_handshakes(now):
+            work = True
+        if self._keep_timestamps is not None:
+            accepted = self.device.take_timestamps()
+            if accepted:  # before the responses leave: a restart never forgets a sent one
+                self._keep_timestamps(accepted)
         outbound: list[bytes] = []
         if self._encrypt(now, outbound):
             work = True
@@ -301,6 +331,9 @@ class CryptoLoop(Generic[RingT]):
         firewall = self.firewall
         peer_key_for = self.device.peer_key_for
         for message in batch:
+            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+                self._queue_handshake(message, now)
+                continue
             try:
                 src = decode_endpoint(message)
             except FramingError:
@@ -323,6 +356,34 @@ class CryptoLoop(Generic[RingT]):
                 if taken < len(packets):
                     c[st.DROP_RING_FULL] += len(packets) - taken
                 packets.clear()
+        return True
+
+    def _queue_handshake(self, message: memoryview, now: float) -> None:
+        """A handshake message waits (copied: its slot is released) for a turn's budget."""
+        queued = len(self.handshakes)
+        if queued < HANDSHAKE_QUEUE and (
+            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
+        ):
+            self.handshakes.append(bytes(message))
+        else:
+            self.handshakes_dropped += 1
+            self.counters[st.DROP_RATE_LIMITED] += 1
+
+    def _handle_handshakes(self, now: float) -> bool:
+        """At most HANDSHAKE_BUDGET waiting handshake messages; True if any was handled."""
+        handshakes = self.handshakes
+        if not handshakes:
+            return False
+        handle_datagram = self.device.handle_datagram
+        for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
+            message = handshakes.popleft()
+            try:
+                src = decode_endpoint(message)
+            except FramingError:
+                self.counters[st.DROP_MALFORMED] += 1
+                continue
+            # Answers go to the outbox, never to a worker.
+            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
@@ -409,10 +470,18 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     heartbeat: Heartbeat | None = None,
     resource_table: st.ResourceTable | None = None,
     on_loop: Callable[[CryptoLoop[Ring]], None] | None = None,
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
-    loop = CryptoLoop(device, rings, counters, peer_table, resource_table=resource_table)
+    loop = CryptoLoop(
+        device,
+        rings,
+        counters,
+        peer_table,
+        resource_table=resource_table,
+        keep_timestamps=keep_timestamps,
+    )
     if on_loop is not None:
         on_loop(loop)  # e.g. the firewall, which reloads may switch on and off
     from_udp, to_udp = rings.from_udp, rings.to_udp

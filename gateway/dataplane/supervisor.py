@@ -31,6 +31,7 @@ from gateway.dataplane.children import (
 )
 from gateway.dataplane.control import (
     ListenPortChanged,
+    MtuChanged,
     Reload,
     decode_to_supervisor,
     receive_messages,
@@ -47,14 +48,14 @@ from gateway.keys import encode_key
 from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
-from gateway.show import stats_segment_name
+from gateway.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import TRANSPORT_OVERHEAD
 from shm_ring.ring import Ring
-from shm_ring.stale import cleanup_stale
 from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
 from tunio.errors import TunError
+from tunio.linkwatch import LinkWatch
 from tunio.linux import TunQueue, open_multiqueue
 from tunio.netlink import TunDeviceManager
 
@@ -64,7 +65,7 @@ RING_SLOTS = 1000
 # Merge TCP segments into one TUN write (tunio.offload): one forwarded packet, not dozens.
 TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
 # Clients commonly run wg-quick's MTU 1420 (or 1500 on some links) while the gateway's TUN
-# uses 1280: their packets must still fit a ring slot, so slots hold at least this much.
+# uses 1280: slots hold at least this much so their packets still take one slot each.
 MIN_INNER_PACKET = 1500
 # A child with work waiting that makes no progress for this long is hung: it is restarted.
 HANG_TIMEOUT = 3.0
@@ -100,6 +101,7 @@ class Runtime:
     udp: UdpIo | None = None
     stats: st.StatsRegion | None = None
     manager: TunDeviceManager | None = None
+    link_watch: LinkWatch | None = None  # MTU changes made with `ip link`
 
 
 class _NoBackend:
@@ -130,7 +132,7 @@ class Supervisor:
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
         self._epoll: select.epoll | None = None
-        self._max_inner = MIN_INNER_PACKET
+        self._mtu = config.interface.mtu  # the TUN device's, as last seen (ip link may change it)
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -138,23 +140,19 @@ class Supervisor:
 
     # ---- setup --------------------------------------------------------------------------
 
-    def _prefix(self) -> str:
-        return f"fzgw.{self.name}."
-
     def setup(self) -> None:
         cfg = self.config
         workers = self.options.workers
-        for stale in cleanup_stale(self._prefix()):
-            log.info("removed stale shared memory %s", stale)
         try:
             self.rt.queues = open_multiqueue(self.name, workers, vnet_hdr=TUN_GRO)
             self.rt.manager = TunDeviceManager(self.name)
             self.rt.manager.configure(mtu=cfg.interface.mtu, addresses=cfg.interface.addresses)
         except TunError as exc:
             raise SupervisorError(str(exc)) from exc
-        inner = self._max_inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
+        # Slots are sized for the configured MTU; a larger packet (the MTU raised at run time,
+        # up to 65535) spans several slots, so the rings never limit the MTU.
+        inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
         datagram_slot = HEADER_SIZE + TRANSPORT_OVERHEAD + inner + 16  # + padding to 16
-        pid = os.getpid()
         ring_specs = {}
         for i in range(workers):
             ring_specs[f"worker{i}_to_crypto"] = inner
@@ -162,13 +160,21 @@ class Supervisor:
         ring_specs["crypto_to_udp"] = datagram_slot
         ring_specs["udp_to_crypto"] = datagram_slot
         for ring_name, slot_size in ring_specs.items():
-            self.rt.rings[ring_name] = Ring.create(
-                f"{self._prefix()}{pid}.{ring_name}", slots=RING_SLOTS, slot_size=slot_size
+            # Anonymous memory: only the processes forked from here can reach a ring.
+            self.rt.rings[ring_name] = Ring.create(ring_name, slots=RING_SLOTS, slot_size=slot_size)
+        try:
+            for name in remove_dead_segments(self.name):
+                log.info("removed %s, left by a gateway that is gone", name)
+            self.rt.stats = st.StatsRegion.create(
+                stats_segment_name(self.name, os.getpid()),
+                workers=workers,
+                max_peers=max(1024, len(cfg.peers)),
             )
-        self.rt.stats = st.StatsRegion.create(
-            stats_segment_name(self.name, pid), workers=workers, max_peers=max(1024, len(cfg.peers))
-        )
+        except (OSError, ValueError) as exc:
+            raise SupervisorError(f"cannot create the stats segment: {exc}") from exc
         self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
+        self.rt.stats.mtu = self._mtu
+        self.rt.link_watch = LinkWatch(self.rt.queues[0].fileno())
         try:
             self.rt.udp = UdpIo(
                 cfg.interface.listen_port, cfg.udp.receive_buffer, cfg.udp.send_buffer
@@ -267,7 +273,7 @@ class Supervisor:
         if self.uapi is not None:
             extra += self.uapi.fds()
         if self._runstate is not None:
-            extra.append(self._runstate.fd)
+            extra += self._runstate.fds()
         return replace(ring_fds, other=(*ring_fds.other, *extra))
 
     def _forget_secrets(self) -> None:
@@ -321,6 +327,7 @@ class Supervisor:
                 runstate=self._runstate,
                 listen_port=self._port(),
                 heartbeat=self.children["crypto"].heartbeat,
+                mtu=self._mtu,  # the device's now, not the config's: `ip link` may have set it
             )
         )
 
@@ -363,6 +370,9 @@ class Supervisor:
         control = self._control_parent
         if control is not None:
             epoll.register(control.fileno(), select.EPOLLIN)
+        watch = self.rt.link_watch
+        if watch is not None:
+            epoll.register(watch.fileno(), select.EPOLLIN)
         try:
             if not self.stopping:
                 self._start_children(epoll)
@@ -403,6 +413,10 @@ class Supervisor:
                         wake_r.recv(4096)
                 elif control is not None and fd == control.fileno():
                     self._control_messages(control, epoll)
+                elif self.rt.link_watch is not None and fd == self.rt.link_watch.fileno():
+                    mtu = self.rt.link_watch.read()
+                    if mtu is not None:
+                        self._follow_mtu(mtu)
                 else:
                     self._child_event(fd, epoll)
             while signals:
@@ -478,6 +492,20 @@ class Supervisor:
             send_message(self._control_parent, ListenPortChanged(new.port))
         log.info("listening on UDP port %d", new.port)
 
+    def _follow_mtu(self, mtu: int) -> None:
+        """The TUN device's MTU changed (ip link, or a reload): pad to it and report it."""
+        if mtu == self._mtu:
+            return
+        log.info("%s: MTU changed from %d to %d", self.name, self._mtu, mtu)
+        self._mtu = mtu
+        if self.rt.stats is not None:
+            self.rt.stats.mtu = mtu
+        if self._control_parent is not None:
+            try:
+                send_message(self._control_parent, MtuChanged(mtu))
+            except OSError as exc:  # a restarted crypto process starts from self._mtu
+                log.error("MTU %d not sent to the crypto process: %s", mtu, exc)
+
     def _port(self) -> int:
         return self.rt.udp.port if self.rt.udp is not None else 0
 
@@ -528,11 +556,7 @@ class Supervisor:
         if self.rt.stats is not None:
             self.rt.stats.sample_busy()
             for ring_name, ring in self.rt.rings.items():
-                block = self.rt.stats.ring_block(ring_name)
-                rs = ring.stats()
-                block[st.RING_FULL_EVENTS] = rs.full_events
-                block[st.RING_OCCUPANCY] = rs.occupancy
-                block[st.RING_CAPACITY] = rs.slots
+                st.copy_ring_counters(self.rt.stats.ring_block(ring_name), ring.stats())
         if not self.notifier.enabled or not self._announced:
             return
         if not self._unhealthy() and self._device_name() is not None:
@@ -674,24 +698,20 @@ class Supervisor:
         if self._device_name() != self.name or interface_up(self.name) is None:
             log.warning("reload: %s is not in this namespace: MTU and addresses kept", self.name)
             return
-        if new.mtu > self._max_inner:
-            log.error(
-                "reload: MTU %d exceeds what the rings were sized for (%d); restart to raise it",
-                new.mtu,
-                self._max_inner,
-            )
-            return
         manager = self.rt.manager
         if manager is None:
             return
+        # An MTU the config did not change stays as it is, even if `ip link` changed it.
+        mtu = new.mtu if new.mtu != old.mtu else self._mtu
         try:
-            manager.configure(mtu=new.mtu, addresses=new.addresses)
+            manager.configure(mtu=mtu, addresses=new.addresses)
             for address in set(old.addresses) - set(new.addresses):
                 manager.remove_address(address)
         except TunError as exc:
             log.error("reload: %s", exc)
             return
-        log.info("reload: %s has MTU %d and %d addresses", self.name, new.mtu, len(new.addresses))
+        self._follow_mtu(mtu)
+        log.info("reload: %s has MTU %d and %d addresses", self.name, mtu, len(new.addresses))
 
     # ---- shutdown -----------------------------------------------------------------------
 
@@ -701,6 +721,8 @@ class Supervisor:
     def teardown(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        if self.rt.link_watch is not None:
+            self.rt.link_watch.close()
         if self.uapi is not None:
             self.uapi.close()  # removes the socket file only if it is still ours
         if self.rt.udp is not None:
