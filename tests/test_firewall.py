@@ -18,7 +18,7 @@ from gateway import stats as st
 from gateway.config import load_config
 from gateway.dataplane import control
 from gateway.dataplane.cryptomain import CryptoControl
-from gateway.dataplane.firewall import Firewall, build_policy
+from gateway.dataplane.firewall import Firewall, build_policy, flow_key
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.metrics import render
 from gateway.wireguard.device import Device
@@ -384,3 +384,23 @@ def test_a_known_return_flow_does_not_follow_an_address_to_another_peer(tmp_path
     routes.move(CLIENT.packed, other)  # `wg set` gave the address to a peer granted nothing
     assert firewall.to_peer(answer, NOW) is None
     assert firewall.counts.policy_drops == 1
+
+
+def test_only_complete_plain_tcp_and_udp_packets_have_aflow_key() -> None:
+    syn = bytearray(_syn(DB, 5432).data)
+    assert flow_key(syn) == (6, bytes(syn[12:24]))
+    v6 = bytearray(_syn(V6_HOST, 443).data)
+    assert flow_key(v6) == (6, bytes(v6[8:44]))
+    assert flow_key(bytearray(udp_packet(CLIENT, DB, 1, 2).data)) is not None
+    assert flow_key(bytearray(icmp_echo_request(CLIENT, DB, 1, 1).data)) is None
+    truncated = syn[:39]
+    assert flow_key(truncated) is None
+    bad_offset = bytearray(syn)
+    bad_offset[32] = 0xF0  # a 60-byte TCP header in a 40-byte packet
+    assert flow_key(bad_offset) is None
+    fragment = bytearray(syn)
+    fragment[6] |= 0x20  # more fragments
+    assert flow_key(fragment) is None
+    with_options = bytearray(syn)
+    with_options[0] = 0x46
+    assert flow_key(with_options) is None

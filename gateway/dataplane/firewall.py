@@ -43,6 +43,7 @@ _IPV4 = 4
 _IPV4_PLAIN = 0x45  # version 4, 20-byte header
 _IPV6 = 6
 _TCP, _UDP = 6, 17
+_TCP_MIN, _UDP_HEADER = 20, 8
 FLOW_CACHE_MAX = 16384  # per direction and protocol; emptied when full
 _ICMP_ERROR_QUOTE = 8  # the quoted packet starts after the 8-byte ICMP header
 
@@ -109,7 +110,7 @@ _FlowTables = dict[int, dict[bytes, _Flow]]
 _FlowKey = tuple[int, bytes] | None
 
 
-def _flow_key(packet: bytearray | memoryview) -> _FlowKey:
+def flow_key(packet: bytearray | memoryview) -> _FlowKey:
     """(protocol, addresses + ports as raw bytes) of a plain TCP/UDP packet, else None."""
     first = packet[0]
     if first == _IPV4_PLAIN:
@@ -120,11 +121,13 @@ def _flow_key(packet: bytearray | memoryview) -> _FlowKey:
         protocol, start, end = packet[6], 8, 44
     else:
         return None
-    # The transport header must fit, as ippacket requires of a parsed packet.
+    # The transport header (at end - 4: the ports are its first bytes) must be complete, as
+    # ippacket requires of a parsed packet: UDP 8 bytes, TCP its data offset (20..60 bytes).
+    room = len(packet) - (end - 4)
     if protocol == _TCP:
-        if len(packet) < end + 16 or packet[end + 8] >> 4 < 5:  # noqa: PLR2004 - TCP data offset
+        if room < _TCP_MIN or not _TCP_MIN <= (packet[end + 8] >> 4) * 4 <= room:
             return None
-    elif protocol != _UDP or len(packet) < end + 4:
+    elif protocol != _UDP or room < _UDP_HEADER:
         return None
     return protocol, bytes(packet[start:end])
 
@@ -213,7 +216,7 @@ class Firewall:
         if self._proxy is None:
             if self._routes.routes_version != self._routes_version:
                 self._forget_flows()
-            flow = _flow_key(packet)
+            flow = flow_key(packet)
             if flow is not None:
                 hit = self._inbound_flows[flow[0]].get(flow[1])
                 if hit is not None and hit[0] == peer_key:
@@ -267,7 +270,7 @@ class Firewall:
         if self._proxy is None:
             if self._routes.routes_version != self._routes_version:
                 self._forget_flows()
-            flow = _flow_key(packet)
+            flow = flow_key(packet)
             if flow is not None:
                 # Allowed for the peer the destination routed to then, and still does: the
                 # routes did not change since.
