@@ -27,6 +27,10 @@ transport header first) and the transport header fits; anything else takes the f
 Only allows are cached, with the peer they were decided for; the cache is emptied when the
 policy or any peer's allowed IPs change (`PeerRoutes.routes_version`: a `wg set` that moves
 an address to another peer) and when it is full.
+
+Fragments: a non-first fragment has no ports, so it is decided with port 0: it passes a
+resource without port ranges for its protocol and is dropped (no ICMP error about a
+fragment) where the resource lists ports.
 """
 
 from __future__ import annotations
