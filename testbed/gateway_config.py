@@ -22,6 +22,8 @@ class GatewayPeer:
     public_key: str
     allowed_ips: list[str] = field(default_factory=list)
     endpoint: str | None = None
+    # Names of the [[resources]] this peer may reach; None writes no `resources` line.
+    resources: list[str] | None = None
 
 
 def peers_for(clients: Sequence[ClientSpec]) -> list[GatewayPeer]:
@@ -55,7 +57,9 @@ def gateway_toml(
     listen_port: int = LISTEN_PORT,
     mtu: int = TUNNEL_MTU,
     metrics_listen: str = METRICS_LISTEN,
+    extra_toml: str = "",
 ) -> str:
+    """The config text; `extra_toml` (e.g. [[resources]] tables) is appended as it is."""
     interface: dict[str, object] = {
         "name": ifname,
         "private_key_file": private_key_file,
@@ -68,6 +72,8 @@ def gateway_toml(
         entry: dict[str, object] = {"public_key": peer.public_key, "allowed_ips": peer.allowed_ips}
         if peer.endpoint is not None:
             entry["endpoint"] = peer.endpoint
+        if peer.resources is not None:
+            entry["resources"] = peer.resources
         lines += ["", "[[peers]]", *(f"{k} = {_toml_value(v)}" for k, v in entry.items())]
     lines += ["", "[metrics]", f"listen = {_toml_value(metrics_listen)}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra_toml

@@ -171,6 +171,7 @@ class FirezoneGateway:
         *,
         listen_port: int = LISTEN_PORT,
         mtu: int = TUNNEL_MTU,
+        extra_toml: str = "",
     ) -> None:
         """(Re)write the config file; a running gateway reads it on SIGHUP."""
         text = gateway_toml(
@@ -181,6 +182,7 @@ class FirezoneGateway:
             listen_port=listen_port,
             mtu=mtu,
             metrics_listen=self.metrics_listen,
+            extra_toml=extra_toml,
         )
         self.config_path.write_text(text)
 

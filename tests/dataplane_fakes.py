@@ -117,6 +117,7 @@ class LoopGateway:
     workers: int = 2
     slots: int = 64
     counters: memoryview = field(default_factory=counter_block)
+    resource_table: st.ResourceTable | None = None
     keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None
     rings: CryptoRings[MemoryRing] = field(init=False)
     loop: CryptoLoop[MemoryRing] = field(init=False)
@@ -133,6 +134,7 @@ class LoopGateway:
             self.rings,
             self.counters,
             peer_table(),
+            resource_table=self.resource_table,
             keep_timestamps=self.keep_timestamps,
         )
 

@@ -226,3 +226,21 @@ def test_restarted_crypto_adopts_peer_slots(region: StatsRegion) -> None:
     peers = {p.public_key: p for p in region.snapshot(sample_processes=False).peers}
     assert peers[key].rx_bytes == 99
     assert region.process_block("udp") is region.process_block("udp")
+
+
+def test_resource_table_finds_slots_by_name_across_processes(region: StatsRegion) -> None:
+    table = region.resources
+    db = table.slot_for("db")
+    assert db is not None
+    table.add(db, 3, 300, 2)
+    # A restarted crypto process (the same segment, no memory of its predecessor's slots)
+    # asks by name again and finds the same slot, so the counters continue.
+    assert table.slot_for("db") == db
+    web = table.slot_for("web")
+    assert web not in (None, db)
+    by_name = {r.name: r for r in region.snapshot(sample_processes=False).resources}
+    assert (by_name["db"].allowed_packets, by_name["db"].allowed_bytes) == (3, 300)
+    assert by_name["db"].denied_packets == 2
+    assert by_name["web"].allowed_packets == 0
+    table.release(db)
+    assert [r.name for r in region.snapshot(sample_processes=False).resources] == ["web"]

@@ -22,7 +22,14 @@ from typing import Protocol
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
-from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.cryptoproc import (
+    CryptoLoop,
+    CryptoRings,
+    apply_peers,
+    build_device,
+    run_crypto,
+)
+from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
@@ -57,8 +64,8 @@ class CryptoInputs:
 
 
 class CryptoControl:
-    """The crypto process's Device and what changes it besides packets: `wg`, reloads and
-    the state saved for a successor."""
+    """The crypto process's Device and Firewall and what changes them besides packets:
+    `wg`, reloads and the state saved for a successor."""
 
     def __init__(  # noqa: PLR0913 - keyword-only, one per collaborator
         self,
@@ -83,6 +90,23 @@ class CryptoControl:
             request_listen_port=self._request_listen_port,
             on_change=self._save_state,
         )
+        self.firewall = Firewall(build_policy(config), self.device)
+        self._loop: CryptoLoop[Ring] | None = None
+        if not config.resources:
+            log.info("no [[resources]] configured: no policy, peers reach everything routed here")
+
+    def attach_loop(self, loop: CryptoLoop[Ring]) -> None:
+        """The loop to give the firewall to while it has work (resources or DNS proxies)."""
+        self._loop = loop
+        self._update_loop()
+
+    def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
+        self.firewall.set_proxy_handler(handler)
+        self._update_loop()
+
+    def _update_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.firewall = self.firewall if self.firewall.active else None
 
     def restore_state(self) -> None:
         """In a restarted crypto process: bring back what `wg` and reloads had set, entry by
@@ -121,8 +145,11 @@ class CryptoControl:
             log.error("reload: config became invalid, keeping the old one:\n%s", exc)
             return
         apply_peers(self.device, config, now)
+        # Grants and resources apply from the next packet; sessions stay (they are the Device's).
+        self.firewall.set_policy(build_policy(config))
+        self._update_loop()
         self._save_state()
-        log.info("reload: %d peers", len(config.peers))
+        log.info("reload: %d peers, %d resources", len(config.peers), len(config.resources))
 
     def _save_state(self) -> None:
         self._key_board.public_key = self.device.public_key
@@ -165,4 +192,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
         handlers=handlers,
         heartbeat=inputs.heartbeat,
         keep_timestamps=crypto.keep_timestamps,
+        resource_table=inputs.stats.resources,
+        on_loop=crypto.attach_loop,
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from gateway.config import GatewayConfig
+from gateway.dataplane.firewall import Firewall, FirewallCounts
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.heartbeat import Heartbeat
@@ -186,6 +187,59 @@ class PeerStatsSync:
             self._endpoints.pop(key, None)
 
 
+class FirewallSync:
+    """Copies the firewall's counters into the process block (as deltas) and its
+    per-resource counts into the shared resource table."""
+
+    def __init__(self, block: memoryview, table: st.ResourceTable | None) -> None:
+        self.block = block
+        self.table = table
+        self._firewall: Firewall | None = None
+        self._last = FirewallCounts()
+        self._slots: dict[str, int] = {}
+        self._table_full_logged = False
+
+    def sync_counters(self, firewall: Firewall | None) -> None:
+        if firewall is None:
+            return
+        if firewall is not self._firewall:  # a new firewall counts from zero
+            self._firewall, self._last = firewall, FirewallCounts()
+        counts, last, block = firewall.counts, self._last, self.block
+        for name, slot in _FIREWALL_SLOTS:
+            delta = getattr(counts, name) - getattr(last, name)
+            if delta:
+                block[slot] += delta
+                setattr(last, name, getattr(counts, name))
+
+    def sync_resources(self, firewall: Firewall | None) -> None:
+        table = self.table
+        if table is None:
+            return
+        taken = {} if firewall is None else firewall.take_resource_counts()
+        for name, counts in taken.items():
+            slot = self._slots.get(name)
+            if slot is None:
+                slot = table.slot_for(name)
+                if slot is None:
+                    if not self._table_full_logged:
+                        log.warning("resource table full: %s and later have no metrics", name)
+                        self._table_full_logged = True
+                    continue
+                self._slots[name] = slot
+            if any(counts):
+                table.add(slot, *counts)
+        for name in [n for n in self._slots if n not in taken]:
+            table.release(self._slots.pop(name))
+
+
+_FIREWALL_SLOTS = (
+    ("policy_drops", st.DROP_POLICY),
+    ("malformed", st.DROP_MALFORMED),
+    ("icmp_errors_sent", st.ICMP_ERRORS_SENT),
+    ("icmp_errors_rate_limited", st.ICMP_ERRORS_RATE_LIMITED),
+)
+
+
 def _source_address(message: memoryview) -> bytes:
     """The raw source address in a ring message's endpoint header (see framing.py)."""
     return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
@@ -199,17 +253,22 @@ class CryptoLoop(Generic[RingT]):
     sleeps for idle_timeout(); tests call both directly with in-memory rings and a fake clock.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the optional stages are keyword-only
         self,
         device: Device,
         rings: CryptoRings[RingT],
         counters: memoryview,
         peer_table: st.PeerTable,
         *,
+        firewall: Firewall | None = None,
+        resource_table: st.ResourceTable | None = None,
         keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
     ) -> None:
         self.device = device
         self._keep_timestamps = keep_timestamps
+        # None when no policy or DNS proxy exists: packets then skip the firewall entirely.
+        self.firewall = firewall
+        self._firewall_sync = FirewallSync(counters, resource_table)
         self.rings = rings
         self.counters = counters
         self._drops = CounterSync(counters)
@@ -239,6 +298,8 @@ class CryptoLoop(Generic[RingT]):
         if self._encrypt(now, outbound):
             work = True
         self._run_timers(now, outbound)
+        if self.firewall is not None:
+            self._send_replies(self.firewall, now, outbound)
         if outbound:
             taken = self.rings.to_udp.send_many(outbound)
             if taken < len(outbound):
@@ -246,6 +307,8 @@ class CryptoLoop(Generic[RingT]):
         if now >= self._next_stats:
             self._drops.sync(self.device)
             self._peers.sync(self.device, self.counters)
+            self._firewall_sync.sync_counters(self.firewall)
+            self._firewall_sync.sync_resources(self.firewall)
             self._next_stats = now + STATS_INTERVAL
         return work
 
@@ -265,6 +328,8 @@ class CryptoLoop(Generic[RingT]):
         max_inner = self._max_inner
         per_worker = self._per_worker
         workers = len(to_workers)
+        firewall = self.firewall
+        peer_key_for = self.device.peer_key_for
         for message in batch:
             if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
                 self._queue_handshake(message, now)
@@ -275,6 +340,10 @@ class CryptoLoop(Generic[RingT]):
                 c[st.DROP_MALFORMED] += 1
                 continue
             inner = handle_datagram(message[HEADER_SIZE:], src, now)
+            if inner is not None and firewall is not None:
+                # The core checked the source against this peer's allowed IPs.
+                peer = peer_key_for(inner[12:16] if inner[0] >> 4 == 4 else inner[8:24])  # noqa: PLR2004 - IPv4
+                inner = None if peer is None else firewall.from_peer(peer, inner, now)
             if inner is not None:
                 if len(inner) > max_inner:
                     c[st.DROP_TOO_BIG] += 1
@@ -324,6 +393,7 @@ class CryptoLoop(Generic[RingT]):
         if not room:
             return False
         handle_packet = self.device.handle_packet
+        firewall = self.firewall
         work = False
         for ring in self._from_workers:
             # A packet yields at most one datagram: read no more than the UDP ring takes.
@@ -333,12 +403,27 @@ class CryptoLoop(Generic[RingT]):
             room -= len(batch)
             work = True
             for packet in batch:
-                sent = handle_packet(packet, now)
+                if firewall is not None:
+                    allowed = firewall.to_peer(packet, now)
+                    if allowed is None:
+                        continue
+                    sent = handle_packet(allowed, now)
+                else:
+                    sent = handle_packet(packet, now)
                 if sent is not None:
                     endpoint, datagram = sent
                     outbound.append(encode_endpoint(endpoint) + datagram)
             ring.release()
         return work
+
+    def _send_replies(self, firewall: Firewall, now: float, outbound: list[bytes]) -> None:
+        """The ICMP errors the firewall generated, encrypted to the peers they address."""
+        handle_packet = self.device.handle_packet
+        for reply in firewall.take_replies():
+            sent = handle_packet(reply, now)
+            if sent is not None:
+                endpoint, datagram = sent
+                outbound.append(encode_endpoint(endpoint) + datagram)
 
     def _run_timers(self, now: float, outbound: list[bytes]) -> None:
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
@@ -362,6 +447,7 @@ class CryptoLoop(Generic[RingT]):
         (None: until a ring or fd wakes it)."""
         device = self.device
         self._drops.sync(device)
+        self._firewall_sync.sync_counters(self.firewall)
         deadline = device.next_deadline()
         timeout = None if deadline is None else deadline - now
         # After waking: look again when this deadline is due, or within the busy interval
@@ -382,11 +468,22 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
     heartbeat: Heartbeat | None = None,
+    resource_table: st.ResourceTable | None = None,
+    on_loop: Callable[[CryptoLoop[Ring]], None] | None = None,
     keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
-    loop = CryptoLoop(device, rings, counters, peer_table, keep_timestamps=keep_timestamps)
+    loop = CryptoLoop(
+        device,
+        rings,
+        counters,
+        peer_table,
+        resource_table=resource_table,
+        keep_timestamps=keep_timestamps,
+    )
+    if on_loop is not None:
+        on_loop(loop)  # e.g. the firewall, which reloads may switch on and off
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]

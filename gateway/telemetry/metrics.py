@@ -144,6 +144,18 @@ _TOTALS: tuple[tuple[str, str, str, str], ...] = (
         "Peers without a stats slot.",
         "peer_table_full",
     ),
+    (
+        "counter",
+        "firezone_gw_icmp_errors_sent_total",
+        "ICMP errors the gateway sent to peers (administratively prohibited).",
+        "icmp_errors_sent",
+    ),
+    (
+        "counter",
+        "firezone_gw_icmp_errors_rate_limited_total",
+        "ICMP errors not sent: the peer's rate limit was spent.",
+        "icmp_errors_rate_limited",
+    ),
 )
 
 
@@ -199,6 +211,8 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         crypto.add(snap.crypto_busy_fraction)
     yield crypto
 
+    yield from _resource_families(snap)
+
     info = gauge("wireguard_peer_info", "Peer metadata (value is always 1).")
     rx = counter("wireguard_peer_receive_bytes_total", "Bytes received from the peer.")
     tx = counter("wireguard_peer_transmit_bytes_total", "Bytes sent to the peer.")
@@ -217,6 +231,26 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         txp.add(peer.tx_packets, device=device, public_key=key)
         hs.add(peer.last_handshake, device=device, public_key=key)
     yield from (info, rx, tx, rxp, txp, hs)
+
+
+def _resource_families(snap: StatsSnapshot) -> Iterable[_Family]:
+    """The policy's per-resource counters, labelled by resource name."""
+    allowed = _Family(
+        "firezone_gw_resource_allowed_packets_total", "counter", "Packets the policy let through."
+    )
+    allowed_bytes = _Family(
+        "firezone_gw_resource_allowed_bytes_total",
+        "counter",
+        "Bytes of the packets the policy let through.",
+    )
+    denied = _Family(
+        "firezone_gw_resource_denied_packets_total", "counter", "Packets the policy denied."
+    )
+    for resource in snap.resources:
+        allowed.add(resource.allowed_packets, resource=resource.name)
+        allowed_bytes.add(resource.allowed_bytes, resource=resource.name)
+        denied.add(resource.denied_packets, resource=resource.name)
+    return (allowed, allowed_bytes, denied)
 
 
 def _mtu_family(snap: StatsSnapshot) -> _Family:

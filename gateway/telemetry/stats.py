@@ -11,6 +11,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
                copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
+    resources  max_resources slots of RESOURCE_SLOT_WORDS words (the policy's per-resource
+               counters, by name), all written by the crypto process
 
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
 then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a
@@ -43,7 +45,7 @@ from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 2
+VERSION = 3
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
@@ -52,6 +54,7 @@ PROC_SLOTS = 64
 RING_SLOTS = 8
 MAX_PEERS_LIMIT = 1 << 20
 MAX_WORKERS = 256  # the TUN multi-queue limit
+MAX_RESOURCES = 1024  # resource slots; more resources still work, without their metrics
 _HEADER = struct.Struct("=5Q")  # magic, version, workers, max_peers, created wall ns
 
 # --- process block: counters (summed over all processes at scrape time) ---
@@ -72,6 +75,8 @@ GSO_SEGMENTS = 13  # datagrams in those batches (average = segments / batches)
 CHILD_RESTARTS = 14  # written by the supervisor
 PEER_TABLE_FULL = 15  # peers the crypto process could not give a stats slot
 BUSY_NS = 16  # time spent working (not waiting in epoll), for the busy fraction
+ICMP_ERRORS_SENT = 17  # ICMP errors the gateway generated for peers (policy)
+ICMP_ERRORS_RATE_LIMITED = 18  # ICMP errors not sent: the peer's rate limit was spent
 
 COUNTER_NAMES: tuple[str, ...] = (
     "udp_rx_packets",
@@ -91,6 +96,8 @@ COUNTER_NAMES: tuple[str, ...] = (
     "child_restarts",
     "peer_table_full",
     "busy_ns",
+    "icmp_errors_sent",
+    "icmp_errors_rate_limited",
 )
 
 # --- process block: drops by reason ---
@@ -150,6 +157,17 @@ PEER_ENDPOINT_OFFSET = PEER_KEY_OFFSET + PEER_KEY_BYTES
 PEER_ENDPOINT_BYTES = 64
 PEER_SLOT_WORDS = (PEER_ENDPOINT_OFFSET + PEER_ENDPOINT_BYTES) // 8
 
+# --- resource slot (words); all written by the crypto process ---
+RESOURCE_GENERATION = 0  # odd while the name is being rewritten (seqlock)
+RESOURCE_IN_USE = 1
+RESOURCE_ALLOWED_PACKETS = 2  # both directions
+RESOURCE_ALLOWED_BYTES = 3
+RESOURCE_DENIED_PACKETS = 4
+RESOURCE_NAME_LEN = 5
+RESOURCE_NAME_OFFSET = 6 * 8  # bytes within the slot
+RESOURCE_NAME_BYTES = 64 * 4  # a name is at most 64 characters of UTF-8
+RESOURCE_SLOT_WORDS = (RESOURCE_NAME_OFFSET + RESOURCE_NAME_BYTES) // 8
+
 BUSY_WINDOW_SECONDS = 10.0
 _SEQLOCK_RETRIES = 100
 
@@ -201,6 +219,8 @@ class Totals:
     child_restarts: int
     peer_table_full: int
     busy_ns: int
+    icmp_errors_sent: int
+    icmp_errors_rate_limited: int
 
     @property
     def gso_average_segments(self) -> float:
@@ -242,6 +262,14 @@ class PeerStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceStats:
+    name: str
+    allowed_packets: int
+    allowed_bytes: int
+    denied_packets: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     taken_at: float  # wall-clock seconds
     workers: int
@@ -252,6 +280,7 @@ class StatsSnapshot:
     processes: tuple[ProcessStats, ...]
     rings: tuple[RingCounters, ...]
     peers: tuple[PeerStats, ...]
+    resources: tuple[ResourceStats, ...] = ()
 
     def process(self, role: str) -> ProcessStats:
         for proc in self.processes:
@@ -366,6 +395,79 @@ class PeerTable:
         return None  # the writer kept rewriting it; skipped for this scrape
 
 
+class ResourceTable:
+    """The per-resource slots, found by name. Only the crypto process calls the mutating
+    methods; a restarted one finds the slots its predecessor filled, so counters continue."""
+
+    def __init__(self, words: memoryview, raw: memoryview, max_resources: int) -> None:
+        self.words = words
+        self._raw = raw
+        self.max_resources = max_resources
+
+    def slot_for(self, name: str) -> int | None:
+        """The slot counting `name`: the one already holding it, else a zeroed free one;
+        None when the table is full."""
+        data = name.encode()
+        if len(data) > RESOURCE_NAME_BYTES:
+            raise ValueError(f"resource name {name!r} longer than {RESOURCE_NAME_BYTES} bytes")
+        free = None
+        for slot in range(self.max_resources):
+            if self.words[slot * RESOURCE_SLOT_WORDS + RESOURCE_IN_USE]:
+                if self._name(slot) == data:
+                    return slot
+            elif free is None:
+                free = slot
+        if free is None:
+            return None
+        base = free * RESOURCE_SLOT_WORDS
+        w = self.words
+        w[base + RESOURCE_GENERATION] += 1
+        start = base * 8
+        self._raw[start + 8 : start + RESOURCE_SLOT_WORDS * 8] = bytes(RESOURCE_SLOT_WORDS * 8 - 8)
+        name_at = start + RESOURCE_NAME_OFFSET
+        self._raw[name_at : name_at + len(data)] = data
+        w[base + RESOURCE_NAME_LEN] = len(data)
+        w[base + RESOURCE_IN_USE] = 1
+        w[base + RESOURCE_GENERATION] += 1
+        return free
+
+    def add(self, slot: int, allowed_packets: int, allowed_bytes: int, denied_packets: int) -> None:
+        base = slot * RESOURCE_SLOT_WORDS
+        w = self.words
+        w[base + RESOURCE_ALLOWED_PACKETS] += allowed_packets
+        w[base + RESOURCE_ALLOWED_BYTES] += allowed_bytes
+        w[base + RESOURCE_DENIED_PACKETS] += denied_packets
+
+    def release(self, slot: int) -> None:
+        base = slot * RESOURCE_SLOT_WORDS
+        self.words[base + RESOURCE_GENERATION] += 1
+        self.words[base + RESOURCE_IN_USE] = 0
+        self.words[base + RESOURCE_GENERATION] += 1
+
+    def _name(self, slot: int) -> bytes:
+        base = slot * RESOURCE_SLOT_WORDS
+        length = min(self.words[base + RESOURCE_NAME_LEN], RESOURCE_NAME_BYTES)
+        start = base * 8 + RESOURCE_NAME_OFFSET
+        return bytes(self._raw[start : start + length])
+
+    def read(self) -> Iterator[ResourceStats]:
+        for slot in range(self.max_resources):
+            base = slot * RESOURCE_SLOT_WORDS
+            w = self.words
+            for _ in range(_SEQLOCK_RETRIES):
+                gen = w[base + RESOURCE_GENERATION]
+                if gen & 1:
+                    continue
+                if not w[base + RESOURCE_IN_USE]:
+                    break
+                name = self._name(slot)
+                values = w[base + RESOURCE_ALLOWED_PACKETS : base + RESOURCE_DENIED_PACKETS + 1]
+                counts = values.tolist()
+                if w[base + RESOURCE_GENERATION] == gen:
+                    yield ResourceStats(name.decode(errors="replace"), *counts)
+                    break
+
+
 class StatsRegion:
     """The shared-memory stats segment. Create in the supervisor before forking."""
 
@@ -380,6 +482,7 @@ class StatsRegion:
         words = self._view(buf.cast("Q"))
         self.workers = int(words[2])
         self.max_peers = int(words[3])
+        self.max_resources = MAX_RESOURCES
         self.roles = process_roles(self.workers)
         self.ring_names = ring_names(self.workers)
         self._words = words
@@ -394,6 +497,12 @@ class StatsRegion:
             self._view(buf[self._peer_base * 8 : peer_end * 8]),
             self.max_peers,
         )
+        resource_end = peer_end + self.max_resources * RESOURCE_SLOT_WORDS
+        self.resources = ResourceTable(
+            self._view(words[peer_end:resource_end]),
+            self._view(buf[peer_end * 8 : resource_end * 8]),
+            self.max_resources,
+        )
         self._busy_samples: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque(
             maxlen=256
         )
@@ -404,6 +513,7 @@ class StatsRegion:
         roles = len(process_roles(workers))
         rings = len(ring_names(workers))
         words = HEADER_SLOTS + roles * PROC_SLOTS + rings * RING_SLOTS
+        words += MAX_RESOURCES * RESOURCE_SLOT_WORDS
         return (words + max_peers * PEER_SLOT_WORDS) * 8
 
     @classmethod
@@ -565,6 +675,7 @@ class StatsRegion:
             processes=tuple(processes),
             rings=tuple(rings),
             peers=tuple(self.peers.read()),
+            resources=tuple(self.resources.read()),
         )
 
     def close(self) -> None:

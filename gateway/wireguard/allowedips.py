@@ -77,6 +77,8 @@ class AllowedIPs(Generic[T]):
         self._v6: _FamilyTable[T] = _FamilyTable(128)
         self._by_value: dict[T, set[Network]] = {}
         self._cache: dict[bytes, object] = {}
+        # Bumped by every change, so callers can cache what they derived from lookups.
+        self.version = 0
 
     def __len__(self) -> int:
         return sum(len(nets) for nets in self._by_value.values())
@@ -95,6 +97,7 @@ class AllowedIPs(Generic[T]):
             self._forget(old, network)
         self._by_value.setdefault(value, set()).add(network)
         self._cache.clear()
+        self.version += 1
 
     def remove(self, network: Network) -> bool:
         """Remove one prefix; False when it was not in the table."""
@@ -103,6 +106,7 @@ class AllowedIPs(Generic[T]):
             return False
         self._forget(old, network)
         self._cache.clear()
+        self.version += 1
         return True
 
     def remove_value(self, value: T) -> int:
@@ -112,6 +116,7 @@ class AllowedIPs(Generic[T]):
             self._family(network).remove(network.prefixlen, self._key(network))
         if networks:
             self._cache.clear()
+            self.version += 1
         return len(networks)
 
     def _forget(self, value: T, network: Network) -> None:

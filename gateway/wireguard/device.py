@@ -173,6 +173,17 @@ class Device:
     def peer(self, public_key: bytes) -> Peer | None:
         return self._peers.get(public_key)
 
+    @property
+    def routes_version(self) -> int:
+        """Changes whenever any peer's allowed IPs change (what `peer_key_for` answers)."""
+        return self._allowed.version
+
+    def peer_key_for(self, address: bytes | bytearray | memoryview) -> bytes | None:
+        """The public key of the peer whose allowed IPs contain a raw 4- or 16-byte address
+        (the firewall's lookup of a packet's peer, through the allowed-IPs cache)."""
+        peer = self._allowed.lookup(address)
+        return None if peer is None else peer.public_key
+
     def upsert_peer(  # noqa: PLR0913 # mirrors the UAPI peer settings, keyword-only
         self,
         public_key: bytes,
@@ -406,7 +417,7 @@ class Device:
 
     # ---- inbound ---------------------------------------------------------------------------
 
-    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
+    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> bytearray | None:
         """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
@@ -428,7 +439,7 @@ class Device:
         self.drops[Drop.MALFORMED] += 1
         return None
 
-    def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> Datagram | None:
+    def _receive_transport(self, data: Packet, src: Endpoint, now: float) -> bytearray | None:
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
         entry = self._index.get(receiver)
         kp = None if entry is None else entry.keypair
@@ -471,7 +482,7 @@ class Device:
             timers.need_another_keepalive = True
         return self._check_inner(peer, out)
 
-    def _check_inner(self, peer: Peer, out: bytearray) -> Datagram | None:
+    def _check_inner(self, peer: Peer, out: bytearray) -> bytearray | None:
         """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
         version = out[0] >> 4
         if version == _IPV4 and len(out) >= _IPV4_HEADER:

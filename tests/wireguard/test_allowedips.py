@@ -186,3 +186,25 @@ def test_matches_brute_force_model(
         assert len(table) == len(model)
         for v in range(5):
             assert set(table.prefixes_of(v)) == {n for n, w in model.items() if w == v}
+
+
+def test_version_changes_with_every_change_and_only_then() -> None:
+    table: AllowedIPs[str] = AllowedIPs()
+    seen = [table.version]
+
+    def changed() -> bool:
+        seen.append(table.version)
+        return seen[-1] != seen[-2]
+
+    table.insert(ip_network("10.0.0.0/24"), "a")
+    assert changed()
+    table.lookup(IPv4Address("10.0.0.1").packed)
+    assert not changed()
+    table.insert(ip_network("10.0.0.0/24"), "b")  # moved to another value
+    assert changed()
+    assert not table.remove(ip_network("10.9.0.0/24"))
+    assert not changed()
+    assert table.remove_value("b") == 1
+    assert changed()
+    assert table.remove_value("b") == 0
+    assert not changed()

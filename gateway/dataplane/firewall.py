@@ -1,0 +1,364 @@
+"""The firewall stage of the crypto process: the policy (and DNS proxies) on every inner packet.
+
+Owned by the crypto process, called by `CryptoLoop` only when resources or a proxy handler
+exist (otherwise `CryptoLoop.firewall` is None and packets never reach this module):
+
+* `from_peer`: a decrypted packet, after the core checked its source against the peer's
+  allowed IPs; returns the packet for the TUN or None (dropped and counted). A denied packet
+  is answered with ICMP "administratively prohibited" from the address the peer tried to
+  reach, rate-limited per peer.
+* `to_peer`: a packet from the TUN before it is encrypted (the return path); returns it or
+  None.
+* `take_replies`: the ICMP errors generated meanwhile, for the loop to encrypt to their peer
+  (they route by their destination, the peer's address).
+
+`ProxyHandler` is where DNS resources plug in (proxy addresses, NAT): the firewall asks it
+first, and its decision is final for its flows.
+
+Counting: plain ints here (`counts`, per-resource `take_resource_counts`), copied into the
+stats segment by the loop once a second, so the hot path never touches shared memory. The
+`Policy` is immutable; `set_policy` swaps it whole on reload (sessions are the Device's and
+stay). Grants are keyed by the peer's public key.
+
+Flow cache (speed): parsing costs more than the decision, so a TCP/UDP packet of a flow the
+firewall already allowed for the same peer skips it. The key is the raw addresses and ports,
+read only where the layout is the plain one (IPv4 without options or fragments, IPv6 with the
+transport header first) and the transport header fits; anything else takes the full path.
+Only allows are cached, with the peer they were decided for; the cache is emptied when the
+policy or any peer's allowed IPs change (`PeerRoutes.routes_version`: a `wg set` that moves
+an address to another peer) and when it is full.
+
+Fragments: a non-first fragment has no ports, so it is decided with port 0: it passes a
+resource without port ranges for its protocol and is dropped (no ICMP error about a
+fragment) where the resource lists ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from gateway.config import GatewayConfig
+from gateway.policy import Action, Decision, IcmpErrorLimiter, Policy
+from ippacket import ImpossiblePacket, IpPacket, MalformedPacket
+from ippacket.icmp_errors import Unreachable, destination_unreachable
+
+_IPV4 = 4
+_IPV4_PLAIN = 0x45  # version 4, 20-byte header
+_IPV6 = 6
+_TCP, _UDP = 6, 17
+_TCP_MIN, _UDP_HEADER = 20, 8
+FLOW_CACHE_MAX = 16384  # per direction and protocol; emptied when full
+_ICMP_ERROR_QUOTE = 8  # the quoted packet starts after the 8-byte ICMP header
+
+
+class PeerRoutes(Protocol):
+    """Which peer's allowed IPs contain an address: the Device's table."""
+
+    @property
+    def routes_version(self) -> int:
+        """Changes whenever the answers of `peer_key_for` may have changed."""
+        ...
+
+    def peer_key_for(self, address: bytes) -> bytes | None:
+        """The public key of the peer whose allowed IPs contain a raw 4/16-byte address."""
+        ...
+
+
+class NotMine:
+    """Type of `NOT_MINE`: a packet from the TUN that is not a translated (proxied) flow."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_MINE"
+
+
+NOT_MINE: Final = NotMine()
+
+
+class ProxyHandler(Protocol):
+    """DNS resources reached through proxy addresses (implemented in the DNS/NAT work)."""
+
+    def is_proxy(self, destination: bytes) -> bool:
+        """`destination` (4 or 16 raw bytes) is a proxy address (100.96.0.0/11 or
+        fd00:2021:1111:8000::/107)."""
+        ...
+
+    def from_peer(self, peer_key: bytes, packet: IpPacket, now: float) -> bytearray | None:
+        """A packet to a proxy address: the translated packet to forward, or None (an ICMP
+        error was queued through the handler's `reply` callable, or it dropped and counted)."""
+        ...
+
+    def to_peer(self, packet: IpPacket, now: float) -> bytearray | NotMine | None:
+        """A packet from the TUN: reverse-translated if it belongs to a NAT entry (None:
+        drop), else NOT_MINE so the policy's return-path check runs."""
+        ...
+
+
+@dataclass
+class FirewallCounts:
+    """What the firewall counted since it was built (the loop copies deltas out)."""
+
+    policy_drops: int = 0
+    malformed: int = 0
+    icmp_errors_sent: int = 0
+    icmp_errors_rate_limited: int = 0
+
+
+# Per resource: [packets allowed, bytes allowed, packets denied].
+ResourceCounts = list[int]
+# A flow allowed for a peer: (peer key, the counts of the resource it is counted against).
+_Flow = tuple[bytes, ResourceCounts | None]
+_FlowTables = dict[int, dict[bytes, _Flow]]
+_FlowKey = tuple[int, bytes] | None
+
+
+def flow_key(packet: bytearray | memoryview) -> _FlowKey:
+    """(protocol, addresses + ports as raw bytes) of a plain TCP/UDP packet, else None."""
+    first = packet[0]
+    if first == _IPV4_PLAIN:
+        if packet[6] & 0x3F or packet[7]:  # more fragments, or a fragment offset
+            return None
+        protocol, start, end = packet[9], 12, 24
+    elif first >> 4 == _IPV6:
+        protocol, start, end = packet[6], 8, 44
+    else:
+        return None
+    # The transport header (at end - 4: the ports are its first bytes) must be complete, as
+    # ippacket requires of a parsed packet: UDP 8 bytes, TCP its data offset (20..60 bytes).
+    room = len(packet) - (end - 4)
+    if protocol == _TCP:
+        if room < _TCP_MIN or not _TCP_MIN <= (packet[end + 8] >> 4) * 4 <= room:
+            return None
+    elif protocol != _UDP or room < _UDP_HEADER:
+        return None
+    return protocol, bytes(packet[start:end])
+
+
+def build_policy(config: GatewayConfig) -> Policy:
+    """The config's resources and each peer's grants (by public key); the gateway's own
+    tunnel addresses are always reachable."""
+    return Policy(
+        config.resources,
+        {peer.public_key: peer.resources for peer in config.peers},
+        own_addresses=[address.ip for address in config.interface.addresses],
+    )
+
+
+class Firewall:
+    """The policy applied to packets, with counters and the ICMP errors it owes peers."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        routes: PeerRoutes,
+        limiter: IcmpErrorLimiter | None = None,
+    ) -> None:
+        self._routes = routes
+        self._routes_version = routes.routes_version
+        self._peer_for = routes.peer_key_for
+        self._limiter = IcmpErrorLimiter() if limiter is None else limiter
+        self._proxy: ProxyHandler | None = None
+        self._replies: list[bytearray] = []
+        self.counts = FirewallCounts()
+        # Counts of resources that a reload removed or renumbered, until the next take.
+        self._retired: dict[str, ResourceCounts] = {}
+        self._policy = policy
+        self._resource_counts: list[ResourceCounts] = [[0, 0, 0] for _ in policy.resources]
+        self._inbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
+        self._outbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def active(self) -> bool:
+        """Whether the loop must call the firewall at all (resources or DNS proxies)."""
+        return self._policy.enabled or self._proxy is not None
+
+    def set_policy(self, policy: Policy) -> None:
+        """Apply new resources and grants from now on (a reload)."""
+        self._retire_counts()
+        self._policy = policy
+        self._resource_counts = [[0, 0, 0] for _ in policy.resources]
+        self._forget_flows()
+
+    def _forget_flows(self) -> None:
+        self._routes_version = self._routes.routes_version
+        for tables in (self._inbound_flows, self._outbound_flows):
+            for table in tables.values():
+                table.clear()
+
+    def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
+        self._proxy = handler
+
+    def take_replies(self) -> list[bytearray]:
+        replies, self._replies = self._replies, []
+        return replies
+
+    def take_resource_counts(self) -> dict[str, ResourceCounts]:
+        """Per resource name, what was counted since the last take (every current resource
+        is present, so the caller also learns which names exist now)."""
+        self._retire_counts()
+        taken, self._retired = self._retired, {}
+        return taken
+
+    def _retire_counts(self) -> None:
+        for resource, counts in zip(self._policy.resources, self._resource_counts, strict=True):
+            kept = self._retired.setdefault(resource.name, [0, 0, 0])
+            for i, value in enumerate(counts):
+                kept[i] += value
+                counts[i] = 0
+
+    # --- the data path --------------------------------------------------------------------
+
+    def from_peer(self, peer_key: bytes, packet: bytearray, now: float) -> bytearray | None:
+        # The flow cache, inline: this is the per-packet path of every established flow.
+        flow = None
+        if self._proxy is None:
+            if self._routes.routes_version != self._routes_version:
+                self._forget_flows()
+            flow = flow_key(packet)
+            if flow is not None:
+                hit = self._inbound_flows[flow[0]].get(flow[1])
+                if hit is not None and hit[0] == peer_key:
+                    counts = hit[1]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(packet)
+                    return packet
+        return self._from_peer(peer_key, packet, flow, now)
+
+    def _from_peer(
+        self, peer_key: bytes, packet: bytearray, flow: _FlowKey, now: float
+    ) -> bytearray | None:
+        """A packet of no known flow: parsed and decided."""
+        try:
+            parsed = IpPacket(packet)
+        except MalformedPacket:
+            self.counts.malformed += 1
+            return None
+        destination = bytes(packet[16:20] if parsed.version == _IPV4 else packet[24:40])
+        proxy = self._proxy
+        if proxy is not None and proxy.is_proxy(destination):
+            return proxy.from_peer(peer_key, parsed, now)
+        protocol = parsed.protocol
+        port = parsed.destination_port
+        if port is None:
+            port = parsed.icmp_type or 0
+        decision = self._policy.inbound(peer_key, destination, protocol, port)
+        if self._count(decision, len(packet), peer_key, self._inbound_flows, flow):
+            return packet
+        if decision.action is Action.PROHIBIT:
+            self._prohibit(peer_key, parsed, now)
+        return None
+
+    def _prohibit(self, peer_key: bytes, packet: IpPacket, now: float) -> None:
+        """Queue ICMP "administratively prohibited" from the address the peer tried to reach."""
+        if not self._limiter.allow(peer_key, now):
+            self.counts.icmp_errors_rate_limited += 1
+            return
+        try:
+            error = destination_unreachable(packet, Unreachable.PROHIBITED)
+        except ImpossiblePacket:
+            return  # about an ICMP error or a fragment, or to/from a non-unicast address
+        self._replies.append(bytearray(error.data))
+        self.counts.icmp_errors_sent += 1
+
+    def to_peer(self, packet: memoryview, now: float) -> bytes | bytearray | memoryview | None:
+        # The flow cache, inline (as in from_peer). The proxy handler sees every packet (NAT
+        # state), so there is no cache while one is set.
+        flow = None
+        if self._proxy is None:
+            if self._routes.routes_version != self._routes_version:
+                self._forget_flows()
+            flow = flow_key(packet)
+            if flow is not None:
+                # Allowed for the peer the destination routed to then, and still does: the
+                # routes did not change since.
+                hit = self._outbound_flows[flow[0]].get(flow[1])
+                if hit is not None:
+                    counts = hit[1]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(packet)
+                    return packet
+        return self._to_peer(packet, flow, now)
+
+    def _to_peer(
+        self, packet: memoryview, flow: _FlowKey, now: float
+    ) -> bytes | bytearray | memoryview | None:
+        """A packet of no known flow: parsed and decided."""
+        try:
+            parsed = IpPacket(packet)
+        except MalformedPacket:
+            self.counts.malformed += 1
+            return None
+        proxy = self._proxy
+        if proxy is not None:
+            translated = proxy.to_peer(parsed, now)
+            if not isinstance(translated, NotMine):
+                return translated
+        if parsed.version == _IPV4:
+            source, destination = bytes(packet[12:16]), bytes(packet[16:20])
+        else:
+            source, destination = bytes(packet[8:24]), bytes(packet[24:40])
+        peer = self._peer_for(destination)
+        if peer is None:
+            return packet  # no peer: the core drops and counts it (no_route)
+        protocol = parsed.protocol
+        quoted_from_peer = False
+        port = parsed.source_port
+        if port is None:
+            port = parsed.icmp_type or 0
+            if parsed.is_icmp_error:
+                quoted_from_peer = self._quoted_source_is(peer, parsed)
+        decision = self._policy.outbound(peer, source, protocol, port, quoted_from_peer)
+        if self._count(decision, len(packet), peer, self._outbound_flows, flow):
+            return packet
+        return None
+
+    def _count(
+        self, decision: Decision, size: int, peer: bytes, tables: _FlowTables, flow: _FlowKey
+    ) -> bool:
+        """Count a decision against its resource (and as a policy drop); remember an
+        allowed flow. True if the packet may pass."""
+        index = decision.resource
+        counted = None if index is None else self._resource_counts[index]
+        if decision.action is Action.ALLOW:
+            if counted is not None:
+                counted[0] += 1
+                counted[1] += size
+            if flow is not None:
+                _remember(tables[flow[0]], flow[1], (peer, counted))
+            return True
+        self.counts.policy_drops += 1
+        if counted is not None:
+            counted[2] += 1
+        return False
+
+    def _quoted_source_is(self, peer: bytes, error: IpPacket) -> bool:
+        """Whether the packet an ICMP error quotes was sent by `peer` (its source lies in
+        the peer's allowed IPs)."""
+        offset = error.l4_offset
+        if offset is None:
+            return False
+        quote = error.data[offset + _ICMP_ERROR_QUOTE :]
+        if len(quote) < 20:  # noqa: PLR2004 - shortest IPv4 header
+            return False
+        version = quote[0] >> 4
+        if version == _IPV4:
+            source = bytes(quote[12:16])
+        elif len(quote) >= 40:  # noqa: PLR2004 - IPv6 header
+            source = bytes(quote[8:24])
+        else:
+            return False
+        return self._peer_for(source) == peer
+
+
+def _remember(table: dict[bytes, _Flow], key: bytes, flow: _Flow) -> None:
+    if len(table) >= FLOW_CACHE_MAX:
+        table.clear()
+    table[key] = flow
