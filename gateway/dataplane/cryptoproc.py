@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 100
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
-TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
@@ -134,20 +133,35 @@ class CounterSync:
 
 
 class PeerStatsSync:
-    """Keeps the shared per-peer table (for /metrics and `show`) up to date."""
+    """Keeps the shared per-peer table (for /metrics and `show`) up to date.
+
+    Copies only the peers the device reports changed, so idle peers cost nothing. Starts
+    from the slots a previous crypto process left (after a restart), releasing those of
+    peers that are gone at the first sync.
+    """
 
     def __init__(self, table: st.PeerTable, unix_offset: float) -> None:
         self.table = table
         self.unix_offset = unix_offset
-        self._slots: dict[bytes, int] = {}
+        self._slots: dict[bytes, int] = table.adopt()
+        self._adopted: list[bytes] | None = list(self._slots)
         self._endpoints: dict[bytes, str] = {}
 
     def sync(self, device: Device, block: memoryview) -> None:
         words = self.table.words
-        live = set()
-        for peer in device.peers():
+        if self._adopted is not None:
+            for key in self._adopted:
+                if device.peer(key) is None:
+                    self.table.release(self._slots.pop(key))
+            self._adopted = None
+        for peer in device.take_changed_peers():
             key = peer.public_key
-            live.add(key)
+            current = device.peer(key)
+            if current is not peer:  # removed (perhaps replaced by a new peer with its key)
+                if current is None and key in self._slots:
+                    self.table.release(self._slots.pop(key))
+                    self._endpoints.pop(key, None)
+                continue
             slot = self._slots.get(key)
             if slot is None:
                 slot = self.table.assign(key)
@@ -167,9 +181,6 @@ class PeerStatsSync:
             if peer.last_handshake is not None:
                 wall_ns = int((peer.last_handshake + self.unix_offset) * 1e9)
                 self.table.set_last_handshake(slot, wall_ns)
-        for key in [k for k in self._slots if k not in live]:
-            self.table.release(self._slots.pop(key))
-            self._endpoints.pop(key, None)
 
 
 class CryptoLoop(Generic[RingT]):
@@ -198,7 +209,6 @@ class CryptoLoop(Generic[RingT]):
         self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
-        self._timers_at = 0.0
 
     def turn(self, now: float) -> bool:
         """Move and transform what the rings allow; True if any packet was taken."""
@@ -280,13 +290,7 @@ class CryptoLoop(Generic[RingT]):
     def _run_timers(self, now: float, outbound: list[bytes]) -> None:
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
         device = self.device
-        # Finding the next timer scans every peer: while busy, look only every few ms
-        # (WireGuard's timers are seconds apart); before sleeping, look exactly (idle_timeout).
-        if now >= self._timers_at:
-            self._timers_at = now + TIMER_CHECK_INTERVAL
-            deadline = device.next_deadline()
-            if deadline is not None and deadline <= now:
-                device.tick(now)
+        device.tick(now)  # O(1) when nothing is due (a heap), so every turn
         max_datagram = self._max_datagram
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
@@ -301,13 +305,9 @@ class CryptoLoop(Generic[RingT]):
         self._drops.sync(device)
         deadline = device.next_deadline()
         timeout = None if deadline is None else deadline - now
-        # After waking: look again when this deadline is due, or within the busy interval
-        # (packets handled meanwhile may arm earlier timers).
-        self._timers_at = now + TIMER_CHECK_INTERVAL
-        if deadline is not None:
-            self._timers_at = min(self._timers_at, deadline)
-        if self._next_stats and (timeout is None or timeout > STATS_INTERVAL):
-            timeout = STATS_INTERVAL  # keep the shared figures fresh while sessions live
+        if device.has_changed_peers:  # wake to copy them when the stats interval is up
+            stats_due = max(0.0, self._next_stats - now)
+            timeout = stats_due if timeout is None else min(timeout, stats_due)
         return timeout
 
 

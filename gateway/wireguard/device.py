@@ -126,6 +126,9 @@ class Device:
         self._peers: dict[bytes, Peer] = {}
         self._peer_order = itertools.count()  # tick runs due peers in the order they came
         self._timers: TimerQueue[Peer] = TimerQueue()
+        # Peers whose figures (rx/tx, handshake, endpoint) changed or that came or went since
+        # the driver last took them: copying stats costs nothing per idle peer.
+        self._changed: set[Peer] = set()
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
@@ -176,6 +179,17 @@ class Device:
     def peer(self, public_key: bytes) -> Peer | None:
         return self._peers.get(public_key)
 
+    def take_changed_peers(self) -> set[Peer]:
+        """Peers added, removed or with new figures since the last call (a removed peer is
+        no longer `peer(its key)`)."""
+        changed = self._changed
+        self._changed = set()
+        return changed
+
+    @property
+    def has_changed_peers(self) -> bool:
+        return bool(self._changed)
+
     def upsert_peer(  # noqa: PLR0913 # mirrors the UAPI peer settings, keyword-only
         self,
         public_key: bytes,
@@ -202,6 +216,7 @@ class Device:
             peer.preshared_key = preshared_key
         if not isinstance(endpoint, _Unchanged):
             peer.endpoint = endpoint
+        self._changed.add(peer)
         if replace_allowed_ips:
             self._allowed.remove_value(peer)
         for network in allowed_ips or ():
@@ -232,6 +247,7 @@ class Device:
         peer.staged.clear()
         peer.timers.clear()
         peer.timers.detach()
+        self._changed.add(peer)
         return True
 
     def _end_sessions(self, peer: Peer) -> None:
@@ -300,6 +316,7 @@ class Device:
         kp.send.encrypt_into(_NONCE.pack(counter), plaintext, None, memoryview(out)[16:])
         peer.tx_bytes += len(out)
         peer.tx_packets += 1
+        self._changed.add(peer)
         timers = peer.timers
         timers.send_keepalive = None
         if peer.persistent_keepalive:
@@ -380,6 +397,7 @@ class Device:
         self._sent_handshake(peer, now)
         self._transmit(peer.endpoint, bytes(msg))
         peer.tx_bytes += INITIATION_SIZE
+        self._changed.add(peer)
         timers.retransmit_handshake = now + REKEY_TIMEOUT + self._jitter()
         self.counters["handshakes_initiated"] += 1
 
@@ -390,6 +408,7 @@ class Device:
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
         peer.endpoint = src  # roaming: follow the latest authenticated source
+        self._changed.add(peer)  # and its rx figures or handshake, which the callers update
         peer.timers.new_handshake = None
         if peer.persistent_keepalive:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
