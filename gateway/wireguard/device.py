@@ -171,7 +171,7 @@ class Device:
             self.remove_peer(self._identity.public_key)  # a peer cannot be ourselves
         for peer in self._peers.values():
             self._end_sessions(peer)
-            peer.handshake.precompute(self._identity)
+            peer.handshake.set_identity(self._identity)
 
     def peers(self) -> Iterable[Peer]:
         return list(self._peers.values())
@@ -207,7 +207,7 @@ class Device:
         peer = self._peers.get(public_key)
         if peer is None:
             peer = Peer(public_key)
-            peer.handshake.precompute(self._identity)
+            peer.handshake.set_identity(self._identity)
             peer.bind_allowed_ips(self._allowed)
             peer.order = next(self._peer_order)
             peer.timers.attach(self._timers, peer)
