@@ -26,8 +26,11 @@ MAX_PORT = 65535
 MAX_KEEPALIVE = 65535
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
-# Bigger than any sensible config; guards against pointing --config at a huge file.
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Room for 100,000 peers (about 110 bytes each with one allowed IP and an endpoint) several
+# times over; still guards against pointing --config at a huge file.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PEER_SERIES = 1000
+MAX_PEER_SERIES = 1_000_000
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -57,6 +60,9 @@ class _PeerToml(msgspec.Struct, forbid_unknown_fields=True):
 
 class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_METRICS_LISTEN
+    max_peer_series: Annotated[int, msgspec.Meta(ge=0, le=MAX_PEER_SERIES)] = (
+        DEFAULT_MAX_PEER_SERIES
+    )
 
 
 MIN_SOCKET_BUFFER = 64 * 1024
@@ -109,6 +115,9 @@ class PeerConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: Endpoint
+    # /metrics has per-peer series for this many peers (the first by stats slot); the
+    # others are summed into the firezone_gw_peers_aggregated_* series.
+    max_peer_series: int = DEFAULT_MAX_PEER_SERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +200,9 @@ def parse_config_text(
     checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
     metrics_listen = None
+    max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
+        max_peer_series = metrics_toml.max_peer_series
         metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
 
     if errors.lines or interface is None or metrics_listen is None or udp_toml is None:
@@ -201,7 +212,7 @@ def parse_config_text(
     return GatewayConfig(
         interface=interface,
         peers=tuple(p for p in peers if p is not None),
-        metrics=MetricsConfig(metrics_listen),
+        metrics=MetricsConfig(metrics_listen, max_peer_series),
         source=source,
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
     )
