@@ -16,6 +16,7 @@ import msgspec
 
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
+from gateway.gcpause import gc_paused
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -165,12 +166,13 @@ def load_config(path: Path, *, create_private_key: bool = False) -> GatewayConfi
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: config file is not UTF-8 (byte {exc.start})"]) from None
-    return parse_config_text(
-        text,
-        base_dir=path.parent,
-        source=str(path),
-        create_private_key=create_private_key,
-    )
+    with gc_paused():  # 100,000 peers are millions of objects: see gcpause.py
+        return parse_config_text(
+            text,
+            base_dir=path.parent,
+            source=str(path),
+            create_private_key=create_private_key,
+        )
 
 
 def parse_config_text(

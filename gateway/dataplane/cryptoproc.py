@@ -28,6 +28,7 @@ from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
+from gateway.gcpause import gc_paused
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
 from shm_ring.ring import Ring
@@ -76,17 +77,25 @@ class CryptoRings(Generic[RingT]):
 
 
 def build_device(config: GatewayConfig, now: float) -> Device:
-    device = Device(
-        config.interface.private_key,
-        mtu=config.interface.mtu,
-        unix_time_offset=time.time() - time.monotonic(),
-    )
-    apply_peers(device, config, now)
+    """The crypto process's Device; it lives as long as the process, so it is frozen out of
+    the cycle collector's way (gcpause.py)."""
+    with gc_paused(freeze=True):
+        device = Device(
+            config.interface.private_key,
+            mtu=config.interface.mtu,
+            unix_time_offset=time.time() - time.monotonic(),
+        )
+        apply_peers(device, config, now)
     return device
 
 
 def apply_peers(device: Device, config: GatewayConfig, now: float) -> None:
     """Make the device's peers match the config; unchanged peers keep their sessions."""
+    with gc_paused():
+        _apply_peers(device, config, now)
+
+
+def _apply_peers(device: Device, config: GatewayConfig, now: float) -> None:
     device.set_private_key(config.interface.private_key)
     wanted = {peer.public_key: peer for peer in config.peers}
     for running in list(device.peers()):

@@ -100,6 +100,7 @@ class PeerTimers:
         if self.queue is not None:
             self.queue.invalidate(self)
         self.queue = None
+        self.owner = None  # no peer <-> timers cycle: a removed peer is freed at once
 
     def clear(self) -> None:
         self.deadlines[:] = [None] * _KINDS

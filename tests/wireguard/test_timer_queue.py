@@ -8,7 +8,9 @@ the gateway sends, its deadline, counters and drops must be identical.
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_network
@@ -20,7 +22,7 @@ from gateway.endpoint import Endpoint
 from gateway.wireguard.crypto import public_key
 from gateway.wireguard.device import Device
 from gateway.wireguard.timers import TIMER_NAMES, PeerTimers, TimerQueue, expired, next_deadline
-from testbed.wire import ipv4_packet
+from testbed.wire import ipv4_packet, make_wire
 
 CLIENTS = 4
 GATEWAY_ENDPOINT: Endpoint = ("192.0.2.254", 51820)
@@ -281,3 +283,23 @@ def test_stale_entries_are_compacted_away() -> None:
         timers.detach()
     assert len(queue) <= 2 * 1 + 64
     assert queue.next_deadline() == 10_000.0 - 999
+
+
+def test_a_removed_peer_is_freed_without_the_cycle_collector() -> None:
+    """The crypto process freezes its Device out of the collector's way (gcpause.py), so a
+    removed peer must not be kept alive by a reference cycle."""
+    wire = make_wire()
+    assert wire.send_a_to_b() is not None  # sessions, index entries and timers armed
+    (peer,) = wire.a.peers()
+    assert any(d is not None for d in peer.timers.deadlines)
+    freed = weakref.ref(peer)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        assert wire.a.remove_peer(peer.public_key)
+        assert wire.a.take_changed_peers() == {peer}  # the stats copy's last look at it
+        del peer
+        assert freed() is None
+    finally:
+        if enabled:
+            gc.enable()
