@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import stats
-from gateway.metrics import render
-from gateway.stats import StatsRegion
+from gateway.telemetry import stats
+from gateway.telemetry.metrics import render
+from gateway.telemetry.stats import StatsRegion
 from gateway.uapi import SetRequest, UapiConnection, format_get
-from tests.uapi_model import UapiModel
+from testbed.uapi_model import UapiModel
 
 RUNS = 7
 COUNTER_OPS = 1_000_000

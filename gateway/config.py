@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import dns.resolver
 import msgspec
 
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
+from gateway.ipnet import HostBitsSet, IPInterface, IPNetwork, NetworkError, parse_network
+from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -27,14 +30,15 @@ MAX_PORT = 65535
 MAX_KEEPALIVE = 65535
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
+DEFAULT_DNS_PORT = 53
+DNS_PORT = 53  # of upstream servers given without a port
+RESOLV_CONF = Path("/etc/resolv.conf")
 # Room for 100,000 peers (about 110 bytes each with one allowed IP and an endpoint) several
 # times over; still guards against pointing --config at a huge file.
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PEER_SERIES = 1000
 MAX_PEER_SERIES = 1_000_000
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 _T = TypeVar("_T")
 
 
@@ -57,6 +61,23 @@ class _PeerToml(msgspec.Struct, forbid_unknown_fields=True):
     allowed_ips: list[str] = msgspec.field(default_factory=list)
     endpoint: str | None = None
     persistent_keepalive: int | None = None
+    resources: list[str] = msgspec.field(default_factory=list)
+
+
+class _FilterToml(msgspec.Struct, forbid_unknown_fields=True):
+    protocol: str
+    ports: str | None = None
+
+
+class _ResourceToml(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    address: str
+    filters: list[_FilterToml] = msgspec.field(default_factory=list)
+
+
+class _DnsToml(msgspec.Struct, forbid_unknown_fields=True):
+    port: int = DEFAULT_DNS_PORT
+    upstreams: list[str] | None = None
 
 
 class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,7 +103,9 @@ class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     # Sections stay untyped here and are converted one by one to collect every error.
     interface: dict[str, Any]
     peers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    resources: list[dict[str, Any]] = msgspec.field(default_factory=list)
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    dns: dict[str, Any] | None = None
     udp: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -111,6 +134,16 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...]
     endpoint: Endpoint | None
     persistent_keepalive: int | None
+    # Names of the [[resources]] this peer may reach (only enforced when resources exist).
+    resources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The DNS server for peers, on `port` of every tunnel address of the gateway."""
+
+    port: int
+    upstreams: tuple[Endpoint, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +169,10 @@ class GatewayConfig:
     metrics: MetricsConfig
     source: str
     udp: UdpConfig = UdpConfig()
+    # No resources: no policy, every peer reaches everything routed behind the gateway.
+    resources: tuple[Resource, ...] = ()
+    # None: no DNS server (no [dns] table and no DNS resources).
+    dns: DnsConfig | None = None
 
 
 class ConfigError(Exception):
@@ -195,12 +232,17 @@ def parse_config_text(
     metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
     udp_toml = errors.convert("udp", root.udp, _UdpToml)
     peer_tomls = [errors.convert(f"peers[{i}]", p, _PeerToml) for i, p in enumerate(root.peers)]
+    resources = _validate_resources(root.resources, errors)
 
     interface = None
     if interface_toml is not None:
         interface = _validate_interface(interface_toml, base_dir, errors, create_private_key)
     checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
+    _check_grants(peer_tomls, {r.name for r in resources}, errors)
+    dns = None
+    if root.dns is not None or any(r.pattern is not None for r in resources):
+        dns = _validate_dns(root.dns or {}, interface, errors)
     metrics_listen = None
     max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
@@ -217,6 +259,8 @@ def parse_config_text(
         metrics=MetricsConfig(metrics_listen, max_peer_series),
         source=source,
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
+        resources=tuple(resources),
+        dns=dns,
     )
 
 
@@ -341,6 +385,7 @@ class _PeerChecker:
             allowed_ips=tuple(allowed_ips),
             endpoint=endpoint,
             persistent_keepalive=toml.persistent_keepalive,
+            resources=tuple(dict.fromkeys(toml.resources)),
         )
 
     def _public_key(self, index: int, text: str) -> bytes | None:
@@ -371,6 +416,104 @@ class _PeerChecker:
             return None
         self.prefix_owner[network] = index
         return network
+
+
+def _validate_resources(raw: list[dict[str, Any]], errors: _Errors) -> list[Resource]:
+    resources: list[Resource] = []
+    owner: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        path = f"resources[{index}]"
+        toml = errors.convert(path, entry, _ResourceToml)
+        if toml is None:
+            continue
+        start = len(errors.lines)
+        network = None
+        if not 1 <= len(toml.name) <= MAX_NAME_LENGTH:
+            errors.add(
+                f"{path}.name", f"expected 1..{MAX_NAME_LENGTH} characters, got {len(toml.name)}"
+            )
+        elif owner.setdefault(toml.name, index) != index:
+            errors.add(
+                f"{path}.name",
+                f"duplicate: {toml.name!r} is already the name of resources[{owner[toml.name]}]",
+            )
+        try:
+            network = parse_resource_address(toml.address)
+        except ValueError as exc:
+            errors.add(f"{path}.address", str(exc))
+        filters = []
+        for position, item in enumerate(toml.filters):
+            try:
+                filters.append(parse_filter(item.protocol, item.ports))
+            except ValueError as exc:
+                errors.add(f"{path}.filters[{position}]", f"{toml.name}: {exc}")
+        if len(errors.lines) == start and network is not None:
+            resources.append(Resource(toml.name, network, tuple(filters)))
+    return resources
+
+
+def _validate_dns(
+    raw: dict[str, Any], interface: InterfaceConfig | None, errors: _Errors
+) -> DnsConfig | None:
+    toml = errors.convert("dns", raw, _DnsToml)
+    if toml is None:
+        return None
+    start = len(errors.lines)
+    _check_range("dns.port", toml.port, 1, MAX_PORT, errors)
+    if interface is not None and not interface.addresses:
+        errors.add("dns", "the DNS server listens on the interface addresses, but there are none")
+    if toml.upstreams is None:
+        texts, path = _resolv_conf_nameservers(), f"dns.upstreams (from {RESOLV_CONF})"
+    else:
+        texts, path = toml.upstreams, "dns.upstreams"
+    upstreams = []
+    for position, text in enumerate(texts):
+        upstream = _parse_upstream(text)
+        if upstream is None:
+            errors.add(
+                f"{path}[{position}]",
+                f"expected an IP address, IP:port or [IPv6]:port, got {text!r}",
+            )
+        else:
+            upstreams.append(upstream)
+    if not texts:
+        errors.add(path, "no upstream DNS server: give dns.upstreams")
+    if len(errors.lines) > start:
+        return None
+    return DnsConfig(port=toml.port, upstreams=tuple(upstreams))
+
+
+def _resolv_conf_nameservers() -> list[str]:
+    try:
+        resolver = dns.resolver.Resolver(filename=str(RESOLV_CONF))
+    except dns.resolver.NoResolverConfiguration:
+        return []
+    return [str(server) for server in resolver.nameservers]
+
+
+def _parse_upstream(text: str) -> Endpoint | None:
+    """A numeric upstream: `IP`, `IPv4:port` or `[IPv6]:port` (a name would need a resolver;
+    a scope id has no place in the forwarder's keys)."""
+    if "%" in text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text)), DNS_PORT
+    except ValueError:
+        pass
+    try:
+        return parse_endpoint(text, numeric=True)
+    except EndpointError:
+        return None
+
+
+def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _Errors) -> None:
+    for index, toml in enumerate(peer_tomls):
+        for position, name in enumerate(toml.resources if toml else ()):
+            if name not in names:
+                errors.add(
+                    f"peers[{index}].resources[{position}]",
+                    f"no resource is named {name!r}",
+                )
 
 
 def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared keys
@@ -413,15 +556,11 @@ def _check_range(path: str, value: int, low: int, high: int, errors: _Errors) ->
 
 def _parse_network(text: str, path: str, errors: _Errors) -> IPNetwork | None:
     try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        pass
-    try:
-        host = ipaddress.ip_interface(text)
-    except ValueError:
+        return parse_network(text)
+    except HostBitsSet as exc:
+        errors.add(path, str(exc))
+    except NetworkError:
         errors.add(path, f"expected an IP network such as 100.64.0.2/32, got {text!r}")
-        return None
-    errors.add(path, f"{text} has host bits set; did you mean {host.network}?")
     return None
 
 

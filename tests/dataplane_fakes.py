@@ -12,12 +12,12 @@ endpoint as the source, as the UDP process would).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway import stats as st
 from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE, Endpoint, decode_endpoint, encode_endpoint
+from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 
 POISON = 0xEE
@@ -30,6 +30,8 @@ class MemoryRing:
     def __init__(self, slots: int = 64, slot_size: int = SLOT_SIZE) -> None:
         self.slots = slots
         self.slot_size = slot_size
+        # One slot per message: the shm ring's messages spanning slots are its own tests' job.
+        self.max_message = slot_size
         self._data = bytearray(slots * slot_size)
         self._view = memoryview(self._data)
         self._lengths = [0] * slots
@@ -97,7 +99,7 @@ class MemoryRing:
 
 
 def counter_block() -> memoryview:
-    """A process's counter block, as gateway.stats lays it out, in plain memory."""
+    """A process's counter block, as gateway.telemetry.stats lays it out, in plain memory."""
     return memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
 
 
@@ -115,6 +117,7 @@ class LoopGateway:
     workers: int = 2
     slots: int = 64
     counters: memoryview = field(default_factory=counter_block)
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None
     rings: CryptoRings[MemoryRing] = field(init=False)
     loop: CryptoLoop[MemoryRing] = field(init=False)
 
@@ -125,7 +128,13 @@ class LoopGateway:
             from_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
             to_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
         )
-        self.loop = CryptoLoop(self.device, self.rings, self.counters, peer_table())
+        self.loop = CryptoLoop(
+            self.device,
+            self.rings,
+            self.counters,
+            peer_table(),
+            keep_timestamps=self.keep_timestamps,
+        )
 
     def run(self, now: float, max_turns: int = 1000) -> int:
         """Turn until a turn takes nothing, then prepare to sleep, as run_crypto does;

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from gateway import keys
 from gateway.cli import GlobalOptions, main, pass_global_options
-from gateway.logsetup import setup_logging
+from gateway.telemetry.logsetup import setup_logging
 
 ENV_VARS = (
     "FIREZONE_GW_CONFIG",
@@ -228,6 +228,7 @@ def test_check_config_summary(tmp_path: Path) -> None:
         f"  public key {own}",
         "  addresses none",
         "metrics on 127.0.0.1:9586",
+        "no resources: every peer reaches everything routed behind the gateway",
         "1 peer",
         f"  peer {peer}: allowed IPs 100.64.0.2/32, fd00::2/128",
     ]

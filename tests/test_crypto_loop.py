@@ -10,9 +10,9 @@ import ipaddress
 import random
 import struct
 
-from gateway import stats as st
 from gateway.dataplane.flow import flow_worker
 from gateway.keys import generate_private_key, public_key
+from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet

@@ -6,9 +6,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from gateway import stats as st
 from gateway.dataplane.cryptoproc import PeerStatsSync
 from gateway.keys import generate_private_key, public_key
+from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
 from gateway.wireguard.peer import Peer

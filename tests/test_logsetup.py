@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logsetup import (
+from gateway.telemetry.logsetup import (
     Directive,
     LogDirectiveError,
     logger_for_test,
@@ -171,6 +171,21 @@ def test_journald_format_when_stderr_is_the_journal(
             "<3>lines",
             "<2>gateway.j: c",
         ]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("journald", r"<6>fzgw-tun3 gateway\.w: hi"),
+        ("human", TIMESTAMP + r" INFO  fzgw-tun3 gateway\.w: hi"),
+        ("json", r'\{.*"logger": "gateway\.w", "msg": "hi", .*"process": "fzgw-tun3"\}'),
+    ],
+)
+def test_a_child_process_names_itself_in_every_line(fmt: str, expected: str) -> None:
+    out = io.StringIO()
+    setup_logging("info", fmt, stream=out, process="fzgw-tun3")
+    logging.getLogger("gateway.w").info("hi")
+    assert re.fullmatch(expected, out.getvalue().strip()), out.getvalue()
 
 
 def test_journal_stream_of_another_file_means_human(

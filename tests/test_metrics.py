@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import stats
-from gateway.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
-from gateway.stats import StatsRegion, StatsSnapshot
+from gateway.telemetry import stats
+from gateway.telemetry.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
+from gateway.telemetry.stats import StatsRegion, StatsSnapshot
 from testbed.netns import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -186,6 +186,23 @@ def test_render_every_family_has_help_and_type(region: StatsRegion) -> None:
     ]
     assert counters
     assert all(name.endswith("_total") for name in counters)
+
+
+def test_tun_mtu_is_reported_once_known(region: StatsRegion) -> None:
+    def mtu_samples() -> list[float]:
+        text = render(region.snapshot(sample_processes=False), device="fzo0")
+        return [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "firezone_gw_tun_mtu_bytes"
+        ]
+
+    assert mtu_samples() == []  # 0: the supervisor has not written it yet
+    region.mtu = 1280
+    assert mtu_samples() == [1280]
+    region.mtu = 9000  # as the supervisor does when `ip link` changed it
+    assert mtu_samples() == [9000]
 
 
 @pytest.mark.parametrize(

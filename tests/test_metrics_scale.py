@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import stats
-from gateway.metrics import render
-from gateway.stats import StatsRegion
+from gateway.telemetry import stats
+from gateway.telemetry.metrics import render
+from gateway.telemetry.stats import StatsRegion
 
 PEERS = 100_000
 LIMIT = 1000

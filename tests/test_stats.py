@@ -5,12 +5,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from multiprocessing import shared_memory
+from pathlib import Path
 
 import pytest
 
-from gateway import stats
-from gateway.stats import StatsRegion
+from gateway.telemetry import stats
+from gateway.telemetry.stats import StatsRegion
+from shm_ring import Ring
 
 
 def _unique() -> str:
@@ -92,6 +93,20 @@ def test_blocks_do_not_overlap(region: StatsRegion) -> None:
     assert snap.peers == ()
 
 
+def test_ring_block_holds_the_rings_packets_and_wake_ups(region: StatsRegion) -> None:
+    with Ring.create("stats-copy", slots=4, slot_size=64) as ring:
+        assert ring.consumer_arm()  # the consumer sleeps: the next send must wake it
+        assert ring.send(b"x")
+        ring.consumer_disarm()
+        stats.copy_ring_counters(region.ring_block("crypto_to_udp"), ring.stats())
+    block = region.ring_block("crypto_to_udp")
+    assert block[stats.RING_PACKETS] == 1
+    assert block[stats.RING_CONSUMER_WAKEUPS] == 1
+    assert block[stats.RING_PRODUCER_WAKEUPS] == 0
+    assert block[stats.RING_CAPACITY] == 4
+    assert block[stats.RING_OCCUPANCY] == 1
+
+
 def test_peer_table(region: StatsRegion) -> None:
     table = region.peers
     keys = [bytes([i]) * 32 for i in range(5)]
@@ -152,7 +167,7 @@ def test_busy_fraction_over_window(region: StatsRegion) -> None:
 def test_attach_from_another_process_leaves_segment(region: StatsRegion) -> None:
     region.attach_process("udp")[stats.GSO_BATCHES] += 7
     code = (
-        "import sys; from gateway.stats import StatsRegion;"
+        "import sys; from gateway.telemetry.stats import StatsRegion;"
         "r = StatsRegion.attach(sys.argv[1]); s = r.snapshot();"
         "print(s.workers, s.totals.gso_batches); r.close()"
     )
@@ -168,14 +183,10 @@ def test_attach_from_another_process_leaves_segment(region: StatsRegion) -> None
     again.close()
 
 
-def test_attach_rejects_foreign_segment() -> None:
-    shm = shared_memory.SharedMemory(_unique(), create=True, size=4096)
-    try:
-        with pytest.raises(ValueError, match="not a firezone-gw stats region"):
-            StatsRegion.attach(shm.name)
-    finally:
-        shm.close()
-        shm.unlink()
+def test_attach_rejects_foreign_segment(tmp_path: Path) -> None:
+    (tmp_path / "foreign").write_bytes(bytes(4096))
+    with pytest.raises(ValueError, match="not a firezone-gw stats segment"):
+        StatsRegion.attach("foreign", directory=tmp_path)
 
 
 @pytest.mark.parametrize(("workers", "max_peers"), [(0, 10), (257, 10), (1, 0)])

@@ -20,11 +20,11 @@ from gateway.uapi import (
     UapiConnection,
     UapiError,
     format_get,
-    parse_endpoint,
     parse_set,
 )
+from gateway.uapi.codec import parse_endpoint
 from gateway.wireguard.crypto import clamp
-from tests.uapi_model import UapiModel
+from testbed.uapi_model import UapiModel
 
 K1 = "11" * 32
 K2 = "22" * 32

@@ -1,9 +1,15 @@
 """The supervisor's child processes: fork with a readiness pipe, reap, health, stop.
 
 A child is forked from the supervisor's objects (rings, TUN queues, the UDP socket), so a
-restart is one more fork of the same `Child`. Each child writes one byte to its readiness pipe
-when it enters its loop; until then it counts as starting. Children die with the supervisor
-(PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the TUN queues.
+restart is one more fork of the same `Child`. Right after the fork the child names itself
+(`/proc/self/comm`, e.g. fzgw-tun0, shown by ps, top and the journal) and closes every fd
+it does not need: it would otherwise hold the supervisor's run-state memfd (private key),
+the other children's TUN queues and an old UDP socket that keeps a port bound. Objects whose
+fds it closed stay referenced and unused: the child leaves through os._exit, so no finalizer
+ever closes their (possibly reused) numbers. Each child writes one byte to its readiness
+pipe when it enters its loop; until then it counts as starting. Children die with the
+supervisor (PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the TUN
+queues.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import select
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
+from gateway.dataplane.backoff import RestartBackoff
+from gateway.dataplane.heartbeat import Heartbeat
 from tunio.device_state import DeviceGone
 
 log = logging.getLogger(__name__)
@@ -47,20 +55,80 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def set_process_name(name: str) -> None:
+    """Name this process for ps/top (the kernel keeps the first 15 bytes)."""
+    with open("/proc/self/comm", "w") as comm:
+        comm.write(name)
+
+
+def _mapped_files() -> set[tuple[int, int]]:
+    """(device, inode) of every file mapped into this process."""
+    found = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            inode = int(fields[4])
+            if inode:
+                major, minor = fields[3].split(":")
+                found.add((os.makedev(int(major, 16), int(minor, 16)), inode))
+    return found
+
+
+def keep_only_fds(keep: Iterable[int]) -> None:
+    """Close every fd but `keep` and the fds of files mapped into this process.
+
+    Python's mmap keeps a dup of the fd it mapped and closes that number when the mapping is
+    closed: closing it here could later close an unrelated fd that reused the number, and
+    the mapping stays reachable anyway (/proc/<pid>/map_files).
+    """
+    kept = set(keep)
+    mapped = _mapped_files()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):  # the listing's own directory fd is gone by now
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in mapped:
+                kept.add(fd)
+    ceiling = max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    low = 0
+    for fd in [*sorted(kept), ceiling]:
+        # Only non-empty ranges: CPython 3.11 turns closerange(n, n) into close_range(n, ~0).
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+
+
+@dataclass(frozen=True)
+class ChildFds:
+    """The supervisor's fds a child uses: its ring eventfds and its other fds."""
+
+    rings: tuple[int, ...] = ()  # always registered in the child's epoll
+    other: tuple[int, ...] = ()  # TUN queue, UDP socket, control sockets, ...
+
+
 @dataclass
 class Child:
     role: str
     target: Callable[[], None]
+    process_name: str = ""
+    fds: Callable[[], ChildFds] = ChildFds  # evaluated at fork time (the UDP socket changes)
+    heartbeat: Heartbeat = field(default_factory=Heartbeat.detached)
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
     pid: int = 0
     pidfd: int = -1
     started: float = 0.0
     ready: bool = False  # the child reported that it entered its loop
+    ready_at: float = 0.0
     ready_fd: int = -1  # read end of the child's readiness pipe until it reported
+    restart_at: float | None = None  # a restart waits for its backoff delay until then
 
     def spawn(self, init: Callable[[], None]) -> None:
         """Fork and run `init` then `target` in the child, which never returns from here."""
         global _ready_w  # noqa: PLW0603 - see report_ready
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        fds = self.fds()
+        self.heartbeat.reset()
+        self.restart_at = None
         # Objects alive now never change generation again, so the collector does not touch
         # (and copy) the pages children share with us.
         gc.freeze()
@@ -75,6 +143,9 @@ class Child:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
                 _die_with_parent()
+                if self.process_name:
+                    set_process_name(self.process_name)
+                keep_only_fds((0, 1, 2, ready_w, *fds.rings, *fds.other))
                 init()
                 self.target()
                 code = 0
@@ -127,6 +198,7 @@ class Child:
         except BlockingIOError:
             return
         self.ready = data == READY_BYTE  # b"" = it died before its loop
+        self.ready_at = time.monotonic()
         self.close_ready_fd(epoll)
         if self.ready:
             log.debug("%s (pid %d) ready", self.role, self.pid)

@@ -14,26 +14,28 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
-from gateway.uapi import UapiError, UapiServer, format_set, parse_set
+from gateway.telemetry import stats as st
+from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 
 class PublicKeyBoard(Protocol):
-    """Where `show` and /metrics read the interface's public key (gateway.stats)."""
+    """Where `show` and /metrics read the interface's public key (gateway.telemetry.stats)."""
 
     public_key: bytes | None
 
@@ -50,6 +52,8 @@ class CryptoInputs:
     uapi: UapiServer | None  # the `wg` control socket, served here
     runstate: RunState | None
     listen_port: int  # the UDP port bound now
+    heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
+    mtu: int | None = None  # the TUN device's now (`ip link` may have changed the config's)
 
 
 class CryptoControl:
@@ -71,6 +75,7 @@ class CryptoControl:
         self._control = control_socket
         self._runstate = runstate
         self._key_board = key_board
+        self._restoring = False
         self.device = build_device(config, now)
         self.backend = DeviceBackend(
             self.device,
@@ -80,24 +85,32 @@ class CryptoControl:
         )
 
     def restore_state(self) -> None:
-        """In a restarted crypto process: bring back what `wg` and reloads had set."""
-        saved = None if self._runstate is None else self._runstate.load()
-        if saved is not None:
-            try:
-                error = self.backend.apply(parse_set(saved))
-            except UapiError as exc:
-                error = exc.errno
-            if error:
-                log.error("run-time state not restored (errno %d): using the config file", error)
-            else:
+        """In a restarted crypto process: bring back what `wg` and reloads had set, entry by
+        entry (gateway/dataplane/restore.py), and the peers' handshake timestamps."""
+        if self._runstate is not None:
+            self._restoring = True  # save once at the end, not after every entry
+            restored = restore(self.backend.apply, self._runstate)
+            self._restoring = False
+            if restored is not None:
+                self._save_state()  # as restored: entries left out are not tried again
                 log.info("restored run-time state: %d peers", len(list(self.device.peers())))
+            for key, timestamp in self._runstate.timestamps.load().items():
+                self.device.restore_timestamp(key, timestamp)
         self._key_board.public_key = self.device.public_key
+
+    def keep_timestamps(self, timestamps: Mapping[bytes, bytes]) -> None:
+        """Handshake timestamps the Device accepted, kept for a restarted crypto process."""
+        if self._runstate is not None:
+            for key, timestamp in timestamps.items():
+                self._runstate.timestamps.save(key, timestamp)
 
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
         for message in control.receive_messages(self._control, control.decode_to_crypto):
             if isinstance(message, control.Reload):
                 self._reload(now)
+            elif isinstance(message, control.MtuChanged):
+                self.device.mtu = message.mtu
             else:
                 self.backend.listen_port = message.port
 
@@ -113,7 +126,7 @@ class CryptoControl:
 
     def _save_state(self) -> None:
         self._key_board.public_key = self.device.public_key
-        if self._runstate is not None:
+        if self._runstate is not None and not self._restoring:
             self._runstate.save(format_set(self.backend.get_snapshot()))
 
     def _request_listen_port(self, port: int) -> None:
@@ -135,6 +148,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
         key_board=inputs.stats,
         now=time.monotonic(),
     )
+    if inputs.mtu is not None:
+        crypto.device.mtu = inputs.mtu
     crypto.restore_state()
     handlers: dict[int, Callable[[float], None]] = {inputs.control.fileno(): crypto.on_control}
     uapi = inputs.uapi
@@ -142,4 +157,12 @@ def crypto_main(inputs: CryptoInputs) -> None:
         uapi.backend = crypto.backend
         handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
     report_ready()
-    run_crypto(crypto.device, inputs.rings, block, inputs.stats.peers, handlers=handlers)
+    run_crypto(
+        crypto.device,
+        inputs.rings,
+        block,
+        inputs.stats.peers,
+        handlers=handlers,
+        heartbeat=inputs.heartbeat,
+        keep_timestamps=crypto.keep_timestamps,
+    )

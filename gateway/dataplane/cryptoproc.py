@@ -17,25 +17,39 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
 from gateway.gcpause import gc_paused
+from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
+from gateway.wireguard.ratelimiter import RateLimiter
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# Handshake messages cost 20-300 us each in Python (transport: a few us). A turn handles
+# transport first and then at most HANDSHAKE_BUDGET handshake messages; the others wait,
+# copied, in a queue of HANDSHAKE_QUEUE (the slots they came in are released at once), and
+# past that they are dropped and counted, so a flood of initiations cannot starve sessions.
+HANDSHAKE_BUDGET = 16
+HANDSHAKE_QUEUE = 256
+# Under load (the queue 1/8 full, the kernel's criterion) each source address gets its
+# handshake messages queued at the kernel's rate (20/s, burst 5), so one flooding host
+# costs the loop a token-bucket lookup per message and takes few of the queue's places.
+UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
+_HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
+_IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 
 EVENT_COUNTER_SLOTS: dict[str, int] = {
@@ -50,7 +64,7 @@ class PacketRing(Protocol):
     """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
 
     @property
-    def slot_size(self) -> int: ...
+    def max_message(self) -> int: ...  # the largest message (packet) it carries, in bytes
 
     def send_ready(self) -> bool: ...
 
@@ -192,6 +206,11 @@ class PeerStatsSync:
                 self.table.set_last_handshake(slot, wall_ns)
 
 
+def _source_address(message: memoryview) -> bytes:
+    """The raw source address in a ring message's endpoint header (see framing.py)."""
+    return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
+
+
 class CryptoLoop(Generic[RingT]):
     """The crypto process's work, one turn at a time, with the clock passed in.
 
@@ -206,22 +225,35 @@ class CryptoLoop(Generic[RingT]):
         rings: CryptoRings[RingT],
         counters: memoryview,
         peer_table: st.PeerTable,
+        *,
+        keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
     ) -> None:
         self.device = device
+        self._keep_timestamps = keep_timestamps
         self.rings = rings
         self.counters = counters
         self._drops = CounterSync(counters)
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
-        self._max_inner = min(r.slot_size for r in self._to_workers)
-        self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
+        self._max_inner = min(r.max_message for r in self._to_workers)
+        self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
+        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
+        self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
+        self._source_limiter = RateLimiter()
 
     def turn(self, now: float) -> bool:
-        """Move and transform what the rings allow; True if any packet was taken."""
+        """Move and transform what the rings allow; True if any packet was taken or any
+        waiting handshake message handled (then more may wait for the next turn)."""
         work = self._decrypt(now)
+        if self._handle_handshakes(now):
+            work = True
+        if self._keep_timestamps is not None:
+            accepted = self.device.take_timestamps()
+            if accepted:  # before the responses leave: a restart never forgets a sent one
+                self._keep_timestamps(accepted)
         outbound: list[bytes] = []
         if self._encrypt(now, outbound):
             work = True
@@ -253,6 +285,9 @@ class CryptoLoop(Generic[RingT]):
         per_worker = self._per_worker
         workers = len(to_workers)
         for message in batch:
+            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+                self._queue_handshake(message, now)
+                continue
             try:
                 src = decode_endpoint(message)
             except FramingError:
@@ -271,6 +306,34 @@ class CryptoLoop(Generic[RingT]):
                 if taken < len(packets):
                     c[st.DROP_RING_FULL] += len(packets) - taken
                 packets.clear()
+        return True
+
+    def _queue_handshake(self, message: memoryview, now: float) -> None:
+        """A handshake message waits (copied: its slot is released) for a turn's budget."""
+        queued = len(self.handshakes)
+        if queued < HANDSHAKE_QUEUE and (
+            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
+        ):
+            self.handshakes.append(bytes(message))
+        else:
+            self.handshakes_dropped += 1
+            self.counters[st.DROP_RATE_LIMITED] += 1
+
+    def _handle_handshakes(self, now: float) -> bool:
+        """At most HANDSHAKE_BUDGET waiting handshake messages; True if any was handled."""
+        handshakes = self.handshakes
+        if not handshakes:
+            return False
+        handle_datagram = self.device.handle_datagram
+        for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
+            message = handshakes.popleft()
+            try:
+                src = decode_endpoint(message)
+            except FramingError:
+                self.counters[st.DROP_MALFORMED] += 1
+                continue
+            # Answers go to the outbox, never to a worker.
+            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
@@ -320,21 +383,24 @@ class CryptoLoop(Generic[RingT]):
         return timeout
 
 
-def run_crypto(
+def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rings
     device: Device,
     rings: CryptoRings[Ring],
     counters: memoryview,
     peer_table: st.PeerTable,
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
+    heartbeat: Heartbeat | None = None,
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken."""
-    loop = CryptoLoop(device, rings, counters, peer_table)
+    loop = CryptoLoop(device, rings, counters, peer_table, keep_timestamps=keep_timestamps)
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]
-    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers])
+    sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
     for fd in handlers:
         sleeper.watch(fd, select.EPOLLIN)
@@ -342,6 +408,7 @@ def run_crypto(
     monotonic = time.monotonic
     busy_since = monotonic()
     while True:
+        beat()
         if turn(monotonic()):
             continue
         timeout = loop.idle_timeout(monotonic())

@@ -15,22 +15,22 @@ import select
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, InterfaceConfig, load_config
 from gateway.dataplane.children import (
     EXIT_DEVICE_GONE,
     Child,
+    ChildFds,
     ProcessStates,
     report_ready,
     stop_all,
 )
 from gateway.dataplane.control import (
     ListenPortChanged,
+    MtuChanged,
     Reload,
     decode_to_supervisor,
     receive_messages,
@@ -39,21 +39,23 @@ from gateway.dataplane.control import (
 from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
 from gateway.dataplane.cryptoproc import CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE
+from gateway.dataplane.heartbeat import Heartbeats, Stall, ready_fds
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
 from gateway.keys import encode_key
-from gateway.logsetup import setup_logging
-from gateway.metrics import MetricsServer
-from gateway.sdnotify import Notifier, watchdog_interval
-from gateway.show import stats_segment_name
+from gateway.telemetry import stats as st
+from gateway.telemetry.logsetup import setup_logging
+from gateway.telemetry.metrics import MetricsServer
+from gateway.telemetry.sdnotify import Notifier, watchdog_interval
+from gateway.telemetry.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import TRANSPORT_OVERHEAD
 from shm_ring.ring import Ring
-from shm_ring.stale import cleanup_stale
 from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
 from tunio.errors import TunError
+from tunio.linkwatch import LinkWatch
 from tunio.linux import TunQueue, open_multiqueue
 from tunio.netlink import TunDeviceManager
 
@@ -63,11 +65,16 @@ RING_SLOTS = 1000
 # Merge TCP segments into one TUN write (tunio.offload): one forwarded packet, not dozens.
 TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
 # Clients commonly run wg-quick's MTU 1420 (or 1500 on some links) while the gateway's TUN
-# uses 1280: their packets must still fit a ring slot, so slots hold at least this much.
+# uses 1280: slots hold at least this much so their packets still take one slot each.
 MIN_INNER_PACKET = 1500
-MAX_CRASHES = 5
-CRASH_WINDOW = 60.0
+# A child with work waiting that makes no progress for this long is hung: it is restarted.
+HANG_TIMEOUT = 3.0
 TICK = 1.0
+# While children carry traffic their heartbeats are read this often, so a hang is seen
+# sooner; otherwise with the tick only. Timers alone turn a loop a few times per second: more
+# turns than BUSY_TURNS between two looks is traffic.
+BUSY_LOOK_INTERVAL = 0.5
+BUSY_TURNS = 10
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
 ACTIVE_PEER_SECONDS = 180.0  # handshake this recent: an active peer (REJECT_AFTER_TIME)
 
@@ -94,6 +101,7 @@ class Runtime:
     udp: UdpIo | None = None
     stats: st.StatsRegion | None = None
     manager: TunDeviceManager | None = None
+    link_watch: LinkWatch | None = None  # MTU changes made with `ip link`
 
 
 class _NoBackend:
@@ -113,7 +121,8 @@ class Supervisor:
         self.name = config.interface.name
         self.rt = Runtime()
         self.children: dict[str, Child] = {}
-        self.crashes: deque[float] = deque()
+        self._heartbeats: Heartbeats | None = None
+        self._stalls: dict[str, Stall] = {}
         self.stopping = False
         self.exit_code = 0
         self.notifier = Notifier()
@@ -123,7 +132,7 @@ class Supervisor:
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
         self._epoll: select.epoll | None = None
-        self._max_inner = MIN_INNER_PACKET
+        self._mtu = config.interface.mtu  # the TUN device's, as last seen (ip link may change it)
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -131,23 +140,19 @@ class Supervisor:
 
     # ---- setup --------------------------------------------------------------------------
 
-    def _prefix(self) -> str:
-        return f"fzgw.{self.name}."
-
     def setup(self) -> None:
         cfg = self.config
         workers = self.options.workers
-        for stale in cleanup_stale(self._prefix()):
-            log.info("removed stale shared memory %s", stale)
         try:
             self.rt.queues = open_multiqueue(self.name, workers, vnet_hdr=TUN_GRO)
             self.rt.manager = TunDeviceManager(self.name)
             self.rt.manager.configure(mtu=cfg.interface.mtu, addresses=cfg.interface.addresses)
         except TunError as exc:
             raise SupervisorError(str(exc)) from exc
-        inner = self._max_inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
+        # Slots are sized for the configured MTU; a larger packet (the MTU raised at run time,
+        # up to 65535) spans several slots, so the rings never limit the MTU.
+        inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
         datagram_slot = HEADER_SIZE + TRANSPORT_OVERHEAD + inner + 16  # + padding to 16
-        pid = os.getpid()
         ring_specs = {}
         for i in range(workers):
             ring_specs[f"worker{i}_to_crypto"] = inner
@@ -155,13 +160,21 @@ class Supervisor:
         ring_specs["crypto_to_udp"] = datagram_slot
         ring_specs["udp_to_crypto"] = datagram_slot
         for ring_name, slot_size in ring_specs.items():
-            self.rt.rings[ring_name] = Ring.create(
-                f"{self._prefix()}{pid}.{ring_name}", slots=RING_SLOTS, slot_size=slot_size
+            # Anonymous memory: only the processes forked from here can reach a ring.
+            self.rt.rings[ring_name] = Ring.create(ring_name, slots=RING_SLOTS, slot_size=slot_size)
+        try:
+            for name in remove_dead_segments(self.name):
+                log.info("removed %s, left by a gateway that is gone", name)
+            self.rt.stats = st.StatsRegion.create(
+                stats_segment_name(self.name, os.getpid()),
+                workers=workers,
+                max_peers=max(1024, len(cfg.peers)),
             )
-        self.rt.stats = st.StatsRegion.create(
-            stats_segment_name(self.name, pid), workers=workers, max_peers=max(1024, len(cfg.peers))
-        )
+        except (OSError, ValueError) as exc:
+            raise SupervisorError(f"cannot create the stats segment: {exc}") from exc
         self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
+        self.rt.stats.mtu = self._mtu
+        self.rt.link_watch = LinkWatch(self.rt.queues[0].fileno())
         try:
             self.rt.udp = UdpIo(
                 cfg.interface.listen_port, cfg.udp.receive_buffer, cfg.udp.send_buffer
@@ -183,10 +196,30 @@ class Supervisor:
             raise SupervisorError(
                 f"cannot create the control socket for {self.name}: {exc}"
             ) from exc
+        roles = [*(f"worker{i}" for i in range(workers)), "crypto", "udp"]
+        beats = self._heartbeats = Heartbeats(roles)
         for i in range(workers):
-            self.children[f"worker{i}"] = Child(f"worker{i}", self._worker_target(i))
-        self.children["crypto"] = Child("crypto", self._crypto_target)
-        self.children["udp"] = Child("udp", self._udp_target)
+            self.children[f"worker{i}"] = Child(
+                f"worker{i}",
+                self._worker_target(i),
+                process_name=f"fzgw-tun{i}",
+                fds=self._worker_fds(i),
+                heartbeat=beats[f"worker{i}"],
+            )
+        self.children["crypto"] = Child(
+            "crypto",
+            self._crypto_target,
+            process_name="fzgw-crypto",
+            fds=self._crypto_fds,
+            heartbeat=beats["crypto"],
+        )
+        self.children["udp"] = Child(
+            "udp",
+            self._udp_target,
+            process_name="fzgw-udp",
+            fds=self._udp_fds,
+            heartbeat=beats["udp"],
+        )
         log.info(
             "interface %s: public key %s, UDP port %d, MTU %d, %d workers, %d peers",
             self.name,
@@ -202,8 +235,58 @@ class Supervisor:
             raise SupervisorError("stats region missing")
         return self.rt.stats
 
+    # ---- what each child keeps (fds) and runs --------------------------------------------
+
+    def _ring_fds(self, consumes: list[str], produces: list[str]) -> ChildFds:
+        """Both eventfds of each ring (a producer wakes its consumer and vice versa); the
+        ones the child's epoll waits on come first."""
+        rings = self.rt.rings
+        wake = [rings[n].consumer_fd() for n in consumes] + [
+            rings[n].producer_fd() for n in produces
+        ]
+        other = [rings[n].producer_fd() for n in consumes] + [
+            rings[n].consumer_fd() for n in produces
+        ]
+        return ChildFds(rings=tuple(wake), other=tuple(other))
+
+    def _worker_fds(self, index: int) -> Callable[[], ChildFds]:
+        def fds() -> ChildFds:
+            ring_fds = self._ring_fds([f"crypto_to_worker{index}"], [f"worker{index}_to_crypto"])
+            return replace(ring_fds, other=(*ring_fds.other, self.rt.queues[index].fileno()))
+
+        return fds
+
+    def _udp_fds(self) -> ChildFds:
+        ring_fds = self._ring_fds(["crypto_to_udp"], ["udp_to_crypto"])
+        udp = () if self.rt.udp is None else (self.rt.udp.fileno(),)
+        return replace(ring_fds, other=(*ring_fds.other, *udp))
+
+    def _crypto_fds(self) -> ChildFds:
+        workers = range(self.options.workers)
+        ring_fds = self._ring_fds(
+            ["udp_to_crypto", *(f"worker{i}_to_crypto" for i in workers)],
+            ["crypto_to_udp", *(f"crypto_to_worker{i}" for i in workers)],
+        )
+        extra: list[int] = []
+        if self._control_child is not None:
+            extra.append(self._control_child.fileno())
+        if self.uapi is not None:
+            extra += self.uapi.fds()
+        if self._runstate is not None:
+            extra += self._runstate.fds()
+        return replace(ring_fds, other=(*ring_fds.other, *extra))
+
+    def _forget_secrets(self) -> None:
+        """In a worker or the UDP process: drop key material only the crypto process needs
+        (its run-state memfd is already closed)."""
+        cfg = self.config
+        interface = replace(cfg.interface, private_key=bytes(len(cfg.interface.private_key)))
+        self.config = replace(cfg, interface=interface, peers=())
+        self._runstate = None
+
     def _worker_target(self, index: int) -> Callable[[], None]:
         def target() -> None:
+            self._forget_secrets()
             block = self._stats().attach_process(f"worker{index}")
             rings = self.rt.rings
             report_ready()
@@ -213,6 +296,7 @@ class Supervisor:
                     rings[f"worker{index}_to_crypto"],
                     rings[f"crypto_to_worker{index}"],
                     block,
+                    self.children[f"worker{index}"].heartbeat,
                 )
             except (TunError, OSError) as exc:
                 if device_gone_error(exc):
@@ -242,15 +326,24 @@ class Supervisor:
                 uapi=self.uapi,
                 runstate=self._runstate,
                 listen_port=self._port(),
+                heartbeat=self.children["crypto"].heartbeat,
+                mtu=self._mtu,  # the device's now, not the config's: `ip link` may have set it
             )
         )
 
     def _udp_target(self) -> None:
+        self._forget_secrets()
         block = self._stats().attach_process("udp")
         if self.rt.udp is None:
             raise SupervisorError("UDP socket missing")
         report_ready()
-        run_udp(self.rt.udp, self.rt.rings["udp_to_crypto"], self.rt.rings["crypto_to_udp"], block)
+        run_udp(
+            self.rt.udp,
+            self.rt.rings["udp_to_crypto"],
+            self.rt.rings["crypto_to_udp"],
+            block,
+            self.children["udp"].heartbeat,
+        )
 
     # ---- children -----------------------------------------------------------------------
 
@@ -277,6 +370,9 @@ class Supervisor:
         control = self._control_parent
         if control is not None:
             epoll.register(control.fileno(), select.EPOLLIN)
+        watch = self.rt.link_watch
+        if watch is not None:
+            epoll.register(watch.fileno(), select.EPOLLIN)
         try:
             if not self.stopping:
                 self._start_children(epoll)
@@ -306,29 +402,58 @@ class Supervisor:
         signals: list[int],
     ) -> None:
         watchdog = watchdog_interval()
-        next_tick = time.monotonic()
+        next_tick = next_look = time.monotonic()
+        working = False
         while not self.stopping:
-            timeout = max(0.0, next_tick - time.monotonic())
+            wake_at = min([next_tick, next_look, *self._restarts_due()])
+            timeout = max(0.0, wake_at - time.monotonic())
             for fd, _ in epoll.poll(timeout):
                 if fd == wake_r.fileno():
                     with contextlib.suppress(BlockingIOError):
                         wake_r.recv(4096)
                 elif control is not None and fd == control.fileno():
                     self._control_messages(control, epoll)
+                elif self.rt.link_watch is not None and fd == self.rt.link_watch.fileno():
+                    mtu = self.rt.link_watch.read()
+                    if mtu is not None:
+                        self._follow_mtu(mtu)
                 else:
                     self._child_event(fd, epoll)
             while signals:
                 self._signal(signals.pop(0))
+            self._restart_due_children(epoll)
             if not self._announced and not self.stopping and self.readiness()[0]:
                 self._announced = True
                 self.notifier.ready(self._status())
                 log.info("gateway %s running: the data plane forwards", self.name)
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + (min(TICK, watchdog / 2) if watchdog else TICK)
+            now = time.monotonic()
+            if now >= next_look:
+                working = self._check_heartbeats()
+                next_look = now + BUSY_LOOK_INTERVAL
+            if now >= next_tick:
+                next_tick = now + (min(TICK, watchdog / 2) if watchdog else TICK)
                 self._tick()
+            if not working:
+                next_look = max(next_look, next_tick)
 
     def _spawn(self, child: Child) -> None:
-        child.spawn(lambda: setup_logging(self.options.log_filter, self.options.log_format))
+        self._stalls[child.role] = Stall()
+        options = self.options
+        child.spawn(
+            lambda: setup_logging(
+                options.log_filter, options.log_format, process=child.process_name
+            )
+        )
+
+    def _restarts_due(self) -> list[float]:
+        return [c.restart_at for c in self.children.values() if c.restart_at is not None]
+
+    def _restart_due_children(self, epoll: select.epoll) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.restart_at is not None and child.restart_at <= now and not self.stopping:
+                self._spawn(child)
+                child.watch(epoll)
 
     def _child_event(self, fd: int, epoll: select.epoll) -> None:
         """A child's readiness pipe or pidfd became readable."""
@@ -341,9 +466,6 @@ class Supervisor:
                     return  # a stale event for an fd number that a new child's pidfd reuses
                 epoll.unregister(fd)
                 self._child_exited(child)
-                if not self.stopping:
-                    self._spawn(child)
-                    child.watch(epoll)
                 return
 
     def _control_messages(self, sock: socket.socket, epoll: select.epoll) -> None:
@@ -370,6 +492,20 @@ class Supervisor:
             send_message(self._control_parent, ListenPortChanged(new.port))
         log.info("listening on UDP port %d", new.port)
 
+    def _follow_mtu(self, mtu: int) -> None:
+        """The TUN device's MTU changed (ip link, or a reload): pad to it and report it."""
+        if mtu == self._mtu:
+            return
+        log.info("%s: MTU changed from %d to %d", self.name, self._mtu, mtu)
+        self._mtu = mtu
+        if self.rt.stats is not None:
+            self.rt.stats.mtu = mtu
+        if self._control_parent is not None:
+            try:
+                send_message(self._control_parent, MtuChanged(mtu))
+            except OSError as exc:  # a restarted crypto process starts from self._mtu
+                log.error("MTU %d not sent to the crypto process: %s", mtu, exc)
+
     def _port(self) -> int:
         return self.rt.udp.port if self.rt.udp is not None else 0
 
@@ -385,7 +521,9 @@ class Supervisor:
         self.stopping = True
 
     def _child_exited(self, child: Child) -> None:
+        """Reap a child that died; schedule its restart after its backoff delay."""
         pid = child.pid
+        ran = time.monotonic() - child.ready_at if child.ready else 0.0
         status = child.reap()
         code = os.waitstatus_to_exitcode(status)
         what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
@@ -394,27 +532,31 @@ class Supervisor:
             log.info("TUN device %s was deleted: shutting down", self.name)
             self.stopping = True
             return
-        log.error("%s (pid %d) died: %s; restarting", child.role, pid, what)
+        if self.stopping:
+            return
         now = time.monotonic()
-        self.crashes.append(now)
-        while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
-            self.crashes.popleft()
-        if self.rt.stats is not None:
-            self.rt.stats.process_block("supervisor")[st.CHILD_RESTARTS] += 1
-        if len(self.crashes) > MAX_CRASHES:
-            log.critical("more than %d crashes in %.0f s: giving up", MAX_CRASHES, CRASH_WINDOW)
+        delay = child.backoff.next_delay(ran, now)
+        if delay is None:
+            log.critical(
+                "%s (pid %d) died: %s; it has failed for %.0f s without running: giving up",
+                child.role,
+                pid,
+                what,
+                child.backoff.failing_for(now),
+            )
             self.stopping = True
             self.exit_code = 1
+            return
+        log.error("%s (pid %d) died: %s; restarting in %.1f s", child.role, pid, what, delay)
+        if self.rt.stats is not None:
+            self.rt.stats.process_block("supervisor")[st.CHILD_RESTARTS] += 1
+        child.restart_at = now + delay
 
     def _tick(self) -> None:
         if self.rt.stats is not None:
             self.rt.stats.sample_busy()
             for ring_name, ring in self.rt.rings.items():
-                block = self.rt.stats.ring_block(ring_name)
-                rs = ring.stats()
-                block[st.RING_FULL_EVENTS] = rs.full_events
-                block[st.RING_OCCUPANCY] = rs.occupancy
-                block[st.RING_CAPACITY] = rs.slots
+                st.copy_ring_counters(self.rt.stats.ring_block(ring_name), ring.stats())
         if not self.notifier.enabled or not self._announced:
             return
         if not self._unhealthy() and self._device_name() is not None:
@@ -423,6 +565,39 @@ class Supervisor:
         if self._announced and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             self.notifier.status(self._status())
+
+    def _check_heartbeats(self) -> bool:
+        """SIGKILL every child stuck with work waiting (its exit restarts it); returns
+        whether any child carries traffic or is stuck."""
+        now = time.monotonic()
+        working = False
+        for child in self.children.values():
+            stuck = self._stuck_for(child, now)
+            stall = self._stalls.get(child.role)
+            working = working or stuck > 0 or (stall is not None and stall.advanced > BUSY_TURNS)
+            if stuck >= HANG_TIMEOUT:
+                log.error(
+                    "%s (pid %d) is hung: work waiting and no progress for %.1f s; restarting it",
+                    child.role,
+                    child.pid,
+                    stuck,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+        return working
+
+    def _stuck_for(self, child: Child, now: float) -> float:
+        """Look at a running child's heartbeat: seconds without progress with work waiting."""
+        stall = self._stalls.get(child.role)
+        if stall is None or not child.pid or not child.ready:
+            return 0.0
+        beat = child.heartbeat
+        progress = beat.progress()
+        work = True  # awake: a loop turn never takes seconds
+        if beat.is_asleep():
+            fds = child.fds()
+            work = ready_fds(fds.rings, beat.watched(), set(fds.other))
+        return stall.look(progress, work, now)
 
     def _status(self) -> str:
         """One line for `systemctl status`: peers and throughput since the last line."""
@@ -487,10 +662,14 @@ class Supervisor:
         """Children that do not run their loop right now, with why."""
         found = []
         for child in self.children.values():
-            if not child.pid:
+            if child.restart_at is not None:
+                found.append((child.role, "is waiting to restart"))
+            elif not child.pid:
                 found.append((child.role, "is not running"))
             elif not child.ready:
                 found.append((child.role, "is starting"))
+            elif (stall := self._stalls.get(child.role)) is not None and stall.since is not None:
+                found.append((child.role, "has work waiting but makes no progress"))
             elif (state := self._states.problem(child.pid)) is not None:
                 found.append((child.role, state))
         return found
@@ -522,24 +701,20 @@ class Supervisor:
         if self._device_name() != self.name or interface_up(self.name) is None:
             log.warning("reload: %s is not in this namespace: MTU and addresses kept", self.name)
             return
-        if new.mtu > self._max_inner:
-            log.error(
-                "reload: MTU %d exceeds what the rings were sized for (%d); restart to raise it",
-                new.mtu,
-                self._max_inner,
-            )
-            return
         manager = self.rt.manager
         if manager is None:
             return
+        # An MTU the config did not change stays as it is, even if `ip link` changed it.
+        mtu = new.mtu if new.mtu != old.mtu else self._mtu
         try:
-            manager.configure(mtu=new.mtu, addresses=new.addresses)
+            manager.configure(mtu=mtu, addresses=new.addresses)
             for address in set(old.addresses) - set(new.addresses):
                 manager.remove_address(address)
         except TunError as exc:
             log.error("reload: %s", exc)
             return
-        log.info("reload: %s has MTU %d and %d addresses", self.name, new.mtu, len(new.addresses))
+        self._follow_mtu(mtu)
+        log.info("reload: %s has MTU %d and %d addresses", self.name, mtu, len(new.addresses))
 
     # ---- shutdown -----------------------------------------------------------------------
 
@@ -549,6 +724,8 @@ class Supervisor:
     def teardown(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        if self.rt.link_watch is not None:
+            self.rt.link_watch.close()
         if self.uapi is not None:
             self.uapi.close()  # removes the socket file only if it is still ours
         if self.rt.udp is not None:
@@ -601,8 +778,10 @@ def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, in
 
 def run_gateway(options: Options) -> int:
     try:
-        config = load_config(options.config_path, create_private_key=True)
+        # No local name for the config: the supervisor's is the only reference, which the
+        # workers and the UDP process drop after fork (Supervisor._forget_secrets).
+        supervisor = Supervisor(options, load_config(options.config_path, create_private_key=True))
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
-    return Supervisor(options, config).run()
+    return supervisor.run()

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import select
 
-from gateway import stats as st
+from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
+from gateway.telemetry import stats as st
 from shm_ring.ring import Ring
 from tunio.base import Tun
 
 BATCH = 100  # packets per read from the TUN queue, as in the seed's recv_many
 
 
-def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryview) -> None:
+def run_worker(
+    tun: Tun,
+    to_crypto: Ring,
+    from_crypto: Ring,
+    counters: memoryview,
+    heartbeat: Heartbeat | None = None,
+) -> None:
     """Forever: TUN -> to_crypto (only while it has room), from_crypto -> TUN."""
-    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto])
+    sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
+    beat = sleeper.heartbeat.beat
     tun_fd = tun.fileno()
-    limit = to_crypto.slot_size
+    limit = to_crypto.max_message  # a packet longer than a slot spans several
     c = counters
     while True:
+        beat()
         busy = False
         room = to_crypto.free_slots()
         if room:
@@ -27,7 +36,7 @@ def run_worker(tun: Tun, to_crypto: Ring, from_crypto: Ring, counters: memoryvie
             if packets:
                 busy = True
                 sizes = list(map(len, packets))
-                if max(sizes) > limit or min(sizes) == 0:  # e.g. an MTU raised behind our back
+                if max(sizes) > limit or min(sizes) == 0:
                     c[st.DROP_TOO_BIG] += sum(size > limit for size in sizes)
                     c[st.DROP_MALFORMED] += sizes.count(0)
                     packets = [p for p in packets if 0 < len(p) <= limit]

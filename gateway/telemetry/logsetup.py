@@ -100,8 +100,12 @@ def setup_logging(
     fmt: str | None = None,
     *,
     stream: TextIO | None = None,
+    process: str | None = None,
 ) -> None:
     """Configure the root logger: levels from `filter`, output in `fmt` to `stream` (stderr).
+
+    `process` (a child's name, e.g. fzgw-tun0) goes into every line: children share the
+    supervisor's stderr, so the journal attributes all their lines to the supervisor.
 
     `fmt` None picks `journald` when stderr is the journal stream systemd gave us
     (JOURNAL_STREAM), `human` otherwise. Raises LogDirectiveError before changing anything
@@ -123,7 +127,7 @@ def setup_logging(
     _configured.update(name for name in levels if name)
 
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_FORMATTERS[chosen]())
+    handler.setFormatter(_FORMATTERS[chosen](process))
     if _handler is not None:
         root.removeHandler(_handler)
     root.addHandler(handler)
@@ -154,9 +158,14 @@ def _utc_time(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
+def _process_prefix(process: str | None) -> str:
+    return "" if process is None else process.replace("%", "%%") + " "
+
+
 class _HumanFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+    def __init__(self, process: str | None = None) -> None:
+        prefix = _process_prefix(process)
+        super().__init__(f"%(asctime)s %(levelname)-5s {prefix}%(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc_time(record)
@@ -165,8 +174,8 @@ class _HumanFormatter(logging.Formatter):
 class _JournaldFormatter(logging.Formatter):
     """No timestamp (journald adds one); each line gets the `<N>` priority prefix."""
 
-    def __init__(self) -> None:
-        super().__init__("%(name)s: %(message)s")
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__(f"{_process_prefix(process)}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         priority = next(
@@ -178,6 +187,10 @@ class _JournaldFormatter(logging.Formatter):
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self.process_name = process
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": _utc_time(record),
@@ -186,12 +199,14 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "pid": record.process,
         }
+        if self.process_name is not None:
+            entry["process"] = self.process_name
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-_FORMATTERS: Final[dict[str, type[logging.Formatter]]] = {
+_FORMATTERS: Final[dict[str, type[_HumanFormatter | _JournaldFormatter | _JsonFormatter]]] = {
     "human": _HumanFormatter,
     "journald": _JournaldFormatter,
     "json": _JsonFormatter,

@@ -24,8 +24,8 @@ from gateway.config import (
     load_config,
 )
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
-from gateway.logsetup import LogDirectiveError, setup_logging
-from gateway.metrics import parse_listen
+from gateway.telemetry.logsetup import LogDirectiveError, setup_logging
+from gateway.telemetry.metrics import parse_listen
 
 DEFAULT_WORKERS = 2
 LOG_FORMATS = ("human", "json")
@@ -170,8 +170,8 @@ def run(options: GlobalOptions) -> None:
 @pass_global_options
 def show(options: GlobalOptions, as_json: bool) -> None:
     """Show the running gateway's peers and counters, like `wg show`."""
-    from gateway import show as show_mod  # noqa: PLC0415 - only this command needs it
-    from gateway.stats import StatsRegion  # noqa: PLC0415 - only this command needs it
+    from gateway.telemetry import show as show_mod  # noqa: PLC0415 - only this command needs it
+    from gateway.telemetry.stats import StatsRegion  # noqa: PLC0415 - only this command needs it
 
     try:
         config = load_config(options.config)
@@ -179,7 +179,11 @@ def show(options: GlobalOptions, as_json: bool) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     name = config.interface.name
-    segment = show_mod.find_stats_segment(name)
+    try:
+        segment = show_mod.find_stats_segment(name)
+    except OSError as exc:  # e.g. a runtime directory others could have written to
+        click.echo(f"Error: cannot read the counters of {name}: {exc}", err=True)
+        sys.exit(1)
     if segment is None:
         click.echo(f"Error: no running firezone-gw for interface {name}", err=True)
         sys.exit(1)
@@ -225,7 +229,7 @@ def client_config(
     routes: tuple[str, ...],
 ) -> None:
     """Print a wg-quick config for a client of this gateway."""
-    from gateway import clientconfig  # noqa: PLC0415 - only this command needs it
+    from gateway.cli import clientconfig  # noqa: PLC0415 - only this command needs it
 
     if (peer_key is None) == (not new_peer):
         raise click.UsageError("give exactly one of --peer PUBKEY or --new")
@@ -333,11 +337,24 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
         f"  public key {keys.encode_key(interface.public_key)}",
         f"  addresses {addresses}",
         f"metrics on {format_endpoint(config.metrics.listen)}",
-        f"{len(config.peers)} peer{'' if len(config.peers) == 1 else 's'}",
     ]
+    if config.resources:
+        lines.append(f"{len(config.resources)} resource{_plural(config.resources)}")
+        for resource in config.resources:
+            filters = ", ".join(str(f) for f in resource.filters) or "every protocol and port"
+            lines.append(f"  resource {resource.name}: {resource.address} ({filters})")
+    else:
+        lines.append("no resources: every peer reaches everything routed behind the gateway")
+    lines.append(f"{len(config.peers)} peer{_plural(config.peers)}")
     for peer in config.peers:
         allowed = ", ".join(str(n) for n in peer.allowed_ips) or "none"
         lines.append(f"  peer {keys.encode_key(peer.public_key)}: allowed IPs {allowed}")
         if peer.endpoint is not None:
             lines.append(f"    endpoint {format_endpoint(peer.endpoint)}")
+        if config.resources:
+            lines.append(f"    resources {', '.join(peer.resources) or 'none'}")
     return lines
+
+
+def _plural(items: Sequence[object]) -> str:
+    return "" if len(items) == 1 else "s"

@@ -6,7 +6,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig, IPNetwork, PeerConfig
+from gateway.config import GatewayConfig, PeerConfig
+from gateway.ipnet import IPNetwork
 from gateway.keys import encode_key
 
 

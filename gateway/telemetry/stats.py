@@ -3,7 +3,8 @@
 Layout of the segment (all u64, native endianness, 8-byte aligned):
 
     header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
-               the UDP listen port (written by the supervisor; it can change at run time),
+               the UDP listen port and the TUN device's MTU (both written by the supervisor;
+               `wg` and `ip link` can change them at run time),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
@@ -14,35 +15,45 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
 then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a
 lock or stalls the data plane. Each block is 512 bytes, so writers never share a cache
-line. The supervisor owns the segment: it creates it before forking (children use the same
-object) and unlinks it at exit; `firezone-gw show` attaches read-only by name.
+line. The supervisor owns the segment: a file in the gateway's private runtime directory
+(`gateway.telemetry.runtime_dir`, /run/firezone-gw/ by default), created before forking
+(children use the same mapping) and unlinked at exit; after a crash it is replaced at the
+next start of the same pid and ignored by `show` meanwhile (its supervisor is gone).
+`firezone-gw show` attaches read-only by name, and `read_header` checks every header field
+and the file's size before anything else of the file is trusted.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import mmap
 import os
 import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 from typing import Self
 
 import psutil
 
+from gateway.telemetry import runtime_dir
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
+from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 2
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
+HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
 PROC_SLOTS = 64
 RING_SLOTS = 8
 MAX_PEERS_LIMIT = 1 << 20
+MAX_WORKERS = 256  # the TUN multi-queue limit
+_HEADER = struct.Struct("=5Q")  # magic, version, workers, max_peers, created wall ns
 
 # --- process block: counters (summed over all processes at scrape time) ---
 UDP_RX_PACKETS = 0  # datagrams received on the UDP socket(s)
@@ -121,6 +132,9 @@ BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the s
 RING_FULL_EVENTS = 0  # sends that found the ring full, ever
 RING_OCCUPANCY = 1  # packets waiting at the last copy
 RING_CAPACITY = 2  # slots
+RING_PACKETS = 3  # messages published, ever
+RING_CONSUMER_WAKEUPS = 4  # eventfd writes that woke the consumer, ever
+RING_PRODUCER_WAKEUPS = 5  # eventfd writes that woke the producer, ever
 
 # --- peer slot (words); all written by the crypto process ---
 PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
@@ -146,6 +160,17 @@ if len(COUNTER_NAMES) > DROP_BASE or DROP_BASE + len(DROP_REASONS) > PID:
 
 def process_roles(workers: int) -> tuple[str, ...]:
     return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp")
+
+
+def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
+    """The supervisor's once-a-second copy of a ring's own counters into its ring block
+    (the wake-up counts let bench_profile show eventfd writes per ring)."""
+    block[RING_FULL_EVENTS] = ring.full_events
+    block[RING_OCCUPANCY] = ring.occupancy
+    block[RING_CAPACITY] = ring.slots
+    block[RING_PACKETS] = ring.packets
+    block[RING_CONSUMER_WAKEUPS] = ring.consumer_wakeups
+    block[RING_PRODUCER_WAKEUPS] = ring.producer_wakeups
 
 
 def ring_names(workers: int) -> tuple[str, ...]:
@@ -233,6 +258,7 @@ class StatsSnapshot:
     taken_at: float  # wall-clock seconds
     workers: int
     max_peers: int
+    mtu: int  # of the TUN device; 0 = not known yet
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
@@ -390,16 +416,15 @@ class PeerTable:
 class StatsRegion:
     """The shared-memory stats segment. Create in the supervisor before forking."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
-        self._shm = shm
+    def __init__(self, mm: mmap.mmap, name: str, directory: Path, *, owner: bool) -> None:
+        self._mm = mm
+        self._name = name
+        self._directory = directory
         self._owner = owner
         self._views: list[memoryview] = []
         self._blocks: dict[str, memoryview] = {}  # handed-out views, one per block
-        buf = _buffer(shm)
+        buf = self._view(memoryview(mm))
         words = self._view(buf.cast("Q"))
-        if words[0] != MAGIC or words[1] != VERSION:
-            self._release_views()
-            raise ValueError(f"shared memory {shm.name!r} is not a firezone-gw stats region")
         self.workers = int(words[2])
         self.max_peers = int(words[3])
         self.roles = process_roles(self.workers)
@@ -429,27 +454,57 @@ class StatsRegion:
         return (words + max_peers * PEER_SLOT_WORDS) * 8
 
     @classmethod
-    def create(cls, name: str, *, workers: int, max_peers: int = 1024) -> Self:
-        if not 1 <= workers <= 256:  # noqa: PLR2004 (the TUN multi-queue limit)
-            raise ValueError(f"workers must be 1..256, got {workers}")
+    def create(
+        cls, name: str, *, workers: int, max_peers: int = 1024, directory: Path | None = None
+    ) -> Self:
+        """Create the segment file `name` in the runtime directory (made if missing)."""
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {workers}")
         if not 1 <= max_peers <= MAX_PEERS_LIMIT:
             raise ValueError(f"max_peers must be 1..{MAX_PEERS_LIMIT}, got {max_peers}")
-        shm = shared_memory.SharedMemory(name, create=True, size=cls.size_for(workers, max_peers))
-        struct.pack_into("=5Q", _buffer(shm), 0, *_header(workers, max_peers))
-        return cls(shm, owner=True)
+        _check_name(name)
+        directory = directory or runtime_dir.runtime_dir()
+        size = cls.size_for(workers, max_peers)
+        dir_fd = runtime_dir.make_dir(directory)
+        try:
+            fd = runtime_dir.create_file(dir_fd, name, size)
+        finally:
+            os.close(dir_fd)
+        try:
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, workers, max_peers, time.time_ns())
+        return cls(mm, name, directory, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open an existing region (e.g. from `firezone-gw show`); close() leaves it alone."""
-        shm = shared_memory.SharedMemory(name)
-        # Python 3.11 registers attached segments with the resource tracker too, which
-        # would unlink the supervisor's segment when this process exits.
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # no public name in 3.11
-        return cls(shm, owner=False)
+    def attach(cls, name: str, directory: Path | None = None) -> Self:
+        """Map an existing segment read-only (e.g. for `firezone-gw show`); close() leaves it.
+
+        Raises OSError for a path that is not a regular file of the directory's owner (never
+        blocking on a fifo) and ValueError for a file whose header or size is not a segment's.
+        """
+        _check_name(name)
+        directory = directory or runtime_dir.runtime_dir()
+        dir_fd, owner = runtime_dir.open_dir(directory)
+        try:
+            fd, size = runtime_dir.open_file(dir_fd, name, owner)
+        finally:
+            os.close(dir_fd)
+        try:
+            read_header(fd, size, name)
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        return cls(mm, name, directory, owner=False)
 
     @property
     def name(self) -> str:
-        return self._shm.name
+        return self._name
+
+    @property
+    def path(self) -> Path:
+        return self._directory / self._name
 
     @property
     def listen_port(self) -> int:
@@ -459,6 +514,15 @@ class StatsRegion:
     @listen_port.setter
     def listen_port(self, port: int) -> None:
         self._words[HEADER_LISTEN_PORT] = port
+
+    @property
+    def mtu(self) -> int:
+        """The TUN device's MTU now (0 until the supervisor set it)."""
+        return int(self._words[HEADER_MTU])
+
+    @mtu.setter
+    def mtu(self, mtu: int) -> None:
+        self._words[HEADER_MTU] = mtu
 
     @property
     def public_key(self) -> bytes | None:
@@ -552,6 +616,7 @@ class StatsRegion:
             taken_at=time.time(),
             workers=self.workers,
             max_peers=self.max_peers,
+            mtu=self.mtu,
             totals=Totals(*sums),
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),
@@ -563,13 +628,17 @@ class StatsRegion:
     def close(self) -> None:
         """Drop this process's mapping. Views handed out become unusable."""
         self._release_views()
-        self._shm.close()
+        self._mm.close()
 
     def unlink(self) -> None:
-        """Remove the segment (supervisor only, at exit)."""
+        """Remove the segment file (supervisor only, at exit)."""
         if not self._owner:
             raise RuntimeError("only the process that created the stats region may unlink it")
-        self._shm.unlink()
+        dir_fd = runtime_dir.make_dir(self._directory)
+        try:
+            os.unlink(self._name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _view(self, view: memoryview) -> memoryview:
         self._views.append(view)
@@ -611,14 +680,40 @@ class StatsRegion:
         return float(times.user + times.system), rss
 
 
-def _header(workers: int, max_peers: int) -> tuple[int, ...]:
-    return (MAGIC, VERSION, workers, max_peers, time.time_ns())
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\0" in name or name in {".", ".."}:
+        raise ValueError(f"stats segment name must be a plain file name, got {name!r}")
 
 
-def _buffer(shm: shared_memory.SharedMemory) -> memoryview:
-    if shm.buf is None:
-        raise ValueError(f"shared memory {shm.name!r} is closed")
-    return shm.buf
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    workers: int
+    max_peers: int
+    created_ns: int  # wall clock, when the supervisor created the segment
+
+
+def read_header(fd: int, size: int, name: str) -> SegmentHeader:
+    """The validated header of an open segment file of `size` bytes (the one reader of it).
+
+    Raises ValueError naming the first field that is not a segment's, or a size that does
+    not match what the header describes.
+    """
+    raw = os.pread(fd, _HEADER.size, 0)
+    if len(raw) < _HEADER.size or size < HEADER_SLOTS * 8:
+        raise ValueError(f"{name}: {size} bytes is too small for a firezone-gw stats segment")
+    magic, version, workers, max_peers, created = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ValueError(f"{name} is not a firezone-gw stats segment (bad magic)")
+    if version != VERSION:
+        raise ValueError(f"{name}: stats segment version {version}, expected {VERSION}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"{name}: {workers} workers in the header, expected 1..{MAX_WORKERS}")
+    if not 1 <= max_peers <= MAX_PEERS_LIMIT:
+        raise ValueError(f"{name}: {max_peers} peers in the header, expected 1..{MAX_PEERS_LIMIT}")
+    expected = StatsRegion.size_for(workers, max_peers)
+    if size != expected:
+        raise ValueError(f"{name}: {size} bytes, but its header describes {expected}")
+    return SegmentHeader(int(workers), int(max_peers), int(created))
 
 
 def _busy_fraction(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
-from gateway.stats import StatsSnapshot
+from gateway.telemetry.stats import StatsSnapshot
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -174,6 +174,7 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam.add(getattr(t, value))
         yield fam
 
+    yield _mtu_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
     full = counter("firezone_gw_ring_full_events_total", "Sends that found a ring full.")
@@ -250,6 +251,13 @@ def _peer_families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
     rest_packets.add(rest.rx_packets, device=device, direction="receive")
     rest_packets.add(rest.tx_packets, device=device, direction="transmit")
     yield from (peers, aggregated, rest_bytes, rest_packets)
+
+
+def _mtu_family(snap: StatsSnapshot) -> _Family:
+    family = _Family("firezone_gw_tun_mtu_bytes", "gauge", "MTU of the TUN device, as it is now.")
+    if snap.mtu:  # 0: not known yet
+        family.add(snap.mtu)
+    return family
 
 
 def _format_family(family: _Family) -> str:

@@ -1,0 +1,68 @@
+"""Proxy addresses for DNS resources: which address stands for which name.
+
+A peer granted a DNS resource that asks for a matching name gets one IPv4 address from
+100.96.0.0/11 and one IPv6 address from fd00:2021:1111:8000::/107 (Firezone's ranges) in
+place of the real ones; packets to them are translated to the name's real addresses. One
+pair per name, shared by every peer (the policy decides who may use it), stable while it is
+in use. Bounded: at most `capacity` names; when full, the name used longest ago gives its
+pair to the new one (its peers re-resolve within the answer's short TTL).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import dns.name
+
+IPV4_RANGE = ipaddress.IPv4Network("100.96.0.0/11")
+IPV6_RANGE = ipaddress.IPv6Network("fd00:2021:1111:8000::/107")
+DEFAULT_CAPACITY = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPair:
+    v4: ipaddress.IPv4Address
+    v6: ipaddress.IPv6Address
+
+
+class ProxyAddresses:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if not 0 < capacity <= min(IPV4_RANGE.num_addresses, IPV6_RANGE.num_addresses):
+            raise ValueError(f"capacity must be 1..{IPV4_RANGE.num_addresses}, got {capacity}")
+        self.capacity = capacity
+        self._by_name: OrderedDict[dns.name.Name, int] = OrderedDict()  # least recent first
+        self._by_slot: dict[int, dns.name.Name] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def assign(self, name: dns.name.Name) -> ProxyPair:
+        """The pair for `name`, assigning one if it has none; marks it as just used."""
+        name = name.canonicalize()
+        slot = self._by_name.get(name)
+        if slot is None:
+            if len(self._by_name) < self.capacity:
+                slot = len(self._by_name)
+            else:
+                _, slot = self._by_name.popitem(last=False)
+            self._by_name[name] = slot
+            self._by_slot[slot] = name
+        else:
+            self._by_name.move_to_end(name)
+        return self.pair(slot)
+
+    @staticmethod
+    def pair(slot: int) -> ProxyPair:
+        # Skip the network address of each range, so no proxy address ends in .0 / ::.
+        return ProxyPair(IPV4_RANGE[slot + 1], IPV6_RANGE[slot + 1])
+
+    def name_of(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> dns.name.Name | None:
+        """The name a proxy address stands for now, if any."""
+        network = IPV4_RANGE if address.version == 4 else IPV6_RANGE  # noqa: PLR2004 - IP version
+        if address not in network:
+            return None
+        return self._by_slot.get(int(address) - int(network.network_address) - 1)

@@ -1,0 +1,1 @@
+"""Stateful NAT for DNS resources: peers' flows to proxy addresses, mapped to real addresses."""

@@ -1,0 +1,71 @@
+"""Internet checksum (RFC 1071) from scratch, and updated incrementally (RFC 1624 eqn. 3).
+
+Both work modulo 0xFFFF: the ones' complement sum of the 16-bit words of a byte string equals
+the string read as one big-endian integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), with the
+end-around-carry result 0xFFFF in place of 0 for any non-zero data. So a whole packet is summed
+by one `int.from_bytes` and one `%` in C, and an incremental update takes the old and the new
+value of a field as integers of any width (an IPv6 address is one 128-bit int), provided the
+field starts at an even offset of the summed data (true for addresses, ports, echo id/sequence).
+
+Results are the values a from-scratch RFC 1071 computation gives (never 0xFFFF unless all data
+is zero), so an incrementally updated checksum is byte-identical to a recomputed one.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TypeAlias
+
+_MOD = 0xFFFF
+_FIELD = struct.Struct("!H")
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+def ones_sum(data: Buffer) -> int:
+    """Unfolded sum of `data` as 16-bit words (odd length padded with a zero byte): add sums
+    of several parts with `+`, then `finish` the total."""
+    value = int.from_bytes(data)
+    return value << 8 if len(data) & 1 else value
+
+
+def finish(total: int) -> int:
+    """Checksum field value for an unfolded sum (the complement of its folded value)."""
+    folded = total % _MOD
+    if folded == 0 and total:  # end-around carry never yields 0 for non-zero data
+        folded = _MOD
+    return _MOD - folded
+
+
+def internet_checksum(data: Buffer) -> int:
+    """RFC 1071 checksum of `data` (whose checksum field must be zero)."""
+    return finish(ones_sum(data))
+
+
+def pseudo_header_sum(source: int, destination: int, protocol: int, length: int) -> int:
+    """Unfolded sum of the IPv4 (RFC 793/768) or IPv6 (RFC 8200 8.1) pseudo-header: the
+    addresses as integers, the upper-layer length and the protocol number."""
+    return source + destination + protocol + length
+
+
+def update(checksum: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a field changed from `old` to `new`.
+
+    The covered data is never all zero (an IP header has its version, a pseudo-header its
+    protocol), so a folded sum of 0 stands for 0xFFFF and the result is 0..0xFFFE, as
+    `internet_checksum` would compute it afresh.
+    """
+    folded = (_MOD - checksum + new - old) % _MOD
+    return _MOD - folded if folded else 0
+
+
+def update_field(buf: memoryview, at: int, old: int, new: int, udp: bool) -> None:
+    """`update` applied to the checksum field at `buf[at:at + 2]` (one call per field on the
+    per-packet path). For UDP (`udp`), 0 means no checksum was computed (RFC 768) and stays
+    0, and a computed 0 is written as 0xFFFF."""
+    current: int = _FIELD.unpack_from(buf, at)[0]
+    if udp and not current:
+        return
+    folded = (_MOD - current + new - old) % _MOD
+    value = _MOD - folded if folded else 0
+    _FIELD.pack_into(buf, at, value or _MOD if udp else value)
