@@ -6,6 +6,7 @@ run reports every problem in the file, each as `<file>: <key path>: <what was ex
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import dns.resolver
 import msgspec
+import tomli
 
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
@@ -40,6 +42,7 @@ DEFAULT_MAX_PEER_SERIES = 1000
 MAX_PEER_SERIES = 1_000_000
 
 _T = TypeVar("_T")
+_TOML_TYPES = (datetime.datetime, datetime.date, datetime.time)  # TOML values msgspec keeps
 
 
 # ---- the file's shape: msgspec Structs, unknown keys rejected --------------------------------
@@ -221,12 +224,14 @@ def parse_config_text(
     """
     errors = _Errors(source)
     try:
-        root = msgspec.toml.decode(text, type=_RootToml)
-    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+        document = tomli.loads(text)  # what msgspec.toml.decode does, with tomli: see pyproject
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+    try:
+        root = msgspec.convert(document, _RootToml, builtin_types=_TOML_TYPES, str_keys=True)
+    except msgspec.ValidationError as exc:
         errors.from_msgspec("", exc)
         raise ConfigError(errors.lines) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
 
     interface_toml = errors.convert("interface", root.interface, _InterfaceToml)
     metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
