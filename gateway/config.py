@@ -6,6 +6,7 @@ run reports every problem in the file, each as `<file>: <key path>: <what was ex
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -14,9 +15,11 @@ from typing import Annotated, Any, TypeVar
 
 import dns.resolver
 import msgspec
+import tomli
 
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
+from gateway.gcpause import gc_paused
 from gateway.ipnet import HostBitsSet, IPInterface, IPNetwork, NetworkError, parse_network
 from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
 
@@ -32,10 +35,14 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
 DEFAULT_DNS_PORT = 53
 DNS_PORT = 53  # of upstream servers given without a port
 RESOLV_CONF = Path("/etc/resolv.conf")
-# Bigger than any sensible config; guards against pointing --config at a huge file.
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Room for 100,000 peers (about 110 bytes each with one allowed IP and an endpoint) several
+# times over; still guards against pointing --config at a huge file.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PEER_SERIES = 1000
+MAX_PEER_SERIES = 1_000_000
 
 _T = TypeVar("_T")
+_TOML_TYPES = (datetime.datetime, datetime.date, datetime.time)  # TOML values msgspec keeps
 
 
 # ---- the file's shape: msgspec Structs, unknown keys rejected --------------------------------
@@ -78,6 +85,9 @@ class _DnsToml(msgspec.Struct, forbid_unknown_fields=True):
 
 class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_METRICS_LISTEN
+    max_peer_series: Annotated[int, msgspec.Meta(ge=0, le=MAX_PEER_SERIES)] = (
+        DEFAULT_MAX_PEER_SERIES
+    )
 
 
 MIN_SOCKET_BUFFER = 64 * 1024
@@ -142,6 +152,9 @@ class DnsConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: Endpoint
+    # /metrics has per-peer series for this many peers (the first by stats slot); the
+    # others are summed into the firezone_gw_peers_aggregated_* series.
+    max_peer_series: int = DEFAULT_MAX_PEER_SERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +206,13 @@ def load_config(path: Path, *, create_private_key: bool = False) -> GatewayConfi
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: config file is not UTF-8 (byte {exc.start})"]) from None
-    return parse_config_text(
-        text,
-        base_dir=path.parent,
-        source=str(path),
-        create_private_key=create_private_key,
-    )
+    with gc_paused():  # 100,000 peers are millions of objects: see gcpause.py
+        return parse_config_text(
+            text,
+            base_dir=path.parent,
+            source=str(path),
+            create_private_key=create_private_key,
+        )
 
 
 def parse_config_text(
@@ -210,12 +224,14 @@ def parse_config_text(
     """
     errors = _Errors(source)
     try:
-        root = msgspec.toml.decode(text, type=_RootToml)
-    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+        document = tomli.loads(text)  # what msgspec.toml.decode does, with tomli: see pyproject
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+    try:
+        root = msgspec.convert(document, _RootToml, builtin_types=_TOML_TYPES, str_keys=True)
+    except msgspec.ValidationError as exc:
         errors.from_msgspec("", exc)
         raise ConfigError(errors.lines) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
 
     interface_toml = errors.convert("interface", root.interface, _InterfaceToml)
     metrics_toml = errors.convert("metrics", root.metrics, _MetricsToml)
@@ -233,7 +249,9 @@ def parse_config_text(
     if root.dns is not None or any(r.pattern is not None for r in resources):
         dns = _validate_dns(root.dns or {}, interface, errors)
     metrics_listen = None
+    max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
+        max_peer_series = metrics_toml.max_peer_series
         metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
 
     if errors.lines or interface is None or metrics_listen is None or udp_toml is None:
@@ -243,7 +261,7 @@ def parse_config_text(
     return GatewayConfig(
         interface=interface,
         peers=tuple(p for p in peers if p is not None),
-        metrics=MetricsConfig(metrics_listen),
+        metrics=MetricsConfig(metrics_listen, max_peer_series),
         source=source,
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
         resources=tuple(resources),

@@ -8,6 +8,7 @@ import pytest
 
 from gateway import keys
 from gateway.config import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     GatewayConfig,
     load_config,
@@ -322,11 +323,40 @@ BAD_CASES = {
         interface_table() + "[udp]\nreceive_buffer = 1024\n",
         "gw.toml: udp.receive_buffer: Expected `int` >= 65536",
     ),
+    "max-peer-series-negative": (
+        interface_table() + "[metrics]\nmax_peer_series = -1\n",
+        "gw.toml: metrics.max_peer_series: Expected `int` >= 0",
+    ),
+    "max-peer-series-too-many": (
+        interface_table() + "[metrics]\nmax_peer_series = 1000001\n",
+        "gw.toml: metrics.max_peer_series: Expected `int` <= 1000000",
+    ),
     "udp-unknown-key": (
         interface_table() + "[udp]\nrcvbuf = 1\n",
         "gw.toml: udp.rcvbuf: unknown key",
     ),
 }
+
+
+def test_max_peer_series_default_and_override(config_dir: Path) -> None:
+    assert parse(interface_table(), config_dir).metrics.max_peer_series == 1000
+    config = parse(interface_table() + "[metrics]\nmax_peer_series = 0\n", config_dir)
+    assert config.metrics.max_peer_series == 0
+
+
+def test_a_config_over_the_old_4_mib_limit_loads(config_dir: Path) -> None:
+    """100,000 peers take about 11 MB; the limit leaves room for them."""
+    path = config_dir / "big.toml"
+    path.write_text(FULL + "#" * (5 << 20) + "\n")
+    assert len(load_config(path).peers) == 2
+
+
+def test_a_config_over_the_limit_is_refused(config_dir: Path) -> None:
+    path = config_dir / "huge.toml"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)  # sparse: no need to write 64 MiB
+    with pytest.raises(ConfigError, match=f"larger than {MAX_CONFIG_BYTES} bytes"):
+        load_config(path)
 
 
 def test_udp_buffers_default_and_override(config_dir: Path) -> None:
@@ -441,11 +471,12 @@ def test_shipped_example_passes_once_the_key_exists(tmp_path: Path) -> None:
 
 def test_shipped_example_peer_block_is_valid(tmp_path: Path) -> None:
     lines = EXAMPLE.read_text().splitlines()
-    start = lines.index("# [[peers]]")
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
-    uncommented = [line.removeprefix("# ") for line in lines[start:end]]
+    for table in ("# [[peers]]", "# [[resources]]"):  # the peer's example grants the resource
+        start = lines.index(table)
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+        lines[start:end] = [line.removeprefix("# ") for line in lines[start:end]]
     copy = tmp_path / "gateway.toml"
-    copy.write_text("\n".join(lines[:start] + uncommented + lines[end:]))
+    copy.write_text("\n".join(lines))
     psk = tmp_path / "peer1.psk"
     psk.write_text(keys.encode_key(PSK))
     psk.chmod(0o600)

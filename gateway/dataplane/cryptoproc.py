@@ -29,6 +29,7 @@ from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
+from gateway.gcpause import gc_paused
 from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
@@ -51,7 +52,6 @@ UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
 _HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
 _IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
-TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
@@ -92,17 +92,25 @@ class CryptoRings(Generic[RingT]):
 
 
 def build_device(config: GatewayConfig, now: float) -> Device:
-    device = Device(
-        config.interface.private_key,
-        mtu=config.interface.mtu,
-        unix_time_offset=time.time() - time.monotonic(),
-    )
-    apply_peers(device, config, now)
+    """The crypto process's Device; it lives as long as the process, so it is frozen out of
+    the cycle collector's way (gcpause.py)."""
+    with gc_paused(freeze=True):
+        device = Device(
+            config.interface.private_key,
+            mtu=config.interface.mtu,
+            unix_time_offset=time.time() - time.monotonic(),
+        )
+        apply_peers(device, config, now)
     return device
 
 
 def apply_peers(device: Device, config: GatewayConfig, now: float) -> None:
     """Make the device's peers match the config; unchanged peers keep their sessions."""
+    with gc_paused():
+        _apply_peers(device, config, now)
+
+
+def _apply_peers(device: Device, config: GatewayConfig, now: float) -> None:
     device.set_private_key(config.interface.private_key)
     wanted = {peer.public_key: peer for peer in config.peers}
     for running in list(device.peers()):
@@ -149,20 +157,35 @@ class CounterSync:
 
 
 class PeerStatsSync:
-    """Keeps the shared per-peer table (for /metrics and `show`) up to date."""
+    """Keeps the shared per-peer table (for /metrics and `show`) up to date.
+
+    Copies only the peers the device reports changed, so idle peers cost nothing. Starts
+    from the slots a previous crypto process left (after a restart), releasing those of
+    peers that are gone at the first sync.
+    """
 
     def __init__(self, table: st.PeerTable, unix_offset: float) -> None:
         self.table = table
         self.unix_offset = unix_offset
-        self._slots: dict[bytes, int] = {}
+        self._slots: dict[bytes, int] = table.adopt()
+        self._adopted: list[bytes] | None = list(self._slots)
         self._endpoints: dict[bytes, str] = {}
 
     def sync(self, device: Device, block: memoryview) -> None:
         words = self.table.words
-        live = set()
-        for peer in device.peers():
+        if self._adopted is not None:
+            for key in self._adopted:
+                if device.peer(key) is None:
+                    self.table.release(self._slots.pop(key))
+            self._adopted = None
+        for peer in device.take_changed_peers():
             key = peer.public_key
-            live.add(key)
+            current = device.peer(key)
+            if current is not peer:  # removed (perhaps replaced by a new peer with its key)
+                if current is None and key in self._slots:
+                    self.table.release(self._slots.pop(key))
+                    self._endpoints.pop(key, None)
+                continue
             slot = self._slots.get(key)
             if slot is None:
                 slot = self.table.assign(key)
@@ -182,9 +205,6 @@ class PeerStatsSync:
             if peer.last_handshake is not None:
                 wall_ns = int((peer.last_handshake + self.unix_offset) * 1e9)
                 self.table.set_last_handshake(slot, wall_ns)
-        for key in [k for k in self._slots if k not in live]:
-            self.table.release(self._slots.pop(key))
-            self._endpoints.pop(key, None)
 
 
 class FirewallSync:
@@ -279,7 +299,6 @@ class CryptoLoop(Generic[RingT]):
         self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
-        self._timers_at = 0.0
         self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
         self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
         self._source_limiter = RateLimiter()
@@ -428,13 +447,7 @@ class CryptoLoop(Generic[RingT]):
     def _run_timers(self, now: float, outbound: list[bytes]) -> None:
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
         device = self.device
-        # Finding the next timer scans every peer: while busy, look only every few ms
-        # (WireGuard's timers are seconds apart); before sleeping, look exactly (idle_timeout).
-        if now >= self._timers_at:
-            self._timers_at = now + TIMER_CHECK_INTERVAL
-            deadline = device.next_deadline()
-            if deadline is not None and deadline <= now:
-                device.tick(now)
+        device.tick(now)  # O(1) when nothing is due (a heap), so every turn
         max_datagram = self._max_datagram
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
@@ -450,13 +463,9 @@ class CryptoLoop(Generic[RingT]):
         self._firewall_sync.sync_counters(self.firewall)
         deadline = device.next_deadline()
         timeout = None if deadline is None else deadline - now
-        # After waking: look again when this deadline is due, or within the busy interval
-        # (packets handled meanwhile may arm earlier timers).
-        self._timers_at = now + TIMER_CHECK_INTERVAL
-        if deadline is not None:
-            self._timers_at = min(self._timers_at, deadline)
-        if self._next_stats and (timeout is None or timeout > STATS_INTERVAL):
-            timeout = STATS_INTERVAL  # keep the shared figures fresh while sessions live
+        if device.has_changed_peers:  # wake to copy them when the stats interval is up
+            stats_due = max(0.0, self._next_stats - now)
+            timeout = stats_due if timeout is None else min(timeout, stats_due)
         return timeout
 
 

@@ -604,7 +604,7 @@ class Supervisor:
         stats = self.rt.stats
         if stats is None:
             return f"{self.options.workers} workers"
-        snap = stats.snapshot(sample_processes=False)
+        snap = stats.snapshot(sample_processes=False, peer_limit=0)
         now = time.monotonic()
         rx, tx = snap.totals.udp_rx_bytes, snap.totals.udp_tx_bytes
         rates = ""
@@ -613,10 +613,8 @@ class Supervisor:
             elapsed = max(now - then, 1e-3)
             rates = f", in {_rate(rx - rx_then, elapsed)}, out {_rate(tx - tx_then, elapsed)}"
         self._last_status = (now, rx, tx)
-        active = sum(
-            1 for p in snap.peers if snap.taken_at - p.last_handshake < ACTIVE_PEER_SECONDS
-        )
-        return f"{len(snap.peers)} peers ({active} active){rates}, {self.options.workers} workers"
+        peers, active = stats.peers.count(handshake_since=snap.taken_at - ACTIVE_PEER_SECONDS)
+        return f"{peers} peers ({active} active){rates}, {self.options.workers} workers"
 
     def _start_metrics(self) -> None:
         listen = self.options.metrics_listen or self.config.metrics.listen
@@ -625,12 +623,17 @@ class Supervisor:
             return
         try:
             self.metrics = MetricsServer(
-                listen, snapshot=stats.snapshot, ready=self.readiness, device=self.name
+                listen, snapshot=self._metrics_snapshot, ready=self.readiness, device=self.name
             )
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s", *listen, exc.strerror)
             return
         self.metrics.start()
+
+    def _metrics_snapshot(self) -> st.StatsSnapshot:
+        if self.rt.stats is None:
+            raise RuntimeError("stats segment is gone")  # the scrape gets a 500
+        return self.rt.stats.snapshot(peer_limit=self.config.metrics.max_peer_series)
 
     def readiness(self) -> tuple[bool, str]:
         name = self._device_name()

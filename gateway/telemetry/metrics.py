@@ -4,6 +4,10 @@ Per-peer names follow the widely used WireGuard exporter (mdlayher/wireguard_exp
 `wireguard_peer_receive_bytes_total`, `wireguard_peer_transmit_bytes_total`,
 `wireguard_peer_last_handshake_seconds`, labelled by `device` and base64 `public_key`.
 Gateway-wide figures are `firezone_gw_*`. Units are base units (bytes, seconds, ratios).
+Per-peer series cover at most `[metrics] max_peer_series` peers (the first by stats slot,
+so the set is stable between scrapes); `firezone_gw_peers` counts all of them and
+`firezone_gw_peers_aggregated_{bytes,packets}` (gauges: the set they sum over can change)
+hold the sums over the peers without series of their own.
 
 The server runs in threads of the supervisor: one accepts, one serves each connection (at
 most MAX_CONNECTIONS, each closed REQUEST_DEADLINE_SECONDS after accept). A handler that
@@ -212,6 +216,15 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
     yield crypto
 
     yield from _resource_families(snap)
+    yield from _peer_families(snap, device)
+
+
+def _peer_families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
+    def counter(name: str, help_text: str) -> _Family:
+        return _Family(name, "counter", help_text)
+
+    def gauge(name: str, help_text: str) -> _Family:
+        return _Family(name, "gauge", help_text)
 
     info = gauge("wireguard_peer_info", "Peer metadata (value is always 1).")
     rx = counter("wireguard_peer_receive_bytes_total", "Bytes received from the peer.")
@@ -231,6 +244,26 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         txp.add(peer.tx_packets, device=device, public_key=key)
         hs.add(peer.last_handshake, device=device, public_key=key)
     yield from (info, rx, tx, rxp, txp, hs)
+
+    rest = snap.aggregated
+    peers = gauge("firezone_gw_peers", "Peers the gateway has (with a stats slot).")
+    peers.add(len(snap.peers) + rest.peers)
+    aggregated = gauge(
+        "firezone_gw_peers_aggregated",
+        "Peers beyond [metrics] max_peer_series: no per-peer series, summed below.",
+    )
+    aggregated.add(rest.peers)
+    rest_bytes = gauge(
+        "firezone_gw_peers_aggregated_bytes", "Bytes of the peers without per-peer series."
+    )
+    rest_bytes.add(rest.rx_bytes, device=device, direction="receive")
+    rest_bytes.add(rest.tx_bytes, device=device, direction="transmit")
+    rest_packets = gauge(
+        "firezone_gw_peers_aggregated_packets", "Packets of the peers without per-peer series."
+    )
+    rest_packets.add(rest.rx_packets, device=device, direction="receive")
+    rest_packets.add(rest.tx_packets, device=device, direction="transmit")
+    yield from (peers, aggregated, rest_bytes, rest_packets)
 
 
 def _resource_families(snap: StatsSnapshot) -> Iterable[_Family]:

@@ -28,6 +28,7 @@ and the file's size before anything else of the file is trusted.
 from __future__ import annotations
 
 import collections
+import itertools
 import mmap
 import os
 import struct
@@ -270,6 +271,17 @@ class ResourceStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerAggregate:
+    """Sums over the peers a snapshot does not list one by one (beyond its peer limit)."""
+
+    peers: int = 0
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     taken_at: float  # wall-clock seconds
     workers: int
@@ -279,7 +291,8 @@ class StatsSnapshot:
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
     rings: tuple[RingCounters, ...]
-    peers: tuple[PeerStats, ...]
+    peers: tuple[PeerStats, ...]  # all, or the first `peer_limit` by slot
+    aggregated: PeerAggregate = PeerAggregate()  # the peers beyond the limit
     resources: tuple[ResourceStats, ...] = ()
 
     def process(self, role: str) -> ProcessStats:
@@ -362,10 +375,44 @@ class PeerTable:
         self.words[self.base(slot) + PEER_LAST_HANDSHAKE_NS] = wall_ns
 
     def read(self) -> Iterator[PeerStats]:
-        for slot in range(self.max_peers):
+        for slot in self._used_slots():
             peer = self._read_slot(slot)
             if peer is not None:
                 yield peer
+
+    def read_some(self, limit: int) -> tuple[list[PeerStats], PeerAggregate]:
+        """The first `limit` peers by slot, and the sums over the others. The sums read
+        whole columns of the table at C speed (a few ms at 100,000 peers), not slot by slot."""
+        in_use = self.words[PEER_IN_USE::PEER_SLOT_WORDS].tolist()
+        used = list(itertools.compress(range(len(in_use)), in_use))
+        listed = used[:limit]
+        peers = [p for p in map(self._read_slot, listed) if p is not None]
+        cut = listed[-1] + 1 if listed else 0
+        rest = in_use[cut:]
+
+        def column(word: int) -> int:
+            values = self.words[cut * PEER_SLOT_WORDS + word :: PEER_SLOT_WORDS].tolist()
+            return sum(itertools.compress(values, rest))
+
+        return peers, PeerAggregate(
+            peers=len(used) - len(listed),
+            rx_bytes=column(PEER_RX_BYTES),
+            rx_packets=column(PEER_RX_PACKETS),
+            tx_bytes=column(PEER_TX_BYTES),
+            tx_packets=column(PEER_TX_PACKETS),
+        )
+
+    def count(self, handshake_since: float) -> tuple[int, int]:
+        """(peers, peers whose latest handshake is at or after `handshake_since`, wall-clock
+        seconds), from two columns of the table at C speed: no PeerStats per peer."""
+        in_use = self.words[PEER_IN_USE::PEER_SLOT_WORDS].tolist()
+        handshakes = self.words[PEER_LAST_HANDSHAKE_NS::PEER_SLOT_WORDS].tolist()
+        used = list(itertools.compress(handshakes, in_use))
+        return len(used), sum(map(int(handshake_since * 1e9).__le__, used))
+
+    def _used_slots(self) -> Iterator[int]:
+        in_use = self.words[PEER_IN_USE::PEER_SLOT_WORDS].tolist()
+        return itertools.compress(range(len(in_use)), in_use)
 
     def _read_slot(self, slot: int) -> PeerStats | None:
         base = self.base(slot)
@@ -626,8 +673,14 @@ class StatsRegion:
         self._busy_samples.append((now, self._busy_values()))
 
     def snapshot(
-        self, *, sample_processes: bool = True, now_ns: int | None = None
+        self,
+        *,
+        sample_processes: bool = True,
+        now_ns: int | None = None,
+        peer_limit: int | None = None,
     ) -> StatsSnapshot:
+        """Every counter; the peers one by one (at most `peer_limit` of them, the first by
+        slot, the rest summed in `aggregated`)."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         busy_now = self._busy_values()
         reference = self._busy_reference(now)
@@ -665,6 +718,10 @@ class StatsRegion:
             start = self._ring_base + index * RING_SLOTS
             full, occupancy, capacity = self._words[start : start + 3].tolist()
             rings.append(RingCounters(ring, capacity, occupancy, full))
+        if peer_limit is None:
+            peers, aggregated = list(self.peers.read()), PeerAggregate()
+        else:
+            peers, aggregated = self.peers.read_some(peer_limit)
         return StatsSnapshot(
             taken_at=time.time(),
             workers=self.workers,
@@ -674,7 +731,8 @@ class StatsRegion:
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),
             rings=tuple(rings),
-            peers=tuple(self.peers.read()),
+            peers=tuple(peers),
+            aggregated=aggregated,
             resources=tuple(self.resources.read()),
         )
 

@@ -68,7 +68,9 @@ class Handshake:
         self.remote_static = remote_static
         self.preshared_key = preshared_key
         self.remote_hash0 = hash_(INITIAL_HASH, remote_static)
-        self.static_static: bytes | None = None
+        self._identity: Identity | None = None
+        self._static_static: bytes | None = None
+        self._static_static_known = True  # nothing to compute without an identity
         self.state = State.ZEROED
         self.chain_key = b""
         self.hash = b""
@@ -79,14 +81,26 @@ class Handshake:
         self.last_timestamp = bytes(12)
         self.last_initiation_consumed = float("-inf")
 
-    def precompute(self, identity: Identity | None) -> None:
-        """Static-static DH; None (no usable key) disables handshakes with this peer."""
-        self.static_static = None
-        if identity is not None:
-            try:
-                self.static_static = dh(identity.private_key, self.remote_static)
-            except CryptoFailure:
-                self.static_static = None
+    def set_identity(self, identity: Identity | None) -> None:
+        """Our static key; None (no key) disables handshakes with this peer. The static-static
+        DH runs on first use: a gateway with 100,000 peers would spend seconds on it at
+        start-up for peers that may never connect."""
+        self._identity = identity
+        self._static_static = None
+        self._static_static_known = identity is None
+
+    @property
+    def static_static(self) -> bytes | None:
+        """DH(our static key, the peer's); None when there is no key or the peer's public key
+        is unusable (low order)."""
+        if not self._static_static_known:
+            self._static_static_known = True
+            if self._identity is not None:
+                try:
+                    self._static_static = dh(self._identity.private_key, self.remote_static)
+                except CryptoFailure:
+                    self._static_static = None
+        return self._static_static
 
     def clear(self) -> None:
         self.state = State.ZEROED

@@ -30,6 +30,7 @@ class Peer:
         self.keypairs = Keypairs()
         self.staged: deque[bytes] = deque()
         self.timers = PeerTimers()
+        self.order = 0  # when the device added it (the device sets it)
         self.cookies = CookieGenerator(public_key)
 
     def bind_allowed_ips(self, table: AllowedIPs[Peer]) -> None:
