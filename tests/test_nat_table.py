@@ -169,3 +169,13 @@ def test_a_new_real_address_for_the_same_flow_starts_over() -> None:
     assert moved is not first
     assert table.inbound(first.outside, 1.1) is None
     assert len(table) == 1
+
+
+def test_packets_of_a_flow_move_its_deadline_without_growing_the_heap() -> None:
+    table = NatTable()
+    inside = tcp()
+    for i in range(10_000):
+        out(table, inside, now=float(i))
+    assert len(table._deadlines) == 1  # one deadline per entry, not one per packet
+    assert table.expire(UNCONFIRMED_TTL) == 0  # used since: looked at again, not removed
+    assert table.expire(9_999 + UNCONFIRMED_TTL) == 1

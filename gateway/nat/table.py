@@ -11,6 +11,11 @@ once answered, TCP lives 2 h 4 min after its last packet, UDP and ICMP 2 min; a 
 both directions leaves 5 s; an RST ends the entry at once. Bounded: at most `max_entries`;
 a new flow beyond that is refused (the caller answers with ICMP unreachable and counts it).
 No clock inside: every call takes `now`, and `expire(now)` removes what is due.
+
+Deadlines: a packet only moves `Entry.expires`; the heap holds one deadline per entry (and
+stale ones of removed entries, compacted when they outnumber the live ones), so the
+per-packet cost is O(1). An entry whose heap deadline comes before its `expires` is pushed
+again at that point; one whose lifetime shrinks (FIN seen both ways) is pushed at once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ICMP_TTL = 120.0
 FIN_TTL = 5.0
 DEFAULT_MAX_ENTRIES = 65536
 MAX_PORT = 65535
+COMPACT_SLACK = 1024  # stale heap deadlines tolerated beyond twice the live entries
 
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -75,6 +81,7 @@ class Entry:
     fin_out: bool = False  # a FIN went from the peer toward the real host
     fin_in: bool = False
     generation: int = field(default=0, repr=False)  # of its newest deadline in the heap
+    scheduled: float = field(default=float("inf"), repr=False)  # that deadline
 
 
 class NatTable:
@@ -164,9 +171,26 @@ class NatTable:
 
     def _refresh(self, entry: Entry, now: float) -> None:
         entry.expires = now + self._ttl(entry)
+        if entry.expires < entry.scheduled:  # due before the heap would look at it
+            self._schedule(entry)
+
+    def _schedule(self, entry: Entry) -> None:
         self._generation += 1
         entry.generation = self._generation
+        entry.scheduled = entry.expires
         heapq.heappush(self._deadlines, (entry.expires, self._generation, entry.outside))
+        if len(self._deadlines) > 2 * len(self._by_outside) + COMPACT_SLACK:
+            live = self._by_outside
+            self._deadlines = [
+                item
+                for item in self._deadlines
+                if (e := live.get(item[2])) is not None and e.generation == item[1]
+            ]
+            heapq.heapify(self._deadlines)
+
+    def find(self, outside: Outside) -> Entry | None:
+        """The entry of `outside` without touching its lifetime (for ICMP errors about it)."""
+        return self._by_outside.get(outside)
 
     def _remove(self, entry: Entry) -> None:
         self._by_inside.pop(entry.inside, None)
@@ -181,7 +205,11 @@ class NatTable:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, generation, outside = heapq.heappop(self._deadlines)
             entry = self._by_outside.get(outside)
-            if entry is not None and entry.generation == generation:
+            if entry is None or entry.generation != generation:
+                continue
+            if entry.expires > now:  # used since it was scheduled: look again then
+                self._schedule(entry)
+            else:
                 self._remove(entry)
                 removed += 1
         return removed
