@@ -24,11 +24,13 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway import stats as st
 from gateway.config import GatewayConfig
+from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
+from gateway.nat.handler import ProxyHandler
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
 from shm_ring.ring import Ring
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 BATCH = 100
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
+CONTROL_CHECK_INTERVAL = 0.005  # seconds between looks at the control fds while busy
 
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
@@ -181,14 +184,20 @@ class CryptoLoop(Generic[RingT]):
     sleeps for idle_timeout(); tests call both directly with in-memory rings and a fake clock.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the firewall and the proxy handler are keyword-only
         self,
         device: Device,
         rings: CryptoRings[RingT],
         counters: memoryview,
         peer_table: st.PeerTable,
+        *,
+        firewall: Firewall | None = None,
+        proxy: ProxyHandler | None = None,
     ) -> None:
         self.device = device
+        # None when there is nothing to check or translate: the per-packet path skips it.
+        self.firewall = firewall
+        self.proxy = proxy  # its NAT entries expire on this loop's timers
         self.rings = rings
         self.counters = counters
         self._drops = CounterSync(counters)
@@ -207,6 +216,7 @@ class CryptoLoop(Generic[RingT]):
         outbound: list[bytes] = []
         if self._encrypt(now, outbound):
             work = True
+        self._firewall_replies(now, outbound)
         self._run_timers(now, outbound)
         if outbound:
             taken = self.rings.to_udp.send_many(outbound)
@@ -231,6 +241,7 @@ class CryptoLoop(Generic[RingT]):
             return False
         c = self.counters
         handle_datagram = self.device.handle_datagram
+        firewall = self.firewall
         max_inner = self._max_inner
         per_worker = self._per_worker
         workers = len(to_workers)
@@ -241,6 +252,8 @@ class CryptoLoop(Generic[RingT]):
                 c[st.DROP_MALFORMED] += 1
                 continue
             inner = handle_datagram(message[HEADER_SIZE:], src, now)
+            if inner is not None and firewall is not None:
+                inner = self._from_peer(firewall, inner, now)
             if inner is not None:
                 if len(inner) > max_inner:
                     c[st.DROP_TOO_BIG] += 1
@@ -255,6 +268,16 @@ class CryptoLoop(Generic[RingT]):
                 packets.clear()
         return True
 
+    def _from_peer(
+        self, firewall: Firewall, inner: bytes | bytearray, now: float
+    ) -> bytearray | None:
+        key = self.device.peer_key_for_source(inner)
+        if key is None:
+            return None  # not reached: the core checked the source against the peer
+        return firewall.from_peer(
+            key, inner if isinstance(inner, bytearray) else bytearray(inner), now
+        )
+
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
         """Packets from the workers' rings, encrypted into `outbound`; True if any was taken."""
         # Outbound only while the UDP ring has room.
@@ -262,6 +285,7 @@ class CryptoLoop(Generic[RingT]):
         if not room:
             return False
         handle_packet = self.device.handle_packet
+        firewall = self.firewall
         work = False
         for ring in self._from_workers:
             # A packet yields at most one datagram: read no more than the UDP ring takes.
@@ -271,12 +295,23 @@ class CryptoLoop(Generic[RingT]):
             room -= len(batch)
             work = True
             for packet in batch:
-                sent = handle_packet(packet, now)
+                allowed = packet if firewall is None else firewall.to_peer(packet, now)
+                sent = None if allowed is None else handle_packet(allowed, now)
                 if sent is not None:
                     endpoint, datagram = sent
                     outbound.append(encode_endpoint(endpoint) + datagram)
             ring.release()
         return work
+
+    def _firewall_replies(self, now: float, outbound: list[bytes]) -> None:
+        """The firewall's own packets (ICMP errors for peers), routed like the TUN's."""
+        if self.firewall is None:
+            return
+        handle_packet = self.device.handle_packet
+        for reply in self.firewall.take_replies():
+            sent = handle_packet(reply, now)
+            if sent is not None:
+                outbound.append(encode_endpoint(sent[0]) + sent[1])
 
     def _run_timers(self, now: float, outbound: list[bytes]) -> None:
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
@@ -288,6 +323,9 @@ class CryptoLoop(Generic[RingT]):
             deadline = device.next_deadline()
             if deadline is not None and deadline <= now:
                 device.tick(now)
+            proxy = self.proxy
+            if proxy is not None and (due := proxy.next_deadline()) is not None and due <= now:
+                proxy.expire(now)
         max_datagram = self._max_datagram
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
@@ -301,6 +339,8 @@ class CryptoLoop(Generic[RingT]):
         device = self.device
         self._drops.sync(device)
         deadline = device.next_deadline()
+        if self.proxy is not None and (nat := self.proxy.next_deadline()) is not None:
+            deadline = nat if deadline is None else min(deadline, nat)
         timeout = None if deadline is None else deadline - now
         # After waking: look again when this deadline is due, or within the busy interval
         # (packets handled meanwhile may arm earlier timers).
@@ -320,31 +360,45 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
     heartbeat: Heartbeat | None = None,
+    firewall: Firewall | None = None,
+    proxy: ProxyHandler | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
-    handlers' fds and the next timer; a handler gets the time it was woken."""
-    loop = CryptoLoop(device, rings, counters, peer_table)
+    handlers' fds and the next timer; a handler gets the time it was woken.
+
+    The handlers' fds sit in an epoll of their own (one fd in the sleeper's), looked at every
+    CONTROL_CHECK_INTERVAL while busy too: the DNS process waits for its proxy mapping to be
+    applied before it answers, and traffic must not starve that."""
+    loop = CryptoLoop(device, rings, counters, peer_table, firewall=firewall, proxy=proxy)
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]
     sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
+    control = select.epoll()
     for fd in handlers:
-        sleeper.watch(fd, select.EPOLLIN)
+        control.register(fd, select.EPOLLIN)
+    sleeper.watch(control.fileno(), select.EPOLLIN)
     turn = loop.turn
     monotonic = time.monotonic
     busy_since = monotonic()
+    next_control = 0.0
     while True:
         beat()
-        if turn(monotonic()):
+        now = monotonic()
+        if now >= next_control:
+            next_control = now + CONTROL_CHECK_INTERVAL
+            for fd, _ in control.poll(0):
+                handlers[fd](now)
+        if turn(now):
             continue
         timeout = loop.idle_timeout(monotonic())
         # Wait for room in the rings that are full, not for input they could not take.
         inbound_blocked = [r for r in to_workers if not r.send_ready()]
         outbound_blocked = [] if to_udp.send_ready() else [to_udp]
         counters[st.BUSY_NS] += int((monotonic() - busy_since) * 1e9)
-        events = sleeper.sleep(
+        sleeper.sleep(
             [r for r in consumers if r is not from_udp or not inbound_blocked]
             if not outbound_blocked
             else ([] if inbound_blocked else [from_udp]),
@@ -352,7 +406,4 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
             timeout,
         )
         busy_since = monotonic()
-        for fd, _ in events:
-            handler = handlers.get(fd)
-            if handler is not None:
-                handler(monotonic())
+        next_control = 0.0  # whatever woke us, look at the handlers' fds first

@@ -18,6 +18,8 @@ from typing import Final, Protocol
 
 from ippacket import IpPacket, PacketError
 
+MAX_REPLIES = 1000  # queued between two loop turns; beyond that they are dropped and counted
+
 
 class NotMine(enum.Enum):
     """`ProxyHandler.to_peer`: the packet is not a translated flow's."""
@@ -51,12 +53,16 @@ class Firewall:
         self._proxy: ProxyHandler | None = None
         self._replies: list[bytearray] = []
         self.malformed = 0  # packets neither the proxy handler nor the policy could parse
+        self.replies_dropped = 0
 
     def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
         self._proxy = handler
 
     def reply(self, packet: bytearray) -> None:
         """For the proxy handler: queue a packet (an ICMP error) for a peer."""
+        if len(self._replies) >= MAX_REPLIES:
+            self.replies_dropped += 1
+            return
         self._replies.append(packet)
 
     def take_replies(self) -> list[bytearray]:

@@ -240,6 +240,18 @@ class Device:
         if entry is not None and entry.peer is peer and entry.keypair is None:
             del self._index[index]
 
+    def peer_key_for_source(self, packet: Packet) -> bytes | None:
+        """The public key of the peer whose allowed IPs hold the packet's source (the peer a
+        decrypted packet came from: the core checked that); None for no peer or no packet."""
+        version = packet[0] >> 4 if packet else 0
+        if version == _IPV4 and len(packet) >= _IPV4_HEADER:
+            peer = self._allowed.lookup(packet[12:16])
+        elif version == _IPV6 and len(packet) >= _IPV6_HEADER:
+            peer = self._allowed.lookup(packet[8:24])
+        else:
+            return None
+        return None if peer is None else peer.public_key
+
     # ---- outbound data path ----------------------------------------------------------------
 
     def handle_packet(self, packet: Packet, now: float) -> tuple[Endpoint, Datagram] | None:
