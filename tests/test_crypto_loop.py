@@ -13,12 +13,12 @@ import struct
 from gateway import stats as st
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
+from gateway.keys import generate_private_key, public_key
 from gateway.nat.handler import ProxyHandler, Target
 from gateway.policy.resources import Resource, parse_resource_address
-from ippacket.build import udp_packet
-from gateway.keys import generate_private_key, public_key
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
+from ippacket.build import udp_packet
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 from tests.dataplane_fakes import LoopGateway, run_until_quiet, shuttle
 
