@@ -23,10 +23,11 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import stats as st
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.stats import StatsSnapshot
 
@@ -169,6 +170,8 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam = _Family(name, kind, help_text)
         fam.add(getattr(t, value))
         yield fam
+    if snap.dns:
+        yield from _dns_families(snap.dns)
 
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
@@ -216,6 +219,25 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         txp.add(peer.tx_packets, device=device, public_key=key)
         hs.add(peer.last_handshake, device=device, public_key=key)
     yield from (info, rx, tx, rxp, txp, hs)
+
+
+def _dns_families(counters: Mapping[str, int]) -> Iterable[_Family]:
+    """The DNS process's counters: firezone_gw_dns_<name>_total, SERVFAIL by reason."""
+    servfail = _Family("firezone_gw_dns_servfail_total", "counter", "SERVFAIL answers, by reason.")
+    for name, value in counters.items():
+        if name.startswith("servfail_"):
+            servfail.add(value, reason=name.removeprefix("servfail_"))
+        elif name in st.DNS_GAUGES:
+            fam = _Family(f"firezone_gw_dns_{name}", "gauge", f"DNS {name.replace('_', ' ')}.")
+            fam.add(value)
+            yield fam
+        else:
+            fam = _Family(
+                f"firezone_gw_dns_{name}_total", "counter", f"DNS {name.replace('_', ' ')}."
+            )
+            fam.add(value)
+            yield fam
+    yield servfail
 
 
 def _format_family(family: _Family) -> str:

@@ -6,7 +6,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
                the UDP listen port (written by the supervisor; it can change at run time),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
-    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
+    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
+               dns (its drop words hold DNS_COUNTER_NAMES instead: it forwards no packets)
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
                copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
@@ -35,7 +36,7 @@ from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 2
+VERSION = 3
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
@@ -110,6 +111,28 @@ DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
+# --- the dns process's block: DNS counters where the others count drops ---
+DNS_BASE = DROP_BASE
+DNS_COUNTER_NAMES: tuple[str, ...] = (
+    "queries",
+    "forwarded",
+    "answered",
+    "servfail_timeout",
+    "servfail_overload",
+    "servfail_no_upstream",
+    "formerr",
+    "notimp",
+    "dropped_malformed",
+    "unmatched_responses",
+    "resource_queries",
+    "resource_answers",
+    "resource_unresolved",
+    "proxy_mappings",
+    "proxy_mapping_unacknowledged",
+    "in_flight",  # a gauge: queries waiting for an upstream now
+)
+DNS_GAUGES = frozenset({"in_flight"})
+
 # --- process block: identity (written by the process itself in attach_process) ---
 PID = 56
 STARTED_MONO_NS = 57  # time.monotonic_ns() at attach (CLOCK_MONOTONIC is system-wide)
@@ -139,12 +162,16 @@ PEER_SLOT_WORDS = (PEER_ENDPOINT_OFFSET + PEER_ENDPOINT_BYTES) // 8
 BUSY_WINDOW_SECONDS = 10.0
 _SEQLOCK_RETRIES = 100
 
-if len(COUNTER_NAMES) > DROP_BASE or DROP_BASE + len(DROP_REASONS) > PID:
+if (
+    len(COUNTER_NAMES) > DROP_BASE
+    or DROP_BASE + len(DROP_REASONS) > PID
+    or DNS_BASE + len(DNS_COUNTER_NAMES) > PID
+):
     raise RuntimeError("stats layout: counter ranges overlap")
 
 
 def process_roles(workers: int) -> tuple[str, ...]:
-    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp")
+    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp", "dns")
 
 
 def ring_names(workers: int) -> tuple[str, ...]:
@@ -226,6 +253,7 @@ class StatsSnapshot:
     processes: tuple[ProcessStats, ...]
     rings: tuple[RingCounters, ...]
     peers: tuple[PeerStats, ...]
+    dns: Mapping[str, int]  # DNS_COUNTER_NAMES; empty when no DNS server ran
 
     def process(self, role: str) -> ProcessStats:
         for proc in self.processes:
@@ -458,12 +486,17 @@ class StatsRegion:
         busy_now = self._busy_values()
         reference = self._busy_reference(now)
         processes: list[ProcessStats] = []
+        dns: dict[str, int] = {}
         sums = [0] * len(COUNTER_NAMES)
         drop_sums = [0] * len(DROP_REASONS)
         for index, role in enumerate(self.roles):
             start = self._proc_base + index * PROC_SLOTS
             values = self._words[start : start + PROC_SLOTS].tolist()
             counters = values[: len(COUNTER_NAMES)]
+            if role == "dns":
+                if values[PID]:  # a DNS server ran
+                    dns = dict(zip(DNS_COUNTER_NAMES, values[DNS_BASE:], strict=False))
+                values[DROP_BASE : DROP_BASE + len(DROP_REASONS)] = [0] * len(DROP_REASONS)
             drops = values[DROP_BASE : DROP_BASE + len(DROP_REASONS)]
             sums = [a + b for a, b in zip(sums, counters, strict=True)]
             drop_sums = [a + b for a, b in zip(drop_sums, drops, strict=True)]
@@ -500,6 +533,7 @@ class StatsRegion:
             processes=tuple(processes),
             rings=tuple(rings),
             peers=tuple(self.peers.read()),
+            dns=dns,
         )
 
     def close(self) -> None:

@@ -188,6 +188,19 @@ def test_render_every_family_has_help_and_type(region: StatsRegion) -> None:
     assert all(name.endswith("_total") for name in counters)
 
 
+def test_dns_counters_reach_metrics_once_the_dns_process_runs(region: StatsRegion) -> None:
+    assert "firezone_gw_dns_" not in render(region.snapshot(sample_processes=False), device="x")
+    block = region.attach_process("dns")
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("queries")] = 5
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("servfail_timeout")] = 2
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("in_flight")] = 1
+    text = render(region.snapshot(sample_processes=False), device="x")
+    assert "firezone_gw_dns_queries_total 5" in text
+    assert 'firezone_gw_dns_servfail_total{reason="timeout"} 2' in text
+    assert "firezone_gw_dns_in_flight 1" in text
+    assert "# TYPE firezone_gw_dns_in_flight gauge" in text
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
