@@ -24,9 +24,12 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device, run_crypto
+from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
+from gateway.nat.handler import ProxyHandler, grants_by_key
 from gateway.uapi import UapiError, UapiServer, format_set, parse_set
 from shm_ring.ring import Ring
 
@@ -52,6 +55,7 @@ class CryptoInputs:
     runstate: RunState | None
     listen_port: int  # the UDP port bound now
     heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
+    mappings: socket.socket | None = None  # proxy mappings from the DNS process (mappings.py)
 
 
 class CryptoControl:
@@ -80,6 +84,12 @@ class CryptoControl:
             request_listen_port=self._request_listen_port,
             on_change=self._save_state,
         )
+        self.firewall: Firewall | None = None
+        self.proxy: ProxyHandler | None = None
+        if any(r.pattern is not None for r in config.resources):
+            self.firewall = Firewall()
+            self.proxy = ProxyHandler(config.resources, _grants(config), self.firewall.reply)
+            self.firewall.set_proxy_handler(self.proxy)
 
     def restore_state(self) -> None:
         """In a restarted crypto process: bring back what `wg` and reloads had set."""
@@ -110,6 +120,8 @@ class CryptoControl:
             log.error("reload: config became invalid, keeping the old one:\n%s", exc)
             return
         apply_peers(self.device, config, now)
+        if self.proxy is not None:  # DNS resources added later take a restart
+            self.proxy.set_grants(config.resources, _grants(config))
         self._save_state()
         log.info("reload: %d peers", len(config.peers))
 
@@ -123,6 +135,10 @@ class CryptoControl:
             control.send_message(self._control, control.ListenPortRequest(port))
         except OSError as exc:
             log.error("listen port %d not requested from the supervisor: %s", port, exc)
+
+
+def _grants(config: GatewayConfig) -> dict[bytes, frozenset[int]]:
+    return grants_by_key(config.resources, [(p.public_key, p.resources) for p in config.peers])
 
 
 def crypto_main(inputs: CryptoInputs) -> None:
@@ -143,6 +159,13 @@ def crypto_main(inputs: CryptoInputs) -> None:
     if uapi is not None:
         uapi.backend = crypto.backend
         handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
+    mappings, proxy = inputs.mappings, crypto.proxy
+    if mappings is not None and proxy is not None:
+
+        def on_mappings(_now: float) -> None:
+            receive_mappings(mappings, lambda message: apply_message(proxy, message))
+
+        handlers[mappings.fileno()] = on_mappings
     report_ready()
     run_crypto(
         crypto.device,
@@ -151,4 +174,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
         inputs.stats.peers,
         handlers=handlers,
         heartbeat=inputs.heartbeat,
+        firewall=crypto.firewall,
+        proxy=crypto.proxy,
     )

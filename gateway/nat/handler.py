@@ -90,6 +90,9 @@ class ProxyHandler:
     def apply(self, proxy_v4: IpAddress, proxy_v6: IpAddress, target: Target) -> None:
         """A mapping from the DNS process (it reuses a pair for another name when full, so
         the table never holds more than its proxy ranges' worth)."""
+        if target.resource >= len(self._filters):  # the DNS process read another config
+            self.counters["mapping_unknown_resource"] += 1
+            return
         for proxy in (proxy_v4, proxy_v6):
             if self.is_proxy(proxy.packed):
                 self._targets[proxy] = target
