@@ -22,6 +22,7 @@ class GatewayPeer:
     public_key: str
     allowed_ips: list[str] = field(default_factory=list)
     endpoint: str | None = None
+    resources: list[str] = field(default_factory=list)  # names of [[resources]] granted
 
 
 def peers_for(clients: Sequence[ClientSpec]) -> list[GatewayPeer]:
@@ -55,7 +56,9 @@ def gateway_toml(
     listen_port: int = LISTEN_PORT,
     mtu: int = TUNNEL_MTU,
     metrics_listen: str = METRICS_LISTEN,
+    extra: str = "",
 ) -> str:
+    """The config; `extra` is TOML appended as it is ([dns], [[resources]])."""
     interface: dict[str, object] = {
         "name": ifname,
         "private_key_file": private_key_file,
@@ -68,6 +71,8 @@ def gateway_toml(
         entry: dict[str, object] = {"public_key": peer.public_key, "allowed_ips": peer.allowed_ips}
         if peer.endpoint is not None:
             entry["endpoint"] = peer.endpoint
+        if peer.resources:
+            entry["resources"] = peer.resources
         lines += ["", "[[peers]]", *(f"{k} = {_toml_value(v)}" for k, v in entry.items())]
     lines += ["", "[metrics]", f"listen = {_toml_value(metrics_listen)}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra

@@ -165,8 +165,10 @@ class FirezoneGateway:
         *,
         listen_port: int = LISTEN_PORT,
         mtu: int = TUNNEL_MTU,
+        extra: str = "",
     ) -> None:
-        """(Re)write the config file; a running gateway reads it on SIGHUP."""
+        """(Re)write the config file (`extra`: more TOML, e.g. [dns]); a running gateway
+        reads it on SIGHUP."""
         text = gateway_toml(
             ifname=self.ifname,
             private_key_file=str(self.key_file),
@@ -175,6 +177,7 @@ class FirezoneGateway:
             listen_port=listen_port,
             mtu=mtu,
             metrics_listen=self.metrics_listen,
+            extra=extra,
         )
         self.config_path.write_text(text)
 

@@ -1,0 +1,147 @@
+"""DNS and DNS resources in the running gateway, end to end in network namespaces.
+
+The real `firezone-gw` (with its fzgw-dns process) between two wireguard-go clients and a
+resource namespace, which also runs the upstream DNS server (tests/dns_upstream.py): client 0
+is granted the DNS resource `app.corp.test`, client 1 is not. Queries go through the tunnel
+to the gateway's tunnel address; packets to a proxy address are translated by the crypto
+process to the real host (the resource namespace, IPv4 only).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from testbed.addresses import (
+    GATEWAY_TUNNEL_ADDR,
+    RESOURCE_ADDR,
+    RESOURCE_NET,
+    RESOURCE_NET6,
+    TUNNEL_NET,
+    TUNNEL_NET6,
+    client_specs,
+)
+from testbed.gateways import FirezoneGateway
+from testbed.topology import Topology
+
+UPSTREAM = Path(__file__).resolve().parent / "dns_upstream.py"
+DNS_CONFIG = f"""
+[dns]
+port = 53
+upstreams = ["{RESOURCE_ADDR}:53"]
+
+[[resources]]
+name = "app"
+address = "app.corp.test"
+"""
+# Asks the gateway's DNS server through the tunnel: prints the answer's addresses as JSON.
+ASK = """
+import json, sys
+import dns.message, dns.query
+query = dns.message.make_query(sys.argv[1], sys.argv[2])
+ask = dns.query.tcp if sys.argv[3] == "tcp" else dns.query.udp
+response = ask(query, sys.argv[4], timeout=3)
+print(json.dumps([item.to_text() for rrset in response.answer for item in rrset]))
+"""
+
+Lab = Topology[FirezoneGateway]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    topo: Lab = Topology(FirezoneGateway(workers=1), client_specs(2))
+    try:
+        upstream = topo.resource.popen(
+            sys.executable, str(UPSTREAM), RESOURCE_ADDR, "53", stdout=subprocess.PIPE
+        )
+        assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
+        granted = topo.peer(0)
+        granted.resources.append("app")
+        topo.backend.write_config([granted, topo.peer(1)], extra=DNS_CONFIG)
+        topo.backend.launch(topo.gateway_ns)
+        topo.backend.wait_ready()
+        for index in (0, 1):
+            topo.connect_client(index)
+            wg = topo.clients[index]
+            wg.set(
+                "peer",
+                topo.backend.public_key,
+                "allowed-ips",
+                ",".join(
+                    (
+                        TUNNEL_NET,
+                        RESOURCE_NET,
+                        TUNNEL_NET6,
+                        RESOURCE_NET6,
+                        str(IPV4_RANGE),
+                        str(IPV6_RANGE),
+                    )
+                ),
+            )
+            wg.ns.ip("route", "add", str(IPV4_RANGE), "dev", wg.ifname)
+            wg.ns.ip("-6", "route", "add", str(IPV6_RANGE), "dev", wg.ifname)
+            topo.wait_ping(index, dest=GATEWAY_TUNNEL_ADDR)
+        yield topo
+    finally:
+        topo.close()
+
+
+def ask(lab: Lab, client: int, name: str, kind: str, transport: str = "udp") -> list[str]:
+    out = lab.client_ns(client).run(
+        sys.executable, "-c", ASK, name, kind, transport, GATEWAY_TUNNEL_ADDR
+    )
+    result: list[str] = json.loads(out)
+    return result
+
+
+def test_a_granted_peer_resolves_the_resource_to_proxy_addresses(lab: Lab) -> None:
+    (v4,) = ask(lab, 0, "app.corp.test", "A")
+    (v6,) = ask(lab, 0, "app.corp.test", "AAAA")
+    assert ipaddress.ip_address(v4) in IPV4_RANGE
+    assert ipaddress.ip_address(v6) in IPV6_RANGE
+
+
+def test_ping_and_tcp_to_the_ipv4_proxy_reach_the_real_host(lab: Lab) -> None:
+    (proxy,) = ask(lab, 0, "app.corp.test", "A")
+    assert lab.ping(0, dest=proxy, count=3)
+    server = lab.resource.popen("iperf3", "-s", "-1", "-B", RESOURCE_ADDR, "-p", "5301")
+    try:
+        client = lab.client_ns(0).exec_argv(
+            "iperf3", "-c", proxy, "-p", "5301", "-t", "1", "-J", "--connect-timeout", "3000"
+        )
+        for _ in range(20):  # until the one-shot server listens
+            result = subprocess.run(client, capture_output=True, check=False, timeout=20)
+            if result.returncode == 0:
+                break
+        assert result.returncode == 0, result.stdout[-500:]
+        report = json.loads(result.stdout)
+        assert report["end"]["sum_received"]["bytes"] > 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_an_ordinary_name_is_forwarded_over_udp_and_tcp(lab: Lab) -> None:
+    assert ask(lab, 0, "www.corp.test", "A", "udp") == ["192.0.2.7"]
+    assert ask(lab, 0, "www.corp.test", "AAAA", "tcp") == ["2001:db8::7"]
+    assert ask(lab, 1, "www.corp.test", "A", "tcp") == ["192.0.2.7"]
+
+
+def test_a_peer_not_granted_the_resource_gets_no_proxy_addresses(lab: Lab) -> None:
+    assert ask(lab, 1, "app.corp.test", "A") == [RESOURCE_ADDR]  # forwarded as it is
+    (proxy,) = ask(lab, 0, "app.corp.test", "A")
+    assert not lab.ping(1, dest=proxy)  # and the proxy address refuses it
+
+
+def test_dns_counters_reach_metrics(lab: Lab) -> None:
+    ask(lab, 0, "www.corp.test", "A")
+    text = lab.backend.metrics_text()
+    assert "firezone_gw_dns_queries_total" in text
+    assert "firezone_gw_dns_proxy_mappings_total" in text
