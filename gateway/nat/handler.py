@@ -174,6 +174,9 @@ class ProxyHandler:
             return NOT_MINE
         if packet.is_icmp_error:
             return self._error_to_peer(packet)
+        data = packet.data
+        if not table.has_real(bytes(data[12:16] if packet.version == IPV4 else data[8:24])):
+            return NOT_MINE
         flow = _flow(packet, _ECHO_REPLIES)
         if flow is None:
             return NOT_MINE

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -91,6 +92,9 @@ class NatTable:
         self._by_outside: dict[Outside, Entry] = {}
         self._deadlines: list[tuple[float, int, Outside]] = []
         self._generation = 0
+        # Entries per real address (packed): a reply's source is looked up here first, so a
+        # packet of no translated flow costs one set lookup, not a key of address objects.
+        self._reals: Counter[bytes] = Counter()
 
     def __len__(self) -> int:
         return len(self._by_inside)
@@ -158,6 +162,7 @@ class NatTable:
         entry = Entry(inside, outside, expires=now + UNCONFIRMED_TTL)
         self._by_inside[inside] = entry
         self._by_outside[outside] = entry
+        self._reals[real.packed] += 1
         return entry
 
     def _ttl(self, entry: Entry) -> float:
@@ -194,7 +199,15 @@ class NatTable:
 
     def _remove(self, entry: Entry) -> None:
         self._by_inside.pop(entry.inside, None)
-        self._by_outside.pop(entry.outside, None)
+        if self._by_outside.pop(entry.outside, None) is not None:
+            real = entry.outside.real.packed
+            self._reals[real] -= 1
+            if not self._reals[real]:
+                del self._reals[real]
+
+    def has_real(self, address: bytes) -> bool:
+        """Some entry translates toward this real address (4 or 16 raw bytes)."""
+        return address in self._reals
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
