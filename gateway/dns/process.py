@@ -17,7 +17,9 @@ as names are asked for again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
 import selectors
 import socket
 from collections import Counter
@@ -33,6 +35,8 @@ from gateway.dns.resources import ProxyMapping, ResourceAnswers
 from gateway.dns.server import DnsServer
 from gateway.nat.handler import grants_by_key
 from gateway.wireguard.allowedips import AllowedIPs
+
+log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 1.0
 
@@ -137,7 +141,15 @@ async def _serve(
 ) -> None:
     sender = None if mappings is None else CountingSender(MappingSender(mappings))
     server = build_server(config, sender)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EACCES:
+            hint = " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+        where = ", ".join(f"{host}:{port}" for host, port in server.listen)
+        log.error("DNS server cannot listen on %s: %s%s", where, exc.strerror, hint)
+        raise
     report_ready()
     counters = DnsCounterSync(block)
     while True:
