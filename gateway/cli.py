@@ -179,7 +179,11 @@ def show(options: GlobalOptions, as_json: bool) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     name = config.interface.name
-    segment = show_mod.find_stats_segment(name)
+    try:
+        segment = show_mod.find_stats_segment(name)
+    except OSError as exc:  # e.g. a runtime directory others could have written to
+        click.echo(f"Error: cannot read the counters of {name}: {exc}", err=True)
+        sys.exit(1)
     if segment is None:
         click.echo(f"Error: no running firezone-gw for interface {name}", err=True)
         sys.exit(1)

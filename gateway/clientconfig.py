@@ -6,8 +6,9 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig, IPNetwork, PeerConfig
+from gateway.config import GatewayConfig, PeerConfig
 from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.ipnet import IPNetwork
 from gateway.keys import encode_key
 
 

@@ -17,6 +17,7 @@ import msgspec
 
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
+from gateway.ipnet import HostBitsSet, IPInterface, IPNetwork, NetworkError, parse_network
 from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
@@ -34,8 +35,6 @@ RESOLV_CONF = Path("/etc/resolv.conf")
 # Bigger than any sensible config; guards against pointing --config at a huge file.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 _T = TypeVar("_T")
 
 
@@ -544,15 +543,11 @@ def _check_range(path: str, value: int, low: int, high: int, errors: _Errors) ->
 
 def _parse_network(text: str, path: str, errors: _Errors) -> IPNetwork | None:
     try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        pass
-    try:
-        host = ipaddress.ip_interface(text)
-    except ValueError:
+        return parse_network(text)
+    except HostBitsSet as exc:
+        errors.add(path, str(exc))
+    except NetworkError:
         errors.add(path, f"expected an IP network such as 100.64.0.2/32, got {text!r}")
-        return None
-    errors.add(path, f"{text} has host bits set; did you mean {host.network}?")
     return None
 
 

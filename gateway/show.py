@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import psutil
 
-from gateway.stats import HEADER_SLOTS, MAGIC, StatsSnapshot
-from shm_ring.ring import SHM_DIR
+from gateway import runtime_dir
+from gateway.stats import StatsSnapshot, read_header
 
 # A segment is created after its supervisor started; allow for the granularity of the
 # process start time when comparing the two.
@@ -34,41 +34,74 @@ def stats_segment_name(interface: str, pid: int) -> str:
     return f"fzgw.{interface}.{pid}.stats"
 
 
-def find_stats_segment(interface: str, shm_dir: Path = Path(SHM_DIR)) -> str | None:
+def _pattern(interface: str) -> re.Pattern[str]:
+    return re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+
+
+def remove_dead_segments(interface: str, directory: Path | None = None) -> list[str]:
+    """Unlink what crashed supervisors of `interface` left in the runtime directory; call at
+    start. Segments of a live supervisor stay; anything else under such a name (only our uid
+    can write there) is removed without being opened for reading."""
+    pattern = _pattern(interface)
+    dir_fd = runtime_dir.make_dir(directory)
+    removed = []
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            created_ns = _created_ns(dir_fd, name, os.geteuid())
+            if created_ns is not None and _alive_since(int(match.group(1)), created_ns):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+            removed.append(name)
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
+def find_stats_segment(interface: str, directory: Path | None = None) -> str | None:
     """The counters of the live gateway serving `interface`, or None when none runs.
 
-    Segments are fzgw.<interface>.<supervisor pid>.stats; one whose supervisor is gone (a
-    crash, or a pid now used by another process) is skipped. Of several live ones (should
-    not happen: the device name is exclusive) the newest wins.
+    Segments are fzgw.<interface>.<supervisor pid>.stats in the runtime directory; one whose
+    supervisor is gone (a crash, or a pid now used by another process), or that is not a
+    well-formed segment (a fifo, a link, wrong owner, size or header), is skipped. Of several
+    live ones (should not happen: the device name is exclusive) the newest wins. Raises
+    UnsafePathError when the directory itself could have been written by someone else.
     """
-    pattern = re.compile(rf"fzgw\.{re.escape(interface)}\.(\d+)\.stats")
+    pattern = _pattern(interface)
+    try:
+        dir_fd, owner = runtime_dir.open_dir(directory)
+    except FileNotFoundError:
+        return None
     best: tuple[int, str] | None = None
     try:
-        entries = list(os.scandir(shm_dir))
-    except OSError:
-        return None
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match is None:
-            continue
-        created_ns = _created_ns(entry.path)
-        if created_ns is None or not _alive_since(int(match.group(1)), created_ns):
-            continue
-        if best is None or created_ns > best[0]:
-            best = (created_ns, entry.name)
+        for name in os.listdir(dir_fd):
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            created_ns = _created_ns(dir_fd, name, owner)
+            if created_ns is None or not _alive_since(int(match.group(1)), created_ns):
+                continue
+            if best is None or created_ns > best[0]:
+                best = (created_ns, name)
+    finally:
+        os.close(dir_fd)
     return None if best is None else best[1]
 
 
-def _created_ns(path: str) -> int | None:
+def _created_ns(dir_fd: int, name: str, owner: int) -> int | None:
     try:
-        with open(path, "rb") as segment:
-            header = segment.read(HEADER_SLOTS * 8)
+        fd, size = runtime_dir.open_file(dir_fd, name, owner)
     except OSError:
         return None
-    if len(header) < HEADER_SLOTS * 8:
+    try:
+        return read_header(fd, size, name).created_ns
+    except (OSError, ValueError):
         return None
-    magic, _version, _workers, _peers, created = struct.unpack_from("=5Q", header)
-    return int(created) if magic == MAGIC else None
+    finally:
+        os.close(fd)
 
 
 def _alive_since(pid: int, created_ns: int) -> bool:

@@ -15,23 +15,29 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
 then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a
 lock or stalls the data plane. Each block is 512 bytes, so writers never share a cache
-line. The supervisor owns the segment: it creates it before forking (children use the same
-object) and unlinks it at exit; `firezone-gw show` attaches read-only by name.
+line. The supervisor owns the segment: a file in the gateway's private runtime directory
+(`gateway.runtime_dir`, /run/firezone-gw/ by default), created before forking (children use
+the same mapping) and unlinked at exit; after a crash it is replaced at the next start of the
+same pid and ignored by `show` meanwhile (its supervisor is gone). `firezone-gw show` attaches
+read-only by name, and `read_header` checks every header field and the file's size before
+anything else of the file is trusted.
 """
 
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 from typing import Self
 
 import psutil
 
+from gateway import runtime_dir
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
 
@@ -43,6 +49,8 @@ HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's pub
 PROC_SLOTS = 64
 RING_SLOTS = 8
 MAX_PEERS_LIMIT = 1 << 20
+MAX_WORKERS = 256  # the TUN multi-queue limit
+_HEADER = struct.Struct("=5Q")  # magic, version, workers, max_peers, created wall ns
 
 # --- process block: counters (summed over all processes at scrape time) ---
 UDP_RX_PACKETS = 0  # datagrams received on the UDP socket(s)
@@ -371,16 +379,15 @@ class PeerTable:
 class StatsRegion:
     """The shared-memory stats segment. Create in the supervisor before forking."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
-        self._shm = shm
+    def __init__(self, mm: mmap.mmap, name: str, directory: Path, *, owner: bool) -> None:
+        self._mm = mm
+        self._name = name
+        self._directory = directory
         self._owner = owner
         self._views: list[memoryview] = []
         self._blocks: dict[str, memoryview] = {}  # handed-out views, one per block
-        buf = _buffer(shm)
+        buf = self._view(memoryview(mm))
         words = self._view(buf.cast("Q"))
-        if words[0] != MAGIC or words[1] != VERSION:
-            self._release_views()
-            raise ValueError(f"shared memory {shm.name!r} is not a firezone-gw stats region")
         self.workers = int(words[2])
         self.max_peers = int(words[3])
         self.roles = process_roles(self.workers)
@@ -410,27 +417,57 @@ class StatsRegion:
         return (words + max_peers * PEER_SLOT_WORDS) * 8
 
     @classmethod
-    def create(cls, name: str, *, workers: int, max_peers: int = 1024) -> Self:
-        if not 1 <= workers <= 256:  # noqa: PLR2004 (the TUN multi-queue limit)
-            raise ValueError(f"workers must be 1..256, got {workers}")
+    def create(
+        cls, name: str, *, workers: int, max_peers: int = 1024, directory: Path | None = None
+    ) -> Self:
+        """Create the segment file `name` in the runtime directory (made if missing)."""
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {workers}")
         if not 1 <= max_peers <= MAX_PEERS_LIMIT:
             raise ValueError(f"max_peers must be 1..{MAX_PEERS_LIMIT}, got {max_peers}")
-        shm = shared_memory.SharedMemory(name, create=True, size=cls.size_for(workers, max_peers))
-        struct.pack_into("=5Q", _buffer(shm), 0, *_header(workers, max_peers))
-        return cls(shm, owner=True)
+        _check_name(name)
+        directory = directory or runtime_dir.runtime_dir()
+        size = cls.size_for(workers, max_peers)
+        dir_fd = runtime_dir.make_dir(directory)
+        try:
+            fd = runtime_dir.create_file(dir_fd, name, size)
+        finally:
+            os.close(dir_fd)
+        try:
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, workers, max_peers, time.time_ns())
+        return cls(mm, name, directory, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open an existing region (e.g. from `firezone-gw show`); close() leaves it alone."""
-        shm = shared_memory.SharedMemory(name)
-        # Python 3.11 registers attached segments with the resource tracker too, which
-        # would unlink the supervisor's segment when this process exits.
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # no public name in 3.11
-        return cls(shm, owner=False)
+    def attach(cls, name: str, directory: Path | None = None) -> Self:
+        """Map an existing segment read-only (e.g. for `firezone-gw show`); close() leaves it.
+
+        Raises OSError for a path that is not a regular file of the directory's owner (never
+        blocking on a fifo) and ValueError for a file whose header or size is not a segment's.
+        """
+        _check_name(name)
+        directory = directory or runtime_dir.runtime_dir()
+        dir_fd, owner = runtime_dir.open_dir(directory)
+        try:
+            fd, size = runtime_dir.open_file(dir_fd, name, owner)
+        finally:
+            os.close(dir_fd)
+        try:
+            read_header(fd, size, name)
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        return cls(mm, name, directory, owner=False)
 
     @property
     def name(self) -> str:
-        return self._shm.name
+        return self._name
+
+    @property
+    def path(self) -> Path:
+        return self._directory / self._name
 
     @property
     def listen_port(self) -> int:
@@ -539,13 +576,17 @@ class StatsRegion:
     def close(self) -> None:
         """Drop this process's mapping. Views handed out become unusable."""
         self._release_views()
-        self._shm.close()
+        self._mm.close()
 
     def unlink(self) -> None:
-        """Remove the segment (supervisor only, at exit)."""
+        """Remove the segment file (supervisor only, at exit)."""
         if not self._owner:
             raise RuntimeError("only the process that created the stats region may unlink it")
-        self._shm.unlink()
+        dir_fd = runtime_dir.make_dir(self._directory)
+        try:
+            os.unlink(self._name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _view(self, view: memoryview) -> memoryview:
         self._views.append(view)
@@ -587,14 +628,40 @@ class StatsRegion:
         return float(times.user + times.system), rss
 
 
-def _header(workers: int, max_peers: int) -> tuple[int, ...]:
-    return (MAGIC, VERSION, workers, max_peers, time.time_ns())
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\0" in name or name in {".", ".."}:
+        raise ValueError(f"stats segment name must be a plain file name, got {name!r}")
 
 
-def _buffer(shm: shared_memory.SharedMemory) -> memoryview:
-    if shm.buf is None:
-        raise ValueError(f"shared memory {shm.name!r} is closed")
-    return shm.buf
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    workers: int
+    max_peers: int
+    created_ns: int  # wall clock, when the supervisor created the segment
+
+
+def read_header(fd: int, size: int, name: str) -> SegmentHeader:
+    """The validated header of an open segment file of `size` bytes (the one reader of it).
+
+    Raises ValueError naming the first field that is not a segment's, or a size that does
+    not match what the header describes.
+    """
+    raw = os.pread(fd, _HEADER.size, 0)
+    if len(raw) < _HEADER.size or size < HEADER_SLOTS * 8:
+        raise ValueError(f"{name}: {size} bytes is too small for a firezone-gw stats segment")
+    magic, version, workers, max_peers, created = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ValueError(f"{name} is not a firezone-gw stats segment (bad magic)")
+    if version != VERSION:
+        raise ValueError(f"{name}: stats segment version {version}, expected {VERSION}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"{name}: {workers} workers in the header, expected 1..{MAX_WORKERS}")
+    if not 1 <= max_peers <= MAX_PEERS_LIMIT:
+        raise ValueError(f"{name}: {max_peers} peers in the header, expected 1..{MAX_PEERS_LIMIT}")
+    expected = StatsRegion.size_for(workers, max_peers)
+    if size != expected:
+        raise ValueError(f"{name}: {size} bytes, but its header describes {expected}")
+    return SegmentHeader(int(workers), int(max_peers), int(created))
 
 
 def _busy_fraction(

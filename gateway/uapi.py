@@ -28,6 +28,7 @@ from typing import Protocol
 
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint
 from gateway.endpoint import parse_endpoint as parse_endpoint_text
+from gateway.ipnet import IPNetwork
 from gateway.wireguard.constants import KEY_SIZE
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ READ_AHEAD_BYTES = 256 << 10  # unparsed input kept per connection before readin
 MAX_DRAIN_BYTES = 64 << 20  # input discarded after a session ends, before the socket closes
 SOCKET_DIR = Path("/var/run/wireguard")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DIGITS = re.compile(r"[0-9]+")
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")

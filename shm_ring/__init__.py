@@ -1,9 +1,10 @@
-"""Lock-free single-producer/single-consumer packet rings in shared memory.
+"""Lock-free single-producer/single-consumer message rings in anonymous shared memory.
 
-See `shm_ring.ring` for the layout, the memory-ordering argument and the sleep/wake handshake.
-Typical use (the supervisor creates, forks, and each child uses the inherited object)::
+See `shm_ring.ring` for the memory-ordering argument and the sleep/wake handshake, and
+`shm_ring.layout` for the byte layout. Typical use (the supervisor creates, forks, and each
+child uses the inherited object; the memory has no name and dies with the last process)::
 
-    ring = Ring.create("fzgw-<instance>-w0-crypto")     # supervisor; ring.unlink() at stop
+    ring = Ring.create("w0-crypto")                     # supervisor, before fork
     # consumer child
     while True:
         packets = ring.recv_many(100)                   # zero-copy views
@@ -15,16 +16,8 @@ Typical use (the supervisor creates, forks, and each child uses the inherited ob
     # producer child: taken = ring.send_many(batch); if short: producer_arm() / producer_fd()
 """
 
-from shm_ring.ring import (
-    MAX_SLOT_SIZE,
-    MAX_SLOTS,
-    Ring,
-    RingStats,
-    arm_all,
-    disarm_all,
-    read_stats,
-)
-from shm_ring.stale import cleanup_stale, remove_if_stale
+from shm_ring.layout import MAX_SLOT_SIZE, MAX_SLOTS, RingStats
+from shm_ring.ring import Ring, arm_all, disarm_all
 
 __all__ = [
     "MAX_SLOTS",
@@ -32,8 +25,5 @@ __all__ = [
     "Ring",
     "RingStats",
     "arm_all",
-    "cleanup_stale",
     "disarm_all",
-    "read_stats",
-    "remove_if_stale",
 ]

@@ -1,24 +1,32 @@
-"""Single-producer/single-consumer packet ring in POSIX shared memory with eventfd wake-ups.
+"""Single-producer/single-consumer message ring in anonymous shared memory, eventfd wake-ups.
 
-Layout (one file in /dev/shm, mmapped by both ends)::
+Layout: see `shm_ring.layout` (header | u32 lengths | slots of `stride` bytes). The memory is
+an anonymous MAP_SHARED mapping: it has no name, so no other process can open, plant or
+forge it, and nothing is left behind when the gateway dies (the kernel frees it with the
+last process that maps it).
 
-    header   3 cache lines of 64-bit words: geometry + owner | producer-written | consumer-written
-    lengths  `slots` x u32, the length of the packet in each slot
-    data     `slots` x stride bytes, stride = slot_size rounded up to 64
-
-`head` (packets ever published, written only by the producer) and `tail` (packets ever
+Messages. `head` (slots ever published, written only by the producer) and `tail` (slots ever
 released, written only by the consumer) are free-running 64-bit counters; slot = index % slots
-and occupancy = head - tail, so they never wrap in practice (2**64 packets). Every shared word
-has exactly one writer. Slots are fixed size (max packet = MTU + the data plane's header):
-1000 x 1440 bytes for wg-quick's MTU 1420 is 1.4 MiB, 1000 x 9024 for jumbo frames 9 MiB, so
-a variable-length byte ring would save little and cost per-packet Python work.
+and occupancy = head - tail, so they never wrap in practice. Every shared word has exactly one
+writer. A message of n bytes takes k = ceil(n / stride) consecutive slots (1 for anything up to
+the slot size, so the common packet costs what it always did) and its length is stored in the
+first slot's entry; the others are not read. Its bytes are contiguous from the first slot's
+offset, except when the k slots wrap past the end of the ring: then the tail part continues at
+slot 0. `recv_many` returns a zero-copy view for a contiguous message and one copy for a
+wrapped one. The producer needs all k slots free before it writes anything, and publishes by
+storing `head` after the whole message, so a half-written message is never visible. It also
+counts messages of 2+ slots (`spanning`, stored before `head`); the consumer loads `head`,
+then `spanning`, and while that equals what it has consumed, every slot below `head` is a
+message of its own and a batch is sliced at once (the fast path, as fast as one-slot rings
+were). Otherwise it walks message by message (a stale, too-high count only costs the walk). The
+geometry stays the user's (1000 x 1280 bytes by default) while a message may be as long as
+the whole ring (`max_message`), enough for a 65535-byte packet.
 
-Attaching: the supervisor creates every ring (it owns and unlinks the segment) and forks the
-children, which use the inherited `Ring` object and eventfds. A restarted child is forked again
-from the supervisor's object: the ring state lives entirely in shared memory (each call re-reads
-head/tail), so it continues where its predecessor stopped; packets a dead consumer had received
-but not released are delivered again. An unrelated process may `Ring.attach(name)`: it copies
-the eventfds from the live owner with pidfd_getfd(2).
+Ownership: the supervisor creates every ring before it forks, and the children use the
+inherited `Ring` object and eventfds. A restarted child is forked again from the supervisor's
+object: the ring state lives entirely in shared memory (each call re-reads head/tail), so it
+continues where its predecessor stopped; messages a dead consumer had received but not
+released are delivered again, and a message a dead producer had not published is not there.
 
 Memory ordering. Indices are aligned 8-byte words accessed through `memoryview.cast('Q')`,
 i.e. one 8-byte mov each (single-copy atomic on x86-64 and aarch64 when aligned). Publishing:
@@ -55,7 +63,6 @@ stale clear from the peer can un-arm a fresh sleep. No timeout is needed as a sa
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import platform
@@ -63,90 +70,14 @@ import select
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-import psutil
-
 from shm_ring import _barrier
+from shm_ring import layout as L
+from shm_ring.layout import MAX_SLOT_SIZE, MAX_SLOTS, RingStats
 
-SHM_DIR = "/dev/shm"  # noqa: S108 - POSIX shm lives here on Linux; names are O_EXCL-created
-MAGIC = 0x464A_5247_5249_4E47  # "FZGRRING"-ish, marks our segments
-VERSION = 1
-MAX_SLOTS = 1 << 20
-MAX_SLOT_SIZE = 65535
-MAX_SEGMENT_BYTES = 1 << 30
-MAX_NAME_LEN = 200
-_START_TIME_SLACK_US = 5_000  # create_time comes from clock ticks: tolerate rounding
-_CACHE_LINE = 64
-
-# Header word indices (8-byte words). Line 0: immutable geometry and owner.
-_W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_SIZE, _W_STRIDE = 0, 1, 2, 3, 4
-_W_OWNER_PID, _W_OWNER_START, _W_DATA_FD, _W_SPACE_FD = 5, 6, 7, 8
-# Producer-written line.
-_W_HEAD, _W_BYTES, _W_FULL, _W_HIGH = 16, 17, 18, 19
-_W_PRODUCER_WAITING, _W_CONSUMER_WAKEUPS, _W_PRODUCER_SLEEPS = 20, 21, 22
-# Consumer-written line.
-_W_TAIL, _W_CONSUMER_WAITING, _W_PRODUCER_WAKEUPS, _W_CONSUMER_SLEEPS = 32, 33, 34, 35
-_HEADER_BYTES = 48 * 8
-
-_NR_PIDFD_GETFD = 438
-
-
-@dataclass(frozen=True, slots=True)
-class RingStats:
-    """A snapshot of a ring's shared counters (readable by any process that maps it)."""
-
-    slots: int
-    slot_size: int
-    packets: int  # published by the producer, ever
-    bytes: int
-    released: int  # freed by the consumer, ever
-    occupancy: int  # packets in the ring now
-    high_water: int  # highest occupancy seen right after a publish
-    full_events: int  # send/send_many calls that found no room for a packet
-    consumer_sleeps: int
-    consumer_wakeups: int  # eventfd writes by the producer
-    producer_sleeps: int
-    producer_wakeups: int  # eventfd writes by the consumer
-
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def _check_geometry(slots: int, slot_size: int) -> int:
-    """Validate geometry and return the segment size; errors name the limit."""
-    if type(slots) is not int or not 1 <= slots <= MAX_SLOTS:
-        raise ValueError(f"ring slots must be an int in 1..{MAX_SLOTS}, got {slots!r}")
-    if type(slot_size) is not int or not 1 <= slot_size <= MAX_SLOT_SIZE:
-        raise ValueError(f"ring slot_size must be an int in 1..{MAX_SLOT_SIZE}, got {slot_size!r}")
-    size = _data_offset(slots) + slots * _round_up(slot_size, _CACHE_LINE)
-    if size > MAX_SEGMENT_BYTES:
-        raise ValueError(
-            f"ring of {slots} x {slot_size} bytes needs {size} bytes, "
-            f"over the {MAX_SEGMENT_BYTES}-byte limit"
-        )
-    return size
-
-
-def _data_offset(slots: int) -> int:
-    return _round_up(_HEADER_BYTES + 4 * slots, _CACHE_LINE)
-
-
-def _check_name(name: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or "\0" in name
-        or len(name) > MAX_NAME_LEN
-    ):
-        raise ValueError(
-            f"ring name must be 1..{MAX_NAME_LEN} characters without '/', got {name!r}"
-        )
-    return os.path.join(SHM_DIR, name)
+__all__ = ["MAX_SLOTS", "MAX_SLOT_SIZE", "Ring", "RingStats", "arm_all", "disarm_all"]
 
 
 def _check_arch() -> None:
@@ -157,140 +88,60 @@ def _check_arch() -> None:
         )
 
 
-def process_start_us(pid: int) -> int | None:
-    """A process's start time in microseconds since the epoch, or None if it is gone.
-
-    Together with the pid it identifies a process across pid reuse.
-    """
-    try:
-        created: float = psutil.Process(pid).create_time()
-        return round(created * 1e6)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return None
-
-
-def owner_alive(pid: int, start_us: int) -> bool:
-    """Whether the process that created a segment still runs (same pid and start time)."""
-    now = process_start_us(pid)
-    return now is not None and abs(now - start_us) < _START_TIME_SLACK_US
-
-
 class Ring:
-    """One SPSC packet ring. Exactly one process produces and one consumes at a time."""
+    """One SPSC message ring. Exactly one process produces and one consumes at a time."""
 
-    def __init__(  # noqa: PLR0913 - private: create() and attach() are the constructors
-        self, name: str, fd: int, size: int, *, data_fd: int, space_fd: int, owner: bool
-    ) -> None:
-        self.name = name
-        self._mm = mmap.mmap(fd, size)
-        os.close(fd)
-        self._buf = memoryview(self._mm)
-        self._idx = self._buf[:_HEADER_BYTES].cast("Q")
-        idx = self._idx
-        if idx[_W_MAGIC] != MAGIC or idx[_W_VERSION] != VERSION:
+    def __init__(self, name: str, mm: mmap.mmap, *, data_fd: int, space_fd: int) -> None:
+        self.name = name  # a label for messages and logs; the memory itself has no name
+        self._mm = mm
+        self._buf = memoryview(mm)
+        self._idx = self._buf[: L.HEADER_BYTES].cast("Q")
+        try:
+            self.slots, self.slot_size = L.read_geometry(self._idx, len(mm))
+        except ValueError:
             self._release_views()
-            self._mm.close()
-            raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
-        self.slots: int = idx[_W_SLOTS]
-        self.slot_size: int = idx[_W_SLOT_SIZE]
-        self._stride: int = idx[_W_STRIDE]
-        if _check_geometry(self.slots, self.slot_size) != size:
-            self._release_views()
-            self._mm.close()
-            raise ValueError(f"segment {name!r} has {size} bytes, its header disagrees")
-        data_off = _data_offset(self.slots)
-        self._lens = self._buf[_HEADER_BYTES : _HEADER_BYTES + 4 * self.slots].cast("I")
+            raise
+        self._stride: int = L.stride_for(self.slot_size)
+        self.max_message: int = self.slots * self._stride  # one message may fill the ring
+        data_off = L.data_offset(self.slots)
+        self._data_off = data_off
+        self._lens = self._buf[L.HEADER_BYTES : L.HEADER_BYTES + 4 * self.slots].cast("I")
         self._offsets = [data_off + i * self._stride for i in range(self.slots)]
         self._offsets2 = self._offsets * 2  # a batch that wraps is one slice of this
         self._data_fd = data_fd
         self._space_fd = space_fd
-        self._owner = owner
-        self._owner_pid = idx[_W_OWNER_PID]
-        self._pending = 0  # packets returned by recv_many and not yet released
+        self._pending = 0  # slots of the messages returned by recv_many and not yet released
+        self._pending_messages = 0
+        self._pending_spanning = 0  # of those, messages of 2+ slots
         self._closed = False
 
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
     def create(cls, name: str, *, slots: int = 1000, slot_size: int = 1280) -> Ring:
-        """Create the segment and its two eventfds; the caller owns it and must unlink it.
-
-        A segment of the same name left by a crashed instance (its creator is dead) is removed
-        first; one whose creator still runs raises FileExistsError.
-        """
+        """Map a new ring and make its two eventfds; processes forked afterwards share it."""
         _check_arch()
-        path = _check_name(name)
-        size = _check_geometry(slots, slot_size)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ring name must be a non-empty string, got {name!r}")
+        size = L.segment_size(slots, slot_size)
         _barrier.register()
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            from shm_ring.stale import remove_if_stale  # noqa: PLC0415 - avoids an import cycle
-
-            if not remove_if_stale(name):
-                raise FileExistsError(
-                    f"shared-memory ring {name!r} exists and its creator is alive "
-                    "(or it is not an shm_ring segment)"
-                ) from None
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         data_fd = space_fd = -1
         try:
-            os.ftruncate(fd, size)
             data_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             space_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            with mmap.mmap(fd, _HEADER_BYTES) as hm, memoryview(hm) as hv, hv.cast("Q") as words:
-                pid = os.getpid()
-                start = process_start_us(pid) or 0
-                for word, value in (
-                    (_W_SLOTS, slots),
-                    (_W_SLOT_SIZE, slot_size),
-                    (_W_STRIDE, _round_up(slot_size, _CACHE_LINE)),
-                    (_W_OWNER_PID, pid),
-                    (_W_OWNER_START, start),
-                    (_W_DATA_FD, data_fd),
-                    (_W_SPACE_FD, space_fd),
-                    (_W_VERSION, VERSION),
-                    (_W_MAGIC, MAGIC),  # last: marks the header complete
-                ):
-                    words[word] = value
-            return cls(name, fd, size, data_fd=data_fd, space_fd=space_fd, owner=True)
+            with memoryview(mm) as view, view[: L.HEADER_BYTES].cast("Q") as words:
+                L.write_header(words, slots, slot_size)
+            return cls(name, mm, data_fd=data_fd, space_fd=space_fd)
         except BaseException:
             for efd in (data_fd, space_fd):
                 if efd >= 0:
                     os.close(efd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            os.unlink(path)
+            mm.close()
             raise
-
-    @classmethod
-    def attach(cls, name: str, *, data_fd: int | None = None, space_fd: int | None = None) -> Ring:
-        """Map an existing ring by name (for a process that did not inherit the `Ring`).
-
-        The eventfds are copied from the live creator with pidfd_getfd(2) unless given.
-        """
-        _check_arch()
-        path = _check_name(name)
-        _barrier.register()
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER_BYTES:
-                raise ValueError(f"{name!r} is too small to be an shm_ring segment")
-            with mmap.mmap(fd, _HEADER_BYTES) as hm, memoryview(hm) as hv, hv.cast("Q") as words:
-                pid, start = words[_W_OWNER_PID], words[_W_OWNER_START]
-                remote = words[_W_DATA_FD], words[_W_SPACE_FD]
-            if data_fd is None or space_fd is None:
-                if not owner_alive(pid, start):
-                    raise ProcessLookupError(f"creator (pid {pid}) of ring {name!r} is gone")
-                data_fd, space_fd = _copy_fds(pid, remote)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(name, fd, size, data_fd=data_fd, space_fd=space_fd, owner=False)
 
     def close(self) -> None:
-        """Unmap the segment and close the eventfds (views from recv_many become invalid)."""
+        """Unmap this process's view and close the eventfds (recv_many views become invalid)."""
         if self._closed:
             return
         self._closed = True
@@ -307,9 +158,7 @@ class Ring:
             ) from exc
 
     def unlink(self) -> None:
-        """Remove the segment name (the creator does this when the gateway stops)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(SHM_DIR, self.name))
+        """Nothing to remove: the memory has no name (kept so existing callers need no change)."""
 
     def __enter__(self) -> Self:
         return self
@@ -318,8 +167,6 @@ class Ring:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-        if self._owner and os.getpid() == self._owner_pid:
-            self.unlink()
 
     def _release_views(self) -> None:
         for name in ("_lens", "_idx", "_buf"):
@@ -329,67 +176,97 @@ class Ring:
 
     # ----------------------------------------------------------------- producer
 
+    def slots_for(self, nbytes: int) -> int:
+        """How many slots a message of nbytes occupies."""
+        return 1 if nbytes <= self._stride else -(-nbytes // self._stride)
+
     def send_ready(self) -> bool:
-        """True if there is room for at least one more packet."""
+        """True if there is room for at least one more slot-sized message."""
         idx = self._idx
-        return idx[_W_HEAD] - idx[_W_TAIL] < self.slots
+        return idx[L.W_HEAD] - idx[L.W_TAIL] < self.slots
 
     def free_slots(self) -> int:
-        """How many packets fit now (a lower bound: the consumer may free more meanwhile).
+        """How many slots are free now (a lower bound: the consumer may free more meanwhile).
 
-        A producer reads at most this many from its input, so a batch never overflows.
+        Every message up to slot_size takes one slot, so a producer of such messages reads at
+        most this many from its input and a batch never overflows.
         """
         idx = self._idx
-        return int(self.slots - (idx[_W_HEAD] - idx[_W_TAIL]))
+        return int(self.slots - (idx[L.W_HEAD] - idx[L.W_TAIL]))
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a message of nbytes would be taken now."""
+        return 0 < nbytes <= self.max_message and self.slots_for(nbytes) <= self.free_slots()
+
+    def _check_size(self, n: int, what: str) -> None:
+        if not 0 < n <= self.max_message:
+            raise ValueError(f"{what} of {n} bytes: ring messages must be 1..{self.max_message}")
 
     def send(self, data: bytes | bytearray | memoryview) -> bool:
-        """Copy one packet in and publish it; False (counted as a full event) if no room.
+        """Copy one message in and publish it; False (counted as a full event) if no room.
 
-        Raises ValueError if the packet is empty or longer than slot_size.
+        Raises ValueError if the message is empty or longer than max_message.
         """
         n = len(data)
-        if not 0 < n <= self.slot_size:
-            raise ValueError(f"packet of {n} bytes: ring packets must be 1..{self.slot_size}")
+        stride = self._stride
+        if 0 < n <= stride:
+            need = 1
+        else:
+            self._check_size(n, "packet")
+            need = -(-n // stride)
         idx = self._idx
-        head = idx[_W_HEAD]
-        used = head - idx[_W_TAIL]
-        if used >= self.slots:
-            idx[_W_FULL] += 1
+        head = idx[L.W_HEAD]
+        used = head - idx[L.W_TAIL]
+        if used + need > self.slots:
+            idx[L.W_FULL] += 1
             return False
         slot = head % self.slots
-        off = self._offsets[slot]
-        self._mm[off : off + n] = data
+        self._write(slot, need, data, n)
         self._lens[slot] = n
-        idx[_W_HEAD] = head + 1  # publish: after the data and length stores
-        idx[_W_BYTES] += n
-        if used >= idx[_W_HIGH]:
-            idx[_W_HIGH] = used + 1
-        if idx[_W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
-            self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
+        if need > 1:
+            idx[L.W_SPANNING] += 1  # before head: see the docstring
+        idx[L.W_HEAD] = head + need  # publish: after the data and length stores
+        idx[L.W_MESSAGES] += 1
+        idx[L.W_BYTES] += n
+        idx[L.W_HIGH] = max(idx[L.W_HIGH], used + need)
+        if idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+            self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
         return True
 
-    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
-        """Copy as many packets as fit, publish them at once, return how many were taken.
+    def _write(self, slot: int, need: int, data: bytes | bytearray | memoryview, n: int) -> None:
+        off = self._offsets[slot]
+        if slot + need <= self.slots:
+            self._mm[off : off + n] = data
+            return
+        first = (self.slots - slot) * self._stride  # the rest continues at slot 0
+        with memoryview(data) as view:
+            self._mm[off : off + first] = view[:first]
+            self._mm[self._data_off : self._data_off + n - first] = view[first:]
 
-        Taking fewer than len(packets) counts one full event. If a packet that would be taken
-        is empty or longer than slot_size, ValueError is raised and none of them is sent.
+    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Copy as many messages as fit, publish them at once, return how many were taken.
+
+        Taking fewer than len(packets) counts one full event. If a message that would be taken
+        is empty or longer than max_message, ValueError is raised and none of them is sent.
         """
+        if not packets:
+            return 0
+        sizes = list(map(len, packets))
+        if max(sizes) > self._stride:
+            return self._send_spanning(packets, sizes)
         idx = self._idx
-        head = idx[_W_HEAD]
-        used = head - idx[_W_TAIL]
+        head = idx[L.W_HEAD]
+        used = head - idx[L.W_TAIL]
         room = self.slots - used
         if len(packets) > room:
             packets = packets[:room]
-            idx[_W_FULL] += 1
+            sizes = sizes[:room]
+            idx[L.W_FULL] += 1
         take = len(packets)
         if not take:
             return 0
-        sizes = list(map(len, packets))
-        if min(sizes) < 1 or max(sizes) > self.slot_size:
-            bad = next(i for i, n in enumerate(sizes) if not 0 < n <= self.slot_size)
-            raise ValueError(
-                f"packet {bad} of {sizes[bad]} bytes: ring packets must be 1..{self.slot_size}"
-            )
+        if min(sizes) < 1:
+            self._check_size(0, f"packet {sizes.index(0)}")
         first = head % self.slots
         end = first + take
         mm = self._mm
@@ -401,71 +278,139 @@ class Ring:
             split = self.slots - first
             self._lens[first:] = array("I", sizes[:split])
             self._lens[: end - self.slots] = array("I", sizes[split:])
-        idx[_W_HEAD] = head + take  # one publish for the batch, after its data and lengths
-        idx[_W_BYTES] += sum(sizes)
-        idx[_W_HIGH] = max(idx[_W_HIGH], used + take)
-        if idx[_W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
-            self._wake(self._data_fd, _W_CONSUMER_WAKEUPS)
+        self._publish(head, take, take, sum(sizes), used)
         return take
+
+    def _send_spanning(
+        self, packets: Sequence[bytes | bytearray | memoryview], sizes: list[int]
+    ) -> int:
+        """send_many for a batch with a message longer than one slot."""
+        idx = self._idx
+        head = idx[L.W_HEAD]
+        used = head - idx[L.W_TAIL]
+        room = self.slots - used
+        needs: list[int] = []
+        total = 0
+        for i, n in enumerate(sizes):
+            self._check_size(n, f"packet {i}")
+            need = self.slots_for(n)
+            if total + need > room:
+                idx[L.W_FULL] += 1
+                break
+            needs.append(need)
+            total += need
+        if not needs:
+            return 0
+        pos = head
+        for data, n, need in zip(packets, sizes, needs, strict=False):
+            slot = pos % self.slots
+            self._write(slot, need, data, n)
+            self._lens[slot] = n
+            pos += need
+        idx[L.W_SPANNING] += sum(need > 1 for need in needs)  # before head: see the docstring
+        self._publish(head, total, len(needs), sum(sizes[: len(needs)]), used)
+        return len(needs)
+
+    def _publish(self, head: int, slots: int, messages: int, nbytes: int, used: int) -> None:
+        idx = self._idx
+        idx[L.W_HEAD] = head + slots  # one publish for the batch, after its data and lengths
+        idx[L.W_MESSAGES] += messages
+        idx[L.W_BYTES] += nbytes
+        idx[L.W_HIGH] = max(idx[L.W_HIGH], used + slots)
+        if idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+            self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
 
     def producer_fd(self) -> int:
         """eventfd that becomes readable when room may have appeared (after producer_arm)."""
         return self._space_fd
 
-    def producer_arm(self) -> bool:
-        """Announce the producer will sleep until there is room; False if there already is.
+    def producer_arm(self, need: int = 1) -> bool:
+        """Announce the producer will sleep until `need` slots are free; False if they are.
 
-        Call when send/send_many found the ring full, then epoll on producer_fd() only if this
-        returned True, and call producer_disarm() after waking.
+        Call when send/send_many found no room, then epoll on producer_fd() only if this
+        returned True, and call producer_disarm() after waking (and check again: the consumer
+        wakes the producer on every release, which may free fewer slots than needed).
         """
         idx = self._idx
-        idx[_W_PRODUCER_WAITING] = 1
+        idx[L.W_PRODUCER_WAITING] = 1
         _barrier.heavy_barrier()
-        if idx[_W_HEAD] - idx[_W_TAIL] < self.slots:
-            idx[_W_PRODUCER_WAITING] = 0
+        if self.slots - (idx[L.W_HEAD] - idx[L.W_TAIL]) >= need:
+            idx[L.W_PRODUCER_WAITING] = 0
             return False
-        idx[_W_PRODUCER_SLEEPS] += 1
+        idx[L.W_PRODUCER_SLEEPS] += 1
         return True
 
     def producer_disarm(self) -> None:
         """Stop asking for wake-ups and drain producer_fd()."""
-        self._idx[_W_PRODUCER_WAITING] = 0
+        self._idx[L.W_PRODUCER_WAITING] = 0
         _drain(self._space_fd)
 
     # ----------------------------------------------------------------- consumer
 
     def recv_many(self, max_packets: int = 100) -> list[memoryview]:
-        """Up to max_packets published packets after those already received; never blocks.
+        """Up to max_packets published messages after those already received; never blocks.
 
-        The views point into the ring and stay valid until release(); calling recv_many again
-        before release() returns the packets after them.
+        The views point into the ring (a message that wraps is a copy) and stay valid until
+        release(); calling recv_many again before release() returns the messages after them.
         """
         idx = self._idx
-        start = idx[_W_TAIL] + self._pending
-        n = idx[_W_HEAD] - start  # load head before reading the slots it covers
+        start = idx[L.W_TAIL] + self._pending
+        n = idx[L.W_HEAD] - start  # load head before reading the slots it covers
         n = min(n, max_packets)
         if n <= 0:
             return []
+        # Loaded after head: no message of 2+ slots below head that we have not seen yet?
+        if idx[L.W_SPANNING] != idx[L.W_SPANNING_RELEASED] + self._pending_spanning:
+            return self._recv_spanning(start, max_packets)
         first = start % self.slots
         end = first + n
         lens = self._lens
         sizes = lens[first:end] if end <= self.slots else [*lens[first:], *lens[: end - self.slots]]
         buf = self._buf
         self._pending += n
+        self._pending_messages += n
         return [
             buf[off : off + size]
             for off, size in zip(self._offsets2[first:end], sizes, strict=True)
         ]
 
+    def _recv_spanning(self, start: int, max_packets: int) -> list[memoryview]:
+        head = self._idx[L.W_HEAD]
+        slots, stride, buf = self.slots, self._stride, self._buf
+        out: list[memoryview] = []
+        pos = start
+        while pos < head and len(out) < max_packets:
+            slot = pos % slots
+            size = self._lens[slot]
+            need = self.slots_for(size)
+            off = self._offsets[slot]
+            if slot + need <= slots:
+                out.append(buf[off : off + size])
+            else:  # wrapped: one copy makes it contiguous
+                first = (slots - slot) * stride
+                joined = bytearray(size)
+                joined[:first] = buf[off : off + first]
+                joined[first:] = buf[self._data_off : self._data_off + size - first]
+                out.append(memoryview(joined))
+            pos += need
+            self._pending_spanning += need > 1
+        self._pending += pos - start
+        self._pending_messages += len(out)
+        return out
+
     def release(self) -> None:
-        """Free the slots of every packet received so far (their views must not be used)."""
+        """Free the slots of every message received so far (their views must not be used)."""
         if not self._pending:
             return
         idx = self._idx
-        idx[_W_TAIL] += self._pending  # after the reads of those slots
-        self._pending = 0
-        if idx[_W_PRODUCER_WAITING]:
-            self._wake(self._space_fd, _W_PRODUCER_WAKEUPS)
+        idx[L.W_TAIL] += self._pending  # after the reads of those slots
+        idx[L.W_RELEASED] += self._pending_messages
+        if self._pending_spanning:
+            idx[L.W_SPANNING_RELEASED] += self._pending_spanning
+            self._pending_spanning = 0
+        self._pending = self._pending_messages = 0
+        if idx[L.W_PRODUCER_WAITING]:
+            self._wake(self._space_fd, L.W_PRODUCER_WAKEUPS)
 
     def consumer_fd(self) -> int:
         """eventfd that becomes readable when data may be there (after consumer_arm)."""
@@ -478,17 +423,17 @@ class Ring:
         True, and call consumer_disarm() after waking.
         """
         idx = self._idx
-        idx[_W_CONSUMER_WAITING] = 1
+        idx[L.W_CONSUMER_WAITING] = 1
         _barrier.heavy_barrier()
-        if idx[_W_HEAD] != idx[_W_TAIL] + self._pending:
-            idx[_W_CONSUMER_WAITING] = 0
+        if idx[L.W_HEAD] != idx[L.W_TAIL] + self._pending:
+            idx[L.W_CONSUMER_WAITING] = 0
             return False
-        idx[_W_CONSUMER_SLEEPS] += 1
+        idx[L.W_CONSUMER_SLEEPS] += 1
         return True
 
     def consumer_disarm(self) -> None:
         """Stop asking for wake-ups and drain consumer_fd()."""
-        self._idx[_W_CONSUMER_WAITING] = 0
+        self._idx[L.W_CONSUMER_WAITING] = 0
         _drain(self._data_fd)
 
     # ----------------------------------------------------------------- simple blocking waits
@@ -497,9 +442,12 @@ class Ring:
         """Block until data is available (True) or timeout seconds pass (False)."""
         return self._wait(self.consumer_arm, self.consumer_disarm, self._data_fd, timeout)
 
-    def wait_space(self, timeout: float | None = None) -> bool:
-        """Block until there is room for a packet (True) or timeout seconds pass (False)."""
-        return self._wait(self.producer_arm, self.producer_disarm, self._space_fd, timeout)
+    def wait_space(self, timeout: float | None = None, nbytes: int = 1) -> bool:
+        """Block until a message of nbytes fits (True) or timeout seconds pass (False)."""
+        need = self.slots_for(nbytes)
+        return self._wait(
+            lambda: self.producer_arm(need), self.producer_disarm, self._space_fd, timeout
+        )
 
     def _wait(
         self,
@@ -523,7 +471,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         """Snapshot of the shared counters."""
-        return _stats_from(self._idx)
+        return L.read_counters(self._idx)
 
     def _wake(self, fd: int, counter: int) -> None:
         os.eventfd_write(fd, 1)
@@ -537,20 +485,20 @@ def arm_all(consumers: Sequence[Ring] = (), producers: Sequence[Ring] = ()) -> b
     their fds); otherwise disarms them all and returns False (there is work: do not sleep).
     """
     for ring in consumers:
-        ring._idx[_W_CONSUMER_WAITING] = 1
+        ring._idx[L.W_CONSUMER_WAITING] = 1
     for ring in producers:
-        ring._idx[_W_PRODUCER_WAITING] = 1
+        ring._idx[L.W_PRODUCER_WAITING] = 1
     _barrier.heavy_barrier()
-    ready = any(r._idx[_W_HEAD] != r._idx[_W_TAIL] + r._pending for r in consumers) or any(
-        r._idx[_W_HEAD] - r._idx[_W_TAIL] < r.slots for r in producers
+    ready = any(r._idx[L.W_HEAD] != r._idx[L.W_TAIL] + r._pending for r in consumers) or any(
+        r._idx[L.W_HEAD] - r._idx[L.W_TAIL] < r.slots for r in producers
     )
     if ready:
         disarm_all(consumers, producers)
         return False
     for ring in consumers:
-        ring._idx[_W_CONSUMER_SLEEPS] += 1
+        ring._idx[L.W_CONSUMER_SLEEPS] += 1
     for ring in producers:
-        ring._idx[_W_PRODUCER_SLEEPS] += 1
+        ring._idx[L.W_PRODUCER_SLEEPS] += 1
     return True
 
 
@@ -562,63 +510,6 @@ def disarm_all(consumers: Sequence[Ring] = (), producers: Sequence[Ring] = ()) -
         ring.producer_disarm()
 
 
-def _stats_from(words: memoryview) -> RingStats:
-    head, tail = words[_W_HEAD], words[_W_TAIL]
-    return RingStats(
-        slots=words[_W_SLOTS],
-        slot_size=words[_W_SLOT_SIZE],
-        packets=head,
-        bytes=words[_W_BYTES],
-        released=tail,
-        occupancy=head - tail,
-        high_water=words[_W_HIGH],
-        full_events=words[_W_FULL],
-        consumer_sleeps=words[_W_CONSUMER_SLEEPS],
-        consumer_wakeups=words[_W_CONSUMER_WAKEUPS],
-        producer_sleeps=words[_W_PRODUCER_SLEEPS],
-        producer_wakeups=words[_W_PRODUCER_WAKEUPS],
-    )
-
-
-def read_stats(name: str) -> RingStats:
-    """Counters of ring `name`, read-only, from any process (e.g. the metrics endpoint)."""
-    path = _check_name(name)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_size < _HEADER_BYTES:
-            raise ValueError(f"{name!r} is too small to be an shm_ring segment")
-        with (
-            mmap.mmap(fd, _HEADER_BYTES, prot=mmap.PROT_READ) as hm,
-            memoryview(hm) as hv,
-            hv.cast("Q") as words,
-        ):
-            if words[_W_MAGIC] != MAGIC or words[_W_VERSION] != VERSION:
-                raise ValueError(f"{name!r} is not a version-{VERSION} shm_ring segment")
-            return _stats_from(words)
-    finally:
-        os.close(fd)
-
-
 def _drain(fd: int) -> None:
     with contextlib.suppress(BlockingIOError):
         os.eventfd_read(fd)
-
-
-def _copy_fds(pid: int, remote: tuple[int, int]) -> tuple[int, int]:
-    """Duplicate two of process pid's file descriptors into this process (pidfd_getfd)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    try:
-        local: list[int] = []
-        for rfd in remote:
-            fd = int(libc.syscall(ctypes.c_long(_NR_PIDFD_GETFD), pidfd, rfd, 0))
-            if fd < 0:
-                err = ctypes.get_errno()
-                for done in local:
-                    os.close(done)
-                raise OSError(err, f"pidfd_getfd of fd {rfd} in pid {pid}: {os.strerror(err)}")
-            os.set_inheritable(fd, False)
-            local.append(fd)
-        return local[0], local[1]
-    finally:
-        os.close(pidfd)

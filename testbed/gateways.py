@@ -25,9 +25,9 @@ from typing import Protocol
 
 import psutil
 
+from gateway.runtime_dir import runtime_dir
 from gateway.show import find_stats_segment
 from gateway.stats import StatsRegion
-from shm_ring.ring import SHM_DIR
 from testbed.addresses import GATEWAY_ADDRESSES, LISTEN_PORT, TUNNEL_MTU
 from testbed.gateway_config import METRICS_LISTEN, GatewayPeer, gateway_toml
 from testbed.netns import WIREGUARD_RUN_DIR, NetNS, unique_name, wait_for
@@ -338,7 +338,7 @@ class FirezoneGateway:
         # A gateway that had to be killed leaves its socket and segments (the names are ours).
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        for leftover in Path(SHM_DIR).glob(f"fzgw.{self.ifname}.*"):
+        for leftover in runtime_dir().glob(f"fzgw.{self.ifname}.*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         self._dir.cleanup()

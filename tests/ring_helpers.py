@@ -1,4 +1,4 @@
-"""Helpers for shm_ring tests: unique segment names and forked child processes."""
+"""Helpers for shm_ring tests: unique ring labels and forked child processes."""
 
 from __future__ import annotations
 
@@ -15,13 +15,8 @@ _counter = itertools.count()
 
 
 def unique_ring_name(tag: str = "t") -> str:
-    """A segment name unique to this run and call (includes the pid)."""
+    """A ring label unique to this run and call (includes the pid)."""
     return f"fzgw-test-{os.getpid()}-{tag}-{next(_counter)}"
-
-
-def unlink_quietly(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(f"/dev/shm/{name}")
 
 
 def fork_child(body: Callable[[], None]) -> int:

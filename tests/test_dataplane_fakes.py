@@ -7,7 +7,7 @@ from hypothesis import strategies as hs
 
 from shm_ring.ring import Ring
 from tests.dataplane_fakes import POISON, MemoryRing
-from tests.ring_helpers import unique_ring_name, unlink_quietly
+from tests.ring_helpers import unique_ring_name
 
 SLOTS, SLOT_SIZE = 4, 16
 
@@ -47,7 +47,6 @@ def test_memory_ring_matches_the_shared_memory_ring(ops: list[tuple[str, object]
         assert fake.full_events == real.stats().full_events
     finally:
         real.close()
-        unlink_quietly(name)
 
 
 def test_a_packet_used_after_release_reads_as_poison() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gateway.runtime_dir import runtime_dir
 from testbed.addresses import RESOURCE_ADDR, RESOURCE_ADDR6, ClientOptions
 from testbed.gateways import FirezoneGateway
 from testbed.iperf import IperfResult, run_iperf
@@ -306,8 +307,8 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGa
     assert gw.proc is not None
     assert gw.ns is not None
     children = [psutil.Process(pid) for pid in gw.role_pids().values()]
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
-    assert segments  # rings and stats exist while running
+    segments = sorted(p.name for p in runtime_dir().glob(f"fzgw.{gw.ifname}.*"))
+    assert segments  # the stats segment exists while running (rings have no name)
     sent = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     code = gw.proc.wait(5)
@@ -315,7 +316,7 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGa
     assert took < 2.0, took
     assert code == 0
     assert gw.ifname not in gw.ns.ip("-o", "link", "show")
-    assert not list(Path("/dev/shm").glob(f"fzgw.{gw.ifname}.*"))
+    assert not list(runtime_dir().glob(f"fzgw.{gw.ifname}.*"))
     assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
@@ -324,7 +325,7 @@ def test_sigterm_stops_everything_within_two_seconds(shared: Topology[FirezoneGa
 
 
 def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> None:
-    """SIGTERM as soon as the first shared-memory segment exists (rings are being built)."""
+    """SIGTERM as soon as the stats segment exists (start-up is still under way)."""
     ns = netns_hosts.add("fzegw")
     gw = FirezoneGateway(4)
     gw.start(ns, [])
@@ -332,14 +333,14 @@ def test_sigterm_during_startup_leaves_nothing_behind(netns_hosts: Hosts) -> Non
     pattern = f"fzgw.{gw.ifname}.*"
     try:
         deadline = time.monotonic() + 15
-        while not list(Path("/dev/shm").glob(pattern)) and time.monotonic() < deadline:
+        while not list(runtime_dir().glob(pattern)) and time.monotonic() < deadline:
             time.sleep(0.001)  # a tight poll: the window between segments and handlers is short
         gw.proc.send_signal(signal.SIGTERM)
         gw.proc.wait(5)
-        assert not list(Path("/dev/shm").glob(pattern)), gw.describe_failure()
+        assert not list(runtime_dir().glob(pattern)), gw.describe_failure()
         assert gw.ifname not in ns.ip("-o", "link", "show")
         assert not (WIREGUARD_RUN_DIR / f"{gw.ifname}.sock").exists()
     finally:
-        for leftover in Path("/dev/shm").glob(pattern):  # ours: the name is unique to this run
+        for leftover in runtime_dir().glob(pattern):  # ours: the name is unique to this run
             leftover.unlink()
         gw.close()

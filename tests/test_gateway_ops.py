@@ -23,7 +23,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shm_ring.ring import SHM_DIR
+from gateway import runtime_dir
 from testbed.addresses import GATEWAY_TUNNEL_ADDR, LISTEN_PORT, client_specs
 from testbed.gateway_config import GatewayPeer
 from testbed.gateways import FirezoneGateway, firezone_executable
@@ -305,33 +305,71 @@ def test_device_lines_have_the_shape_of_a_wireguard_go_device(lab1: Lab) -> None
     counters from the fourth line): an extra line such as an alias would break them."""
     started(lab1)
     client = lab1.clients[0]
-    ours = lab1.gw.ip("-stats", "link", "show", "dev", lab1.ifname).splitlines()
+    ours = lab1.gateway_ns.ip("-stats", "link", "show", "dev", lab1.backend.ifname).splitlines()
     theirs = client.ns.ip("-stats", "link", "show", "dev", client.ifname).splitlines()
     assert len(ours) == len(theirs), (ours, theirs)
-    assert [line.split()[0] for line in ours[1:]] == [line.split()[0] for line in theirs[1:]]
+
+    def shape(line: str) -> tuple[str, int]:
+        """A line's kind (its first word; any counter line is "N") and its word count."""
+        words = line.split()
+        return ("N" if words[0].isdigit() else words[0], len(words))
+
+    assert [shape(line) for line in ours[1:]] == [shape(line) for line in theirs[1:]]
     assert theirs[2].split()[0] == "RX:"
     rx_bytes, rx_packets = map(int, ours[3].split()[:2])
     assert rx_bytes > 0
     assert rx_packets > 0  # the pings came out of the tunnel into the device
 
 
-def test_tun_mtu_raised_behind_our_back_drops_big_packets_without_crashing(lab1: Lab) -> None:
+def test_tun_mtu_raised_at_run_time_carries_8000_byte_packets_both_ways(lab1: Lab) -> None:
+    """Slots hold 1500 bytes; an 8028-byte packet spans six of them on every ring."""
     started(lab1)
+    client = lab1.clients[0]
     lab1.gateway_ns.ip("link", "set", lab1.backend.ifname, "mtu", "9000")  # not through the config
-    lab1.gateway_ns.run("ip", "route", "flush", "cache", check=False)
-    big = subprocess.run(  # 3000 bytes from the gateway host itself: larger than a ring slot
-        lab1.gateway_ns.exec_argv("ping", "-c", "3", "-i", "0.1", "-W", "1", "-s", "3000",
-                                "-M", "do", "10.77.0.2"),
-        capture_output=True, check=False, timeout=10,
-    )  # fmt: skip
-    assert big.returncode != 0
+    client.ns.ip("link", "set", client.ifname, "mtu", "9000")
+    for host in (lab1.gateway_ns, client.ns):
+        host.run("ip", "route", "flush", "cache", check=False)
+    # From the client: its request crosses UDP -> crypto -> worker -> TUN whole (-M do), the
+    # gateway's reply TUN -> worker -> crypto -> UDP; only the outer UDP is fragmented.
+    assert lab1.ping(0, count=3, interval=0.1, dest=GATEWAY_TUNNEL_ADDR, size=8000)
     samples = scrape(lab1)
-    assert value(samples, "firezone_gw_drops_total", reason="too_big") >= 3
-    assert value(samples, "firezone_gw_child_restarts_total") == 0
-    assert lab1.ping(0, count=2, interval=0.1)  # and ordinary traffic goes on
+    assert value(samples, "firezone_gw_drops_total", reason="too_big") == 0
+    assert lab1.backend.exited() is None
 
 
-# ---- SIGHUP reload ------------------------------------------------------------------------
+def test_planted_fifos_hang_neither_start_up_nor_show(lab1: Lab) -> None:
+    """Any local user can mkfifo in /dev/shm, only the gateway's user in its runtime dir;
+    neither start-up nor `show` may block on one (each step below has a deadline)."""
+    gw = lab1.backend
+    gw.write_config([lab1.peer(0)])
+    rundir = runtime_dir.runtime_dir()
+    os.close(runtime_dir.make_dir(rundir))
+    in_shm = [Path(f"/dev/shm/fzgw.{gw.ifname}.1.{n}") for n in ("worker0_to_crypto", "stats")]
+    left = rundir / f"fzgw.{gw.ifname}.1.stats"  # pid 1 runs: looks like a live gateway's
+    late = rundir / f"fzgw.{gw.ifname}.{os.getpid()}.stats"
+    try:
+        for fifo in (*in_shm, left):
+            os.mkfifo(fifo, 0o600)
+        start(lab1)  # raises after the readiness timeout
+        assert not left.exists()  # not a segment: removed at start, never opened to read
+        os.mkfifo(late, 0o600)
+        lab1.connect_client(0)
+        lab1.wait_ping(0)
+        table = show(lab1)  # a 30 s timeout
+        assert f"interface: {gw.ifname}" in table
+        assert all(fifo.exists() for fifo in (*in_shm, late))  # /dev/shm is not ours to clean
+    finally:
+        for fifo in (*in_shm, left, late):
+            fifo.unlink(missing_ok=True)
+
+
+def test_gateway_has_no_resource_tracker_process(lab1: Lab) -> None:
+    started(lab1)
+    assert lab1.backend.proc is not None
+    family = psutil.Process(lab1.backend.proc.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in family]
+    assert len(commands) == 4  # worker0, worker1, crypto, udp
+    assert not [c for c in commands if "resource_tracker" in c], commands
 
 
 def test_sighup_reload_applies_peer_changes_and_keeps_sessions() -> None:
@@ -587,5 +625,5 @@ def test_tun_device_moved_keeps_forwarding_and_deleted_stops_cleanly(
     assert "TUN device gone" in log  # a worker saw EBADFD and exited with its own status
     assert f"TUN device {lab1.backend.ifname} was deleted: shutting down" in log
     assert not lab1.backend.socket_path.exists()
-    assert not list(Path(SHM_DIR).glob(f"fzgw.{lab1.backend.ifname}.*"))
+    assert not list(runtime_dir.runtime_dir().glob(f"fzgw.{lab1.backend.ifname}.*"))
     assert not [pid for pid in family if psutil.pid_exists(pid)]

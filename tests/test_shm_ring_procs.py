@@ -1,4 +1,5 @@
-"""shm_ring across processes: multi-million-packet stress, no lost wake-up, idle CPU."""
+"""shm_ring across processes: multi-million-packet stress (also with messages of mixed sizes
+spanning and wrapping several slots), no lost wake-up, idle CPU."""
 
 from __future__ import annotations
 
@@ -14,13 +15,7 @@ import psutil
 import pytest
 
 from shm_ring import Ring
-from tests.ring_helpers import (
-    fork_child,
-    kill_child,
-    unique_ring_name,
-    unlink_quietly,
-    wait_child,
-)
+from tests.ring_helpers import fork_child, kill_child, unique_ring_name, wait_child
 
 _HEAD = struct.Struct("<QI")  # sequence number, crc32 of the payload
 _CLASSES = 4096  # packet length and payload repeat with period _CLASSES; seq never does
@@ -28,12 +23,7 @@ _CLASSES = 4096  # packet length and payload repeat with period _CLASSES; seq ne
 
 @pytest.fixture
 def ring_names() -> Iterator[list[str]]:
-    names: list[str] = []
-    try:
-        yield names
-    finally:
-        for n in names:
-            unlink_quietly(n)
+    yield []  # labels only: rings have no name in the filesystem to clean up
 
 
 def _new_ring(names: list[str], **geometry: int) -> Ring:
@@ -41,9 +31,9 @@ def _new_ring(names: list[str], **geometry: int) -> Ring:
     return Ring.create(names[-1], **geometry)
 
 
-def _wait(ring: Ring, *, consumer: bool) -> None:
-    """Sleep in epoll until the ring has data (consumer) or room (producer); no timeout."""
-    arm = ring.consumer_arm if consumer else ring.producer_arm
+def _wait(ring: Ring, *, consumer: bool, need: int = 1) -> None:
+    """Sleep in epoll until the ring has data (consumer) or `need` free slots (producer)."""
+    arm = ring.consumer_arm if consumer else lambda: ring.producer_arm(need)
     disarm = ring.consumer_disarm if consumer else ring.producer_disarm
     fd = ring.consumer_fd() if consumer else ring.producer_fd()
     ep = select.epoll()
@@ -59,9 +49,14 @@ def _wait(ring: Ring, *, consumer: bool) -> None:
 class _Packets:
     """Deterministic packets: a sequence number, a checksum and a random payload each."""
 
-    def __init__(self, max_len: int, seed: int) -> None:
+    def __init__(self, max_len: int, seed: int, *, big_len: int = 0) -> None:
+        """Lengths 1..max_len, and with big_len a fifth of them max_len..big_len."""
         rng = random.Random(seed)
-        self.lengths = [rng.randint(1, max_len) for _ in range(_CLASSES)]
+        self.lengths = [
+            rng.randint(max_len, big_len) if big_len and rng.random() < 0.2 else
+            rng.randint(1, max_len)
+            for _ in range(_CLASSES)
+        ]  # fmt: skip
         self.payloads = [rng.randbytes(max(0, n - _HEAD.size)) for n in self.lengths]
         self.crcs = [zlib.crc32(p) for p in self.payloads]
 
@@ -96,7 +91,7 @@ def _produce(ring: Ring, packets: _Packets, total: int, seed: int) -> None:
             seq += taken
             batch = batch[taken:]
             if batch:
-                _wait(ring, consumer=False)
+                _wait(ring, consumer=False, need=ring.slots_for(len(batch[0])))
 
 
 def _consume(ring: Ring, packets: _Packets, total: int, seed: int) -> None:
@@ -137,6 +132,26 @@ def test_two_process_stress_millions_of_packets(ring_names: list[str]) -> None:
         # Both sleep paths ran, and wake-ups are far rarer than packets.
         assert stats.consumer_sleeps > 0 and stats.producer_sleeps > 0
         assert stats.consumer_wakeups + stats.producer_wakeups < total // 10
+    finally:
+        ring.close()
+
+
+@pytest.mark.slow
+def test_two_process_stress_mixed_sizes_spanning_and_wrapping(ring_names: list[str]) -> None:
+    """Messages up to 64 KiB through a ring of 200 x 1280 bytes: most take one slot, a fifth
+    take up to 52 and many of those wrap around the ring's end."""
+    total = int(os.environ.get("SHM_RING_STRESS_MIXED", "300000"))
+    ring = _new_ring(ring_names, slots=200, slot_size=1280)
+    packets = _Packets(1280, seed=11, big_len=65535)
+    try:
+        producer = fork_child(lambda: _produce(ring, packets, total, seed=5))
+        consumer = fork_child(lambda: _consume(ring, packets, total, seed=6))
+        codes = wait_child(consumer, 600), wait_child(producer, 60)
+        assert codes == (0, 0), f"exit codes (consumer, producer) {codes}: None means stuck"
+        stats = ring.stats()
+        assert (stats.packets, stats.released, stats.occupancy) == (total, total, 0)
+        assert stats.bytes == sum(packets.lengths[s % _CLASSES] for s in range(total))
+        assert stats.full_events > 0 and stats.producer_sleeps > 0
     finally:
         ring.close()
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from multiprocessing import shared_memory
+from pathlib import Path
 
 import pytest
 
@@ -168,14 +168,10 @@ def test_attach_from_another_process_leaves_segment(region: StatsRegion) -> None
     again.close()
 
 
-def test_attach_rejects_foreign_segment() -> None:
-    shm = shared_memory.SharedMemory(_unique(), create=True, size=4096)
-    try:
-        with pytest.raises(ValueError, match="not a firezone-gw stats region"):
-            StatsRegion.attach(shm.name)
-    finally:
-        shm.close()
-        shm.unlink()
+def test_attach_rejects_foreign_segment(tmp_path: Path) -> None:
+    (tmp_path / "foreign").write_bytes(bytes(4096))
+    with pytest.raises(ValueError, match="not a firezone-gw stats segment"):
+        StatsRegion.attach("foreign", directory=tmp_path)
 
 
 @pytest.mark.parametrize(("workers", "max_peers"), [(0, 10), (257, 10), (1, 0)])

@@ -54,7 +54,7 @@ class PacketRing(Protocol):
     """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
 
     @property
-    def slot_size(self) -> int: ...
+    def max_message(self) -> int: ...  # the largest message (packet) it carries, in bytes
 
     def send_ready(self) -> bool: ...
 
@@ -204,8 +204,8 @@ class CryptoLoop(Generic[RingT]):
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
-        self._max_inner = min(r.slot_size for r in self._to_workers)
-        self._max_datagram = rings.to_udp.slot_size - HEADER_SIZE
+        self._max_inner = min(r.max_message for r in self._to_workers)
+        self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0

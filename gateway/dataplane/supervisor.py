@@ -49,12 +49,11 @@ from gateway.keys import encode_key
 from gateway.logsetup import setup_logging
 from gateway.metrics import MetricsServer
 from gateway.sdnotify import Notifier, watchdog_interval
-from gateway.show import stats_segment_name
+from gateway.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import TRANSPORT_OVERHEAD
 from shm_ring.ring import Ring
-from shm_ring.stale import cleanup_stale
 from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
 from tunio.errors import TunError
 from tunio.linux import TunQueue, open_multiqueue
@@ -66,7 +65,7 @@ RING_SLOTS = 1000
 # Merge TCP segments into one TUN write (tunio.offload): one forwarded packet, not dozens.
 TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
 # Clients commonly run wg-quick's MTU 1420 (or 1500 on some links) while the gateway's TUN
-# uses 1280: their packets must still fit a ring slot, so slots hold at least this much.
+# uses 1280: slots hold at least this much so their packets still take one slot each.
 MIN_INNER_PACKET = 1500
 # A child with work waiting that makes no progress for this long is hung: it is restarted.
 HANG_TIMEOUT = 3.0
@@ -133,7 +132,6 @@ class Supervisor:
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
         self._epoll: select.epoll | None = None
-        self._max_inner = MIN_INNER_PACKET
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -141,23 +139,19 @@ class Supervisor:
 
     # ---- setup --------------------------------------------------------------------------
 
-    def _prefix(self) -> str:
-        return f"fzgw.{self.name}."
-
     def setup(self) -> None:
         cfg = self.config
         workers = self.options.workers
-        for stale in cleanup_stale(self._prefix()):
-            log.info("removed stale shared memory %s", stale)
         try:
             self.rt.queues = open_multiqueue(self.name, workers, vnet_hdr=TUN_GRO)
             self.rt.manager = TunDeviceManager(self.name)
             self.rt.manager.configure(mtu=cfg.interface.mtu, addresses=cfg.interface.addresses)
         except TunError as exc:
             raise SupervisorError(str(exc)) from exc
-        inner = self._max_inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
+        # Slots are sized for the configured MTU; a larger packet (the MTU raised at run time,
+        # up to 65535) spans several slots, so the rings never limit the MTU.
+        inner = max(cfg.interface.mtu, MIN_INNER_PACKET)
         datagram_slot = HEADER_SIZE + TRANSPORT_OVERHEAD + inner + 16  # + padding to 16
-        pid = os.getpid()
         ring_specs = {}
         for i in range(workers):
             ring_specs[f"worker{i}_to_crypto"] = inner
@@ -165,12 +159,18 @@ class Supervisor:
         ring_specs["crypto_to_udp"] = datagram_slot
         ring_specs["udp_to_crypto"] = datagram_slot
         for ring_name, slot_size in ring_specs.items():
-            self.rt.rings[ring_name] = Ring.create(
-                f"{self._prefix()}{pid}.{ring_name}", slots=RING_SLOTS, slot_size=slot_size
+            # Anonymous memory: only the processes forked from here can reach a ring.
+            self.rt.rings[ring_name] = Ring.create(ring_name, slots=RING_SLOTS, slot_size=slot_size)
+        try:
+            for name in remove_dead_segments(self.name):
+                log.info("removed %s, left by a gateway that is gone", name)
+            self.rt.stats = st.StatsRegion.create(
+                stats_segment_name(self.name, os.getpid()),
+                workers=workers,
+                max_peers=max(1024, len(cfg.peers)),
             )
-        self.rt.stats = st.StatsRegion.create(
-            stats_segment_name(self.name, pid), workers=workers, max_peers=max(1024, len(cfg.peers))
-        )
+        except (OSError, ValueError) as exc:
+            raise SupervisorError(f"cannot create the stats segment: {exc}") from exc
         self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
         try:
             self.rt.udp = UdpIo(
@@ -708,13 +708,6 @@ class Supervisor:
             return
         if self._device_name() != self.name or interface_up(self.name) is None:
             log.warning("reload: %s is not in this namespace: MTU and addresses kept", self.name)
-            return
-        if new.mtu > self._max_inner:
-            log.error(
-                "reload: MTU %d exceeds what the rings were sized for (%d); restart to raise it",
-                new.mtu,
-                self._max_inner,
-            )
             return
         manager = self.rt.manager
         if manager is None:

@@ -31,7 +31,7 @@ def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     sock_fd = udp.fileno()
-    max_payload = to_crypto.slot_size - HEADER_SIZE
+    max_payload = to_crypto.max_message - HEADER_SIZE  # a long datagram spans several slots
     c = counters
     unsent: Outgoing = []
     while True:

@@ -24,7 +24,7 @@ def run_worker(
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     tun_fd = tun.fileno()
-    limit = to_crypto.slot_size
+    limit = to_crypto.max_message  # a packet longer than a slot spans several
     c = counters
     while True:
         beat()
@@ -36,7 +36,7 @@ def run_worker(
             if packets:
                 busy = True
                 sizes = list(map(len, packets))
-                if max(sizes) > limit or min(sizes) == 0:  # e.g. an MTU raised behind our back
+                if max(sizes) > limit or min(sizes) == 0:
                     c[st.DROP_TOO_BIG] += sum(size > limit for size in sizes)
                     c[st.DROP_MALFORMED] += sizes.count(0)
                     packets = [p for p in packets if 0 < len(p) <= limit]

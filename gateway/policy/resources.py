@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from gateway.dns.names import NamePattern, parse_name_pattern
+from gateway.ipnet import HostBitsSet, IPNetwork, NetworkError, parse_network
 from gateway.policy.filters import Filter
 
 MAX_NAME_LENGTH = 64
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +32,11 @@ def parse_resource_address(text: str) -> IPNetwork | NamePattern:
     """An IPv4 or IPv6 network (a bare address is a /32 or /128), else a DNS name or `*.`
     pattern; ValueError saying why it is neither."""
     try:
-        return ipaddress.ip_network(text)
-    except ValueError:
+        return parse_network(text)
+    except HostBitsSet:
+        raise
+    except NetworkError:
         pass
-    try:
-        host = ipaddress.ip_interface(text)
-    except ValueError:
-        pass
-    else:
-        raise ValueError(f"{text} has host bits set; did you mean {host.network}?")
     expected = (
         "expected an IPv4 or IPv6 network such as 10.98.0.0/24 "
         f"or a DNS name such as app.corp.test or *.corp.test, got {text!r}"

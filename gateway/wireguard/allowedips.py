@@ -11,12 +11,14 @@ the common case (a few busy destinations) a single dict probe; any change clears
 from __future__ import annotations
 
 from collections.abc import Hashable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
+
+from gateway.ipnet import IPNetwork
 
 T = TypeVar("T", bound=Hashable)
 
-Network = IPv4Network | IPv6Network
+Network = IPNetwork  # the core's name for it
 
 _V4_BYTES = 4
 _V6_BYTES = 16

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from cryptography.exceptions import InvalidTag
 
 from gateway.endpoint import Endpoint
-from gateway.wireguard.allowedips import AllowedIPs
+from gateway.wireguard.allowedips import AllowedIPs, Network
 from gateway.wireguard.constants import (
     COOKIE_REPLY_SIZE,
     DEFAULT_UNDER_LOAD_THRESHOLD,
@@ -58,7 +58,7 @@ from gateway.wireguard.messages import (
     parse_response,
 )
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
-from gateway.wireguard.peer import Network, Peer
+from gateway.wireguard.peer import Peer
 from gateway.wireguard.ratelimiter import RateLimiter
 from gateway.wireguard.timers import expired, next_deadline
 

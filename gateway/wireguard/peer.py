@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
-from ipaddress import IPv4Network, IPv6Network
 
 from gateway.endpoint import Endpoint
-from gateway.wireguard.allowedips import AllowedIPs
+from gateway.wireguard.allowedips import AllowedIPs, Network
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.cookie import CookieGenerator
 from gateway.wireguard.keypair import Keypairs
 from gateway.wireguard.noise import ZERO_PSK, Handshake
 from gateway.wireguard.timers import PeerTimers
-
-Network = IPv4Network | IPv6Network
 
 
 class Peer:
