@@ -6,10 +6,10 @@ Every translated packet's checksums are checked against scapy's own computation
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from gateway.dataplane.firewall import NOT_MINE
-from gateway.nat.handler import ProxyHandler, Target, grants_by_key
+from gateway.nat.handler import ProxyHandler, Target, grants_by_key, sources_by_key
 from gateway.nat.table import UNCONFIRMED_TTL
 from gateway.policy.filters import parse_filter
 from gateway.policy.resources import Resource, parse_resource_address
@@ -212,3 +212,95 @@ def test_an_icmp_error_about_no_translated_flow_is_not_mine() -> None:
     other = udp_packet(ALICE_V4, REAL_V4, 5001, 53, b"q")
     error = destination_unreachable(other, Unreachable.PORT, source=ROUTER)
     assert proxy.to_peer(error, now=0.1) is NOT_MINE
+
+
+# ---- NAT64 / NAT46 (RFC 7915 through gateway/nat/translate.py) ----------------------------
+
+REAL_V6 = IPv6Address("fd00:98::5")
+
+
+def translating_handler(target: Target) -> tuple[ProxyHandler, list[bytearray]]:
+    resources = [Resource("app", parse_resource_address("app.corp.test"))]
+    replies: list[bytearray] = []
+    alice = [ip_network(f"{ALICE_V4}/32"), ip_network(f"{ALICE_V6}/128")]
+    proxy = ProxyHandler(
+        resources,
+        grants_by_key(resources, [(ALICE, ["app"])]),
+        replies.append,
+        sources=sources_by_key([(ALICE, alice)]),
+    )
+    proxy.apply(PROXY_V4, PROXY_V6, target)
+    return proxy, replies
+
+
+def test_nat64_tcp_to_the_ipv6_proxy_of_an_ipv4_only_name_and_the_reply_back() -> None:
+    proxy, replies = translating_handler(Target(0, (REAL_V4,), ()))
+    syn = tcp_packet(ALICE_V6, PROXY_V6, 40000, 443, b"hello", flags=TcpHeader.SYN)
+    out = proxy.from_peer(ALICE, syn, now=0.0)
+    assert out is not None
+    fields = decode(checked(out))
+    assert (fields.version, fields.source, fields.destination) == (4, ALICE_V4, REAL_V4)
+    assert (fields.source_port, fields.destination_port) == (40000, 443)
+    answer = tcp_packet(REAL_V4, ALICE_V4, 443, 40000, b"hi", flags=TcpHeader.SYN | TcpHeader.ACK)
+    back = proxy.to_peer(answer, now=0.1)
+    assert isinstance(back, bytearray)
+    fields = decode(checked(back))
+    assert (fields.version, fields.source, fields.destination) == (6, PROXY_V6, ALICE_V6)
+    assert (fields.source_port, fields.destination_port) == (443, 40000)
+    assert bytes(back).endswith(b"hi")
+    assert not replies
+
+
+def test_nat64_ping6_becomes_an_icmpv4_echo_and_the_reply_an_icmpv6_one() -> None:
+    proxy, _ = translating_handler(Target(0, (REAL_V4,), ()))
+    out = proxy.from_peer(ALICE, icmp_echo_request(ALICE_V6, PROXY_V6, 9, 3, b"p"), now=0.0)
+    assert out is not None
+    fields = decode(checked(out))
+    assert (fields.version, fields.icmp_type, fields.echo_id) == (4, 8, 9)
+    back = proxy.to_peer(icmp_echo_reply(REAL_V4, ALICE_V4, 9, 3, b"p"), now=0.0)
+    assert isinstance(back, bytearray)
+    fields = decode(checked(back))
+    assert (fields.version, fields.source, fields.icmp_type, fields.echo_id) == (
+        6,
+        PROXY_V6,
+        129,
+        9,
+    )
+
+
+def test_nat46_udp_to_the_ipv4_proxy_of_an_ipv6_only_name_and_the_reply_back() -> None:
+    proxy, _ = translating_handler(Target(0, (), (REAL_V6,)))
+    out = proxy.from_peer(ALICE, udp_packet(ALICE_V4, PROXY_V4, 5000, 53, b"q"), now=0.0)
+    assert out is not None
+    fields = decode(checked(out))
+    assert (fields.version, fields.source, fields.destination) == (6, ALICE_V6, REAL_V6)
+    back = proxy.to_peer(udp_packet(REAL_V6, ALICE_V6, 53, 5000, b"a"), now=0.0)
+    assert isinstance(back, bytearray)
+    fields = decode(checked(back))
+    assert (fields.version, fields.source, fields.destination) == (4, PROXY_V4, ALICE_V4)
+    assert (fields.source_port, fields.destination_port) == (53, 5000)
+
+
+def test_an_icmp_error_about_a_nat64_flow_reaches_the_peer_as_icmpv6_quoting_its_packet() -> None:
+    proxy, _ = translating_handler(Target(0, (REAL_V4,), ()))
+    sent = proxy.from_peer(ALICE, udp_packet(ALICE_V6, PROXY_V6, 5000, 53, b"q"), now=0.0)
+    assert sent is not None
+    error = destination_unreachable(IpPacket(sent), Unreachable.PORT, source=ROUTER)
+    back = proxy.to_peer(error, now=0.1)
+    assert isinstance(back, bytearray)
+    fields = decode(checked(back))
+    assert (fields.version, fields.source, fields.destination) == (6, PROXY_V6, ALICE_V6)
+    assert (fields.icmp_type, fields.icmp_code) == (1, 4)  # port unreachable
+    quoted = decode(checked(bytes(back[48:])))
+    assert (quoted.source, quoted.destination) == (ALICE_V6, PROXY_V6)
+    assert (quoted.source_port, quoted.destination_port) == (5000, 53)
+
+
+def test_a_peer_without_an_address_of_the_other_family_gets_unreachable() -> None:
+    proxy, replies = translating_handler(Target(0, (REAL_V4,), ()))
+    assert proxy.from_peer(BOB, udp_packet(ALICE_V6, PROXY_V6, 1, 2), now=0.0) is None  # no grant
+    resources = [Resource("app", parse_resource_address("app.corp.test"))]
+    proxy.set_grants(resources, {BOB: frozenset({0})}, sources_by_key([(BOB, [])]))
+    assert proxy.from_peer(BOB, udp_packet(ALICE_V6, PROXY_V6, 1, 2), now=0.0) is None
+    assert proxy.counters["no_address_of_family"] == 1
+    assert [decode(r).icmp_code for r in replies] == [1, 3]  # prohibited, then unreachable

@@ -29,7 +29,7 @@ from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
-from gateway.nat.handler import ProxyHandler, grants_by_key
+from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
 from gateway.uapi import UapiError, UapiServer, format_set, parse_set
 from shm_ring.ring import Ring
 
@@ -88,7 +88,12 @@ class CryptoControl:
         self.proxy: ProxyHandler | None = None
         if any(r.pattern is not None for r in config.resources):
             self.firewall = Firewall()
-            self.proxy = ProxyHandler(config.resources, _grants(config), self.firewall.reply)
+            self.proxy = ProxyHandler(
+                config.resources,
+                _grants(config),
+                self.firewall.reply,
+                sources=_sources(config),
+            )
             self.firewall.set_proxy_handler(self.proxy)
 
     def restore_state(self) -> None:
@@ -121,7 +126,7 @@ class CryptoControl:
             return
         apply_peers(self.device, config, now)
         if self.proxy is not None:  # DNS resources added later take a restart
-            self.proxy.set_grants(config.resources, _grants(config))
+            self.proxy.set_grants(config.resources, _grants(config), _sources(config))
         self._save_state()
         log.info("reload: %d peers", len(config.peers))
 
@@ -139,6 +144,10 @@ class CryptoControl:
 
 def _grants(config: GatewayConfig) -> dict[bytes, frozenset[int]]:
     return grants_by_key(config.resources, [(p.public_key, p.resources) for p in config.peers])
+
+
+def _sources(config: GatewayConfig) -> dict[bytes, PeerSources]:
+    return sources_by_key((p.public_key, p.allowed_ips) for p in config.peers)
 
 
 def crypto_main(inputs: CryptoInputs) -> None:

@@ -9,12 +9,16 @@ A peer's packet to a proxy address is forwarded only when the peer is granted th
 mapping's resource and the resource's filters admit the protocol and port (else ICMP
 administratively prohibited); it goes to the first real address of the proxy's family,
 from the peer's own address and port (another port when that one is taken toward the real
-address). A name with no address of that family: ICMP destination unreachable (RFC 7915
-translation is not here yet). Replies from the real host match the NAT table's outside key
-and are rewritten back to come from the proxy address; ICMP errors about a translated flow
-are rewritten too, outer and quoted packet. Fragments cannot be matched to a flow (only the
-first carries ports): dropped and counted. Every drop has a reason in `counters`.
-Expiry: `next_deadline`/`expire(now)`, driven by the crypto loop's timers.
+address). A name with no address of that family: the packet is translated to the other
+family (RFC 7915, gateway/nat/translate.py: NAT64 for an IPv6 proxy, NAT46 for an IPv4 one),
+from the peer's own tunnel address of that family (`PeerSources`, from its allowed IPs);
+no such address, or a packet RFC 7915 cannot translate: ICMP destination unreachable
+(silence where the RFC says so), never a silent drop otherwise. Replies from the real host
+match the NAT table's outside key and are rewritten (translated) back to come from the proxy
+address; ICMP errors about a translated flow are rewritten too, outer and quoted packet.
+Fragments cannot be matched to a flow (only the first carries ports): dropped and counted.
+Every drop has a reason in `counters`. Expiry: `next_deadline`/`expire(now)`, driven by
+the crypto loop's timers.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 from gateway.dataplane.firewall import NOT_MINE, NotMine
 from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.ipnet import IPNetwork
 from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
+from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
 from gateway.policy.filters import FilterSet
 from gateway.policy.resources import Resource
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket, checksum
@@ -76,10 +83,12 @@ class ProxyHandler:
         grants: Mapping[bytes, frozenset[int]],
         reply: Callable[[bytearray], None],
         *,
+        sources: Mapping[bytes, PeerSources] | None = None,
         table: NatTable | None = None,
     ) -> None:
         self._filters = [FilterSet(r.filters) for r in resources]
         self._grants = dict(grants)
+        self._sources = dict(sources or {})
         self._reply = reply
         self.table = table if table is not None else NatTable()
         self._targets: dict[IpAddress, Target] = {}
@@ -100,11 +109,15 @@ class ProxyHandler:
                 self.counters["mapping_outside_proxy_range"] += 1
 
     def set_grants(
-        self, resources: Sequence[Resource], grants: Mapping[bytes, frozenset[int]]
+        self,
+        resources: Sequence[Resource],
+        grants: Mapping[bytes, frozenset[int]],
+        sources: Mapping[bytes, PeerSources] | None = None,
     ) -> None:
         """After a reload: existing flows keep running; new packets see the new grants."""
         self._filters = [FilterSet(r.filters) for r in resources]
         self._grants = dict(grants)
+        self._sources = dict(sources or {})
 
     # ---- the ProxyHandler protocol ------------------------------------------------------
 
@@ -124,29 +137,62 @@ class ProxyHandler:
         if flow is None:
             return None
         source_port, port, flags = flow
-        reals: tuple[IpAddress, ...] = target.real_v4 if packet.version == IPV4 else target.real_v6
-        if not reals:
-            self._refuse(packet, Unreachable.ADDRESS, "no_address_of_family")
-            return None
+        same_family: tuple[IpAddress, ...] = (
+            target.real_v4 if packet.version == IPV4 else target.real_v6
+        )
         source = packet.source
+        if same_family:
+            real, outside_source, protocol = same_family[0], source, packet.protocol
+        else:  # NAT64 / NAT46 (RFC 7915), from the peer's own address of the other family
+            other = _other_family(packet, target, self._sources.get(peer_key))
+            if other is None:
+                self._refuse(packet, Unreachable.ADDRESS, "no_address_of_family")
+                return None
+            real, outside_source, protocol = other
         entry = self.table.outbound(
             Inside(peer_key, packet.protocol, source, source_port, proxy, port),
-            reals[0],
-            outside_protocol=packet.protocol,
-            outside_source=source,
+            real,
+            outside_protocol=protocol,
+            outside_source=outside_source,
             now=now,
             tcp_flags=flags,
         )
         if entry is None:
             self._refuse(packet, Unreachable.ADDRESS, "nat_table_full")
             return None
-        out = bytearray(packet.data)
-        rewritten = IpPacket(out)
-        rewritten.set_destination(entry.outside.real)
+        if same_family:
+            out = bytearray(packet.data)
+            rewritten = IpPacket(out)
+            rewritten.set_destination(entry.outside.real)
+        else:
+            translated = self._translate(packet, entry.outside.source, entry.outside.real)
+            if translated is None:
+                return None
+            out = translated
+            rewritten = IpPacket(out)
         if entry.outside.source_port != source_port:
             _set_flow_port(rewritten, source=True, port=entry.outside.source_port)
         self.counters["translated_out"] += 1
         return out
+
+    def _translate(
+        self,
+        packet: IpPacket,
+        source: IpAddress,
+        destination: IpAddress,
+        quoted: tuple[IpAddress, IpAddress] | None = None,
+    ) -> bytearray | None:
+        """`packet` in the other family (RFC 7915), from `source` to `destination`; None
+        after answering (ICMP unreachable, unless RFC 7915 says silently) and counting."""
+        try:
+            if isinstance(source, IPv4Address):
+                return ipv6_to_ipv4(packet, source, _v4(destination), quoted=_v4_pair(quoted))
+            return ipv4_to_ipv6(packet, source, _v6(destination), quoted=_v6_pair(quoted))
+        except Untranslatable as exc:
+            self.counters[f"untranslatable_{exc.reason}"] += 1
+            if not exc.silent:
+                self._refuse(packet, Unreachable.ADDRESS, "untranslatable")
+            return None
 
     def _admitted(
         self, peer_key: bytes, packet: IpPacket, target: Target
@@ -187,11 +233,25 @@ class ProxyHandler:
         entry = table.inbound(outside, now, flags)
         if entry is None:
             return NOT_MINE
-        out = bytearray(packet.data)
-        rewritten = IpPacket(out)
-        rewritten.set_source(entry.inside.proxy)
-        if entry.inside.source != entry.outside.source:
-            rewritten.set_destination(entry.inside.source)
+        return self._reply_to_peer(packet, entry, port, flags)
+
+    def _reply_to_peer(
+        self, packet: IpPacket, entry: Entry, port: int, flags: int
+    ) -> bytearray | None:
+        """A reply of a translated flow, as coming from the proxy address."""
+        inside = entry.inside
+        if inside.proxy.version == packet.version:
+            out = bytearray(packet.data)
+            rewritten = IpPacket(out)
+            rewritten.set_source(inside.proxy)
+            if inside.source != entry.outside.source:
+                rewritten.set_destination(inside.source)
+        else:
+            translated = self._translate(packet, inside.proxy, inside.source)
+            if translated is None:
+                return None
+            out = translated
+            rewritten = IpPacket(out)
         if entry.inside.source_port != port:
             _set_flow_port(rewritten, source=False, port=entry.inside.source_port)
         if flags & TCP_RST:
@@ -206,6 +266,27 @@ class ProxyHandler:
 
     def expire(self, now: float) -> None:
         self.counters["expired"] += self.table.expire(now)
+
+    def _error_across_families(
+        self, out: bytearray, transport: int, entry: Entry
+    ) -> bytearray | NotMine:
+        """An ICMP error about a NAT64/46 flow: the quote's port as the peer sent it, then
+        RFC 7915 translates the whole error (quoted addresses given, the proxy as source)."""
+        inside = entry.inside
+        port_at = transport if inside.protocol in (TCP, UDP) else transport + 4
+        _U16.pack_into(out, port_at, inside.source_port)
+        try:
+            error = IpPacket(out)
+            error.recompute_checksums()
+        except MalformedPacket:
+            return NOT_MINE
+        translated = self._translate(
+            error, inside.proxy, inside.source, quoted=(inside.source, inside.proxy)
+        )
+        if translated is None:
+            return NOT_MINE
+        self.counters["icmp_errors_translated"] += 1
+        return translated
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -233,6 +314,9 @@ class ProxyHandler:
         entry = self.table.find(outside)
         if entry is None:
             return NOT_MINE
+        inside = entry.inside
+        if inside.proxy.version != packet.version:
+            return self._error_across_families(out, transport, entry)
         _rewrite_quote(out, quote, transport, packet.version, entry)
         # The outer packet: to the peer; from the proxy when the real host itself sent it.
         outer_destination = 16 if packet.version == IPV4 else 24
@@ -247,6 +331,63 @@ class ProxyHandler:
             return NOT_MINE
         self.counters["icmp_errors_translated"] += 1
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSources:
+    """A peer's own tunnel addresses: the source of its packets translated to that family."""
+
+    v4: IPv4Address | None
+    v6: IPv6Address | None
+
+
+def sources_by_key(peers: Iterable[tuple[bytes, Sequence[IPNetwork]]]) -> dict[bytes, PeerSources]:
+    """Peer public key -> its first host address of each family among its allowed IPs."""
+    found = {}
+    for key, networks in peers:
+        hosts = [n.network_address for n in networks if n.prefixlen == n.max_prefixlen]
+        found[key] = PeerSources(
+            next((a for a in hosts if isinstance(a, IPv4Address)), None),
+            next((a for a in hosts if isinstance(a, IPv6Address)), None),
+        )
+    return found
+
+
+def _other_family(
+    packet: IpPacket, target: Target, sources: PeerSources | None
+) -> tuple[IpAddress, IpAddress, int] | None:
+    """(real address, outside source, outside protocol) in the other family, or None."""
+    if packet.version == IPV6:
+        reals: tuple[IpAddress, ...] = target.real_v4
+        source: IpAddress | None = None if sources is None else sources.v4
+        protocol = ICMP if packet.protocol == ICMPV6 else packet.protocol
+    else:
+        reals = target.real_v6
+        source = None if sources is None else sources.v6
+        protocol = ICMPV6 if packet.protocol == ICMP else packet.protocol
+    if not reals or source is None:
+        return None
+    return reals[0], source, protocol
+
+
+def _v4(address: IpAddress) -> IPv4Address:
+    if not isinstance(address, IPv4Address):  # a NAT entry has one family per side
+        raise TypeError(f"{address} is not IPv4")
+    return address
+
+
+def _v6(address: IpAddress) -> IPv6Address:
+    if not isinstance(address, IPv6Address):  # a NAT entry has one family per side
+        raise TypeError(f"{address} is not IPv6")
+    return address
+
+
+def _v4_pair(pair: tuple[IpAddress, IpAddress] | None) -> tuple[IPv4Address, IPv4Address] | None:
+    return None if pair is None else (_v4(pair[0]), _v4(pair[1]))
+
+
+def _v6_pair(pair: tuple[IpAddress, IpAddress] | None) -> tuple[IPv6Address, IPv6Address] | None:
+    return None if pair is None else (_v6(pair[0]), _v6(pair[1]))
 
 
 def _flow(packet: IpPacket, echoes: frozenset[tuple[int, int]]) -> tuple[int, int, int] | None:
