@@ -18,6 +18,7 @@ import dns.rrset
 
 ZONE: dict[str, dict[str, str]] = {
     "app.corp.test.": {"A": "10.88.0.2"},  # an IPv4-only host: the resource namespace
+    "v6only.corp.test.": {"AAAA": "fd00:88::2"},  # the same namespace, by IPv6 only
     "www.corp.test.": {"A": "192.0.2.7", "AAAA": "2001:db8::7"},
 }
 

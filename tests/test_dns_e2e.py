@@ -25,6 +25,7 @@ from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
     GATEWAY_TUNNEL_ADDR,
     RESOURCE_ADDR,
+    RESOURCE_ADDR6,
     RESOURCE_NET,
     RESOURCE_NET6,
     TUNNEL_NET,
@@ -44,6 +45,10 @@ upstreams = ["{RESOURCE_ADDR}:53"]
 [[resources]]
 name = "app"
 address = "app.corp.test"
+
+[[resources]]
+name = "v6app"
+address = "v6only.corp.test"
 """
 # Asks the gateway's DNS server through the tunnel: prints the answer's addresses as JSON.
 ASK = """
@@ -67,7 +72,7 @@ def lab() -> Iterator[Lab]:
         )
         assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
         granted = topo.peer(0)
-        granted.resources.append("app")
+        granted.resources.extend(["app", "v6app"])
         topo.backend.write_config([granted, topo.peer(1)], extra=DNS_CONFIG)
         topo.backend.launch(topo.gateway_ns)
         topo.backend.wait_ready()
@@ -115,10 +120,28 @@ def test_a_granted_peer_resolves_the_resource_to_proxy_addresses(lab: Lab) -> No
 def test_ping_and_tcp_to_the_ipv4_proxy_reach_the_real_host(lab: Lab) -> None:
     (proxy,) = ask(lab, 0, "app.corp.test", "A")
     assert lab.ping(0, dest=proxy, count=3)
-    server = lab.resource.popen("iperf3", "-s", "-1", "-B", RESOURCE_ADDR, "-p", "5301")
+    tcp_reaches(lab, proxy, RESOURCE_ADDR, 5301)
+
+
+def test_ping6_and_tcp_to_the_ipv6_proxy_reach_the_ipv4_only_host_through_nat64(lab: Lab) -> None:
+    (proxy,) = ask(lab, 0, "app.corp.test", "AAAA")
+    assert lab.ping(0, dest=proxy, count=3)
+    tcp_reaches(lab, proxy, RESOURCE_ADDR, 5302)
+
+
+def test_ping_and_tcp_to_the_ipv4_proxy_reach_an_ipv6_only_host_through_nat46(lab: Lab) -> None:
+    (proxy,) = ask(lab, 0, "v6only.corp.test", "A")
+    assert ipaddress.ip_address(proxy) in IPV4_RANGE
+    assert lab.ping(0, dest=proxy, count=3)
+    tcp_reaches(lab, proxy, RESOURCE_ADDR6, 5303)
+
+
+def tcp_reaches(lab: Lab, proxy: str, bind: str, port: int) -> None:
+    """iperf3 for a second from client 0 to `proxy`; its server listens on the real `bind`."""
+    server = lab.resource.popen("iperf3", "-s", "-1", "-B", bind, "-p", str(port))
     try:
         client = lab.client_ns(0).exec_argv(
-            "iperf3", "-c", proxy, "-p", "5301", "-t", "1", "-J", "--connect-timeout", "3000"
+            "iperf3", "-c", proxy, "-p", str(port), "-t", "1", "-J", "--connect-timeout", "3000"
         )
         for _ in range(50):  # until the one-shot server listens (refused: the RST came back)
             result = subprocess.run(client, capture_output=True, check=False, timeout=20)
