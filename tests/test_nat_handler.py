@@ -304,3 +304,25 @@ def test_a_peer_without_an_address_of_the_other_family_gets_unreachable() -> Non
     assert proxy.from_peer(BOB, udp_packet(ALICE_V6, PROXY_V6, 1, 2), now=0.0) is None
     assert proxy.counters["no_address_of_family"] == 1
     assert [decode(r).icmp_code for r in replies] == [1, 3]  # prohibited, then unreachable
+
+
+def test_icmp_errors_for_a_peer_are_rate_limited_and_the_rest_counted() -> None:
+    proxy, replies = handler()
+    unmapped = IPv4Address("100.96.0.99")
+    for i in range(20):
+        proxy.from_peer(ALICE, udp_packet(ALICE_V4, unmapped, 1000 + i, 2), now=0.0)
+    assert len(replies) == 6  # the burst, as the kernel's icmp_ratelimit
+    assert proxy.counters["icmp_rate_limited"] == 14
+    proxy.from_peer(ALICE, udp_packet(ALICE_V4, unmapped, 1, 2), now=1.0)
+    assert len(replies) == 7  # one more per second
+
+
+def test_a_reply_that_cannot_be_translated_back_is_dropped_and_counted_without_icmp() -> None:
+    proxy, replies = translating_handler(Target(0, (REAL_V4,), ()))
+    proxy.from_peer(ALICE, udp_packet(ALICE_V6, PROXY_V6, 5000, 53, b"q"), now=0.0)
+    # A reply fragment is not even looked up; a reply whose UDP length lies is untranslatable.
+    bad = bytearray(udp_packet(REAL_V4, ALICE_V4, 53, 5000, b"answer").data)
+    bad[24:26] = (100).to_bytes(2, "big")  # UDP length beyond the packet
+    assert proxy.to_peer(IpPacket(bad), now=0.1) is None
+    assert proxy.counters["untranslatable_malformed"] == 1
+    assert not replies  # never an ICMP error toward the real host through a peer's tunnel

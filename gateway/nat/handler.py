@@ -36,6 +36,7 @@ from gateway.ipnet import IPNetwork
 from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
 from gateway.policy.filters import FilterSet
+from gateway.policy.icmp_limit import IcmpErrorLimiter
 from gateway.policy.resources import Resource
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket, checksum
 from ippacket.headers import ICMP, ICMPV6, IPV4, IPV6, TCP, UDP
@@ -90,6 +91,7 @@ class ProxyHandler:
         self._grants = dict(grants)
         self._sources = dict(sources or {})
         self._reply = reply
+        self._icmp_limit = IcmpErrorLimiter()  # per peer, as the kernel's icmp_ratelimit
         self.table = table if table is not None else NatTable()
         self._targets: dict[IpAddress, Target] = {}
         self.counters: Counter[str] = Counter()
@@ -131,9 +133,9 @@ class ProxyHandler:
         proxy = packet.destination
         target = self._targets.get(proxy)
         if target is None:
-            self._refuse(packet, Unreachable.ADDRESS, "no_mapping")
+            self._refuse(packet, Unreachable.ADDRESS, "no_mapping", peer_key, now)
             return None
-        flow = self._admitted(peer_key, packet, target)
+        flow = self._admitted(peer_key, packet, target, now)
         if flow is None:
             return None
         source_port, port, flags = flow
@@ -146,7 +148,7 @@ class ProxyHandler:
         else:  # NAT64 / NAT46 (RFC 7915), from the peer's own address of the other family
             other = _other_family(packet, target, self._sources.get(peer_key))
             if other is None:
-                self._refuse(packet, Unreachable.ADDRESS, "no_address_of_family")
+                self._refuse(packet, Unreachable.ADDRESS, "no_address_of_family", peer_key, now)
                 return None
             real, outside_source, protocol = other
         entry = self.table.outbound(
@@ -158,14 +160,16 @@ class ProxyHandler:
             tcp_flags=flags,
         )
         if entry is None:
-            self._refuse(packet, Unreachable.ADDRESS, "nat_table_full")
+            self._refuse(packet, Unreachable.ADDRESS, "nat_table_full", peer_key, now)
             return None
         if same_family:
             out = bytearray(packet.data)
             rewritten = IpPacket(out)
             rewritten.set_destination(entry.outside.real)
         else:
-            translated = self._translate(packet, entry.outside.source, entry.outside.real)
+            translated = self._translate(
+                packet, entry.outside.source, entry.outside.real, answer_to=peer_key, now=now
+            )
             if translated is None:
                 return None
             out = translated
@@ -175,42 +179,46 @@ class ProxyHandler:
         self.counters["translated_out"] += 1
         return out
 
-    def _translate(
+    def _translate(  # noqa: PLR0913 - the addresses, then keyword-only who to answer and when
         self,
         packet: IpPacket,
         source: IpAddress,
         destination: IpAddress,
         quoted: tuple[IpAddress, IpAddress] | None = None,
+        *,
+        answer_to: bytes | None = None,
+        now: float = 0.0,
     ) -> bytearray | None:
         """`packet` in the other family (RFC 7915), from `source` to `destination`; None
-        after answering (ICMP unreachable, unless RFC 7915 says silently) and counting."""
+        after counting and, for a peer's packet (`answer_to`), answering with ICMP
+        unreachable unless RFC 7915 says to drop silently."""
         try:
             if isinstance(source, IPv4Address):
                 return ipv6_to_ipv4(packet, source, _v4(destination), quoted=_v4_pair(quoted))
             return ipv4_to_ipv6(packet, source, _v6(destination), quoted=_v6_pair(quoted))
         except Untranslatable as exc:
             self.counters[f"untranslatable_{exc.reason}"] += 1
-            if not exc.silent:
-                self._refuse(packet, Unreachable.ADDRESS, "untranslatable")
+            if answer_to is not None and not exc.silent:
+                self._refuse(packet, Unreachable.ADDRESS, "untranslatable", answer_to, now)
             return None
 
     def _admitted(
-        self, peer_key: bytes, packet: IpPacket, target: Target
+        self, peer_key: bytes, packet: IpPacket, target: Target, now: float
     ) -> tuple[int, int, int] | None:
         """The flow (see `_flow`) when the peer may send it to the resource; else None
         after answering or counting."""
         if target.resource not in self._grants.get(peer_key, ()):
-            self._refuse(packet, Unreachable.PROHIBITED, "not_granted")
+            self._refuse(packet, Unreachable.PROHIBITED, "not_granted", peer_key, now)
             return None
         if packet.is_fragment:
             self.counters["fragment"] += 1
             return None
         flow = _flow(packet, _ECHO_REQUESTS)
         if flow is None:
-            self._refuse(packet, Unreachable.PROHIBITED, "protocol")
+            self._refuse(packet, Unreachable.PROHIBITED, "protocol", peer_key, now)
             return None
         if not self._filters[target.resource].permits(packet.protocol, flow[1]):
-            self._refuse(packet, Unreachable.PROHIBITED, "filtered")
+            self._refuse(packet, Unreachable.PROHIBITED, "filtered", peer_key, now)
             return None
         return flow
 
@@ -290,8 +298,14 @@ class ProxyHandler:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _refuse(self, packet: IpPacket, reason: Unreachable, counter: str) -> None:
+    def _refuse(
+        self, packet: IpPacket, reason: Unreachable, counter: str, peer_key: bytes, now: float
+    ) -> None:
+        """Count, and answer the peer with ICMP unreachable within its rate limit."""
         self.counters[counter] += 1
+        if not self._icmp_limit.allow(peer_key, now):
+            self.counters["icmp_rate_limited"] += 1
+            return
         try:
             error = destination_unreachable(packet, reason)
         except ImpossiblePacket:
