@@ -60,7 +60,7 @@ class ProxyAddresses:
         return self.pair(slot)
 
     def _home_slot(self, name: dns.name.Name) -> int:
-        digest = hashlib.blake2b(name.to_wire(), digest_size=8).digest()
+        digest = hashlib.blake2b(name.to_digestable(), digest_size=8).digest()
         return int.from_bytes(digest) % self.capacity
 
     @staticmethod
