@@ -182,3 +182,20 @@ def test_a_killed_dns_process_is_restarted_and_answers_again(lab: Lab) -> None:
     (proxy,) = ask(lab, 0, "app.corp.test", "A")
     assert ipaddress.ip_address(proxy) in IPV4_RANGE
     assert lab.ping(0, dest=proxy, count=2)
+
+
+def test_a_reload_that_grants_the_resource_gives_the_peer_proxy_addresses(lab: Lab) -> None:
+    """Last in this module: it changes the grants the other tests rely on."""
+    assert ask(lab, 1, "app.corp.test", "A") == [RESOURCE_ADDR]
+    granted, newly = lab.peer(0), lab.peer(1)
+    granted.resources.extend(["app", "v6app"])
+    newly.resources.append("app")
+    lab.backend.write_config([granted, newly], extra=DNS_CONFIG)
+    before = lab.backend.child_pid("dns")
+    lab.backend.signal(signal.SIGHUP)
+    wait_for(lambda: lab.backend.child_pid("dns") not in (0, before), timeout=15)
+    lab.backend.wait_ready()
+    (proxy,) = ask(lab, 1, "app.corp.test", "A")
+    assert ipaddress.ip_address(proxy) in IPV4_RANGE
+    assert proxy == ask(lab, 0, "app.corp.test", "A")[0]  # the same pair as before
+    assert lab.ping(1, dest=proxy, count=2)

@@ -326,3 +326,21 @@ def test_a_reply_that_cannot_be_translated_back_is_dropped_and_counted_without_i
     assert proxy.to_peer(IpPacket(bad), now=0.1) is None
     assert proxy.counters["untranslatable_malformed"] == 1
     assert not replies  # never an ICMP error toward the real host through a peer's tunnel
+
+
+def test_after_a_reload_mappings_follow_their_resource_and_new_filters_apply() -> None:
+    proxy, replies = handler()
+    other = IPv4Address("100.96.0.2")
+    proxy.apply(other, IPv6Address("fd00:2021:1111:8000::2"), Target(0, (REAL_V4,), ()))
+    web = Resource("web", parse_resource_address("web.corp.test"))
+    app = Resource("app", parse_resource_address("app.corp.test"), (parse_filter("udp", "53"),))
+    # "app" moved to index 1 and got a filter; nothing else changed.
+    proxy.set_grants([web, app], {ALICE: frozenset({1})})
+    assert proxy.from_peer(ALICE, udp_packet(ALICE_V4, PROXY_V4, 1, 53), now=0.0) is not None
+    assert proxy.from_peer(ALICE, tcp_packet(ALICE_V4, PROXY_V4, 1, 443), now=0.0) is None
+    assert proxy.counters["filtered"] == 1
+    # A resource removed: its mappings go, its proxy addresses answer unreachable.
+    proxy.set_grants([web], {ALICE: frozenset({0})})
+    assert proxy.from_peer(ALICE, udp_packet(ALICE_V4, other, 1, 53), now=0.0) is None
+    assert proxy.counters["no_mapping"] == 1
+    assert len(replies) == 2

@@ -696,7 +696,23 @@ class Supervisor:
             except OSError as exc:
                 log.error("reload: cannot reach the crypto process: %s", exc)
                 return
+        # After the crypto process was told: its mappings follow the resources first.
+        self._reload_dns(old, config)
         log.info("reloaded %s: %d peers", self.options.config_path, len(config.peers))
+
+    def _reload_dns(self, old: GatewayConfig, new: GatewayConfig) -> None:
+        """A DNS server whose inputs changed starts over with them (pending queries are
+        lost: clients retry; names keep their proxy pairs, see gateway/dns/proxy.py)."""
+        child = self.children.get("dns")
+        if (child is None) != (new.dns is None):
+            log.warning("reload: starting or stopping the DNS server takes a restart")
+            return
+        if child is None or _dns_inputs(old) == _dns_inputs(new) or self._epoll is None:
+            return
+        child.kill(self._epoll)
+        self._spawn(child)
+        child.watch(self._epoll)
+        log.info("reload: DNS server restarted with the new resources, grants and upstreams")
 
     def _reload_interface(self, old: InterfaceConfig, new: InterfaceConfig) -> None:
         """Apply a reloaded [interface]: listen port, MTU and addresses (not the name)."""
@@ -757,6 +773,12 @@ class Supervisor:
             self._mappings.close()
         if self._runstate is not None:
             self._runstate.close()
+
+
+def _dns_inputs(config: GatewayConfig) -> tuple[object, ...]:
+    """What the DNS process is built from (gateway/dns/process.py build_server)."""
+    peers = tuple((p.public_key, p.allowed_ips, p.resources) for p in config.peers)
+    return (config.dns, config.resources, config.interface.addresses, peers)
 
 
 def _rate(count: int, seconds: float) -> str:

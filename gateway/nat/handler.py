@@ -88,6 +88,7 @@ class ProxyHandler:
         table: NatTable | None = None,
     ) -> None:
         self._filters = [FilterSet(r.filters) for r in resources]
+        self._names = [r.name for r in resources]
         self._grants = dict(grants)
         self._sources = dict(sources or {})
         self._reply = reply
@@ -116,8 +117,19 @@ class ProxyHandler:
         grants: Mapping[bytes, frozenset[int]],
         sources: Mapping[bytes, PeerSources] | None = None,
     ) -> None:
-        """After a reload: existing flows keep running; new packets see the new grants."""
+        """After a reload: existing flows keep running; new packets see the new grants and
+        filters. Mappings follow their resource by name to its new index; those of a
+        resource that is gone are dropped (its names' packets get ICMP unreachable)."""
+        index = {r.name: i for i, r in enumerate(resources)}
+        moved = [index.get(name) for name in self._names]
+        for proxy, target in list(self._targets.items()):
+            new = moved[target.resource]
+            if new is None:
+                del self._targets[proxy]
+            elif new != target.resource:
+                self._targets[proxy] = Target(new, target.real_v4, target.real_v6)
         self._filters = [FilterSet(r.filters) for r in resources]
+        self._names = [r.name for r in resources]
         self._grants = dict(grants)
         self._sources = dict(sources or {})
 
