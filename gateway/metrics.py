@@ -170,8 +170,8 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam = _Family(name, kind, help_text)
         fam.add(getattr(t, value))
         yield fam
-    if snap.dns:
-        yield from _dns_families(snap.dns)
+    yield from _dns_families(snap.dns)
+    yield from _nat_families(snap.nat)
 
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
@@ -222,7 +222,10 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
 
 
 def _dns_families(counters: Mapping[str, int]) -> Iterable[_Family]:
-    """The DNS process's counters: firezone_gw_dns_<name>_total, SERVFAIL by reason."""
+    """The DNS process's counters: firezone_gw_dns_<name>_total, SERVFAIL by reason (none
+    when no DNS server ran)."""
+    if not counters:
+        return
     servfail = _Family("firezone_gw_dns_servfail_total", "counter", "SERVFAIL answers, by reason.")
     for name, value in counters.items():
         if name.startswith("servfail_"):
@@ -238,6 +241,18 @@ def _dns_families(counters: Mapping[str, int]) -> Iterable[_Family]:
             fam.add(value)
             yield fam
     yield servfail
+
+
+def _nat_families(counters: Mapping[str, int]) -> Iterable[_Family]:
+    """The crypto process's NAT for DNS resources: firezone_gw_nat_<name>_total, entries."""
+    for name, value in counters.items():
+        text = f"NAT of DNS resources: {name.replace('_', ' ')}."
+        if name in st.NAT_GAUGES:
+            fam = _Family(f"firezone_gw_nat_{name}", "gauge", text)
+        else:
+            fam = _Family(f"firezone_gw_nat_{name}_total", "counter", text)
+        fam.add(value)
+        yield fam
 
 
 def _format_family(family: _Family) -> str:

@@ -119,6 +119,19 @@ DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
+# --- the crypto process's block: NAT of DNS resources (gateway/nat/handler.py summary) ---
+NAT_BASE = len(COUNTER_NAMES)  # the words between the counters and the drops
+NAT_COUNTER_NAMES: tuple[str, ...] = (
+    "translated_out",  # peer -> real host
+    "translated_in",  # reply -> peer
+    "icmp_errors_translated",
+    "refused",  # answered with ICMP unreachable/prohibited (or rate-limited)
+    "dropped",  # fragments, untranslatable replies, bad mappings
+    "expired",  # NAT entries
+    "entries",  # a gauge: NAT entries now
+)
+NAT_GAUGES = frozenset({"entries"})
+
 # --- the dns process's block: DNS counters where the others count drops ---
 DNS_BASE = DROP_BASE
 DNS_COUNTER_NAMES: tuple[str, ...] = (
@@ -174,6 +187,7 @@ if (
     len(COUNTER_NAMES) > DROP_BASE
     or DROP_BASE + len(DROP_REASONS) > PID
     or DNS_BASE + len(DNS_COUNTER_NAMES) > PID
+    or NAT_BASE + len(NAT_COUNTER_NAMES) > DROP_BASE
 ):
     raise RuntimeError("stats layout: counter ranges overlap")
 
@@ -262,6 +276,7 @@ class StatsSnapshot:
     rings: tuple[RingCounters, ...]
     peers: tuple[PeerStats, ...]
     dns: Mapping[str, int]  # DNS_COUNTER_NAMES; empty when no DNS server ran
+    nat: Mapping[str, int]  # NAT_COUNTER_NAMES, from the crypto process's block
 
     def process(self, role: str) -> ProcessStats:
         for proc in self.processes:
@@ -524,12 +539,15 @@ class StatsRegion:
         reference = self._busy_reference(now)
         processes: list[ProcessStats] = []
         dns: dict[str, int] = {}
+        nat: dict[str, int] = {}
         sums = [0] * len(COUNTER_NAMES)
         drop_sums = [0] * len(DROP_REASONS)
         for index, role in enumerate(self.roles):
             start = self._proc_base + index * PROC_SLOTS
             values = self._words[start : start + PROC_SLOTS].tolist()
             counters = values[: len(COUNTER_NAMES)]
+            if role == "crypto":
+                nat = dict(zip(NAT_COUNTER_NAMES, values[NAT_BASE:], strict=False))
             if role == "dns":
                 if values[PID]:  # a DNS server ran
                     dns = dict(zip(DNS_COUNTER_NAMES, values[DNS_BASE:], strict=False))
@@ -571,6 +589,7 @@ class StatsRegion:
             rings=tuple(rings),
             peers=tuple(self.peers.read()),
             dns=dns,
+            nat=nat,
         )
 
     def close(self) -> None:

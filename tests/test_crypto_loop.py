@@ -233,3 +233,23 @@ def test_a_packet_to_a_proxy_address_is_translated_both_ways_and_refusals_reach_
     assert len(proxy.table) == 1
     b.run(START + 0.1 + 120.0)  # the answered UDP flow's 2 minutes
     assert len(proxy.table) == 0
+
+
+def test_nat_counters_reach_the_crypto_processs_block_once_a_second() -> None:
+    key = generate_private_key()
+    device = Device(key)
+    gateway = LoopGateway(device, B_ENDPOINT)
+    resources = [Resource("app", parse_resource_address("app.corp.test"))]
+    proxy = ProxyHandler(resources, {}, lambda _packet: None)
+    gateway.loop.proxy = proxy
+    proxy.counters["translated_out"] = 4
+    proxy.counters["not_granted"] = 2
+    gateway.run(START)
+    names = st.NAT_COUNTER_NAMES
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 4
+    assert gateway.counters[st.NAT_BASE + names.index("refused")] == 2
+    proxy.counters["translated_out"] = 5
+    gateway.run(START + 0.5)  # not yet: once a second
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 4
+    gateway.run(START + 1.0)
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 5

@@ -167,11 +167,17 @@ def test_a_peer_not_granted_the_resource_gets_no_proxy_addresses(lab: Lab) -> No
     assert not lab.ping(1, dest=proxy)  # and the proxy address refuses it
 
 
-def test_dns_counters_reach_metrics(lab: Lab) -> None:
+def test_dns_and_nat_counters_reach_metrics(lab: Lab) -> None:
     ask(lab, 0, "www.corp.test", "A")
     text = lab.backend.metrics_text()
     assert "firezone_gw_dns_queries_total" in text
     assert "firezone_gw_dns_proxy_mappings_total" in text
+    # The tests before pinged proxy addresses: the crypto process counted translations.
+    wait_for(
+        lambda: "firezone_gw_nat_translated_out_total 0" not in lab.backend.metrics_text(),
+        timeout=5,
+    )
+    assert "firezone_gw_nat_translated_in_total" in lab.backend.metrics_text()
 
 
 def test_a_killed_dns_process_is_restarted_and_answers_again(lab: Lab) -> None:

@@ -405,3 +405,13 @@ def test_close_does_not_wait_for_clients(region: StatsRegion) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_nat_counters_of_the_crypto_process_reach_metrics(region: StatsRegion) -> None:
+    block = region.attach_process("crypto")
+    block[stats.NAT_BASE + stats.NAT_COUNTER_NAMES.index("translated_out")] = 9
+    block[stats.NAT_BASE + stats.NAT_COUNTER_NAMES.index("entries")] = 3
+    text = render(region.snapshot(sample_processes=False), device="x")
+    assert "firezone_gw_nat_translated_out_total 9" in text
+    assert "firezone_gw_nat_entries 3" in text
+    assert "# TYPE firezone_gw_nat_entries gauge" in text

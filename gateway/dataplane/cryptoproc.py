@@ -137,6 +137,26 @@ class CounterSync:
                 self._events[name] = count
 
 
+class NatCounterSync:
+    """Copies the proxy handler's summary into this process's block (deltas; the gauge as
+    it is)."""
+
+    def __init__(self, block: memoryview) -> None:
+        self.block = block
+        self._last: dict[str, int] = {}
+
+    def sync(self, summary: Mapping[str, int]) -> None:
+        for index, name in enumerate(st.NAT_COUNTER_NAMES):
+            value = summary.get(name, 0)
+            if name in st.NAT_GAUGES:
+                self.block[st.NAT_BASE + index] = value
+                continue
+            delta = value - self._last.get(name, 0)
+            if delta > 0:
+                self.block[st.NAT_BASE + index] += delta
+            self._last[name] = value
+
+
 class PeerStatsSync:
     """Keeps the shared per-peer table (for /metrics and `show`) up to date."""
 
@@ -202,6 +222,7 @@ class CryptoLoop(Generic[RingT]):
         self.counters = counters
         self._drops = CounterSync(counters)
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
+        self._nat = NatCounterSync(counters)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
         self._max_inner = min(r.max_message for r in self._to_workers)
@@ -225,6 +246,8 @@ class CryptoLoop(Generic[RingT]):
         if now >= self._next_stats:
             self._drops.sync(self.device)
             self._peers.sync(self.device, self.counters)
+            if self.proxy is not None:
+                self._nat.sync(self.proxy.summary())
             self._next_stats = now + STATS_INTERVAL
         return work
 

@@ -56,6 +56,18 @@ _IPV6_HEADER = 40
 _IPV4_HEADER = 20
 _PORTS = 4  # bytes of a quoted TCP/UDP header the handler needs: the two ports
 _QUOTED_ECHO = 6  # bytes of a quoted echo up to its identifier
+# Packets answered with ICMP unreachable or prohibited (the rest of the counters are drops).
+_REFUSALS = frozenset(
+    {
+        "no_mapping",
+        "not_granted",
+        "protocol",
+        "filtered",
+        "no_address_of_family",
+        "nat_table_full",
+        "untranslatable",
+    }
+)
 _QUOTED_CHECKSUM = {TCP: 16, UDP: 6, ICMP: 2, ICMPV6: 2}
 MAX_REAL_ADDRESSES = 16  # per family and mapping; more would only be ignored
 
@@ -278,6 +290,22 @@ class ProxyHandler:
             self.counters["closed_by_rst"] += 1
         self.counters["translated_in"] += 1
         return out
+
+    def summary(self) -> dict[str, int]:
+        """The counters as /metrics shows them (stats.NAT_COUNTER_NAMES)."""
+        c = self.counters
+        refused = sum(c[name] for name in _REFUSALS)
+        moved = {"translated_out", "translated_in", "expired", "icmp_errors_translated"}
+        dropped = sum(v for k, v in c.items() if k not in moved and k not in _REFUSALS)
+        return {
+            "translated_out": c["translated_out"],
+            "translated_in": c["translated_in"],
+            "icmp_errors_translated": c["icmp_errors_translated"],
+            "refused": refused,
+            "dropped": dropped - c["closed_by_rst"],
+            "expired": c["expired"],
+            "entries": len(self.table),
+        }
 
     # ---- timers ---------------------------------------------------------------------------
 
