@@ -7,7 +7,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
-               dns (its drop words hold DNS_COUNTER_NAMES instead: it forwards no packets)
+               dns (its drop words hold DNS_COUNTER_NAMES instead: it forwards no packets);
+               the crypto process's words NAT_BASE.. hold NAT_COUNTER_NAMES
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
                copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
