@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
+import pytest
+
 from gateway.dataplane.firewall import NOT_MINE
+from gateway.nat import handler as handler_module
 from gateway.nat.handler import ProxyHandler, Target, grants_by_key, sources_by_key
 from gateway.nat.table import UNCONFIRMED_TTL
 from gateway.policy.filters import parse_filter
@@ -344,3 +347,13 @@ def test_after_a_reload_mappings_follow_their_resource_and_new_filters_apply() -
     assert proxy.from_peer(ALICE, udp_packet(ALICE_V4, other, 1, 53), now=0.0) is None
     assert proxy.counters["no_mapping"] == 1
     assert len(replies) == 2
+
+
+def test_the_mapping_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler_module, "MAX_TARGETS", 3)
+    proxy, _ = handler()  # maps PROXY_V4 and PROXY_V6
+    target = Target(0, (REAL_V4,), ())
+    proxy.apply(IPv4Address("100.96.0.2"), IPv6Address("fd00:2021:1111:8000::2"), target)
+    assert proxy.counters["mapping_table_full"] == 1  # the third fits, the fourth does not
+    proxy.apply(PROXY_V4, PROXY_V6, target)  # remapping what is there always works
+    assert proxy.counters["mapping_table_full"] == 1

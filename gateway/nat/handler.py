@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from gateway.dataplane.firewall import NOT_MINE, NotMine
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.dns.proxy import DEFAULT_CAPACITY, IPV4_RANGE, IPV6_RANGE
 from gateway.ipnet import IPNetwork
 from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
@@ -70,6 +70,7 @@ _REFUSALS = frozenset(
 )
 _QUOTED_CHECKSUM = {TCP: 16, UDP: 6, ICMP: 2, ICMPV6: 2}
 MAX_REAL_ADDRESSES = 16  # per family and mapping; more would only be ignored
+MAX_TARGETS = 2 * DEFAULT_CAPACITY  # proxy addresses mapped: a v4 and a v6 one per name
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +113,18 @@ class ProxyHandler:
     # ---- configuration --------------------------------------------------------------------
 
     def apply(self, proxy_v4: IpAddress, proxy_v6: IpAddress, target: Target) -> None:
-        """A mapping from the DNS process (it reuses a pair for another name when full, so
-        the table never holds more than its proxy ranges' worth)."""
+        """A mapping from the DNS process. It hands out at most DEFAULT_CAPACITY pairs and
+        reuses them, so MAX_TARGETS is never reached unless something is wrong: counted."""
         if target.resource >= len(self._filters):  # the DNS process read another config
             self.counters["mapping_unknown_resource"] += 1
             return
         for proxy in (proxy_v4, proxy_v6):
-            if self.is_proxy(proxy.packed):
-                self._targets[proxy] = target
-            else:
+            if not self.is_proxy(proxy.packed):
                 self.counters["mapping_outside_proxy_range"] += 1
+            elif proxy not in self._targets and len(self._targets) >= MAX_TARGETS:
+                self.counters["mapping_table_full"] += 1
+            else:
+                self._targets[proxy] = target
 
     def set_grants(
         self,
