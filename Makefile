@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps
 PACKAGES := gateway shm_ring tunio testbed ippacket
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run demo bench bench-ring clean
+.PHONY: all deps venv lint test run demo bench bench-ring netns-suite clean
 
 all: test
 
@@ -44,9 +44,12 @@ test: deps venv lint
 
 # Benchmarks (root): the network benchmark (firezone-gw vs wireguard-go as the gateway) and
 # every other bench/bench_*.py, each in its own process. E.g. BENCH_ARGS="--duration 5".
+# WG_GO=/path/to/wireguard-go: the clients and the reference gateway run that build instead of
+# Debian's (e.g. ../shared/tools/wireguard-go-0.0.20250522/wireguard-go).
 BENCH_ARGS ?=
+WG_GO ?=
 bench: deps venv
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(WG_GO),--wireguard-go "$(WG_GO)") $(BENCH_ARGS)
 
 # shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
 bench-ring: venv
@@ -61,6 +64,27 @@ run: deps venv
 # Three namespaces (client with wireguard-go, gateway, resource): a ping and an iperf3 run.
 demo: deps venv
 	$(BIN)/python -m bench.demo
+
+# wireguard-go's own test suite, tests/netns.sh, with firezone-gw as the program under test
+# (bench/netns_launcher.py plays `wireguard-go IFNAME`). Needs a wireguard-go source checkout;
+# nothing is fetched: make netns-suite WG_GO_SRC=/path/to/wireguard-go. It runs for many
+# minutes (16 iperf3 runs of 1 GB through two gateways). SUITE_PROGRAM=/usr/bin/wireguard-go
+# runs the same suite against wireguard-go itself, for comparison. Gateway logs are kept
+# (their folder is printed) when the suite fails.
+SUITE_APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables
+SUITE_PROGRAM ?= $(CURDIR)/bench/netns_launcher.py
+netns-suite: venv
+	@if [ -z "$(WG_GO_SRC)" ] || [ ! -f "$(WG_GO_SRC)/tests/netns.sh" ]; then \
+		echo "usage: make netns-suite WG_GO_SRC=/path/to/wireguard-go (a checkout with tests/netns.sh)" >&2; \
+		exit 2; \
+	fi
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(SUITE_APT_PACKAGES)"
+	@logs=$$(mktemp -d /tmp/firezone-gw-suite.XXXXXX); \
+	FIREZONE_GW="$(CURDIR)/$(BIN)/firezone-gw" FIREZONE_GW_SUITE_DIR="$$logs" \
+	WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
+		bash "$(WG_GO_SRC)/tests/netns.sh" "$(SUITE_PROGRAM)"; rc=$$?; \
+	if [ $$rc -eq 0 ]; then rm -rf "$$logs"; else echo "netns.sh failed ($$rc); gateway logs: $$logs" >&2; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -2,7 +2,8 @@
 
 Each bench/bench_*.py module runs as its own subprocess (`python -m bench.<module>`) with its
 own output, the network benchmark first. Options this runner does not know are passed to the
-network benchmark (see `python -m bench.bench_network --help`).
+network benchmark (see `python -m bench.bench_network --help`); `--wireguard-go PATH` goes to
+every benchmark that runs wireguard-go (network and profile).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 NETWORK = "bench_network"
+RUNS_WIREGUARD_GO = (NETWORK, "bench_profile")
 
 
 def discover() -> list[str]:
@@ -24,10 +26,20 @@ def discover() -> list[str]:
     return sorted(names, key=lambda n: n != NETWORK)
 
 
+def module_args(name: str, network_args: Sequence[str], wireguard_go: str | None) -> list[str]:
+    """The options benchmark `name` gets: the unknown ones if it is the network benchmark,
+    --wireguard-go if it runs wireguard-go."""
+    extra = list(network_args) if name == NETWORK else []
+    if wireguard_go and name in RUNS_WIREGUARD_GO:
+        extra += ["--wireguard-go", wireguard_go]
+    return extra
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", action="append", default=[], help="e.g. network, ring")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--wireguard-go", metavar="PATH", help="wireguard-go to compare with")
     args, network_args = parser.parse_known_args(argv)
     modules = discover()
     if args.list:
@@ -40,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in modules:
         if wanted and name not in wanted:
             continue
-        extra = network_args if name == NETWORK else []
+        extra = module_args(name, network_args, args.wireguard_go)
         print(f"\n=== {name} ===", flush=True)
         start = time.monotonic()
         rc = subprocess.run(

@@ -1,10 +1,13 @@
 """Network benchmark: firezone-gw --workers N against wireguard-go as the gateway, one run.
 
     python -m bench.bench_network [--duration 10] [--repeats 3] [--workers 1,2,4]
+                                  [--wireguard-go PATH]
 
 Every figure is the median of `--repeats` runs; ratios are against wireguard-go measured in
-the same run. A firezone-gw that cannot start is reported as such, and the baseline still
-runs. Writes bench/results/network-<time>.json and updates docs/BENCHMARKS.md.
+the same run. `--wireguard-go` is the binary for the clients and the reference gateway
+(default Debian's /usr/bin/wireguard-go). A firezone-gw that cannot start is reported as
+such, and the baseline still runs. Writes bench/results/network-<time>.json and updates the
+section of docs/BENCHMARKS.md for that wireguard-go version.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from testbed.gateways import (
 )
 from testbed.iperf import run_iperf
 from testbed.topology import Topology, tool_version, topology
+from testbed.wgpeer import DEFAULT_WIREGUARD_GO, wireguard_go_binary
 
 RESULTS_DIR = Path(__file__).parent / "results"
 BASELINE = "wireguard-go"
@@ -82,6 +86,7 @@ class Settings:
     idle_seconds: float = 10.0
     skip_firezone: bool = False
     gw_cmd: str = ""
+    wireguard_go: str = DEFAULT_WIREGUARD_GO  # clients and the reference gateway
 
 
 def progress(message: str) -> None:
@@ -168,6 +173,7 @@ def measure(topo: Topology[GatewayBackend], settings: Settings, result: BackendR
 
     for rep in range(settings.repeats):
         for key, clients, args in TCP_CASES:
+            topo.wait_iperf_idle()
             with gateway_cpu(backend) as cpu:
                 runs = run_iperf(topo, clients, args, settings.duration, udp=False)
             gbits = sum(r.bits_per_second for r in runs) / 1e9
@@ -178,6 +184,7 @@ def measure(topo: Topology[GatewayBackend], settings: Settings, result: BackendR
             progress(f"{result.backend}: {key} {rep + 1}/{settings.repeats}: {gbits:.3f} Gbit/s")
         for case, rate in (("udp_max", "0"), ("udp_fixed", settings.udp_rate)):
             udp_args = ["-u", "-b", rate, "-l", str(settings.udp_length)]
+            topo.wait_iperf_idle()
             (udp,) = run_iperf(topo, [0], udp_args, settings.duration, udp=True)
             result.add(f"{case}_rate", udp.bits_per_second / 1e9)
             result.add(f"{case}_loss", udp.lost_percent)
@@ -194,7 +201,7 @@ def run_backend(make: Callable[[], GatewayBackend], settings: Settings) -> Backe
     result = BackendResult(backend.name)
     progress(f"{backend.name}: building topology")
     try:
-        with topology(backend, clients=2) as topo:
+        with topology(backend, clients=2, wireguard_go=settings.wireguard_go) as topo:
             progress(f"{backend.name}: ready")
             measure(topo, settings, result)
     except BackendUnavailable as exc:
@@ -206,7 +213,9 @@ def run_backend(make: Callable[[], GatewayBackend], settings: Settings) -> Backe
 
 
 def backends(settings: Settings) -> list[Callable[[], GatewayBackend]]:
-    makers: list[Callable[[], GatewayBackend]] = [WireGuardGoGateway]
+    makers: list[Callable[[], GatewayBackend]] = [
+        functools.partial(WireGuardGoGateway, settings.wireguard_go)
+    ]
     if not settings.skip_firezone:
         cmd = settings.gw_cmd or None
         makers += [functools.partial(FirezoneGateway, w, cmd) for w in settings.workers]
@@ -217,13 +226,13 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def machine() -> dict[str, str]:
+def machine(wireguard_go: str) -> dict[str, str]:
     return {
         "cores": str(psutil.cpu_count()),
         "cpu": platform.processor() or platform.machine(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "wireguard-go": tool_version("wireguard-go", "--version"),
+        "wireguard-go": f"{tool_version(wireguard_go, '--version')} ({wireguard_go})",
         "iperf3": tool_version("iperf3", "--version"),
     }
 
@@ -243,6 +252,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         help="firezone-gw command template with {exe} {config} {workers} "
         f"(default: ${FIREZONE_CMD_ENV} or {DEFAULT_FIREZONE_CMD!r})",
     )
+    add_wireguard_go_option(parser)
     parser.add_argument("--no-docs", action="store_true", help="don't update docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.repeats < 1 or args.ping_count < 2 or args.idle_seconds <= 0:
@@ -260,8 +270,27 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         idle_seconds=args.idle_seconds,
         skip_firezone=args.baseline_only,
         gw_cmd=args.gw_cmd,
+        wireguard_go=args.wireguard_go,
     )
     return settings, not args.no_docs
+
+
+def add_wireguard_go_option(parser: argparse.ArgumentParser) -> None:
+    """--wireguard-go PATH, checked at once: a missing binary is a usage error, not a crash."""
+
+    def existing(path: str) -> str:
+        try:
+            return wireguard_go_binary(path)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parser.add_argument(
+        "--wireguard-go",
+        type=existing,
+        default=DEFAULT_WIREGUARD_GO,
+        metavar="PATH",
+        help="wireguard-go for the clients and the reference gateway (default: %(default)s)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, update_docs = parse_args(raw)
     command = shlex.join(["python", "-m", "bench.bench_network", *raw])
     load_before = load_average()
+    wg_version = tool_version(settings.wireguard_go, "--version")
+    progress(f"wireguard-go {wg_version}: {settings.wireguard_go}")
     results = [run_backend(make, settings) for make in backends(settings)]
-    host = machine() | {
+    host = machine(settings.wireguard_go) | {
         "load average (1/5/15 min) before/after": f"{load_before} / {load_average()}"
     }
     table = report.markdown_table(results, METRICS, BASELINE)
@@ -288,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(doc, indent=2) + "\n")
     progress(f"wrote {path}")
     if update_docs:
-        report.update_benchmarks_doc(table, command, host, settings.repeats)
+        report.update_benchmarks_doc(
+            table, command, host, settings.repeats, wireguard_go=wg_version
+        )
         progress(f"updated {report.BENCHMARKS_DOC}")
     baseline_ok = any(r.backend == BASELINE and r.error is None for r in results)
     return 0 if baseline_ok else 1

@@ -18,7 +18,7 @@ from gateway import stats
 from gateway.metrics import render
 from gateway.stats import StatsRegion
 from gateway.uapi import SetRequest, UapiConnection, format_get
-from tests.uapi_model import UapiModel
+from testbed.uapi_model import UapiModel
 
 RUNS = 7
 COUNTER_OPS = 1_000_000

@@ -9,9 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
-BEGIN = "<!-- bench:network begin (written by python -m bench.bench_network) -->"
-END = "<!-- bench:network end -->"
 ERROR_CHARS = 240
+
+
+def markers(wireguard_go: str) -> tuple[str, str]:
+    """The comments around the network section measured against wireguard-go `wireguard_go`
+    (its version): one section per version, so the Debian and the newer build's tables stay."""
+    writer = "written by python -m bench.bench_network"
+    return (
+        f"<!-- bench:network {wireguard_go} begin ({writer}) -->",
+        f"<!-- bench:network {wireguard_go} end -->",
+    )
 
 
 @dataclass(frozen=True)
@@ -76,12 +84,15 @@ def markdown_table(
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
 
-def network_section(table: str, command: str, machine: Mapping[str, str], repeats: int) -> str:
+def network_section(
+    table: str, command: str, machine: Mapping[str, str], repeats: int, wireguard_go: str
+) -> str:
     machine_line = "; ".join(f"{k}: {v}" for k, v in machine.items())
+    begin, end = markers(wireguard_go)
     return "\n".join(
         [
-            BEGIN,
-            "## Network: gateway vs wireguard-go as the gateway (`make bench`)",
+            begin,
+            f"### Network: gateway vs wireguard-go {wireguard_go} as the gateway (`make bench`)",
             "",
             f"Measured {time.strftime('%Y-%m-%d')} with `{command}` from the repository root,"
             " as root (`make bench` runs it with the defaults; `make bench"
@@ -89,7 +100,8 @@ def network_section(table: str, command: str, machine: Mapping[str, str], repeat
             "",
             f"Machine: {machine_line}.",
             "",
-            "Topology: two wireguard-go clients (MTU 1280) -> gateway under test -> iperf3"
+            f"Topology: two wireguard-go {wireguard_go} clients (MTU 1280) -> gateway under"
+            " test -> iperf3"
             " server, each in its own namespace, joined by veths (testbed/topology.py);"
             " single-client rows use client 0. Cells are medians of"
             f" {repeats} repetitions (ping: p50/p99 of each repetition's replies; CPU per GB:"
@@ -99,16 +111,16 @@ def network_section(table: str, command: str, machine: Mapping[str, str], repeat
             " compare the ratios.",
             "",
             table.rstrip(),
-            END,
+            end,
         ]
     )
 
 
-def replace_section(doc: str, section: str) -> str:
-    """Replace the marked section in `doc`, or append it if there is none."""
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+def replace_section(doc: str, section: str, begin: str, end: str) -> str:
+    """Replace the section between `begin` and `end` in `doc`, or append it if there is none."""
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
         return head + section + tail
     return doc.rstrip() + "\n\n" + section + "\n"
 
@@ -118,7 +130,11 @@ def update_benchmarks_doc(
     command: str,
     machine: Mapping[str, str],
     repeats: int,
+    *,
+    wireguard_go: str,
     path: Path = BENCHMARKS_DOC,
 ) -> None:
+    """Write the section for wireguard-go version `wireguard_go`, leaving other versions' be."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    path.write_text(replace_section(old, network_section(table, command, machine, repeats)))
+    section = network_section(table, command, machine, repeats, wireguard_go)
+    path.write_text(replace_section(old, section, *markers(wireguard_go)))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.__main__ import discover
-from bench.report import BEGIN, END, BackendResult, Metric, markdown_table, replace_section
+from bench.__main__ import discover, module_args
+from bench.report import BackendResult, Metric, markdown_table, markers, replace_section
 
 UP = Metric("up", "upload", "Gbit/s", True)
 
@@ -21,9 +21,10 @@ def test_table_gives_ratios_to_the_baseline_and_names_backends_not_run() -> None
 
 
 def test_docs_section_is_replaced_not_piled_up() -> None:
+    BEGIN, END = markers("v0.0.20220316")
     doc = "# Benchmarks\n\nintro\n"
-    once = replace_section(doc, f"{BEGIN}\nold\n{END}")
-    twice = replace_section(once + "\n## other\n", f"{BEGIN}\nnew\n{END}")
+    once = replace_section(doc, f"{BEGIN}\nold\n{END}", BEGIN, END)
+    twice = replace_section(once + "\n## other\n", f"{BEGIN}\nnew\n{END}", BEGIN, END)
     assert twice.count(BEGIN) == 1
     assert "old" not in twice
     assert "new" in twice
@@ -31,7 +32,32 @@ def test_docs_section_is_replaced_not_piled_up() -> None:
     assert twice.rstrip().endswith("## other")
 
 
+def test_each_wireguard_go_version_keeps_its_own_section() -> None:
+    old_begin, old_end = markers("v0.0.20220316")
+    new_begin, new_end = markers("v0.0.20250522")
+    doc = replace_section("# Benchmarks\n", f"{old_begin}\ndebian\n{old_end}", old_begin, old_end)
+    doc = replace_section(doc, f"{new_begin}\nnewer\n{new_end}", new_begin, new_end)
+    doc = replace_section(doc, f"{new_begin}\nnewest\n{new_end}", new_begin, new_end)
+    assert "debian" in doc
+    assert "newest" in doc
+    assert "newer\n" not in doc
+    assert doc.index("debian") < doc.index("newest")
+
+
 def test_runner_finds_every_bench_module_network_first() -> None:
     modules = discover()
     assert modules[0] == "bench_network"
     assert all(m.startswith("bench_") for m in modules)
+
+
+def test_runner_gives_wireguard_go_to_the_benchmarks_that_run_it() -> None:
+    wg = "/opt/wg/wireguard-go"
+    assert module_args("bench_network", ["--duration", "5"], wg) == [
+        "--duration",
+        "5",
+        "--wireguard-go",
+        wg,
+    ]
+    assert module_args("bench_profile", ["--duration", "5"], wg) == ["--wireguard-go", wg]
+    assert module_args("bench_ring", ["--duration", "5"], wg) == []
+    assert module_args("bench_network", [], None) == []

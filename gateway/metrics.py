@@ -170,9 +170,9 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam = _Family(name, kind, help_text)
         fam.add(getattr(t, value))
         yield fam
-    yield from _dns_families(snap.dns)
-    yield from _nat_families(snap.nat)
+    yield from _dns_and_nat_families(snap)
 
+    yield _mtu_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
     full = counter("firezone_gw_ring_full_events_total", "Sends that found a ring full.")
@@ -221,6 +221,11 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
     yield from (info, rx, tx, rxp, txp, hs)
 
 
+def _dns_and_nat_families(snap: StatsSnapshot) -> Iterable[_Family]:
+    yield from _dns_families(snap.dns)
+    yield from _nat_families(snap.nat)
+
+
 def _dns_families(counters: Mapping[str, int]) -> Iterable[_Family]:
     """The DNS process's counters: firezone_gw_dns_<name>_total, SERVFAIL by reason (none
     when no DNS server ran)."""
@@ -253,6 +258,13 @@ def _nat_families(counters: Mapping[str, int]) -> Iterable[_Family]:
             fam = _Family(f"firezone_gw_nat_{name}_total", "counter", text)
         fam.add(value)
         yield fam
+
+
+def _mtu_family(snap: StatsSnapshot) -> _Family:
+    family = _Family("firezone_gw_tun_mtu_bytes", "gauge", "MTU of the TUN device, as it is now.")
+    if snap.mtu:  # 0: not known yet
+        family.add(snap.mtu)
+    return family
 
 
 def _format_family(family: _Family) -> str:

@@ -153,6 +153,8 @@ def format_table(
             f"  public key: {interface.public_key}",
             f"  listening port: {interface.listen_port}",
         ]
+    if snapshot.mtu:
+        lines.append(f"  mtu: {snapshot.mtu}")
     lines += [
         f"  workers: {snapshot.workers}",
         f"  crypto busy: {'n/a' if busy is None else f'{busy:.1%}'}",

@@ -3,7 +3,8 @@
 Layout of the segment (all u64, native endianness, 8-byte aligned):
 
     header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
-               the UDP listen port (written by the supervisor; it can change at run time),
+               the UDP listen port and the TUN device's MTU (both written by the supervisor;
+               `wg` and `ip link` can change them at run time),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
@@ -41,11 +42,13 @@ import psutil
 from gateway import runtime_dir
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
+from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
 VERSION = 3
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
+HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
 PROC_SLOTS = 64
 RING_SLOTS = 8
@@ -165,6 +168,9 @@ BUSY_AT_START = 58  # BUSY_NS at attach: a restarted child keeps adding to the s
 RING_FULL_EVENTS = 0  # sends that found the ring full, ever
 RING_OCCUPANCY = 1  # packets waiting at the last copy
 RING_CAPACITY = 2  # slots
+RING_PACKETS = 3  # messages published, ever
+RING_CONSUMER_WAKEUPS = 4  # eventfd writes that woke the consumer, ever
+RING_PRODUCER_WAKEUPS = 5  # eventfd writes that woke the producer, ever
 
 # --- peer slot (words); all written by the crypto process ---
 PEER_GENERATION = 0  # odd while the key/endpoint are being rewritten (seqlock)
@@ -195,6 +201,17 @@ if (
 
 def process_roles(workers: int) -> tuple[str, ...]:
     return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp", "dns")
+
+
+def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
+    """The supervisor's once-a-second copy of a ring's own counters into its ring block
+    (the wake-up counts let bench_profile show eventfd writes per ring)."""
+    block[RING_FULL_EVENTS] = ring.full_events
+    block[RING_OCCUPANCY] = ring.occupancy
+    block[RING_CAPACITY] = ring.slots
+    block[RING_PACKETS] = ring.packets
+    block[RING_CONSUMER_WAKEUPS] = ring.consumer_wakeups
+    block[RING_PRODUCER_WAKEUPS] = ring.producer_wakeups
 
 
 def ring_names(workers: int) -> tuple[str, ...]:
@@ -271,6 +288,7 @@ class StatsSnapshot:
     taken_at: float  # wall-clock seconds
     workers: int
     max_peers: int
+    mtu: int  # of the TUN device; 0 = not known yet
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
@@ -495,6 +513,15 @@ class StatsRegion:
         self._words[HEADER_LISTEN_PORT] = port
 
     @property
+    def mtu(self) -> int:
+        """The TUN device's MTU now (0 until the supervisor set it)."""
+        return int(self._words[HEADER_MTU])
+
+    @mtu.setter
+    def mtu(self, mtu: int) -> None:
+        self._words[HEADER_MTU] = mtu
+
+    @property
     def public_key(self) -> bytes | None:
         """The interface's public key as the crypto process last wrote it; None if unset."""
         key = bytes(self._public_key)
@@ -584,6 +611,7 @@ class StatsRegion:
             taken_at=time.time(),
             workers=self.workers,
             max_peers=self.max_peers,
+            mtu=self.mtu,
             totals=Totals(*sums),
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),

@@ -31,7 +31,7 @@ from gateway.stats import StatsRegion
 from testbed.addresses import GATEWAY_ADDRESSES, LISTEN_PORT, TUNNEL_MTU
 from testbed.gateway_config import METRICS_LISTEN, GatewayPeer, gateway_toml
 from testbed.netns import WIREGUARD_RUN_DIR, NetNS, unique_name, wait_for
-from testbed.wgpeer import WireGuardGo, wg_genkey, wg_pubkey
+from testbed.wgpeer import WireGuardGo, wg_genkey, wg_pubkey, wireguard_go_binary
 from tunio._netns import entered_netns
 
 FIREZONE_CMD_ENV = "FZ_BENCH_GW_CMD"
@@ -91,17 +91,23 @@ def firezone_command_template() -> str:
 
 
 class WireGuardGoGateway:
-    """The reference: wireguard-go as the gateway, the kernel forwards between its TUN and veth."""
+    """The reference: wireguard-go as the gateway, the kernel forwards between its TUN and veth.
 
-    def __init__(self) -> None:
+    `binary`: the wireguard-go executable (default Debian's; ValueError if it cannot run).
+    """
+
+    def __init__(self, binary: str | None = None) -> None:
         self.name = "wireguard-go"
+        self.binary = wireguard_go_binary(binary)
         self.private_key = wg_genkey()
         self.public_key = wg_pubkey(self.private_key)
         self._wg: WireGuardGo | None = None
 
     def start(self, ns: NetNS, peers: Sequence[GatewayPeer]) -> None:
         try:
-            self._wg = WireGuardGo(ns, tag="fztbg", private_key=self.private_key)
+            self._wg = WireGuardGo(
+                ns, tag="fztbg", private_key=self.private_key, binary=self.binary
+            )
         except (RuntimeError, TimeoutError) as exc:
             raise BackendUnavailable(f"wireguard-go did not start: {last_line(str(exc))}") from exc
         self._wg.listen(LISTEN_PORT)

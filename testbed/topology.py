@@ -48,7 +48,13 @@ BackendT = TypeVar("BackendT", bound=GatewayBackend)
 class Topology(Generic[Backend_co]):
     """The namespaces, the wireguard-go clients and the gateway backend; close() removes all."""
 
-    def __init__(self, backend: Backend_co, specs: Sequence[ClientSpec]) -> None:
+    def __init__(
+        self,
+        backend: Backend_co,
+        specs: Sequence[ClientSpec],
+        *,
+        wireguard_go: str | None = None,
+    ) -> None:
         self.backend = backend
         self.client_specs = list(specs)
         self.hosts = Hosts()
@@ -66,7 +72,9 @@ class Topology(Generic[Backend_co]):
                     f"{spec.underlay_addr}/30",
                     f"{spec.gateway_underlay_addr}/30",
                 )
-                wg = WireGuardGo(ns, tag=f"{TAG}c", private_key=spec.private_key)
+                wg = WireGuardGo(
+                    ns, tag=f"{TAG}c", private_key=spec.private_key, binary=wireguard_go
+                )
                 self.clients.append(wg)
                 wg.listen(spec.listen_port)
         except BaseException:
@@ -150,10 +158,12 @@ class Topology(Generic[Backend_co]):
             wait_for(functools.partial(_listening, self.resource, spec.iperf_port), timeout=10)
 
     def wait_iperf_idle(self, timeout: float = 10) -> None:
-        """Wait until no iperf3 server holds a connection from the last test: iperf3 3.12
-        refuses ("server is busy") a client that connects while it still finishes one."""
+        """Wait until every iperf3 server listens and holds no connection from the last test:
+        iperf3 3.12 refuses ("server is busy") a client that connects while it still finishes
+        one, and between tests its listening socket may be briefly gone (connection refused)."""
         for spec in self.client_specs:
-            wait_for(functools.partial(_idle, self.resource, spec.iperf_port), timeout=timeout)
+            ready = functools.partial(_ready_for_test, self.resource, spec.iperf_port)
+            wait_for(ready, timeout=timeout)
 
     def close(self) -> None:
         for wg in self.clients:
@@ -168,6 +178,10 @@ def _idle(ns: NetNS, port: int) -> bool:
 
 def _listening(ns: NetNS, port: int) -> bool:
     return f":{port} " in ns.run("ss", "-Hltn", check=False)
+
+
+def _ready_for_test(ns: NetNS, port: int) -> bool:
+    return _idle(ns, port) and _listening(ns, port)
 
 
 def _wait_ready(topo: Topology[GatewayBackend], timeout: float) -> None:
@@ -209,15 +223,17 @@ def topology(
     ready_timeout: float = READY_TIMEOUT,
     client_options: Sequence[ClientOptions] = (),
     iperf: bool = True,
+    wireguard_go: str | None = None,
 ) -> Iterator[Topology[BackendT]]:
     """Build the topology around `backend`, wait until traffic crosses it, tear it down after.
 
+    The clients run the wireguard-go executable `wireguard_go` (default Debian's).
     IPv4 and IPv6 both run inside the tunnel and between gateway and resource. Clients listen
     on fixed ports (ClientSpec.listen_port). Raises BackendUnavailable (with the gateway's log)
     if the gateway never gets ready; the backend is closed either way.
     """
     try:
-        topo = Topology(backend, client_specs(clients, client_options))
+        topo = Topology(backend, client_specs(clients, client_options), wireguard_go=wireguard_go)
     except BaseException:
         backend.close()  # a Topology that failed half-way closed it already: twice is harmless
         raise

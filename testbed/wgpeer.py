@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.netns import WIREGUARD_RUN_DIR, NetNS, run, unique_name, wait_for
+
+# Debian's package; benchmarks may name a newer build (bench_network --wireguard-go PATH).
+DEFAULT_WIREGUARD_GO = "/usr/bin/wireguard-go"
+
+
+def wireguard_go_binary(path: str | os.PathLike[str] | None = None) -> str:
+    """The wireguard-go to run: `path`, or Debian's; ValueError says why it cannot be run."""
+    chosen = os.fspath(path) if path else DEFAULT_WIREGUARD_GO
+    found = shutil.which(chosen)
+    if found is None:
+        if not os.path.exists(chosen):
+            raise ValueError(f"wireguard-go binary {chosen!r} does not exist")
+        raise ValueError(f"wireguard-go binary {chosen!r} is not an executable file")
+    return os.path.abspath(found)
 
 
 def wg_genkey() -> str:
@@ -41,10 +56,21 @@ class PeerDump:
 
 
 class WireGuardGo:
-    """One wireguard-go interface in `ns`, with a fresh private key."""
+    """One wireguard-go interface in `ns`, with a fresh private key.
 
-    def __init__(self, ns: NetNS, *, tag: str = "fzwg", private_key: str | None = None) -> None:
+    `binary` is the wireguard-go executable (default: Debian's, see wireguard_go_binary).
+    """
+
+    def __init__(
+        self,
+        ns: NetNS,
+        *,
+        tag: str = "fzwg",
+        private_key: str | None = None,
+        binary: str | None = None,
+    ) -> None:
         self.ns = ns
+        self.binary = wireguard_go_binary(binary)
         self.ifname = unique_name(tag)
         self.private_key = private_key or wg_genkey()
         self.public_key = wg_pubkey(self.private_key)
@@ -53,10 +79,12 @@ class WireGuardGo:
         self.socket = WIREGUARD_RUN_DIR / f"{self.ifname}.sock"
         if self.socket.exists():
             raise RuntimeError(f"{self.socket} already exists: name clash with another run")
+        # For builds that want it where the kernel has no WireGuard module (as here); the
+        # Debian and 0.0.20250522 builds do not read it.
         env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="debug")
         with self.log_path.open("wb") as log:
             self.proc = ns.popen(
-                "wireguard-go", "-f", self.ifname, stdout=log, stderr=subprocess.STDOUT, env=env
+                self.binary, "-f", self.ifname, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, timeout=10)
         if self.proc.poll() is not None:

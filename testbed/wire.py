@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 
 from gateway.endpoint import Endpoint
-from gateway.wireguard.crypto import public_key
+from gateway.wireguard.constants import INITIATION_SIZE, LABEL_MAC1, MESSAGE_INITIATION
+from gateway.wireguard.crypto import hash_, mac, public_key
 from gateway.wireguard.device import Datagram, Device
+from gateway.wireguard.messages import INITIATION_MAC1_END
 from testbed.tun_packets import checksum
 
 A_ENDPOINT: Endpoint = ("192.0.2.1", 51820)
@@ -167,3 +169,16 @@ def parse_echo(packet: bytes) -> Echo | None:
     return Echo(
         str(ip_address(src)), str(ip_address(dst)), kinds[body[0]], ident, seq, bytes(body[8:])
     )
+
+
+def flood_initiation(gateway_public_key: bytes) -> bytes:
+    """An initiation from nobody the gateway knows, with a valid mac1 and no mac2 (anyone who
+    knows the gateway's public key can make these: what a handshake flood sends)."""
+    msg = bytearray(os.urandom(INITIATION_SIZE))
+    msg[:4] = struct.pack("<I", MESSAGE_INITIATION)
+    mac1_key = hash_(LABEL_MAC1, gateway_public_key)
+    msg[INITIATION_MAC1_END : INITIATION_MAC1_END + 16] = mac(
+        mac1_key, bytes(msg[:INITIATION_MAC1_END])
+    )
+    msg[INITIATION_MAC1_END + 16 :] = bytes(16)
+    return bytes(msg)

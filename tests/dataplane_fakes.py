@@ -12,7 +12,7 @@ endpoint as the source, as the UDP process would).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway import stats as st
@@ -117,6 +117,7 @@ class LoopGateway:
     workers: int = 2
     slots: int = 64
     counters: memoryview = field(default_factory=counter_block)
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None
     rings: CryptoRings[MemoryRing] = field(init=False)
     loop: CryptoLoop[MemoryRing] = field(init=False)
 
@@ -127,7 +128,13 @@ class LoopGateway:
             from_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
             to_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
         )
-        self.loop = CryptoLoop(self.device, self.rings, self.counters, peer_table())
+        self.loop = CryptoLoop(
+            self.device,
+            self.rings,
+            self.counters,
+            peer_table(),
+            keep_timestamps=self.keep_timestamps,
+        )
 
     def run(self, now: float, max_turns: int = 1000) -> int:
         """Turn until a turn takes nothing, then prepare to sleep, as run_crypto does;

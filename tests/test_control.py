@@ -16,6 +16,7 @@ from gateway.dataplane.control import (
     ControlError,
     ListenPortChanged,
     ListenPortRequest,
+    MtuChanged,
     Reload,
     decode_to_crypto,
     decode_to_supervisor,
@@ -25,7 +26,7 @@ from gateway.dataplane.control import (
 
 @given(hs.integers(0, 65535))
 def test_every_message_round_trips_and_fits_one_record(port: int) -> None:
-    for message in (Reload(), ListenPortChanged(port)):
+    for message in (Reload(), ListenPortChanged(port), MtuChanged(max(port, 68))):
         data = encode(message)
         assert len(data) <= control.MAX_MESSAGE_BYTES
         assert decode_to_crypto(data) == message
@@ -44,6 +45,7 @@ def test_every_message_round_trips_and_fits_one_record(port: int) -> None:
         (encode(ListenPortChanged(1)).replace(b"port\x01", b"port\xd1\xff\xff"), ">= 0"),
         (encode(ListenPortChanged(1)).replace(b"port\x01", b"port\xce\x00\x01\x00\x00"), "<="),
         (b"\x81\xa4type\xa4nuke", "Invalid value 'nuke'"),
+        (encode(MtuChanged(1280)).replace(b"\xcd\x05\x00", b"\x43"), ">= 68"),  # MTU 67
     ],
 )
 def test_a_bad_record_for_the_crypto_process_is_a_clear_error(data: bytes, why: str) -> None:

@@ -131,6 +131,18 @@ def test_a_bad_record_is_skipped_and_the_next_message_still_handled(
     assert crypto.backend.listen_port == 51999  # what `wg show` reports
 
 
+def test_an_mtu_change_sets_the_padding_mtu_and_nothing_else(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    supervisor_end, crypto_end = sockets
+    crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
+    assert crypto.device.mtu == 1280  # the config's
+    control.send_message(supervisor_end, control.MtuChanged(9000))  # `ip link set ... mtu`
+    crypto.on_control(NOW)
+    assert crypto.device.mtu == 9000
+    assert crypto.backend.listen_port == 51820
+
+
 def test_a_wg_listen_port_change_is_asked_of_the_supervisor(
     tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:

@@ -201,6 +201,23 @@ def test_dns_counters_reach_metrics_once_the_dns_process_runs(region: StatsRegio
     assert "# TYPE firezone_gw_dns_in_flight gauge" in text
 
 
+def test_tun_mtu_is_reported_once_known(region: StatsRegion) -> None:
+    def mtu_samples() -> list[float]:
+        text = render(region.snapshot(sample_processes=False), device="fzo0")
+        return [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "firezone_gw_tun_mtu_bytes"
+        ]
+
+    assert mtu_samples() == []  # 0: the supervisor has not written it yet
+    region.mtu = 1280
+    assert mtu_samples() == [1280]
+    region.mtu = 9000  # as the supervisor does when `ip link` changed it
+    assert mtu_samples() == [9000]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

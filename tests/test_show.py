@@ -50,9 +50,12 @@ def test_table_and_json_from_shared_counters() -> None:
             region.peers.words[region.peers.base(slot) + stats.PEER_RX_BYTES] += 1536
             wall = region.snapshot(sample_processes=False).taken_at - handshake_age
             region.peers.set_last_handshake(slot, int(wall * 1e9))
+        assert "mtu:" not in format_table(region.snapshot(sample_processes=False), device="x")
+        region.mtu = 9000
         snap = region.snapshot(sample_processes=False)
         text = format_table(snap, device="fzo0")
         assert "interface: fzo0" in text
+        assert "  mtu: 9000\n" in text
         assert "transfer: 2.00 KiB received, 0 B sent" in text
         # newest handshake first, as wg show sorts
         assert text.index(base64.b64encode(new).decode()) < text.index(
@@ -62,6 +65,7 @@ def test_table_and_json_from_shared_counters() -> None:
         assert "transfer: 1.50 KiB received, 0 B sent" in text
         data = json.loads(to_json(snap))
         assert data["totals"]["udp_rx_bytes"] == 2048
+        assert data["mtu"] == 9000
         assert {p["public_key"] for p in data["peers"]} == {
             base64.b64encode(old).decode(),
             base64.b64encode(new).decode(),

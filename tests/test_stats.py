@@ -11,6 +11,7 @@ import pytest
 
 from gateway import stats
 from gateway.stats import StatsRegion
+from shm_ring import Ring
 
 
 def _unique() -> str:
@@ -90,6 +91,20 @@ def test_blocks_do_not_overlap(region: StatsRegion) -> None:
     assert [r.full_events for r in snap.rings] == [100, 101, 102, 103, 104, 105]
     assert all(r.capacity == 1000 for r in snap.rings)
     assert snap.peers == ()
+
+
+def test_ring_block_holds_the_rings_packets_and_wake_ups(region: StatsRegion) -> None:
+    with Ring.create("stats-copy", slots=4, slot_size=64) as ring:
+        assert ring.consumer_arm()  # the consumer sleeps: the next send must wake it
+        assert ring.send(b"x")
+        ring.consumer_disarm()
+        stats.copy_ring_counters(region.ring_block("crypto_to_udp"), ring.stats())
+    block = region.ring_block("crypto_to_udp")
+    assert block[stats.RING_PACKETS] == 1
+    assert block[stats.RING_CONSUMER_WAKEUPS] == 1
+    assert block[stats.RING_PRODUCER_WAKEUPS] == 0
+    assert block[stats.RING_CAPACITY] == 4
+    assert block[stats.RING_OCCUPANCY] == 1
 
 
 def test_peer_table(region: StatsRegion) -> None:

@@ -24,7 +24,7 @@ from gateway.uapi import (
     parse_set,
 )
 from gateway.wireguard.crypto import clamp
-from tests.uapi_model import UapiModel
+from testbed.uapi_model import UapiModel
 
 K1 = "11" * 32
 K2 = "22" * 32

@@ -24,7 +24,7 @@ from gateway.uapi import SOCKET_DIR, UapiServer
 from gateway.wireguard.crypto import clamp
 from gateway.wireguard.device import Device as WgDevice
 from testbed.netns import unique_name
-from tests.uapi_model import UapiModel
+from testbed.uapi_model import UapiModel
 
 
 def b64(data: bytes) -> str:

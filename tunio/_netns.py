@@ -1,4 +1,4 @@
-"""Run a block of code inside a named network namespace (the calling thread only)."""
+"""Run a block of code inside a network namespace, by name or fd (the calling thread only)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,17 @@ def entered_netns(name: str | None) -> Iterator[None]:
     except OSError as exc:
         raise TunError(f"network namespace {name!r} cannot be opened ({path}): {exc}") from exc
     try:
-        pr_netns.pushns(fd)
-        try:
+        with entered_netns_fd(fd):
             yield
-        finally:
-            pr_netns.popns()
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def entered_netns_fd(fd: int) -> Iterator[None]:
+    """Switch this thread into the network namespace open at `fd` and back afterwards."""
+    pr_netns.pushns(fd)
+    try:
+        yield
+    finally:
+        pr_netns.popns()

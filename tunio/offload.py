@@ -38,42 +38,66 @@ Packet = bytes | bytearray | memoryview
 IoVec = list[Packet]
 
 
-class _Segment:
-    """The fields of a TCP packet (no IP options or extension headers) that merging needs."""
+# One unpack per packet instead of a slice per field (this runs for every TCP segment a
+# worker writes). IPv4 + TCP: version/IHL, TOS, total length, flags/fragment offset, TTL,
+# protocol, addresses and ports, sequence, then from the TCP header: acknowledgement, data
+# offset, flags, window.
+_V4_TCP = struct.Struct("!BBH2xHBB2x12sIIBBH")
+# IPv6 + TCP: version/class/flow label word, payload length, next header, hop limit,
+# addresses and ports, sequence, acknowledgement, data offset, flags, window.
+_V6_TCP = struct.Struct("!4sHBB36sIIBBH")
 
-    __slots__ = ("flags", "hlen", "ip_hlen", "key", "payload", "seq")
+
+class _Segment:
+    """The fields of a TCP packet (no IP options or extension headers) that merging needs.
+
+    `fixed` holds the TCP header fields that must be equal to merge: acknowledgement, data
+    offset, window, urgent pointer and options (not the flags, which may differ by PSH, nor
+    the checksum).
+    """
+
+    __slots__ = ("fixed", "flags", "hlen", "ip_hlen", "key", "payload", "seq")
 
     def __init__(self, packet: Packet) -> None:
         size = len(packet)
         if packet[0] == 0x45:  # noqa: PLR2004 - IPv4, 20-byte header
-            self.ip_hlen = ip_hlen = _IPV4_HEADER
-            if (
-                size < ip_hlen + _TCP_HEADER
-                or packet[9] != _TCP
-                or packet[6] & 0x3F  # MF or fragment offset: a fragment
-                or packet[7]
-                or int.from_bytes(packet[2:4], "big") != size
-            ):
+            ip_hlen = _IPV4_HEADER
+            if size < ip_hlen + _TCP_HEADER:
+                raise ValueError
+            _, tos, total, frag, ttl, proto, ends, seq, ack, offset, flags, window = (
+                _V4_TCP.unpack_from(packet)
+            )
+            if proto != _TCP or frag & 0x3FFF or total != size:  # 0x3FFF: MF or an offset
                 raise ValueError
             # Addresses and ports, plus TOS and TTL, which must match to merge.
-            self.key = bytes(packet[12:24]) + bytes(packet[1:2]) + bytes(packet[8:9])
+            self.key: tuple[bytes, int, int] = (ends, tos, ttl)
         elif packet[0] >> 4 == 6:  # noqa: PLR2004 - IP version
-            self.ip_hlen = ip_hlen = _IPV6_HEADER
-            if (
-                size < ip_hlen + _TCP_HEADER
-                or packet[6] != _TCP
-                or int.from_bytes(packet[4:6], "big") + ip_hlen != size
-            ):
+            ip_hlen = _IPV6_HEADER
+            if size < ip_hlen + _TCP_HEADER:
                 raise ValueError
-            self.key = bytes(packet[8:44]) + bytes(packet[0:4]) + bytes(packet[7:8])
+            first, length, proto, hop, ends, seq, ack, offset, flags, window = _V6_TCP.unpack_from(
+                packet
+            )
+            if proto != _TCP or length + ip_hlen != size:
+                raise ValueError
+            # Addresses and ports, plus version, class, flow label and hop limit.
+            self.key = (ends, int.from_bytes(first, "big"), hop)
         else:
             raise ValueError
-        self.hlen = ip_hlen + (packet[ip_hlen + 12] >> 4) * 4
-        self.payload = size - self.hlen
-        if self.hlen < ip_hlen + _TCP_HEADER or self.payload < 0:
+        self.ip_hlen = ip_hlen
+        hlen: int = ip_hlen + (offset >> 4) * 4
+        self.hlen = hlen
+        self.payload = size - hlen
+        if hlen < ip_hlen + _TCP_HEADER or self.payload < 0:
             raise ValueError
-        self.flags = packet[ip_hlen + 13]
-        self.seq = int.from_bytes(packet[ip_hlen + 4 : ip_hlen + 8], "big")
+        self.flags: int = flags
+        self.seq: int = seq
+        self.fixed: tuple[int, int, int, bytes] = (
+            ack,
+            offset,
+            window,
+            bytes(packet[ip_hlen + 18 : hlen]),
+        )
 
     @property
     def mergeable(self) -> bool:
@@ -100,21 +124,11 @@ class _Run:
         self.first = packet
         self.ip_hlen, self.hlen, self.mss = seg.ip_hlen, seg.hlen, seg.payload
         self.next_seq = (seg.seq + seg.payload) & 0xFFFFFFFF
-        self.fixed = self._fixed(packet)
+        self.fixed = seg.fixed
         self.parts: list[Packet] = [memoryview(packet)[seg.hlen :]]
         self.size = seg.payload
         self.psh = bool(seg.flags & _PSH)
         self.closed = self.psh  # nothing may follow a PSH
-
-    def _fixed(self, packet: Packet) -> bytes:
-        """TCP header bytes that must be equal: ack number, offset, window, urgent, options
-        (not the flags, which may differ by PSH, nor the checksum)."""
-        start = self.ip_hlen
-        return (
-            bytes(packet[start + 8 : start + 13])
-            + bytes(packet[start + 14 : start + 16])
-            + bytes(packet[start + 18 : self.hlen])
-        )
 
     def add(self, packet: Packet, seg: _Segment) -> bool:
         """Take `seg` if it continues this run; False (and nothing changes) otherwise."""
@@ -125,7 +139,7 @@ class _Run:
             or seg.hlen != self.hlen
             or len(self.parts) >= MAX_SEGMENTS
             or self.hlen - self.ip_hlen + self.size + seg.payload > _MAX_TCP_LENGTH
-            or self._fixed(packet) != self.fixed
+            or seg.fixed != self.fixed
         ):
             return False
         self.parts.append(memoryview(packet)[seg.hlen :])
@@ -179,7 +193,7 @@ def coalesce(packets: Sequence[Packet]) -> list[IoVec]:
     Order within every flow is kept; packets that cannot merge go alone with a plain header.
     """
     writes: list[IoVec] = []
-    runs: dict[bytes, _Run] = {}
+    runs: dict[tuple[bytes, int, int], _Run] = {}
     for packet in packets:
         try:
             seg = _Segment(packet)

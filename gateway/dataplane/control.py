@@ -1,7 +1,8 @@
 """Messages between the supervisor and the crypto process over their control socketpair.
 
-Supervisor -> crypto: `Reload` (re-read the config file, apply its peers) and
-`ListenPortChanged` (the UDP process now listens on this port, for `wg show`).
+Supervisor -> crypto: `Reload` (re-read the config file, apply its peers),
+`ListenPortChanged` (the UDP process now listens on this port, for `wg show`) and
+`MtuChanged` (the TUN device's MTU changed, e.g. with `ip link`: pad to the new one).
 Crypto -> supervisor: `ListenPortRequest` (`wg set listen-port`: bind this port and move the
 UDP process onto it; only the supervisor owns the socket).
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256  # every message is far smaller; a longer record is cut and rejected
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Mtu = Annotated[int, msgspec.Meta(ge=68, le=65535)]  # what Linux allows a device
 
 
 class Reload(msgspec.Struct, frozen=True, tag="reload"):
@@ -36,13 +38,19 @@ class ListenPortChanged(msgspec.Struct, frozen=True, tag="listen_port_changed"):
     port: Port
 
 
+class MtuChanged(msgspec.Struct, frozen=True, tag="mtu_changed"):
+    """Supervisor -> crypto: the TUN device's MTU is now `mtu` (the padding follows it)."""
+
+    mtu: Mtu
+
+
 class ListenPortRequest(msgspec.Struct, frozen=True, tag="listen_port_request"):
     """Crypto -> supervisor: `wg` asked to listen on `port` (0: any free port)."""
 
     port: Port
 
 
-ToCrypto = Reload | ListenPortChanged
+ToCrypto = Reload | ListenPortChanged | MtuChanged
 ToSupervisor = ListenPortRequest
 ControlMessage = ToCrypto | ToSupervisor
 

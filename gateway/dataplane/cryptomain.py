@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,10 +27,11 @@ from gateway.dataplane.cryptoproc import CryptoRings, apply_peers, build_device,
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import apply_message, receive_mappings
+from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
-from gateway.uapi import UapiError, UapiServer, format_set, parse_set
+from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class CryptoInputs:
     runstate: RunState | None
     listen_port: int  # the UDP port bound now
     heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
+    mtu: int | None = None  # the TUN device's now (`ip link` may have changed the config's)
     mappings: socket.socket | None = None  # proxy mappings from the DNS process (mappings.py)
 
 
@@ -77,6 +79,7 @@ class CryptoControl:
         self._control = control_socket
         self._runstate = runstate
         self._key_board = key_board
+        self._restoring = False
         self.device = build_device(config, now)
         self.backend = DeviceBackend(
             self.device,
@@ -97,24 +100,32 @@ class CryptoControl:
             self.firewall.set_proxy_handler(self.proxy)
 
     def restore_state(self) -> None:
-        """In a restarted crypto process: bring back what `wg` and reloads had set."""
-        saved = None if self._runstate is None else self._runstate.load()
-        if saved is not None:
-            try:
-                error = self.backend.apply(parse_set(saved))
-            except UapiError as exc:
-                error = exc.errno
-            if error:
-                log.error("run-time state not restored (errno %d): using the config file", error)
-            else:
+        """In a restarted crypto process: bring back what `wg` and reloads had set, entry by
+        entry (gateway/dataplane/restore.py), and the peers' handshake timestamps."""
+        if self._runstate is not None:
+            self._restoring = True  # save once at the end, not after every entry
+            restored = restore(self.backend.apply, self._runstate)
+            self._restoring = False
+            if restored is not None:
+                self._save_state()  # as restored: entries left out are not tried again
                 log.info("restored run-time state: %d peers", len(list(self.device.peers())))
+            for key, timestamp in self._runstate.timestamps.load().items():
+                self.device.restore_timestamp(key, timestamp)
         self._key_board.public_key = self.device.public_key
+
+    def keep_timestamps(self, timestamps: Mapping[bytes, bytes]) -> None:
+        """Handshake timestamps the Device accepted, kept for a restarted crypto process."""
+        if self._runstate is not None:
+            for key, timestamp in timestamps.items():
+                self._runstate.timestamps.save(key, timestamp)
 
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
         for message in control.receive_messages(self._control, control.decode_to_crypto):
             if isinstance(message, control.Reload):
                 self._reload(now)
+            elif isinstance(message, control.MtuChanged):
+                self.device.mtu = message.mtu
             else:
                 self.backend.listen_port = message.port
 
@@ -132,7 +143,7 @@ class CryptoControl:
 
     def _save_state(self) -> None:
         self._key_board.public_key = self.device.public_key
-        if self._runstate is not None:
+        if self._runstate is not None and not self._restoring:
             self._runstate.save(format_set(self.backend.get_snapshot()))
 
     def _request_listen_port(self, port: int) -> None:
@@ -162,6 +173,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
         key_board=inputs.stats,
         now=time.monotonic(),
     )
+    if inputs.mtu is not None:
+        crypto.device.mtu = inputs.mtu
     crypto.restore_state()
     handlers: dict[int, Callable[[float], None]] = {inputs.control.fileno(): crypto.on_control}
     uapi = inputs.uapi
@@ -183,6 +196,7 @@ def crypto_main(inputs: CryptoInputs) -> None:
         inputs.stats.peers,
         handlers=handlers,
         heartbeat=inputs.heartbeat,
+        keep_timestamps=crypto.keep_timestamps,
         firewall=crypto.firewall,
         proxy=crypto.proxy,
     )

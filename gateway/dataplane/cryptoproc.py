@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -33,11 +33,24 @@ from gateway.endpoint import format_endpoint
 from gateway.nat.handler import ProxyHandler
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
+from gateway.wireguard.ratelimiter import RateLimiter
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# Handshake messages cost 20-300 us each in Python (transport: a few us). A turn handles
+# transport first and then at most HANDSHAKE_BUDGET handshake messages; the others wait,
+# copied, in a queue of HANDSHAKE_QUEUE (the slots they came in are released at once), and
+# past that they are dropped and counted, so a flood of initiations cannot starve sessions.
+HANDSHAKE_BUDGET = 16
+HANDSHAKE_QUEUE = 256
+# Under load (the queue 1/8 full, the kernel's criterion) each source address gets its
+# handshake messages queued at the kernel's rate (20/s, burst 5), so one flooding host
+# costs the loop a token-bucket lookup per message and takes few of the queue's places.
+UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
+_HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
+_IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 TIMER_CHECK_INTERVAL = 0.005  # seconds between looks for due timers while busy
 CONTROL_CHECK_INTERVAL = 0.005  # seconds between looks at the control fds while busy
@@ -196,6 +209,11 @@ class PeerStatsSync:
             self._endpoints.pop(key, None)
 
 
+def _source_address(message: memoryview) -> bytes:
+    """The raw source address in a ring message's endpoint header (see framing.py)."""
+    return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
+
+
 class CryptoLoop(Generic[RingT]):
     """The crypto process's work, one turn at a time, with the clock passed in.
 
@@ -211,10 +229,12 @@ class CryptoLoop(Generic[RingT]):
         counters: memoryview,
         peer_table: st.PeerTable,
         *,
+        keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
         firewall: Firewall | None = None,
         proxy: ProxyHandler | None = None,
     ) -> None:
         self.device = device
+        self._keep_timestamps = keep_timestamps
         # None when there is nothing to check or translate: the per-packet path skips it.
         self.firewall = firewall
         self.proxy = proxy  # its NAT entries expire on this loop's timers
@@ -230,10 +250,20 @@ class CryptoLoop(Generic[RingT]):
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
         self._timers_at = 0.0
+        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
+        self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
+        self._source_limiter = RateLimiter()
 
     def turn(self, now: float) -> bool:
-        """Move and transform what the rings allow; True if any packet was taken."""
+        """Move and transform what the rings allow; True if any packet was taken or any
+        waiting handshake message handled (then more may wait for the next turn)."""
         work = self._decrypt(now)
+        if self._handle_handshakes(now):
+            work = True
+        if self._keep_timestamps is not None:
+            accepted = self.device.take_timestamps()
+            if accepted:  # before the responses leave: a restart never forgets a sent one
+                self._keep_timestamps(accepted)
         outbound: list[bytes] = []
         if self._encrypt(now, outbound):
             work = True
@@ -269,6 +299,9 @@ class CryptoLoop(Generic[RingT]):
         per_worker = self._per_worker
         workers = len(to_workers)
         for message in batch:
+            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+                self._queue_handshake(message, now)
+                continue
             try:
                 src = decode_endpoint(message)
             except FramingError:
@@ -300,6 +333,34 @@ class CryptoLoop(Generic[RingT]):
         return firewall.from_peer(
             key, inner if isinstance(inner, bytearray) else bytearray(inner), now
         )
+
+    def _queue_handshake(self, message: memoryview, now: float) -> None:
+        """A handshake message waits (copied: its slot is released) for a turn's budget."""
+        queued = len(self.handshakes)
+        if queued < HANDSHAKE_QUEUE and (
+            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
+        ):
+            self.handshakes.append(bytes(message))
+        else:
+            self.handshakes_dropped += 1
+            self.counters[st.DROP_RATE_LIMITED] += 1
+
+    def _handle_handshakes(self, now: float) -> bool:
+        """At most HANDSHAKE_BUDGET waiting handshake messages; True if any was handled."""
+        handshakes = self.handshakes
+        if not handshakes:
+            return False
+        handle_datagram = self.device.handle_datagram
+        for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
+            message = handshakes.popleft()
+            try:
+                src = decode_endpoint(message)
+            except FramingError:
+                self.counters[st.DROP_MALFORMED] += 1
+                continue
+            # Answers go to the outbox, never to a worker.
+            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
+        return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
         """Packets from the workers' rings, encrypted into `outbound`; True if any was taken."""
@@ -383,6 +444,7 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     *,
     handlers: Mapping[int, Callable[[float], None]] | None = None,
     heartbeat: Heartbeat | None = None,
+    keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
     firewall: Firewall | None = None,
     proxy: ProxyHandler | None = None,
 ) -> None:
@@ -392,7 +454,15 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     The handlers' fds sit in an epoll of their own (one fd in the sleeper's), looked at every
     CONTROL_CHECK_INTERVAL while busy too: the DNS process waits for its proxy mapping to be
     applied before it answers, and traffic must not starve that."""
-    loop = CryptoLoop(device, rings, counters, peer_table, firewall=firewall, proxy=proxy)
+    loop = CryptoLoop(
+        device,
+        rings,
+        counters,
+        peer_table,
+        keep_timestamps=keep_timestamps,
+        firewall=firewall,
+        proxy=proxy,
+    )
     from_udp, to_udp = rings.from_udp, rings.to_udp
     to_workers = list(rings.to_workers)
     consumers = [from_udp, *rings.from_workers]

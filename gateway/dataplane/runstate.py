@@ -1,50 +1,136 @@
-"""The device's run-time configuration, kept where a restarted crypto process finds it.
+"""The device's run-time state, kept where a restarted crypto process finds it.
 
-Peers, keys and allowed IPs set through `wg` live in the crypto process. After every change
-it writes the whole state (a `set` body, see gateway.uapi.format_set) into a memfd that the
-supervisor created before forking; a restarted crypto process applies it on top of the config
-file, so `wg`-configured peers survive a crash. The memfd has no path (the keys in it are
-never on a file system) and disappears with the gateway.
+Two memfds that the supervisor creates before forking and that only the crypto process
+reads or writes; they have no path (the keys in them are never on a file system) and
+disappear with the gateway.
 
-Layout: a 12-byte header (length, crc32) written after the data, so a crash mid-write leaves
-a header that does not match and the state is ignored rather than half applied.
+- The configuration: peers, keys and allowed IPs set through `wg` live in the crypto
+  process. After every change it writes the whole state (a `set` body, see
+  gateway.uapi.format_set); a restarted crypto process applies it on top of the config file,
+  so `wg`-configured peers survive a crash. Layout: a 16-byte header (length, crc32, entry
+  being restored) then the text. Length and crc are written after the text, so a crash
+  mid-write leaves a header that does not match and the state is ignored rather than half
+  applied. The third word is set while a restore applies an entry: if the process dies
+  there, its successor finds the entry that killed it (gateway/dataplane/restore.py).
+- The handshake timestamps: the greatest TAI64N timestamp accepted from each peer (the
+  replay protection of initiations). Without them a restarted crypto process would accept an
+  initiation captured earlier and move the peer's endpoint to whoever replayed it. Layout:
+  fixed 44-byte records (public key, timestamp), each written by one pwrite, so a crash never
+  leaves half a record.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import zlib
 
-_HEADER = struct.Struct("<QI")
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<QII")
+_RESTORING_OFFSET = 12  # the third header word
+_RESTORING = struct.Struct("<I")
 MAX_STATE_BYTES = 64 * 1024 * 1024  # far above 100k allowed IPs; a bound, not a target
+
+KEY_SIZE = 32
+TIMESTAMP_SIZE = 12
+_RECORD = KEY_SIZE + TIMESTAMP_SIZE
+MAX_TIMESTAMPS = 1 << 16  # peers remembered (2.9 MB); more peers than that get none kept
 
 
 class RunState:
     def __init__(self) -> None:
         self.fd = os.memfd_create("firezone-gw-state", os.MFD_CLOEXEC)
+        self.timestamps = HandshakeTimestamps()
 
     def save(self, text: str) -> None:
+        """Replace the saved state (this also ends a restore: the entry mark is cleared)."""
         data = text.encode()
         if len(data) > MAX_STATE_BYTES:
             raise ValueError(f"run-time state of {len(data)} bytes exceeds {MAX_STATE_BYTES}")
-        os.pwrite(self.fd, _HEADER.pack(0, 0), 0)  # invalid while the data changes
+        os.pwrite(self.fd, _HEADER.pack(0, 0, 0), 0)  # invalid while the data changes
         os.ftruncate(self.fd, _HEADER.size + len(data))
         os.pwrite(self.fd, data, _HEADER.size)
-        os.pwrite(self.fd, _HEADER.pack(len(data), zlib.crc32(data)), 0)
+        os.pwrite(self.fd, _HEADER.pack(len(data), zlib.crc32(data), 0), 0)
 
     def load(self) -> str | None:
         """The last state saved completely, or None."""
         header = os.pread(self.fd, _HEADER.size, 0)
         if len(header) < _HEADER.size:
             return None
-        length, crc = _HEADER.unpack(header)
+        length, crc, _ = _HEADER.unpack(header)
         if not length or length > MAX_STATE_BYTES:
             return None
         data = os.pread(self.fd, length, _HEADER.size)
         if len(data) != length or zlib.crc32(data) != crc:
             return None
-        return data.decode()
+        return data.decode(errors="replace")  # a bad byte fails its line, not the whole state
+
+    def mark_restoring(self, entry: int) -> None:
+        """Record that entry number `entry` (1-based; 0: none) is being applied now."""
+        if os.fstat(self.fd).st_size >= _HEADER.size:
+            os.pwrite(self.fd, _RESTORING.pack(entry), _RESTORING_OFFSET)
+
+    def restoring(self) -> int:
+        """The entry a restore was applying when its process died (1-based), or 0."""
+        word = os.pread(self.fd, _RESTORING.size, _RESTORING_OFFSET)
+        return _RESTORING.unpack(word)[0] if len(word) == _RESTORING.size else 0
+
+    def fds(self) -> list[int]:
+        """Every fd the state lives in: what a process that uses it must keep open."""
+        return [self.fd, self.timestamps.fd]
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.timestamps.close()
+
+
+class HandshakeTimestamps:
+    """Per peer public key, the greatest handshake timestamp accepted (see module docstring).
+
+    Each process that opens the table reads it once and then keeps its own index of the
+    records; records are never removed (a peer removed and added again keeps its replay
+    protection), and when MAX_TIMESTAMPS peers have one, new peers' are not kept.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("firezone-gw-timestamps", os.MFD_CLOEXEC)
+        self._slots: dict[bytes, int] | None = None
+        self._full_logged = False
+
+    def load(self) -> dict[bytes, bytes]:
+        """Every peer's greatest saved timestamp."""
+        found, self._slots = self._read()
+        return found
+
+    def _read(self) -> tuple[dict[bytes, bytes], dict[bytes, int]]:
+        size = os.fstat(self.fd).st_size
+        data = os.pread(self.fd, min(size, MAX_TIMESTAMPS * _RECORD), 0)
+        found: dict[bytes, bytes] = {}
+        slots: dict[bytes, int] = {}
+        for slot in range(len(data) // _RECORD):
+            record = data[slot * _RECORD : (slot + 1) * _RECORD]
+            key, timestamp = record[:KEY_SIZE], record[KEY_SIZE:]
+            found[key] = max(found.get(key, timestamp), timestamp)
+            slots[key] = slot
+        return found, slots
+
+    def save(self, public_key: bytes, timestamp: bytes) -> None:
+        if len(public_key) != KEY_SIZE or len(timestamp) != TIMESTAMP_SIZE:
+            raise ValueError("a timestamp record is a 32-byte key and a 12-byte TAI64N value")
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = self._read()[1]
+        slot = slots.get(public_key)
+        if slot is None:
+            if len(slots) >= MAX_TIMESTAMPS:
+                if not self._full_logged:
+                    log.error("handshake timestamps of more than %d peers are not kept", len(slots))
+                    self._full_logged = True
+                return
+            slot = slots[public_key] = len(slots)
+        os.pwrite(self.fd, public_key + timestamp, slot * _RECORD)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -31,6 +31,7 @@ from gateway.dataplane.children import (
 )
 from gateway.dataplane.control import (
     ListenPortChanged,
+    MtuChanged,
     Reload,
     decode_to_supervisor,
     receive_messages,
@@ -56,6 +57,7 @@ from gateway.wireguard.constants import TRANSPORT_OVERHEAD
 from shm_ring.ring import Ring
 from tunio.device_state import DeviceGone, device_gone_error, interface_up, queue_device_name
 from tunio.errors import TunError
+from tunio.linkwatch import LinkWatch
 from tunio.linux import TunQueue, open_multiqueue
 from tunio.netlink import TunDeviceManager
 
@@ -101,6 +103,7 @@ class Runtime:
     udp: UdpIo | None = None
     stats: st.StatsRegion | None = None
     manager: TunDeviceManager | None = None
+    link_watch: LinkWatch | None = None  # MTU changes made with `ip link`
 
 
 class _NoBackend:
@@ -132,6 +135,7 @@ class Supervisor:
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
         self._epoll: select.epoll | None = None
+        self._mtu = config.interface.mtu  # the TUN device's, as last seen (ip link may change it)
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
         self._last_status: tuple[float, int, int] | None = None  # (time, rx bytes, tx bytes)
@@ -172,6 +176,8 @@ class Supervisor:
         except (OSError, ValueError) as exc:
             raise SupervisorError(f"cannot create the stats segment: {exc}") from exc
         self.rt.stats.attach_process("supervisor")  # its pid, for CPU and RSS in /metrics
+        self.rt.stats.mtu = self._mtu
+        self.rt.link_watch = LinkWatch(self.rt.queues[0].fileno())
         try:
             self.rt.udp = UdpIo(
                 cfg.interface.listen_port, cfg.udp.receive_buffer, cfg.udp.send_buffer
@@ -281,7 +287,7 @@ class Supervisor:
         if self.uapi is not None:
             extra += self.uapi.fds()
         if self._runstate is not None:
-            extra.append(self._runstate.fd)
+            extra += self._runstate.fds()
         if self._mappings is not None:
             extra.append(self._mappings.crypto.fileno())
         return replace(ring_fds, other=(*ring_fds.other, *extra))
@@ -340,6 +346,7 @@ class Supervisor:
                 runstate=self._runstate,
                 listen_port=self._port(),
                 heartbeat=self.children["crypto"].heartbeat,
+                mtu=self._mtu,  # the device's now, not the config's: `ip link` may have set it
                 mappings=None if self._mappings is None else self._mappings.crypto,
             )
         )
@@ -398,6 +405,9 @@ class Supervisor:
         control = self._control_parent
         if control is not None:
             epoll.register(control.fileno(), select.EPOLLIN)
+        watch = self.rt.link_watch
+        if watch is not None:
+            epoll.register(watch.fileno(), select.EPOLLIN)
         try:
             if not self.stopping:
                 self._start_children(epoll)
@@ -438,6 +448,10 @@ class Supervisor:
                         wake_r.recv(4096)
                 elif control is not None and fd == control.fileno():
                     self._control_messages(control, epoll)
+                elif self.rt.link_watch is not None and fd == self.rt.link_watch.fileno():
+                    mtu = self.rt.link_watch.read()
+                    if mtu is not None:
+                        self._follow_mtu(mtu)
                 else:
                     self._child_event(fd, epoll)
             while signals:
@@ -513,6 +527,20 @@ class Supervisor:
             send_message(self._control_parent, ListenPortChanged(new.port))
         log.info("listening on UDP port %d", new.port)
 
+    def _follow_mtu(self, mtu: int) -> None:
+        """The TUN device's MTU changed (ip link, or a reload): pad to it and report it."""
+        if mtu == self._mtu:
+            return
+        log.info("%s: MTU changed from %d to %d", self.name, self._mtu, mtu)
+        self._mtu = mtu
+        if self.rt.stats is not None:
+            self.rt.stats.mtu = mtu
+        if self._control_parent is not None:
+            try:
+                send_message(self._control_parent, MtuChanged(mtu))
+            except OSError as exc:  # a restarted crypto process starts from self._mtu
+                log.error("MTU %d not sent to the crypto process: %s", mtu, exc)
+
     def _port(self) -> int:
         return self.rt.udp.port if self.rt.udp is not None else 0
 
@@ -563,11 +591,7 @@ class Supervisor:
         if self.rt.stats is not None:
             self.rt.stats.sample_busy()
             for ring_name, ring in self.rt.rings.items():
-                block = self.rt.stats.ring_block(ring_name)
-                rs = ring.stats()
-                block[st.RING_FULL_EVENTS] = rs.full_events
-                block[st.RING_OCCUPANCY] = rs.occupancy
-                block[st.RING_CAPACITY] = rs.slots
+                st.copy_ring_counters(self.rt.stats.ring_block(ring_name), ring.stats())
         if not self.notifier.enabled or not self._announced:
             return
         if not self._unhealthy() and self._device_name() is not None:
@@ -728,14 +752,17 @@ class Supervisor:
         manager = self.rt.manager
         if manager is None:
             return
+        # An MTU the config did not change stays as it is, even if `ip link` changed it.
+        mtu = new.mtu if new.mtu != old.mtu else self._mtu
         try:
-            manager.configure(mtu=new.mtu, addresses=new.addresses)
+            manager.configure(mtu=mtu, addresses=new.addresses)
             for address in set(old.addresses) - set(new.addresses):
                 manager.remove_address(address)
         except TunError as exc:
             log.error("reload: %s", exc)
             return
-        log.info("reload: %s has MTU %d and %d addresses", self.name, new.mtu, len(new.addresses))
+        self._follow_mtu(mtu)
+        log.info("reload: %s has MTU %d and %d addresses", self.name, mtu, len(new.addresses))
 
     # ---- shutdown -----------------------------------------------------------------------
 
@@ -745,6 +772,8 @@ class Supervisor:
     def teardown(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        if self.rt.link_watch is not None:
+            self.rt.link_watch.close()
         if self.uapi is not None:
             self.uapi.close()  # removes the socket file only if it is still ours
         if self.rt.udp is not None:

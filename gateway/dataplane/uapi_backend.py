@@ -13,6 +13,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from gateway.dataplane.framing import encode_endpoint
+from gateway.endpoint import Endpoint
 from gateway.keys import public_key
 from gateway.uapi import (
     ERR_INVALID,
@@ -44,6 +46,16 @@ def _port_free(port: int) -> bool:
                 except OSError:
                     return False
             return True
+        return False
+    return True
+
+
+def _frameable(endpoint: Endpoint) -> bool:
+    """Whether the rings to the UDP process can carry this address (a scoped IPv6 address
+    such as fe80::1%eth0 cannot: the loop would fail on the first datagram to it)."""
+    try:
+        encode_endpoint(endpoint)
+    except (OSError, ValueError):
         return False
     return True
 
@@ -126,6 +138,8 @@ class DeviceBackend:
         for change in request.peers:
             keepalive = change.persistent_keepalive_interval
             if keepalive is not None and not 0 <= keepalive <= 0xFFFF:  # noqa: PLR2004 - u16
+                return ERR_INVALID
+            if change.endpoint is not None and not _frameable(change.endpoint):
                 return ERR_INVALID
         return 0
 

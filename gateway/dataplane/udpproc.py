@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 
 from gateway import stats as st
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
@@ -20,7 +22,7 @@ Outgoing = list[tuple[Endpoint, bytes | memoryview]]
 MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
 
 
-def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
+def run_udp(
     udp: UdpIo,
     to_crypto: Ring,
     from_crypto: Ring,
@@ -34,6 +36,7 @@ def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
     max_payload = to_crypto.max_message - HEADER_SIZE  # a long datagram spans several slots
     c = counters
     unsent: Outgoing = []
+    gate = HandshakeGate()
     while True:
         beat()
         busy = False
@@ -43,14 +46,7 @@ def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
             received = udp.recv_batch(min(BATCH, room))
             if received:
                 busy = True
-                messages = []
-                for data, endpoint in received:
-                    if len(data) > max_payload:
-                        c[st.DROP_TOO_BIG] += 1
-                        continue
-                    messages.append(encode_endpoint(endpoint) + data)
-                    c[st.UDP_RX_BYTES] += len(data)
-                c[st.UDP_RX_PACKETS] += len(received)
+                messages = frame_received(received, gate, max_payload, c, time.monotonic())
                 taken = to_crypto.send_many(messages)
                 if taken < len(messages):
                     c[st.DROP_RING_FULL] += len(messages) - taken
@@ -81,6 +77,30 @@ def run_udp(  # noqa: PLR0912 - the one hot loop, kept in one place on purpose
             events |= select.EPOLLOUT
         sleeper.watch(sock_fd, events)
         sleeper.sleep([] if unsent else [from_crypto], [to_crypto] if blocked_in else [])
+
+
+def frame_received(
+    received: list[tuple[memoryview, tuple[str, int]]],
+    gate: HandshakeGate,
+    max_payload: int,
+    c: memoryview,
+    now: float,
+) -> list[bytes]:
+    """Datagrams read from the socket as ring messages (endpoint header + datagram), without
+    those too big for a slot and the handshake messages the gate turns away (both counted)."""
+    messages = []
+    for data, endpoint in received:
+        if len(data) > max_payload:
+            c[st.DROP_TOO_BIG] += 1
+            continue
+        header = encode_endpoint(endpoint)
+        if data and data[0] in HANDSHAKE_TYPES and not gate.admit(header, now):
+            c[st.DROP_RATE_LIMITED] += 1
+            continue
+        messages.append(header + data)
+        c[st.UDP_RX_BYTES] += len(data)
+    c[st.UDP_RX_PACKETS] += len(received)
+    return messages
 
 
 def _send(udp: UdpIo, items: Outgoing, c: memoryview) -> Outgoing:

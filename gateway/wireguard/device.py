@@ -122,8 +122,12 @@ class Device:
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
+        self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
+        # Cookie replies cost an XChaCha20-Poly1305 seal each: under a flood, each source
+        # gets them at the rate the limiter lets its handshakes through (20/s, burst 5).
+        self._cookie_limiter = RateLimiter()
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
         self._identity: Identity | None = None
         self._checker: CookieChecker | None = None
@@ -208,6 +212,21 @@ class Device:
                 self._send_keepalive(peer, now)  # as wireguard-go: start right away
         return peer
 
+    def restore_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
+        """Raise a peer's floor for initiation timestamps to a value a previous run accepted
+        (the greatest one wins, as in the kernel); False if there is no such peer."""
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return False
+        peer.handshake.last_timestamp = max(peer.handshake.last_timestamp, timestamp)
+        return True
+
+    def take_timestamps(self) -> dict[bytes, bytes]:
+        """Initiation timestamps accepted since the last call (peer key -> TAI64N), for a
+        driver that keeps them across restarts (see restore_timestamp)."""
+        taken, self._new_timestamps = self._new_timestamps, {}
+        return taken
+
     def remove_allowed_ip(self, peer: Peer, network: Network) -> bool:
         """Take `network` away from `peer` (only if it is the peer's); True if it was."""
         if network not in self._allowed.prefixes_of(peer):
@@ -220,6 +239,7 @@ class Device:
             return False
         self._end_sessions(peer)
         self._allowed.remove_value(peer)
+        self._new_timestamps.pop(public_key, None)
         peer.staged.clear()
         peer.timers.clear()
         return True
@@ -518,10 +538,7 @@ class Device:
         ip, source = _source_bytes(src)
         if self._load.record(now):
             if not checker.check_mac2(msg, mac1_end, source, now):
-                (sender,) = _SENDER.unpack_from(msg)
-                self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
-                self.counters["cookie_replies_sent"] += 1
-                self.drops[Drop.UNDER_LOAD_COOKIE] += 1
+                self._reply_cookie(checker, msg, mac1_end, src, now)
                 return
             if not self._limiter.allow(ip, now):
                 self.drops[Drop.RATE_LIMITED] += 1
@@ -530,6 +547,20 @@ class Device:
             self._receive_initiation(identity, msg, src, now)
         else:
             self._receive_response(identity, msg, src, now)
+
+    def _reply_cookie(
+        self, checker: CookieChecker, msg: bytes, mac1_end: int, src: Endpoint, now: float
+    ) -> None:
+        """Under load, a handshake message without a valid mac2: answer with a cookie (at
+        most as often per source as the rate limiter allows), drop the message."""
+        ip, source = _source_bytes(src)
+        if not self._cookie_limiter.allow(ip, now):
+            self.drops[Drop.RATE_LIMITED] += 1
+            return
+        (sender,) = _SENDER.unpack_from(msg)
+        self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
+        self.counters["cookie_replies_sent"] += 1
+        self.drops[Drop.UNDER_LOAD_COOKIE] += 1
 
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)
@@ -567,6 +598,7 @@ class Device:
             self.counters["handshakes_rejected"] += 1
             return
         peer = self._peers[hs.remote_static]
+        self._new_timestamps[peer.public_key] = hs.last_timestamp
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
         self._drop_handshake_index(peer)  # our own pending initiation lost the race

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from nacl.bindings import crypto_scalarmult_base
 
 from gateway.endpoint import Endpoint
+from gateway.ipnet import IPNetwork
 from gateway.stats import PeerStats
 from gateway.uapi import (
     ZERO_KEY,
     DeviceState,
-    IPNetwork,
     PeerChange,
     PeerState,
     SetRequest,

@@ -1,0 +1,138 @@
+"""A flood of handshake initiations with a valid mac1 (anyone who knows the gateway's public
+key can make them) must not starve the sessions' transport data, nor make the gateway answer
+each of them with a cookie reply."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from gateway import stats as st
+from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
+from gateway.keys import generate_private_key, public_key
+from gateway.wireguard.constants import (
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+)
+from gateway.wireguard.device import Device, Packet
+from gateway.wireguard.drops import Drop
+from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
+from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, flood_initiation, ipv4_packet
+from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
+
+START = 1000.0
+
+
+def test_cookie_replies_under_load_are_rate_limited_per_source() -> None:
+    gateway = Device(generate_private_key(), under_load_threshold=0)  # under load at once
+    assert gateway.public_key is not None
+    flooder = ("203.0.113.9", 40000)
+    for _ in range(50):
+        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START)
+    assert gateway.counters["cookie_replies_sent"] == PACKETS_BURSTABLE
+    assert gateway.drops[Drop.RATE_LIMITED] == 50 - PACKETS_BURSTABLE
+    for i in range(50):  # one second more, spread over it
+        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + i / 50)
+    assert gateway.counters["cookie_replies_sent"] <= PACKETS_BURSTABLE + PACKETS_PER_SECOND
+    other = ("203.0.113.10", 40000)  # another source still gets its cookie
+    gateway.handle_datagram(flood_initiation(gateway.public_key), other, START + 1)
+    assert len([d for d, _ in gateway.take_transmits() if d == other]) == 1
+
+
+def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:
+    """A client (A) with a session to the gateway (B), whose UDP ring has `slots` slots."""
+    key_a, key_b = generate_private_key(), generate_private_key()
+    client, gateway = Device(key_a), Device(key_b)
+    client.upsert_peer(
+        public_key(key_b),
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
+        now=START,
+    )
+    gateway.upsert_peer(
+        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
+    )
+    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
+    first = ipv4_packet(A_INNER, B_INNER, b"hello")
+    a.rings.from_workers[0].send(first)
+    run_until_quiet(a, b, START)
+    assert [p for w in b.tun_out() for p in w] == [first]
+    return a, b
+
+
+def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = _established(slots=512)
+    now = START + 1
+    packets = [ipv4_packet(A_INNER, B_INNER, struct.pack("!I", i) * 8) for i in range(40)]
+    a.rings.from_workers[0].send_many(packets)
+    a.run(now)
+    transport = [d for _, d in a.udp_out()]
+    assert len(transport) == len(packets)
+    gateway_key = b.device.public_key
+    assert gateway_key is not None
+    flood = [flood_initiation(gateway_key) for _ in range(10 * len(transport))]
+    sources = [(f"203.0.113.{i % 50 + 1}", 40000 + i) for i in range(len(flood))]
+    for i, datagram in enumerate(transport):  # ten initiations before every data packet
+        for j in range(10 * i, 10 * i + 10):
+            assert b.udp_in([flood[j]], sources[j]) == 1
+        assert b.udp_in([datagram], A_ENDPOINT) == 1
+
+    handled: list[int] = []  # handshake messages the Device worked on, per turn
+    handle_datagram = b.device.handle_datagram
+
+    def counting(data: Packet, src: Endpoint, now: float) -> bytes | bytearray | None:
+        if data[0] != MESSAGE_TRANSPORT:
+            handled[-1] += 1
+        return handle_datagram(data, src, now)
+
+    monkeypatch.setattr(b.device, "handle_datagram", counting)
+    delivered: list[bytes] = []
+    while len(b.rings.from_udp):  # until the gateway has read every datagram
+        handled.append(0)
+        assert b.loop.turn(now)
+        delivered += [p for w in b.tun_out() for p in w]
+    assert sorted(delivered) == sorted(packets)  # every one, by the time the ring is read
+    assert max(handled) <= HANDSHAKE_BUDGET
+    queued = len(b.loop.handshakes)
+    assert 0 < queued <= HANDSHAKE_QUEUE
+    dropped = b.loop.handshakes_dropped
+    assert dropped > 0
+    assert b.counters[st.DROP_RATE_LIMITED] >= dropped
+    assert sum(handled) + queued + dropped == len(flood)  # each one handled, waiting or counted
+    handled.append(0)
+    while b.loop.turn(now):  # the rest waits for later turns, a budget at a time
+        handled.append(0)
+    assert not b.loop.handshakes
+    assert max(handled) <= HANDSHAKE_BUDGET
+
+
+def test_one_flooding_host_takes_few_places_in_the_queue_and_a_client_still_gets_in() -> None:
+    a, b = _established(slots=512)
+    now = START + 1
+    gateway_key = b.device.public_key
+    assert gateway_key is not None
+    flood = [flood_initiation(gateway_key) for _ in range(400)]
+    assert b.udp_in(flood, ("203.0.113.9", 40000)) == len(flood)
+    client_key = a.device.private_key  # the client restarts and initiates a new session
+    assert client_key is not None
+    client = Device(client_key)
+    client.upsert_peer(
+        gateway_key,
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
+        now=now,
+    )
+    assert client.handle_packet(ipv4_packet(A_INNER, B_INNER), now) is None  # staged
+    ((_, initiation),) = client.take_transmits()
+    assert b.udp_in([initiation], A_ENDPOINT) == 1
+    b.run(now)
+    # Each of the 5 turns that read the ring (100 a turn) frees HANDSHAKE_BUDGET places; past
+    # UNDER_LOAD_QUEUED the flooding host has only its burst (the clock does not move).
+    queued_at_most = UNDER_LOAD_QUEUED + PACKETS_BURSTABLE + 5 * HANDSHAKE_BUDGET
+    assert b.loop.handshakes_dropped >= len(flood) - queued_at_most
+    responses = [d for dst, d in b.udp_out() if dst == A_ENDPOINT and d[0] == MESSAGE_RESPONSE]
+    assert len(responses) == 1
