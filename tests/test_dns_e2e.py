@@ -24,6 +24,7 @@ import pytest
 from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
     GATEWAY_TUNNEL_ADDR,
+    GATEWAY_TUNNEL_ADDR6,
     RESOURCE_ADDR,
     RESOURCE_ADDR6,
     RESOURCE_NET,
@@ -102,10 +103,16 @@ def lab() -> Iterator[Lab]:
         topo.close()
 
 
-def ask(lab: Lab, client: int, name: str, kind: str, transport: str = "udp") -> list[str]:
-    out = lab.client_ns(client).run(
-        sys.executable, "-c", ASK, name, kind, transport, GATEWAY_TUNNEL_ADDR
-    )
+def ask(
+    lab: Lab,
+    client: int,
+    name: str,
+    kind: str,
+    transport: str = "udp",
+    *,
+    server: str = GATEWAY_TUNNEL_ADDR,
+) -> list[str]:
+    out = lab.client_ns(client).run(sys.executable, "-c", ASK, name, kind, transport, server)
     result: list[str] = json.loads(out)
     return result
 
@@ -159,6 +166,11 @@ def test_an_ordinary_name_is_forwarded_over_udp_and_tcp(lab: Lab) -> None:
     assert ask(lab, 0, "www.corp.test", "A", "udp") == ["192.0.2.7"]
     assert ask(lab, 0, "www.corp.test", "AAAA", "tcp") == ["2001:db8::7"]
     assert ask(lab, 1, "www.corp.test", "A", "tcp") == ["192.0.2.7"]
+    # The server listens on every tunnel address: the IPv6 one too, both transports.
+    for transport in ("udp", "tcp"):
+        assert ask(lab, 0, "www.corp.test", "A", transport, server=GATEWAY_TUNNEL_ADDR6) == [
+            "192.0.2.7"
+        ]
 
 
 def test_a_peer_not_granted_the_resource_gets_no_proxy_addresses(lab: Lab) -> None:
