@@ -9,6 +9,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.dataplane.firewall import NOT_MINE
 from gateway.nat import handler as handler_module
@@ -16,7 +18,7 @@ from gateway.nat.handler import ProxyHandler, Target, grants_by_key, sources_by_
 from gateway.nat.table import UNCONFIRMED_TTL
 from gateway.policy.filters import parse_filter
 from gateway.policy.resources import Resource, parse_resource_address
-from ippacket import IpPacket
+from ippacket import IpPacket, PacketError
 from ippacket.build import icmp_echo_reply, icmp_echo_request, tcp_packet, udp_packet
 from ippacket.headers import TcpHeader
 from ippacket.icmp_errors import Unreachable, destination_unreachable
@@ -357,3 +359,36 @@ def test_the_mapping_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy.counters["mapping_table_full"] == 1  # the third fits, the fourth does not
     proxy.apply(PROXY_V4, PROXY_V6, target)  # remapping what is there always works
     assert proxy.counters["mapping_table_full"] == 1
+
+
+# ---- bad input never crashes the handler -----------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_packets_either_way_never_raise(data: st.DataObject) -> None:
+    proxy, _ = translating_handler(Target(0, (REAL_V4,), (REAL_V6,)))
+    seeds = [
+        tcp_packet(ALICE_V4, PROXY_V4, 40000, 443, b"x" * 8),
+        icmp_echo_request(ALICE_V6, PROXY_V6, 9, 1, b"p"),
+        udp_packet(ALICE_V4, PROXY_V4, 5000, 53, b"q"),
+    ]
+    sent = [proxy.from_peer(ALICE, p, now=0.0) for p in seeds]
+    replies = [
+        tcp_packet(REAL_V4, ALICE_V4, 443, 40000, b"y" * 8),
+        icmp_echo_reply(REAL_V6, ALICE_V6, 9, 1, b"p"),
+        destination_unreachable(IpPacket(bytearray(sent[2] or b"")), Unreachable.PORT),
+    ]
+    packet = bytearray(data.draw(st.sampled_from([*seeds, *replies])).data)
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(0, len(packet) - 1))
+        packet[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del packet[data.draw(st.integers(1, len(packet))) :]
+    try:
+        parsed = IpPacket(packet)
+    except PacketError:
+        return  # the Firewall counts it; the handler never sees it
+    if ProxyHandler.is_proxy(bytes(parsed.destination.packed)):
+        proxy.from_peer(ALICE, parsed, now=1.0)
+    proxy.to_peer(IpPacket(bytearray(packet)), now=1.0)
