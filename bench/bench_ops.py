@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import stats
-from gateway.metrics import render
-from gateway.stats import StatsRegion
+from gateway.telemetry import stats
+from gateway.telemetry.metrics import render
+from gateway.telemetry.stats import StatsRegion
 from gateway.uapi import SetRequest, UapiConnection, format_get
 from testbed.uapi_model import UapiModel
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from bench.bench_network import progress
-from gateway import stats as st
+from gateway.telemetry import stats as st
 from testbed.addresses import RESOURCE_ADDR
 from testbed.gateways import FirezoneGateway, GatewayBackend
 from testbed.netns import NetNS

@@ -46,11 +46,11 @@ def test_link_stats_take_drops_per_interface() -> None:
 
 def test_top_lines_count_where_samples_ended() -> None:
     raw = (
-        "<module> (/x/gateway/cli.py:10);run_worker (/x/dataplane/worker.py:45);"
+        "<module> (/x/gateway/cli/__init__.py:10);run_worker (/x/dataplane/worker.py:45);"
         "_write (/x/tunio/linux.py:130) 60\n"
-        "<module> (/x/gateway/cli.py:10);run_worker (/x/dataplane/worker.py:45);"
+        "<module> (/x/gateway/cli/__init__.py:10);run_worker (/x/dataplane/worker.py:45);"
         "_write (/x/tunio/linux.py:130) 20\n"
-        "<module> (/x/gateway/cli.py:10);sleep (/x/dataplane/sleeper.py:54) 20\n"
+        "<module> (/x/gateway/cli/__init__.py:10);sleep (/x/dataplane/sleeper.py:54) 20\n"
         "garbage line\n"
     )
     assert top_lines(raw) == [

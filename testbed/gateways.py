@@ -25,9 +25,9 @@ from typing import Protocol
 
 import psutil
 
-from gateway.runtime_dir import runtime_dir
-from gateway.show import find_stats_segment
-from gateway.stats import StatsRegion
+from gateway.telemetry.runtime_dir import runtime_dir
+from gateway.telemetry.show import find_stats_segment
+from gateway.telemetry.stats import StatsRegion
 from testbed.addresses import GATEWAY_ADDRESSES, LISTEN_PORT, TUNNEL_MTU
 from testbed.gateway_config import METRICS_LISTEN, GatewayPeer, gateway_toml
 from testbed.netns import WIREGUARD_RUN_DIR, NetNS, unique_name, wait_for
@@ -287,7 +287,7 @@ class FirezoneGateway:
         return text
 
     def stats(self) -> StatsRegion:
-        """The supervisor's live stats region (see gateway/stats.py); the caller closes it."""
+        """The supervisor's live stats region (gateway/telemetry/stats.py); the caller closes it."""
         segment = find_stats_segment(self.ifname)
         if segment is None:
             raise FileNotFoundError(f"no live stats segment for {self.ifname}")

@@ -15,7 +15,7 @@ from nacl.bindings import crypto_scalarmult_base
 
 from gateway.endpoint import Endpoint
 from gateway.ipnet import IPNetwork
-from gateway.stats import PeerStats
+from gateway.telemetry.stats import PeerStats
 from gateway.uapi import (
     ZERO_KEY,
     DeviceState,

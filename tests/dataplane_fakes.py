@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway import stats as st
 from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE, Endpoint, decode_endpoint, encode_endpoint
+from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 
 POISON = 0xEE
@@ -99,7 +99,7 @@ class MemoryRing:
 
 
 def counter_block() -> memoryview:
-    """A process's counter block, as gateway.stats lays it out, in plain memory."""
+    """A process's counter block, as gateway.telemetry.stats lays it out, in plain memory."""
     return memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
 
 

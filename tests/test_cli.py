@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from gateway import keys
 from gateway.cli import GlobalOptions, main, pass_global_options
-from gateway.logsetup import setup_logging
+from gateway.telemetry.logsetup import setup_logging
 
 ENV_VARS = (
     "FIREZONE_GW_CONFIG",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clientconfig import render
+from gateway.cli.clientconfig import render
 from gateway.config import parse_config_text
 from gateway.keys import encode_key, generate_private_key
 from testbed.netns import Hosts, unique_name, veth, wait_for

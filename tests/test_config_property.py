@@ -26,7 +26,10 @@ from gateway.config import ConfigError, GatewayConfig, parse_config_text
 from gateway.dataplane.cryptoproc import apply_peers, build_device
 from gateway.dataplane.framing import decode_endpoint, encode_endpoint
 from gateway.dataplane.uapi_backend import DeviceBackend
-from gateway.metrics import MetricsServer
+from gateway.dns.forwarder import Forwarder
+from gateway.dns.resources import ResourceAnswers
+from gateway.policy import Policy
+from gateway.telemetry.metrics import MetricsServer
 from gateway.uapi import format_get, format_set, parse_set
 from gateway.udp_io import UdpIo
 from gateway.wireguard.device import Device
@@ -94,6 +97,17 @@ METRICS = mostly(
     _text("[fe80::1%lo]:9586", "127.0.0.1:0", "127.0.0.1", "no-such-host.invalid:1"),
 )
 UINT16 = mostly(st.integers(1, 65535), st.integers(-1, 70_000))
+RESOURCE_NAME = mostly(st.sampled_from(["db", "web", "app"]), _text("", "x" * 65))
+RESOURCE_ADDRESS = mostly(
+    NETWORK | st.sampled_from(["app.corp.test", "*.corp.test", "db.example"]),
+    _text("*.", "a..b", "10.0.0.300", "app corp", "-x.test"),
+)
+PORTS = mostly(st.sampled_from(["443", "5000-5010", "1-65535"]), _text("0", "10-5", "70000", "a"))
+PROTOCOL = mostly(st.sampled_from(["tcp", "udp", "icmp"]), _text("sctp", "TCP", ""))
+UPSTREAM = mostly(
+    st.sampled_from(["10.98.0.2:53", "10.98.0.3", "[fd00::53]:5353"]),
+    _text("dns.corp.test:53", "[fe80::1%lo]:53", "10.0.0.1:0"),
+)
 BUFFER = mostly(st.integers(64 * 1024, 64 << 20), st.integers(0, 1 << 31))
 
 
@@ -103,6 +117,35 @@ def _toml_string(value: str) -> str:
 
 def _list(values: list[str]) -> str:
     return "[" + ", ".join(map(_toml_string, values)) + "]"
+
+
+@st.composite
+def _resources_and_dns(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """[[resources]] tables and a [dns] table as TOML lines, and the resources' names."""
+    lines: list[str] = []
+    names: list[str] = []
+    for i in range(draw(st.integers(0, 3))):
+        name = draw(mostly(st.just(f"r{i}"), RESOURCE_NAME))  # mostly unique, sometimes not
+        names.append(name)
+        lines.append("[[resources]]")
+        lines.append(f"name = {_toml_string(name)}")
+        lines.append(f"address = {_toml_string(draw(RESOURCE_ADDRESS))}")
+        filters = []
+        for _ in range(draw(st.integers(0, 2))):
+            protocol = draw(PROTOCOL)
+            ports = draw(st.none() | PORTS)
+            entry = f"protocol = {_toml_string(protocol)}"
+            if ports is not None:
+                entry += f", ports = {_toml_string(ports)}"
+            filters.append("{ " + entry + " }")
+        if filters:
+            lines.append(f"filters = [{', '.join(filters)}]")
+    if draw(st.booleans()):
+        lines.append("[dns]")
+        if draw(st.booleans()):
+            lines.append(f"port = {draw(UINT16)}")
+        lines.append(f"upstreams = {_list(draw(st.lists(UPSTREAM, max_size=2)))}")
+    return lines, names
 
 
 @st.composite
@@ -116,6 +159,8 @@ def config_texts(draw: st.DrawFn) -> str:
     lines.append(f"addresses = {_list(draw(st.lists(ADDRESS, max_size=3)))}")
     if draw(st.booleans()):
         lines.append(f"mtu = {draw(mostly(st.integers(1280, 65535), st.integers(0, 70_000)))}")
+    resource_lines, names = draw(_resources_and_dns())
+    grantable = mostly(st.sampled_from(names), RESOURCE_NAME) if names else RESOURCE_NAME
     for _ in range(draw(st.integers(0, 3))):
         lines.append("[[peers]]")
         lines.append(f"public_key = {_toml_string(draw(mostly(VALID_KEY, BAD_KEY)))}")
@@ -127,6 +172,10 @@ def config_texts(draw: st.DrawFn) -> str:
             lines.append(f"endpoint = {_toml_string(draw(ENDPOINT))}")
         if draw(st.booleans()):
             lines.append(f"persistent_keepalive = {draw(UINT16)}")
+        if draw(st.booleans()):
+            grants = draw(st.lists(grantable, max_size=3))
+            lines.append(f"resources = {_list(grants)}")
+    lines += resource_lines
     if draw(st.booleans()):
         lines.append(f"[metrics]\nlisten = {_toml_string(draw(METRICS))}")
     if draw(st.booleans()):
@@ -173,6 +222,24 @@ def _run_data_plane(config: GatewayConfig) -> None:
     assert fresh.apply(parse_set(format_set(state))) == 0
     assert format_set(fresh.get_snapshot()) == format_set(state)  # counters aside, the same
 
+    # The crypto process's policy and the DNS process's forwarder and resource answers.
+    grants = {peer.public_key: peer.resources for peer in config.peers}
+    own = [a.ip for a in config.interface.addresses]
+    policy = Policy(config.resources, grants, own)
+    for peer in config.peers:
+        for network in peer.allowed_ips:
+            policy.outbound(peer.public_key, network.network_address.packed, 6, 443)
+        for resource in config.resources:
+            if resource.network is not None:
+                policy.inbound(peer.public_key, resource.network.network_address.packed, 6, 443)
+    if config.dns is not None:
+        forwarder = Forwarder(config.dns.upstreams)
+        patterns = [(i, r.pattern) for i, r in enumerate(config.resources) if r.pattern]
+        index = {r.name: i for i, r in enumerate(config.resources)}
+        by_name = {k: [index[n] for n in names] for k, names in grants.items()}
+        ResourceAnswers(patterns, by_name, lambda _address: None, forwarder)
+        assert config.interface.addresses  # where the DNS server listens
+
     host, _ = config.metrics.listen
     if ipaddress.ip_address(host).is_loopback:
         server = MetricsServer(
@@ -194,6 +261,10 @@ def test_what_check_config_accepts_runs(text: str) -> None:
             assert all(line.startswith("gw.toml: ") for line in exc.errors), exc.errors
             return
     event("accepted")
+    if config.resources:
+        event("accepted with resources")
+    if config.dns is not None:
+        event("accepted with a DNS server")
     _run_data_plane(config)
 
 
@@ -201,12 +272,19 @@ def test_the_generator_reaches_accepted_configs() -> None:
     """Guard against a property that only ever sees refused configs."""
     text = (
         f'[interface]\nname = "fzgw0"\nprivate_key = "{keys.encode_key(PRIVATE)}"\n'
+        'addresses = ["100.64.0.1/10"]\n'
         f'[[peers]]\npublic_key = "{keys.encode_key(KEYS[0])}"\nallowed_ips = ["10.0.0.0/8"]\n'
-        'endpoint = "localhost:51820"\npersistent_keepalive = 1\n'
+        'endpoint = "localhost:51820"\npersistent_keepalive = 1\nresources = ["db", "app"]\n'
+        '[[resources]]\nname = "db"\naddress = "10.98.0.0/24"\n'
+        'filters = [{ protocol = "tcp", ports = "5432" }]\n'
+        '[[resources]]\nname = "app"\naddress = "*.corp.test"\n'
+        '[dns]\nupstreams = ["10.98.0.2"]\n'
         '[metrics]\nlisten = "localhost:9586"\n'
     )
     with pytest.MonkeyPatch.context() as patch:
         use_offline_dns(patch)
         config = parse_config_text(text, base_dir=Path("/nonexistent"), source="gw.toml")
     assert config.peers[0].endpoint == ("127.0.0.1", 51820)
+    assert [r.name for r in config.resources] == ["db", "app"]
+    assert config.dns is not None
     _run_data_plane(config)

@@ -10,12 +10,12 @@ import ipaddress
 import random
 import struct
 
-from gateway import stats as st
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
 from gateway.keys import generate_private_key, public_key
 from gateway.nat.handler import ProxyHandler, Target
 from gateway.policy.resources import Resource, parse_resource_address
+from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
 from ippacket.build import udp_packet

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from gateway import stats as st
 from gateway.config import GatewayConfig, parse_config_text
 from gateway.dataplane import framing
 from gateway.dataplane.cryptoproc import (
@@ -21,6 +20,7 @@ from gateway.dataplane.cryptoproc import (
 )
 from gateway.dataplane.flow import flow_worker
 from gateway.keys import encode_key, generate_private_key, public_key
+from gateway.telemetry import stats as st
 from gateway.wireguard.drops import Drop
 
 

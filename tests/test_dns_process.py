@@ -8,13 +8,13 @@ from pathlib import Path
 
 import dns.message
 
-from gateway import stats as st
 from gateway.config import parse_config_text
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dns.forwarder import Client, Forwarder, Transport
 from gateway.dns.process import DnsCounterSync, HeartbeatSelector, build_server
 from gateway.dns.server import DnsServer
 from gateway.keys import encode_key, generate_private_key
+from gateway.telemetry import stats as st
 
 
 def test_the_event_loop_is_seen_asleep_while_it_waits_and_awake_while_it_works() -> None:

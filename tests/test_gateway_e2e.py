@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gateway.runtime_dir import runtime_dir
+from gateway.telemetry.runtime_dir import runtime_dir
 from testbed.addresses import RESOURCE_ADDR, RESOURCE_ADDR6, ClientOptions
 from testbed.gateways import FirezoneGateway
 from testbed.iperf import IperfResult, run_iperf

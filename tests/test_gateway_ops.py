@@ -23,7 +23,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import runtime_dir
+from gateway.telemetry import runtime_dir
 from testbed.addresses import GATEWAY_TUNNEL_ADDR, LISTEN_PORT, client_specs
 from testbed.gateway_config import GatewayPeer
 from testbed.gateways import FirezoneGateway, firezone_executable

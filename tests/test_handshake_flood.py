@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from gateway import stats as st
 from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
 from gateway.keys import generate_private_key, public_key
+from gateway.telemetry import stats as st
 from gateway.wireguard.constants import (
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,

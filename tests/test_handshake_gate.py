@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gateway import stats as st
 from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint
 from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.udpproc import frame_received
+from gateway.telemetry import stats as st
 from gateway.wireguard.constants import DEFAULT_UNDER_LOAD_THRESHOLD
 from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE
 from tests.dataplane_fakes import counter_block

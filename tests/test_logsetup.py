@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logsetup import (
+from gateway.telemetry.logsetup import (
     Directive,
     LogDirectiveError,
     logger_for_test,

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import stats
-from gateway.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
-from gateway.stats import StatsRegion, StatsSnapshot
+from gateway.telemetry import stats
+from gateway.telemetry.metrics import CONTENT_TYPE, MetricsServer, parse_listen, render
+from gateway.telemetry.stats import StatsRegion, StatsSnapshot
 from testbed.netns import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from gateway import stats as st
 from gateway.config import load_config
 from gateway.dataplane.cryptomain import CryptoControl
 from gateway.dataplane.runstate import RunState
 from gateway.keys import encode_key, generate_private_key, public_key
+from gateway.telemetry import stats as st
 from gateway.uapi import ERR_INVALID, PeerChange, SetRequest
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import runtime_dir
-from gateway.show import find_stats_segment, remove_dead_segments, stats_segment_name
-from gateway.stats import MAGIC, VERSION, StatsRegion
+from gateway.telemetry import runtime_dir
+from gateway.telemetry.show import find_stats_segment, remove_dead_segments, stats_segment_name
+from gateway.telemetry.stats import MAGIC, VERSION, StatsRegion
 from testbed.gateways import firezone_executable
 from testbed.wgpeer import wg_genkey
 
@@ -62,7 +62,8 @@ def test_a_fifo_a_link_and_a_foreign_file_are_refused_without_blocking(rundir: P
         (rundir / "foreign").write_bytes((rundir / "real").read_bytes())
         os.chown(rundir / "foreign", NOBODY, NOBODY)
         code = (
-            "import sys; from pathlib import Path; from gateway.stats import StatsRegion\n"
+            "import sys; from pathlib import Path\n"
+            "from gateway.telemetry.stats import StatsRegion\n"
             "for name in ('fifo', 'link', 'foreign'):\n"
             "    try:\n"
             "        StatsRegion.attach(name, directory=Path(sys.argv[1]))\n"

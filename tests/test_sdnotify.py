@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sdnotify import Notifier, socket_address, watchdog_interval
+from gateway.telemetry.sdnotify import Notifier, socket_address, watchdog_interval
 
 
 @pytest.fixture

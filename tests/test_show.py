@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from gateway import stats
-from gateway.show import (
+from gateway.telemetry import stats
+from gateway.telemetry.show import (
     find_stats_segment,
     format_ago,
     format_bytes,
@@ -18,7 +18,7 @@ from gateway.show import (
     stats_segment_name,
     to_json,
 )
-from gateway.stats import StatsRegion
+from gateway.telemetry.stats import StatsRegion
 
 
 @pytest.mark.parametrize(

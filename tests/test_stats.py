@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import stats
-from gateway.stats import StatsRegion
+from gateway.telemetry import stats
+from gateway.telemetry.stats import StatsRegion
 from shm_ring import Ring
 
 
@@ -167,7 +167,7 @@ def test_busy_fraction_over_window(region: StatsRegion) -> None:
 def test_attach_from_another_process_leaves_segment(region: StatsRegion) -> None:
     region.attach_process("udp")[stats.GSO_BATCHES] += 7
     code = (
-        "import sys; from gateway.stats import StatsRegion;"
+        "import sys; from gateway.telemetry.stats import StatsRegion;"
         "r = StatsRegion.attach(sys.argv[1]); s = r.snapshot();"
         "print(s.workers, s.totals.gso_batches); r.close()"
     )

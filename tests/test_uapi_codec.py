@@ -20,9 +20,9 @@ from gateway.uapi import (
     UapiConnection,
     UapiError,
     format_get,
-    parse_endpoint,
     parse_set,
 )
+from gateway.uapi.codec import parse_endpoint
 from gateway.wireguard.crypto import clamp
 from testbed.uapi_model import UapiModel
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.dataplane.uapi_backend import DeviceBackend
-from gateway.stats import PeerStats
+from gateway.telemetry.stats import PeerStats
 from gateway.uapi import SOCKET_DIR, UapiServer
 from gateway.wireguard.crypto import clamp
 from gateway.wireguard.device import Device as WgDevice

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
@@ -31,6 +30,7 @@ from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
+from gateway.telemetry import stats as st
 from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class PublicKeyBoard(Protocol):
-    """Where `show` and /metrics read the interface's public key (gateway.stats)."""
+    """Where `show` and /metrics read the interface's public key (gateway.telemetry.stats)."""
 
     public_key: bytes | None
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
@@ -31,6 +30,7 @@ from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
 from gateway.nat.handler import ProxyHandler
+from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
 from gateway.wireguard.ratelimiter import RateLimiter

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from gateway.dataplane.runstate import RunState
 from gateway.keys import encode_key
-from gateway.uapi import SetParser, SetRequest, UapiError, parse_key
+from gateway.uapi import SetRequest, UapiError
+from gateway.uapi.codec import SetParser, parse_key
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway import stats as st
 from gateway.config import ConfigError, GatewayConfig, InterfaceConfig, load_config
 from gateway.dataplane.children import (
     EXIT_DEVICE_GONE,
@@ -47,10 +46,11 @@ from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
 from gateway.dns.process import run_dns
 from gateway.keys import encode_key
-from gateway.logsetup import setup_logging
-from gateway.metrics import MetricsServer
-from gateway.sdnotify import Notifier, watchdog_interval
-from gateway.show import remove_dead_segments, stats_segment_name
+from gateway.telemetry import stats as st
+from gateway.telemetry.logsetup import setup_logging
+from gateway.telemetry.metrics import MetricsServer
+from gateway.telemetry.sdnotify import Notifier, watchdog_interval
+from gateway.telemetry.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from gateway.wireguard.constants import TRANSPORT_OVERHEAD

@@ -6,12 +6,12 @@ import logging
 import select
 import time
 
-from gateway import stats as st
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
+from gateway.telemetry import stats as st
 from gateway.udp_io import UdpIo
 from shm_ring.ring import Ring
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import select
 
-from gateway import stats as st
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
+from gateway.telemetry import stats as st
 from shm_ring.ring import Ring
 from tunio.base import Tun
 

@@ -25,7 +25,6 @@ import socket
 from collections import Counter
 from collections.abc import Hashable, Mapping
 
-from gateway import stats as st
 from gateway.config import GatewayConfig
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.heartbeat import Heartbeat
@@ -34,6 +33,7 @@ from gateway.dns.forwarder import Forwarder
 from gateway.dns.resources import ProxyMapping, ResourceAnswers
 from gateway.dns.server import DnsServer
 from gateway.nat.handler import grants_by_key
+from gateway.telemetry import stats as st
 from gateway.wireguard.allowedips import AllowedIPs
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from gateway import runtime_dir
-from gateway.stats import StatsSnapshot, read_header
+from gateway.telemetry import runtime_dir
+from gateway.telemetry.stats import StatsSnapshot, read_header
 
 # A segment is created after its supervisor started; allow for the granularity of the
 # process start time when comparing the two.

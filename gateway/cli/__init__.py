@@ -24,8 +24,8 @@ from gateway.config import (
     load_config,
 )
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
-from gateway.logsetup import LogDirectiveError, setup_logging
-from gateway.metrics import parse_listen
+from gateway.telemetry.logsetup import LogDirectiveError, setup_logging
+from gateway.telemetry.metrics import parse_listen
 
 DEFAULT_WORKERS = 2
 LOG_FORMATS = ("human", "json")
@@ -170,8 +170,8 @@ def run(options: GlobalOptions) -> None:
 @pass_global_options
 def show(options: GlobalOptions, as_json: bool) -> None:
     """Show the running gateway's peers and counters, like `wg show`."""
-    from gateway import show as show_mod  # noqa: PLC0415 - only this command needs it
-    from gateway.stats import StatsRegion  # noqa: PLC0415 - only this command needs it
+    from gateway.telemetry import show as show_mod  # noqa: PLC0415 - only this command needs it
+    from gateway.telemetry.stats import StatsRegion  # noqa: PLC0415 - only this command needs it
 
     try:
         config = load_config(options.config)
@@ -229,7 +229,7 @@ def client_config(
     routes: tuple[str, ...],
 ) -> None:
     """Print a wg-quick config for a client of this gateway."""
-    from gateway import clientconfig  # noqa: PLC0415 - only this command needs it
+    from gateway.cli import clientconfig  # noqa: PLC0415 - only this command needs it
 
     if (peer_key is None) == (not new_peer):
         raise click.UsageError("give exactly one of --peer PUBKEY or --new")

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway import stats as st
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
-from gateway.stats import StatsSnapshot
+from gateway.telemetry import stats as st
+from gateway.telemetry.stats import StatsSnapshot
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer

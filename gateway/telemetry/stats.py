@@ -18,11 +18,11 @@ A process writes only its own block (hot loop: `c = region.process_block("crypto
 then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a
 lock or stalls the data plane. Each block is 512 bytes, so writers never share a cache
 line. The supervisor owns the segment: a file in the gateway's private runtime directory
-(`gateway.runtime_dir`, /run/firezone-gw/ by default), created before forking (children use
-the same mapping) and unlinked at exit; after a crash it is replaced at the next start of the
-same pid and ignored by `show` meanwhile (its supervisor is gone). `firezone-gw show` attaches
-read-only by name, and `read_header` checks every header field and the file's size before
-anything else of the file is trusted.
+(`gateway.telemetry.runtime_dir`, /run/firezone-gw/ by default), created before forking
+(children use the same mapping) and unlinked at exit; after a crash it is replaced at the
+next start of the same pid and ignored by `show` meanwhile (its supervisor is gone).
+`firezone-gw show` attaches read-only by name, and `read_header` checks every header field
+and the file's size before anything else of the file is trusted.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Self
 
 import psutil
 
-from gateway import runtime_dir
+from gateway.telemetry import runtime_dir
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
