@@ -451,8 +451,8 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
     handlers' fds and the next timer; a handler gets the time it was woken.
 
-    The handlers' fds sit in an epoll of their own (one fd in the sleeper's), looked at every
-    CONTROL_CHECK_INTERVAL while busy too: the DNS process waits for its proxy mapping to be
+    The handlers' fds are also in an epoll of their own, looked at every
+    CONTROL_CHECK_INTERVAL while busy: the DNS process waits for its proxy mapping to be
     applied before it answers, and traffic must not starve that."""
     loop = CryptoLoop(
         device,
@@ -469,10 +469,12 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
-    control = select.epoll()
+    control = select.epoll()  # the same fds again, for a zero-timeout look while busy
     for fd in handlers:
         control.register(fd, select.EPOLLIN)
-    sleeper.watch(control.fileno(), select.EPOLLIN)
+        # In the sleeper too (not the nested epoll): the heartbeat publishes these fds, so
+        # the supervisor sees a sleeping crypto process with a message waiting as hung.
+        sleeper.watch(fd, select.EPOLLIN)
     turn = loop.turn
     monotonic = time.monotonic
     busy_since = monotonic()
