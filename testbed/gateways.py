@@ -173,7 +173,8 @@ class FirezoneGateway:
         mtu: int = TUNNEL_MTU,
         extra_toml: str = "",
     ) -> None:
-        """(Re)write the config file; a running gateway reads it on SIGHUP."""
+        """(Re)write the config file (`extra`: more TOML, e.g. [dns]); a running gateway
+        reads it on SIGHUP."""
         text = gateway_toml(
             ifname=self.ifname,
             private_key_file=str(self.key_file),
@@ -293,16 +294,17 @@ class FirezoneGateway:
         return StatsRegion.attach(segment)
 
     def role_pids(self) -> dict[str, int]:
-        """Pid of every child by role ('worker0', 'crypto', 'udp'), from the stats region."""
+        """Pid of every child by role ('worker0', 'crypto', 'udp', 'dns' when it runs), from
+        the stats region; a role no process ever took (no DNS server) is left out."""
         region = self.stats()
         try:
             snap = region.snapshot(sample_processes=False)
-            return {p.role: p.pid for p in snap.processes if p.role != "supervisor"}
+            return {p.role: p.pid for p in snap.processes if p.role != "supervisor" and p.pid}
         finally:
             region.close()
 
     def child_pid(self, role: str) -> int:
-        return self.role_pids()[role]
+        return self.role_pids().get(role, 0)
 
     def wg(self, *args: str, stdin: str | None = None) -> str:
         """The stock `wg` tool inside the gateway's namespace."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.clientconfig import render
+from gateway.config import parse_config_text
 from gateway.keys import encode_key, generate_private_key
 from testbed.netns import Hosts, unique_name, veth, wait_for
 
@@ -95,3 +97,41 @@ def test_new_client_config_works_with_wg_quick(netns_hosts: Hosts, tmp_path: Pat
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(10)
         log.close()
+
+
+def _rendered(tmp_path: Path, extra: str) -> str:
+    key = tmp_path / "private.key"
+    key.write_text(encode_key(generate_private_key()) + "\n")
+    key.chmod(0o600)
+    peer = encode_key(generate_private_key())
+    config = parse_config_text(
+        '[interface]\nname = "fzcc1"\nprivate_key_file = "private.key"\nlisten_port = 51820\n'
+        'addresses = ["100.90.0.1/24", "fd00:90::1/64"]\n[metrics]\nlisten = "127.0.0.1:9586"\n'
+        f'[[peers]]\npublic_key = "{peer}"\nallowed_ips = ["100.90.0.2/32"]\n' + extra,
+        base_dir=tmp_path,
+        source="gateway.toml",
+    )
+    return render(config, peer=config.peers[0], endpoint="192.0.2.1:51820", private_key=None)
+
+
+def test_with_dns_resources_the_client_uses_the_gateways_dns_and_routes_the_proxy_ranges(
+    tmp_path: Path,
+) -> None:
+    text = _rendered(
+        tmp_path,
+        '[dns]\nupstreams = ["192.0.2.53"]\n'
+        '[[resources]]\nname = "app"\naddress = "app.corp.test"\n',
+    )
+    assert "DNS = 100.90.0.1, fd00:90::1\n" in text
+    assert (
+        "AllowedIPs = 100.90.0.0/24, fd00:90::/64, 100.96.0.0/11, fd00:2021:1111:8000::/107\n"
+        in text
+    )
+
+
+def test_without_a_dns_server_the_client_config_has_no_dns_line_nor_proxy_ranges(
+    tmp_path: Path,
+) -> None:
+    text = _rendered(tmp_path, "")
+    assert "DNS =" not in text
+    assert "AllowedIPs = 100.90.0.0/24, fd00:90::/64\n" in text

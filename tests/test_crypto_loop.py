@@ -10,11 +10,16 @@ import ipaddress
 import random
 import struct
 
+from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
 from gateway.keys import generate_private_key, public_key
+from gateway.nat.handler import ProxyHandler, Target
+from gateway.policy import Policy
+from gateway.policy.resources import Resource, parse_resource_address
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device
+from ippacket.build import udp_packet
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 from tests.dataplane_fakes import LoopGateway, run_until_quiet, shuttle
 
@@ -180,3 +185,72 @@ def test_a_ring_message_without_an_endpoint_header_is_counted_not_fatal() -> Non
     a.rings.from_workers[0].send(packet)
     run_until_quiet(a, b, START)
     assert _arrived(b) == [packet]  # the loop goes on
+
+
+def test_a_packet_to_a_proxy_address_is_translated_both_ways_and_refusals_reach_the_peer() -> None:
+    """The gateway's loop with a firewall and a proxy handler: a client's UDP packet to the
+    proxy address leaves the TUN for the real host, the reply comes back from the proxy, a
+    packet to an unmapped proxy address gets ICMP unreachable, and the NAT entry expires on
+    the loop's own timer."""
+    key_client, key_gateway = generate_private_key(), generate_private_key()
+    client, gateway_device = Device(key_client), Device(key_gateway)
+    client.upsert_peer(
+        public_key(key_gateway),
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network("0.0.0.0/0")],
+        now=START,
+    )
+    gateway_device.upsert_peer(public_key(key_client), allowed_ips=[_net(A_INNER)], now=START)
+    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway_device, B_ENDPOINT)
+    resources = [Resource("app", parse_resource_address("app.corp.test"))]
+    firewall = Firewall(Policy(resources, {public_key(key_client): ["app"]}), gateway_device)
+    proxy = ProxyHandler(resources, {public_key(key_client): frozenset({0})}, firewall.reply)
+    real, proxy_v4 = ipaddress.IPv4Address("10.98.0.5"), ipaddress.IPv4Address("100.96.0.1")
+    proxy.apply(proxy_v4, ipaddress.IPv6Address("fd00:2021:1111:8000::1"), Target(0, (real,), ()))
+    firewall.set_proxy_handler(proxy)
+    b.loop.firewall, b.loop.proxy = firewall, proxy
+
+    client_ip = ipaddress.IPv4Address(A_INNER)
+    query = bytes(udp_packet(client_ip, proxy_v4, 5353, 53, b"query").data)
+    a.rings.from_workers[0].send(query)
+    run_until_quiet(a, b, START)
+    (forwarded,) = _arrived(b)
+    assert forwarded[16:20] == real.packed and forwarded[12:16] == client_ip.packed
+
+    answer = bytes(udp_packet(real, client_ip, 53, 5353, b"answer").data)
+    b.rings.from_workers[0].send(answer)
+    run_until_quiet(a, b, START + 0.1)
+    (answered,) = _arrived(a)
+    assert answered[12:16] == proxy_v4.packed and answered.endswith(b"answer")
+
+    unmapped = ipaddress.IPv4Address("100.96.0.99")
+    a.rings.from_workers[0].send(bytes(udp_packet(client_ip, unmapped, 1, 2, b"?").data))
+    run_until_quiet(a, b, START + 0.2)
+    (refusal,) = _arrived(a)
+    assert refusal[9] == 1 and refusal[20] == 3  # ICMP destination unreachable
+    assert refusal[12:16] == unmapped.packed
+    assert _arrived(b) == []
+
+    assert len(proxy.table) == 1
+    b.run(START + 0.1 + 120.0)  # the answered UDP flow's 2 minutes
+    assert len(proxy.table) == 0
+
+
+def test_nat_counters_reach_the_crypto_processs_block_once_a_second() -> None:
+    key = generate_private_key()
+    device = Device(key)
+    gateway = LoopGateway(device, B_ENDPOINT)
+    resources = [Resource("app", parse_resource_address("app.corp.test"))]
+    proxy = ProxyHandler(resources, {}, lambda _packet: None)
+    gateway.loop.proxy = proxy
+    proxy.counters["translated_out"] = 4
+    proxy.counters["not_granted"] = 2
+    gateway.run(START)
+    names = st.NAT_COUNTER_NAMES
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 4
+    assert gateway.counters[st.NAT_BASE + names.index("refused")] == 2
+    proxy.counters["translated_out"] = 5
+    gateway.run(START + 0.5)  # not yet: once a second
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 4
+    gateway.run(START + 1.0)
+    assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 5

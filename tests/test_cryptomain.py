@@ -17,6 +17,7 @@ from gateway.dataplane.cryptomain import CryptoControl
 from gateway.dataplane.runstate import RunState
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.uapi import PeerChange, SetRequest
+from ippacket.build import udp_packet
 
 NOW = 100.0
 
@@ -186,3 +187,35 @@ def test_unusable_saved_state_is_logged_and_the_config_file_used(
         crypto.restore_state()
     assert "run-time state not restored" in caplog.text
     assert [p.public_key for p in crypto.device.peers()] == [peer]
+
+
+def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    peer = _peer()
+    path = _write_config(tmp_path, [peer])
+    plain = _crypto(path, sockets[1], runstate, KeyBoard())
+    # No resources: the loop is never given the firewall (no cost per packet).
+    assert not plain.firewall.active and plain.proxy is None
+    text = (
+        path.read_text()
+        .replace(
+            'allowed_ips = ["10.1.0.0/32"]', 'allowed_ips = ["10.1.0.0/32"]\nresources = ["app"]'
+        )
+        .replace(
+            'private_key_file = "private.key"\n',
+            'private_key_file = "private.key"\naddresses = ["10.1.0.254/24"]\n',
+        )
+    )
+    path.write_text(
+        text
+        + '\n[dns]\nupstreams = ["192.0.2.53"]\n'
+        + '\n[[resources]]\nname = "app"\naddress = "app.corp.test"\n'
+    )
+    with_dns = _crypto(path, sockets[1], runstate, KeyBoard())
+    assert with_dns.firewall.active and with_dns.proxy is not None
+    packet = udp_packet(
+        ipaddress.IPv4Address("10.1.0.0"), ipaddress.IPv4Address("100.96.0.1"), 1, 2
+    )
+    with_dns.proxy.from_peer(peer, packet, now=NOW)
+    assert with_dns.proxy.counters["no_mapping"] == 1  # granted, but nothing mapped yet

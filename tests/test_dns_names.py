@@ -80,3 +80,20 @@ def test_proxy_table_is_bounded_and_recycles_the_least_recently_used() -> None:
     assert proxies.name_of(c.v4) == name("c.test")
     with pytest.raises(ValueError, match="capacity"):
         ProxyAddresses(capacity=0)
+
+
+def test_a_fresh_proxy_table_gives_each_name_the_pair_it_had_before() -> None:
+    """A restarted DNS process must not hand a name's old pair to another name: the crypto
+    process still maps that pair, and peers still hold the old answer."""
+    names = [name(f"host{i}.corp.test") for i in range(50)]
+    before = ProxyAddresses()
+    pairs = {n: before.assign(n) for n in names}
+    after = ProxyAddresses()
+    for n in reversed(names):  # asked for in another order
+        assert after.assign(n) == pairs[n]
+
+
+def test_names_whose_hashes_collide_get_the_next_free_pair() -> None:
+    proxies = ProxyAddresses(capacity=3)
+    pairs = {proxies.assign(name(f"n{i}.test")) for i in range(3)}
+    assert len(pairs) == 3  # every slot used once, whatever the hashes

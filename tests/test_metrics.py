@@ -188,6 +188,19 @@ def test_render_every_family_has_help_and_type(region: StatsRegion) -> None:
     assert all(name.endswith("_total") for name in counters)
 
 
+def test_dns_counters_reach_metrics_once_the_dns_process_runs(region: StatsRegion) -> None:
+    assert "firezone_gw_dns_" not in render(region.snapshot(sample_processes=False), device="x")
+    block = region.attach_process("dns")
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("queries")] = 5
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("servfail_timeout")] = 2
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("in_flight")] = 1
+    text = render(region.snapshot(sample_processes=False), device="x")
+    assert "firezone_gw_dns_queries_total 5" in text
+    assert 'firezone_gw_dns_servfail_total{reason="timeout"} 2' in text
+    assert "firezone_gw_dns_in_flight 1" in text
+    assert "# TYPE firezone_gw_dns_in_flight gauge" in text
+
+
 def test_tun_mtu_is_reported_once_known(region: StatsRegion) -> None:
     def mtu_samples() -> list[float]:
         text = render(region.snapshot(sample_processes=False), device="fzo0")
@@ -409,3 +422,13 @@ def test_close_does_not_wait_for_clients(region: StatsRegion) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_nat_counters_of_the_crypto_process_reach_metrics(region: StatsRegion) -> None:
+    block = region.attach_process("crypto")
+    block[stats.NAT_BASE + stats.NAT_COUNTER_NAMES.index("translated_out")] = 9
+    block[stats.NAT_BASE + stats.NAT_COUNTER_NAMES.index("entries")] = 3
+    text = render(region.snapshot(sample_processes=False), device="x")
+    assert "firezone_gw_nat_translated_out_total 9" in text
+    assert "firezone_gw_nat_entries 3" in text
+    assert "# TYPE firezone_gw_nat_entries gauge" in text

@@ -169,3 +169,22 @@ def test_a_new_real_address_for_the_same_flow_starts_over() -> None:
     assert moved is not first
     assert table.inbound(first.outside, 1.1) is None
     assert len(table) == 1
+
+
+def test_packets_of_a_flow_move_its_deadline_without_growing_the_heap() -> None:
+    table = NatTable()
+    inside = tcp()
+    for i in range(10_000):
+        out(table, inside, now=float(i))
+    assert len(table._deadlines) == 1  # one deadline per entry, not one per packet
+    assert table.expire(UNCONFIRMED_TTL) == 0  # used since: looked at again, not removed
+    assert table.expire(9_999 + UNCONFIRMED_TTL) == 1
+
+
+def test_the_table_knows_which_real_addresses_its_entries_translate_to() -> None:
+    table = NatTable()
+    assert not table.has_real(REAL.packed)
+    entry = out(table, tcp(), now=0.0)
+    assert table.has_real(REAL.packed)
+    reply(table, entry.outside, now=1.0, flags=TCP_RST)
+    assert not table.has_real(REAL.packed)

@@ -79,7 +79,7 @@ def test_blocks_do_not_overlap(region: StatsRegion) -> None:
         block[stats.RING_CAPACITY] = 1000
         block[stats.RING_OCCUPANCY] = index
     snap = region.snapshot(sample_processes=False)
-    assert [p.counters.udp_tx_packets for p in snap.processes] == [1, 2, 3, 4, 5]
+    assert [p.counters.udp_tx_packets for p in snap.processes] == [1, 2, 3, 4, 5, 6]
     assert [r.name for r in snap.rings] == [
         "worker0_to_crypto",
         "crypto_to_worker0",
@@ -244,3 +244,14 @@ def test_resource_table_finds_slots_by_name_across_processes(region: StatsRegion
     assert by_name["web"].allowed_packets == 0
     table.release(db)
     assert [r.name for r in region.snapshot(sample_processes=False).resources] == ["web"]
+
+
+def test_the_dns_process_block_holds_dns_counters_not_drops(region: StatsRegion) -> None:
+    assert region.snapshot(sample_processes=False).dns == {}  # no DNS server ran
+    block = region.attach_process("dns")
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("queries")] = 7
+    block[stats.DNS_BASE + stats.DNS_COUNTER_NAMES.index("in_flight")] = 2
+    snap = region.snapshot(sample_processes=False)
+    assert snap.dns["queries"] == 7
+    assert snap.dns["in_flight"] == 2
+    assert sum(snap.drops.values()) == 0

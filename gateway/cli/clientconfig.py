@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig, PeerConfig
+from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from gateway.ipnet import IPNetwork
 from gateway.keys import encode_key
 
@@ -29,8 +30,11 @@ def client_addresses(peer: PeerConfig) -> list[str]:
 
 
 def routes_for(config: GatewayConfig, extra: Sequence[IPNetwork]) -> list[str]:
-    """What the client sends through the gateway: the tunnel networks plus `extra`."""
+    """What the client sends through the gateway: the tunnel networks, the proxy ranges
+    when DNS resources exist (their names resolve to proxy addresses), plus `extra`."""
     routes: list[IPNetwork] = [a.network for a in config.interface.addresses]
+    if any(r.pattern is not None for r in config.resources):
+        routes += [IPV4_RANGE, IPV6_RANGE]
     routes += [n for n in extra if n not in routes]
     return [str(n) for n in routes]
 
@@ -65,6 +69,7 @@ def render(  # noqa: PLR0913 - every line of the [Interface]/[Peer] pair is a pa
         "[Interface]",
         f"PrivateKey = {key_line}",
         f"Address = {', '.join(addresses)}",
+        *dns_line(config),
         f"MTU = {config.interface.mtu}",
         "",
         "[Peer]",
@@ -78,6 +83,13 @@ def render(  # noqa: PLR0913 - every line of the [Interface]/[Peer] pair is a pa
         f"PersistentKeepalive = {keepalive}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def dns_line(config: GatewayConfig) -> list[str]:
+    """`DNS = <the gateway's tunnel addresses>` when the gateway runs a DNS server."""
+    if config.dns is None or not config.interface.addresses:
+        return []
+    return [f"DNS = {', '.join(str(a.ip) for a in config.interface.addresses)}"]
 
 
 def next_free_addresses(config: GatewayConfig) -> tuple[IPNetwork, ...]:

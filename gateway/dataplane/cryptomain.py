@@ -31,9 +31,12 @@ from gateway.dataplane.cryptoproc import (
 )
 from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
+from gateway.nat import handler as nat
+from gateway.nat.handler import PeerSources, grants_by_key, sources_by_key
 from gateway.telemetry import stats as st
 from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
@@ -61,6 +64,7 @@ class CryptoInputs:
     listen_port: int  # the UDP port bound now
     heartbeat: Heartbeat | None = None  # progress the supervisor watches for hangs
     mtu: int | None = None  # the TUN device's now (`ip link` may have changed the config's)
+    mappings: socket.socket | None = None  # proxy mappings from the DNS process (mappings.py)
 
 
 class CryptoControl:
@@ -91,6 +95,15 @@ class CryptoControl:
             on_change=self._save_state,
         )
         self.firewall = Firewall(build_policy(config), self.device)
+        self.proxy: nat.ProxyHandler | None = None  # DNS resources' NAT, if any
+        if any(r.pattern is not None for r in config.resources):
+            self.proxy = nat.ProxyHandler(
+                config.resources,
+                _grants(config),
+                self.firewall.reply,
+                sources=_sources(config),
+            )
+            self.firewall.set_proxy_handler(self.proxy)
         self._loop: CryptoLoop[Ring] | None = None
         if not config.resources:
             log.info("no [[resources]] configured: no policy, peers reach everything routed here")
@@ -148,6 +161,8 @@ class CryptoControl:
         # Grants and resources apply from the next packet; sessions stay (they are the Device's).
         self.firewall.set_policy(build_policy(config))
         self._update_loop()
+        if self.proxy is not None:  # DNS resources added later take a restart
+            self.proxy.set_grants(config.resources, _grants(config), _sources(config))
         self._save_state()
         log.info("reload: %d peers, %d resources", len(config.peers), len(config.resources))
 
@@ -161,6 +176,14 @@ class CryptoControl:
             control.send_message(self._control, control.ListenPortRequest(port))
         except OSError as exc:
             log.error("listen port %d not requested from the supervisor: %s", port, exc)
+
+
+def _grants(config: GatewayConfig) -> dict[bytes, frozenset[int]]:
+    return grants_by_key(config.resources, [(p.public_key, p.resources) for p in config.peers])
+
+
+def _sources(config: GatewayConfig) -> dict[bytes, PeerSources]:
+    return sources_by_key((p.public_key, p.allowed_ips) for p in config.peers)
 
 
 def crypto_main(inputs: CryptoInputs) -> None:
@@ -183,6 +206,13 @@ def crypto_main(inputs: CryptoInputs) -> None:
     if uapi is not None:
         uapi.backend = crypto.backend
         handlers[uapi.fileno()] = lambda _now: uapi.handle_events()
+    mappings, proxy = inputs.mappings, crypto.proxy
+    if mappings is not None and proxy is not None:
+
+        def on_mappings(_now: float) -> None:
+            receive_mappings(mappings, lambda message: apply_message(proxy, message))
+
+        handlers[mappings.fileno()] = on_mappings
     report_ready()
     run_crypto(
         crypto.device,
@@ -194,4 +224,5 @@ def crypto_main(inputs: CryptoInputs) -> None:
         keep_timestamps=crypto.keep_timestamps,
         resource_table=inputs.stats.resources,
         on_loop=crypto.attach_loop,
+        proxy=crypto.proxy,
     )

@@ -30,6 +30,7 @@ from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import format_endpoint
 from gateway.gcpause import gc_paused
+from gateway.nat.handler import ProxyHandler
 from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
@@ -52,6 +53,7 @@ UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
 _HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
 _IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
+CONTROL_CHECK_INTERVAL = 0.005  # seconds between looks at the control fds while busy
 
 EVENT_COUNTER_SLOTS: dict[str, int] = {
     "handshakes_initiated": st.HANDSHAKES_INITIATED,
@@ -154,6 +156,26 @@ class CounterSync:
             if delta:
                 block[slot] += delta
                 self._events[name] = count
+
+
+class NatCounterSync:
+    """Copies the proxy handler's summary into this process's block (deltas; the gauge as
+    it is)."""
+
+    def __init__(self, block: memoryview) -> None:
+        self.block = block
+        self._last: dict[str, int] = {}
+
+    def sync(self, summary: Mapping[str, int]) -> None:
+        for index, name in enumerate(st.NAT_COUNTER_NAMES):
+            value = summary.get(name, 0)
+            if name in st.NAT_GAUGES:
+                self.block[st.NAT_BASE + index] = value
+                continue
+            delta = value - self._last.get(name, 0)
+            if delta > 0:
+                self.block[st.NAT_BASE + index] += delta
+            self._last[name] = value
 
 
 class PeerStatsSync:
@@ -283,16 +305,19 @@ class CryptoLoop(Generic[RingT]):
         firewall: Firewall | None = None,
         resource_table: st.ResourceTable | None = None,
         keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
+        proxy: ProxyHandler | None = None,
     ) -> None:
         self.device = device
         self._keep_timestamps = keep_timestamps
         # None when no policy or DNS proxy exists: packets then skip the firewall entirely.
         self.firewall = firewall
         self._firewall_sync = FirewallSync(counters, resource_table)
+        self.proxy = proxy  # its NAT entries expire on this loop's timers
         self.rings = rings
         self.counters = counters
         self._drops = CounterSync(counters)
         self._peers = PeerStatsSync(peer_table, device.unix_time_offset)
+        self._nat = NatCounterSync(counters)
         self._to_workers = list(rings.to_workers)
         self._from_workers = list(rings.from_workers)
         self._max_inner = min(r.max_message for r in self._to_workers)
@@ -328,6 +353,8 @@ class CryptoLoop(Generic[RingT]):
             self._peers.sync(self.device, self.counters)
             self._firewall_sync.sync_counters(self.firewall)
             self._firewall_sync.sync_resources(self.firewall)
+            if self.proxy is not None:
+                self._nat.sync(self.proxy.summary())
             self._next_stats = now + STATS_INTERVAL
         return work
 
@@ -344,6 +371,7 @@ class CryptoLoop(Generic[RingT]):
             return False
         c = self.counters
         handle_datagram = self.device.handle_datagram
+        firewall = self.firewall
         max_inner = self._max_inner
         per_worker = self._per_worker
         workers = len(to_workers)
@@ -448,6 +476,9 @@ class CryptoLoop(Generic[RingT]):
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
         device = self.device
         device.tick(now)  # O(1) when nothing is due (a heap), so every turn
+        proxy = self.proxy
+        if proxy is not None and (due := proxy.next_deadline()) is not None and due <= now:
+            proxy.expire(now)
         max_datagram = self._max_datagram
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
@@ -462,6 +493,8 @@ class CryptoLoop(Generic[RingT]):
         self._drops.sync(device)
         self._firewall_sync.sync_counters(self.firewall)
         deadline = device.next_deadline()
+        if self.proxy is not None and (nat := self.proxy.next_deadline()) is not None:
+            deadline = nat if deadline is None else min(deadline, nat)
         timeout = None if deadline is None else deadline - now
         if device.has_changed_peers:  # wake to copy them when the stats interval is up
             stats_due = max(0.0, self._next_stats - now)
@@ -480,9 +513,14 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     resource_table: st.ResourceTable | None = None,
     on_loop: Callable[[CryptoLoop[Ring]], None] | None = None,
     keep_timestamps: Callable[[Mapping[bytes, bytes]], None] | None = None,
+    proxy: ProxyHandler | None = None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in one epoll on the rings, the
-    handlers' fds and the next timer; a handler gets the time it was woken."""
+    handlers' fds and the next timer; a handler gets the time it was woken.
+
+    The handlers' fds are also in an epoll of their own, looked at every
+    CONTROL_CHECK_INTERVAL while busy: the DNS process waits for its proxy mapping to be
+    applied before it answers, and traffic must not starve that."""
     loop = CryptoLoop(
         device,
         rings,
@@ -490,6 +528,7 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
         peer_table,
         resource_table=resource_table,
         keep_timestamps=keep_timestamps,
+        proxy=proxy,
     )
     if on_loop is not None:
         on_loop(loop)  # e.g. the firewall, which reloads may switch on and off
@@ -499,21 +538,31 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
     sleeper = Sleeper(consumers=consumers, producers=[to_udp, *to_workers], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     handlers = dict(handlers or {})
+    control = select.epoll()  # the same fds again, for a zero-timeout look while busy
     for fd in handlers:
+        control.register(fd, select.EPOLLIN)
+        # In the sleeper too (not the nested epoll): the heartbeat publishes these fds, so
+        # the supervisor sees a sleeping crypto process with a message waiting as hung.
         sleeper.watch(fd, select.EPOLLIN)
     turn = loop.turn
     monotonic = time.monotonic
     busy_since = monotonic()
+    next_control = 0.0
     while True:
         beat()
-        if turn(monotonic()):
+        now = monotonic()
+        if now >= next_control:
+            next_control = now + CONTROL_CHECK_INTERVAL
+            for fd, _ in control.poll(0):
+                handlers[fd](now)
+        if turn(now):
             continue
         timeout = loop.idle_timeout(monotonic())
         # Wait for room in the rings that are full, not for input they could not take.
         inbound_blocked = [r for r in to_workers if not r.send_ready()]
         outbound_blocked = [] if to_udp.send_ready() else [to_udp]
         counters[st.BUSY_NS] += int((monotonic() - busy_since) * 1e9)
-        events = sleeper.sleep(
+        sleeper.sleep(
             [r for r in consumers if r is not from_udp or not inbound_blocked]
             if not outbound_blocked
             else ([] if inbound_blocked else [from_udp]),
@@ -521,7 +570,4 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
             timeout,
         )
         busy_since = monotonic()
-        for fd, _ in events:
-            handler = handlers.get(fd)
-            if handler is not None:
-                handler(monotonic())
+        next_control = 0.0  # whatever woke us, look at the handlers' fds first

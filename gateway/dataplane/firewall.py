@@ -50,6 +50,7 @@ _TCP, _UDP = 6, 17
 _TCP_MIN, _UDP_HEADER = 20, 8
 FLOW_CACHE_MAX = 16384  # per direction and protocol; emptied when full
 _ICMP_ERROR_QUOTE = 8  # the quoted packet starts after the 8-byte ICMP header
+MAX_REPLIES = 1000  # queued between two loop turns; beyond that they are dropped and counted
 
 
 class PeerRoutes(Protocol):
@@ -104,6 +105,7 @@ class FirewallCounts:
     malformed: int = 0
     icmp_errors_sent: int = 0
     icmp_errors_rate_limited: int = 0
+    replies_dropped: int = 0  # replies beyond MAX_REPLIES between two loop turns
 
 
 # Per resource: [packets allowed, bytes allowed, packets denied].
@@ -194,6 +196,13 @@ class Firewall:
     def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
         self._proxy = handler
 
+    def reply(self, packet: bytearray) -> None:
+        """Queue a packet (an ICMP error) for a peer: the policy's and the proxy handler's."""
+        if len(self._replies) >= MAX_REPLIES:
+            self.counts.replies_dropped += 1
+            return
+        self._replies.append(packet)
+
     def take_replies(self) -> list[bytearray]:
         replies, self._replies = self._replies, []
         return replies
@@ -264,7 +273,7 @@ class Firewall:
             error = destination_unreachable(packet, Unreachable.PROHIBITED)
         except ImpossiblePacket:
             return  # about an ICMP error or a fragment, or to/from a non-unicast address
-        self._replies.append(bytearray(error.data))
+        self.reply(bytearray(error.data))
         self.counts.icmp_errors_sent += 1
 
     def to_peer(self, packet: memoryview, now: float) -> bytes | bytearray | memoryview | None:

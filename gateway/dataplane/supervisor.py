@@ -40,9 +40,11 @@ from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
 from gateway.dataplane.cryptoproc import CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE
 from gateway.dataplane.heartbeat import Heartbeats, Stall, ready_fds
+from gateway.dataplane.mappings import MappingPair
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
+from gateway.dns.process import run_dns
 from gateway.keys import encode_key
 from gateway.telemetry import stats as st
 from gateway.telemetry.logsetup import setup_logging
@@ -129,6 +131,7 @@ class Supervisor:
         self.metrics: MetricsServer | None = None
         self._control_parent: socket.socket | None = None
         self._control_child: socket.socket | None = None
+        self._mappings: MappingPair | None = None  # DNS process -> crypto process
         self.uapi: UapiServer | None = None
         self._runstate: RunState | None = None
         self._epoll: select.epoll | None = None
@@ -197,6 +200,9 @@ class Supervisor:
                 f"cannot create the control socket for {self.name}: {exc}"
             ) from exc
         roles = [*(f"worker{i}" for i in range(workers)), "crypto", "udp"]
+        if cfg.dns is not None:
+            roles.append("dns")
+            self._mappings = MappingPair.create()
         beats = self._heartbeats = Heartbeats(roles)
         for i in range(workers):
             self.children[f"worker{i}"] = Child(
@@ -220,6 +226,14 @@ class Supervisor:
             fds=self._udp_fds,
             heartbeat=beats["udp"],
         )
+        if cfg.dns is not None:
+            self.children["dns"] = Child(
+                "dns",
+                self._dns_target,
+                process_name="fzgw-dns",
+                fds=self._dns_fds,
+                heartbeat=beats["dns"],
+            )
         log.info(
             "interface %s: public key %s, UDP port %d, MTU %d, %d workers, %d peers",
             self.name,
@@ -274,7 +288,12 @@ class Supervisor:
             extra += self.uapi.fds()
         if self._runstate is not None:
             extra += self._runstate.fds()
+        if self._mappings is not None:
+            extra.append(self._mappings.crypto.fileno())
         return replace(ring_fds, other=(*ring_fds.other, *extra))
+
+    def _dns_fds(self) -> ChildFds:
+        return ChildFds(other=() if self._mappings is None else (self._mappings.dns.fileno(),))
 
     def _forget_secrets(self) -> None:
         """In a worker or the UDP process: drop key material only the crypto process needs
@@ -328,7 +347,23 @@ class Supervisor:
                 listen_port=self._port(),
                 heartbeat=self.children["crypto"].heartbeat,
                 mtu=self._mtu,  # the device's now, not the config's: `ip link` may have set it
+                mappings=None if self._mappings is None else self._mappings.crypto,
             )
+        )
+
+    def _dns_target(self) -> None:
+        """In the forked DNS child: the peers' addresses and grants, none of the keys."""
+        cfg = self.config
+        interface = replace(cfg.interface, private_key=bytes(len(cfg.interface.private_key)))
+        peers = tuple(replace(p, preshared_key=None) for p in cfg.peers)
+        self.config = replace(cfg, interface=interface, peers=peers)
+        self._runstate = None
+        block = self._stats().attach_process("dns")
+        run_dns(
+            self.config,
+            None if self._mappings is None else self._mappings.dns,
+            block,
+            self.children["dns"].heartbeat,
         )
 
     def _udp_target(self) -> None:
@@ -688,7 +723,23 @@ class Supervisor:
             except OSError as exc:
                 log.error("reload: cannot reach the crypto process: %s", exc)
                 return
+        # After the crypto process was told: its mappings follow the resources first.
+        self._reload_dns(old, config)
         log.info("reloaded %s: %d peers", self.options.config_path, len(config.peers))
+
+    def _reload_dns(self, old: GatewayConfig, new: GatewayConfig) -> None:
+        """A DNS server whose inputs changed starts over with them (pending queries are
+        lost: clients retry; names keep their proxy pairs, see gateway/dns/proxy.py)."""
+        child = self.children.get("dns")
+        if (child is None) != (new.dns is None):
+            log.warning("reload: starting or stopping the DNS server takes a restart")
+            return
+        if child is None or _dns_inputs(old) == _dns_inputs(new) or self._epoll is None:
+            return
+        child.kill(self._epoll)
+        self._spawn(child)
+        child.watch(self._epoll)
+        log.info("reload: DNS server restarted with the new resources, grants and upstreams")
 
     def _reload_interface(self, old: InterfaceConfig, new: InterfaceConfig) -> None:
         """Apply a reloaded [interface]: listen port, MTU and addresses (not the name)."""
@@ -750,8 +801,16 @@ class Supervisor:
         for sock in (self._control_parent, self._control_child):
             if sock is not None:
                 sock.close()
+        if self._mappings is not None:
+            self._mappings.close()
         if self._runstate is not None:
             self._runstate.close()
+
+
+def _dns_inputs(config: GatewayConfig) -> tuple[object, ...]:
+    """What the DNS process is built from (gateway/dns/process.py build_server)."""
+    peers = tuple((p.public_key, p.allowed_ips, p.resources) for p in config.peers)
+    return (config.dns, config.resources, config.interface.addresses, peers)
 
 
 def _rate(count: int, seconds: float) -> str:

@@ -4,12 +4,16 @@ A peer granted a DNS resource that asks for a matching name gets one IPv4 addres
 100.96.0.0/11 and one IPv6 address from fd00:2021:1111:8000::/107 (Firezone's ranges) in
 place of the real ones; packets to them are translated to the name's real addresses. One
 pair per name, shared by every peer (the policy decides who may use it), stable while it is
-in use. Bounded: at most `capacity` names; when full, the name used longest ago gives its
-pair to the new one (its peers re-resolve within the answer's short TTL).
+in use. A name's pair is found from a hash of the name (the next free one on a collision), so
+a restarted or reconfigured DNS process hands a name the pair it had before, and the crypto
+process's mapping for that pair stays right. Bounded: at most `capacity` names; when full,
+the name used longest ago gives its pair to the new one (its peers re-resolve within the
+answer's short TTL).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,7 +48,9 @@ class ProxyAddresses:
         slot = self._by_name.get(name)
         if slot is None:
             if len(self._by_name) < self.capacity:
-                slot = len(self._by_name)
+                slot = self._home_slot(name)
+                while slot in self._by_slot:
+                    slot = (slot + 1) % self.capacity
             else:
                 _, slot = self._by_name.popitem(last=False)
             self._by_name[name] = slot
@@ -52,6 +58,10 @@ class ProxyAddresses:
         else:
             self._by_name.move_to_end(name)
         return self.pair(slot)
+
+    def _home_slot(self, name: dns.name.Name) -> int:
+        digest = hashlib.blake2b(name.to_digestable(), digest_size=8).digest()
+        return int.from_bytes(digest) % self.capacity
 
     @staticmethod
     def pair(slot: int) -> ProxyPair:

@@ -36,8 +36,28 @@ log = logging.getLogger(__name__)
 MAX_TCP_CLIENTS = 128
 TCP_IDLE = 10.0
 MAX_MESSAGE = 65535
+IP_FREEBIND = 15  # linux/in.h; the socket module has no name for it before Python 3.12
 
 MappingHandler = Callable[[ProxyMapping], None]
+
+
+def bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    """A socket bound to (host, port) even before the address is usable: a tunnel's IPv6
+    address is tentative for a moment after it was added (DAD), hence IP_FREEBIND."""
+    family = socket.AF_INET if ipaddress.ip_address(host).version == 4 else socket.AF_INET6  # noqa: PLR2004 - IP version
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def normalize(endpoint: Endpoint) -> Endpoint:
@@ -94,11 +114,14 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         for index, (host, port) in enumerate(self.listen):
             listener, _ = await loop.create_datagram_endpoint(
-                functools.partial(_Listener, self, index), local_addr=(host, port)
+                functools.partial(_Listener, self, index),
+                sock=bound_socket(host, port, socket.SOCK_DGRAM),
             )
             self._listeners.append(listener)
             self._tcp_servers.append(
-                await asyncio.start_server(self._tcp_client, host=host, port=port)
+                await asyncio.start_server(
+                    self._tcp_client, sock=bound_socket(host, port, socket.SOCK_STREAM)
+                )
             )
         for family, any_address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):  # noqa: S104 - the upstream sockets send only to the configured upstreams
             if any(

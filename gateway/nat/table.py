@@ -11,12 +11,18 @@ once answered, TCP lives 2 h 4 min after its last packet, UDP and ICMP 2 min; a 
 both directions leaves 5 s; an RST ends the entry at once. Bounded: at most `max_entries`;
 a new flow beyond that is refused (the caller answers with ICMP unreachable and counts it).
 No clock inside: every call takes `now`, and `expire(now)` removes what is due.
+
+Deadlines: a packet only moves `Entry.expires`; the heap holds one deadline per entry (and
+stale ones of removed entries, compacted when they outnumber the live ones), so the
+per-packet cost is O(1). An entry whose heap deadline comes before its `expires` is pushed
+again at that point; one whose lifetime shrinks (FIN seen both ways) is pushed at once.
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -34,6 +40,7 @@ ICMP_TTL = 120.0
 FIN_TTL = 5.0
 DEFAULT_MAX_ENTRIES = 65536
 MAX_PORT = 65535
+COMPACT_SLACK = 1024  # stale heap deadlines tolerated beyond twice the live entries
 
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -75,6 +82,7 @@ class Entry:
     fin_out: bool = False  # a FIN went from the peer toward the real host
     fin_in: bool = False
     generation: int = field(default=0, repr=False)  # of its newest deadline in the heap
+    scheduled: float = field(default=float("inf"), repr=False)  # that deadline
 
 
 class NatTable:
@@ -84,6 +92,9 @@ class NatTable:
         self._by_outside: dict[Outside, Entry] = {}
         self._deadlines: list[tuple[float, int, Outside]] = []
         self._generation = 0
+        # Entries per real address (packed): a reply's source is looked up here first, so a
+        # packet of no translated flow costs one set lookup, not a key of address objects.
+        self._reals: Counter[bytes] = Counter()
 
     def __len__(self) -> int:
         return len(self._by_inside)
@@ -151,6 +162,7 @@ class NatTable:
         entry = Entry(inside, outside, expires=now + UNCONFIRMED_TTL)
         self._by_inside[inside] = entry
         self._by_outside[outside] = entry
+        self._reals[real.packed] += 1
         return entry
 
     def _ttl(self, entry: Entry) -> float:
@@ -164,13 +176,38 @@ class NatTable:
 
     def _refresh(self, entry: Entry, now: float) -> None:
         entry.expires = now + self._ttl(entry)
+        if entry.expires < entry.scheduled:  # due before the heap would look at it
+            self._schedule(entry)
+
+    def _schedule(self, entry: Entry) -> None:
         self._generation += 1
         entry.generation = self._generation
+        entry.scheduled = entry.expires
         heapq.heappush(self._deadlines, (entry.expires, self._generation, entry.outside))
+        if len(self._deadlines) > 2 * len(self._by_outside) + COMPACT_SLACK:
+            live = self._by_outside
+            self._deadlines = [
+                item
+                for item in self._deadlines
+                if (e := live.get(item[2])) is not None and e.generation == item[1]
+            ]
+            heapq.heapify(self._deadlines)
+
+    def find(self, outside: Outside) -> Entry | None:
+        """The entry of `outside` without touching its lifetime (for ICMP errors about it)."""
+        return self._by_outside.get(outside)
 
     def _remove(self, entry: Entry) -> None:
         self._by_inside.pop(entry.inside, None)
-        self._by_outside.pop(entry.outside, None)
+        if self._by_outside.pop(entry.outside, None) is not None:
+            real = entry.outside.real.packed
+            self._reals[real] -= 1
+            if not self._reals[real]:
+                del self._reals[real]
+
+    def has_real(self, address: bytes) -> bool:
+        """Some entry translates toward this real address (4 or 16 raw bytes)."""
+        return address in self._reals
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
@@ -181,7 +218,11 @@ class NatTable:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, generation, outside = heapq.heappop(self._deadlines)
             entry = self._by_outside.get(outside)
-            if entry is not None and entry.generation == generation:
+            if entry is None or entry.generation != generation:
+                continue
+            if entry.expires > now:  # used since it was scheduled: look again then
+                self._schedule(entry)
+            else:
                 self._remove(entry)
                 removed += 1
         return removed

@@ -27,11 +27,12 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
+from gateway.telemetry import stats as st
 from gateway.telemetry.stats import StatsSnapshot
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
         fam = _Family(name, kind, help_text)
         fam.add(getattr(t, value))
         yield fam
+    yield from _dns_and_nat_families(snap)
 
     yield _mtu_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
@@ -284,6 +286,45 @@ def _resource_families(snap: StatsSnapshot) -> Iterable[_Family]:
         allowed_bytes.add(resource.allowed_bytes, resource=resource.name)
         denied.add(resource.denied_packets, resource=resource.name)
     return (allowed, allowed_bytes, denied)
+
+
+def _dns_and_nat_families(snap: StatsSnapshot) -> Iterable[_Family]:
+    yield from _dns_families(snap.dns)
+    yield from _nat_families(snap.nat)
+
+
+def _dns_families(counters: Mapping[str, int]) -> Iterable[_Family]:
+    """The DNS process's counters: firezone_gw_dns_<name>_total, SERVFAIL by reason (none
+    when no DNS server ran)."""
+    if not counters:
+        return
+    servfail = _Family("firezone_gw_dns_servfail_total", "counter", "SERVFAIL answers, by reason.")
+    for name, value in counters.items():
+        if name.startswith("servfail_"):
+            servfail.add(value, reason=name.removeprefix("servfail_"))
+        elif name in st.DNS_GAUGES:
+            fam = _Family(f"firezone_gw_dns_{name}", "gauge", f"DNS {name.replace('_', ' ')}.")
+            fam.add(value)
+            yield fam
+        else:
+            fam = _Family(
+                f"firezone_gw_dns_{name}_total", "counter", f"DNS {name.replace('_', ' ')}."
+            )
+            fam.add(value)
+            yield fam
+    yield servfail
+
+
+def _nat_families(counters: Mapping[str, int]) -> Iterable[_Family]:
+    """The crypto process's NAT for DNS resources: firezone_gw_nat_<name>_total, entries."""
+    for name, value in counters.items():
+        text = f"NAT of DNS resources: {name.replace('_', ' ')}."
+        if name in st.NAT_GAUGES:
+            fam = _Family(f"firezone_gw_nat_{name}", "gauge", text)
+        else:
+            fam = _Family(f"firezone_gw_nat_{name}_total", "counter", text)
+        fam.add(value)
+        yield fam
 
 
 def _mtu_family(snap: StatsSnapshot) -> _Family:

@@ -7,7 +7,9 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
                `wg` and `ip link` can change them at run time),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
-    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp
+    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
+               dns (its drop words hold DNS_COUNTER_NAMES instead: it forwards no packets);
+               the crypto process's words NAT_BASE.. hold NAT_COUNTER_NAMES
     rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
                copied by the supervisor from each ring's own counters once a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
@@ -34,7 +36,7 @@ import os
 import struct
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Self
 
@@ -46,7 +48,7 @@ from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 3
+VERSION = 4
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
@@ -102,7 +104,7 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 # --- process block: drops by reason ---
-DROP_BASE = 24
+DROP_BASE = 28  # after COUNTER_NAMES (19) and the crypto block's NAT words (7)
 # One slot per metric label, in DropLabel's order (the core owns the list).
 DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
 
@@ -128,6 +130,41 @@ DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
 DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
+
+# --- the crypto process's block: NAT of DNS resources (gateway/nat/handler.py summary) ---
+NAT_BASE = len(COUNTER_NAMES)  # the words between the counters and the drops
+NAT_COUNTER_NAMES: tuple[str, ...] = (
+    "translated_out",  # peer -> real host
+    "translated_in",  # reply -> peer
+    "icmp_errors_translated",
+    "refused",  # answered with ICMP unreachable/prohibited (or rate-limited)
+    "dropped",  # fragments, untranslatable replies, bad mappings
+    "expired",  # NAT entries
+    "entries",  # a gauge: NAT entries now
+)
+NAT_GAUGES = frozenset({"entries"})
+
+# --- the dns process's block: DNS counters where the others count drops ---
+DNS_BASE = DROP_BASE
+DNS_COUNTER_NAMES: tuple[str, ...] = (
+    "queries",
+    "forwarded",
+    "answered",
+    "servfail_timeout",
+    "servfail_overload",
+    "servfail_no_upstream",
+    "formerr",
+    "notimp",
+    "dropped_malformed",
+    "unmatched_responses",
+    "resource_queries",
+    "resource_answers",
+    "resource_unresolved",
+    "proxy_mappings",
+    "proxy_mapping_unacknowledged",
+    "in_flight",  # a gauge: queries waiting for an upstream now
+)
+DNS_GAUGES = frozenset({"in_flight"})
 
 # --- process block: identity (written by the process itself in attach_process) ---
 PID = 56
@@ -172,12 +209,17 @@ RESOURCE_SLOT_WORDS = (RESOURCE_NAME_OFFSET + RESOURCE_NAME_BYTES) // 8
 BUSY_WINDOW_SECONDS = 10.0
 _SEQLOCK_RETRIES = 100
 
-if len(COUNTER_NAMES) > DROP_BASE or DROP_BASE + len(DROP_REASONS) > PID:
+if (
+    len(COUNTER_NAMES) > DROP_BASE
+    or DROP_BASE + len(DROP_REASONS) > PID
+    or DNS_BASE + len(DNS_COUNTER_NAMES) > PID
+    or NAT_BASE + len(NAT_COUNTER_NAMES) > DROP_BASE
+):
     raise RuntimeError("stats layout: counter ranges overlap")
 
 
 def process_roles(workers: int) -> tuple[str, ...]:
-    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp")
+    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp", "dns")
 
 
 def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
@@ -294,6 +336,8 @@ class StatsSnapshot:
     peers: tuple[PeerStats, ...]  # all, or the first `peer_limit` by slot
     aggregated: PeerAggregate = PeerAggregate()  # the peers beyond the limit
     resources: tuple[ResourceStats, ...] = ()
+    dns: Mapping[str, int] = field(default_factory=dict)  # DNS_COUNTER_NAMES; empty: no DNS
+    nat: Mapping[str, int] = field(default_factory=dict)  # NAT_COUNTER_NAMES (crypto's block)
 
     def process(self, role: str) -> ProcessStats:
         for proc in self.processes:
@@ -685,12 +729,20 @@ class StatsRegion:
         busy_now = self._busy_values()
         reference = self._busy_reference(now)
         processes: list[ProcessStats] = []
+        dns: dict[str, int] = {}
+        nat: dict[str, int] = {}
         sums = [0] * len(COUNTER_NAMES)
         drop_sums = [0] * len(DROP_REASONS)
         for index, role in enumerate(self.roles):
             start = self._proc_base + index * PROC_SLOTS
             values = self._words[start : start + PROC_SLOTS].tolist()
             counters = values[: len(COUNTER_NAMES)]
+            if role == "crypto":
+                nat = dict(zip(NAT_COUNTER_NAMES, values[NAT_BASE:], strict=False))
+            if role == "dns":
+                if values[PID]:  # a DNS server ran
+                    dns = dict(zip(DNS_COUNTER_NAMES, values[DNS_BASE:], strict=False))
+                values[DROP_BASE : DROP_BASE + len(DROP_REASONS)] = [0] * len(DROP_REASONS)
             drops = values[DROP_BASE : DROP_BASE + len(DROP_REASONS)]
             sums = [a + b for a, b in zip(sums, counters, strict=True)]
             drop_sums = [a + b for a, b in zip(drop_sums, drops, strict=True)]
@@ -734,6 +786,8 @@ class StatsRegion:
             peers=tuple(peers),
             aggregated=aggregated,
             resources=tuple(self.resources.read()),
+            dns=dns,
+            nat=nat,
         )
 
     def close(self) -> None:
