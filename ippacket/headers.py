@@ -164,8 +164,8 @@ class _L4Header:
         return self._buf[self._offset + self.HEADER_LENGTH :]
 
 
-class UdpHeader(_L4Header):
-    """UDP (RFC 768). `length` is as received: the first fragment of a datagram has more."""
+class _PortsHeader(_L4Header):
+    """A transport header that starts with source and destination ports (UDP, TCP)."""
 
     __slots__ = ()
 
@@ -176,6 +176,12 @@ class UdpHeader(_L4Header):
     @property
     def destination_port(self) -> int:
         return _u16(self._buf, self._offset + 2)
+
+
+class UdpHeader(_PortsHeader):
+    """UDP (RFC 768). `length` is as received: the first fragment of a datagram has more."""
+
+    __slots__ = ()
 
     @property
     def length(self) -> int:
@@ -186,20 +192,12 @@ class UdpHeader(_L4Header):
         return _u16(self._buf, self._offset + 6)
 
 
-class TcpHeader(_L4Header):
+class TcpHeader(_PortsHeader):
     """TCP (RFC 9293); `flags` is the 8-bit CWR..FIN byte."""
 
     __slots__ = ()
     HEADER_LENGTH = 20
     FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = (1 << bit for bit in range(8))
-
-    @property
-    def source_port(self) -> int:
-        return _u16(self._buf, self._offset)
-
-    @property
-    def destination_port(self) -> int:
-        return _u16(self._buf, self._offset + 2)
 
     @property
     def sequence(self) -> int:
