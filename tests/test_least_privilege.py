@@ -1,4 +1,5 @@
-"""The gateway runs as the systemd unit runs it: a non-root uid holding only CAP_NET_ADMIN.
+"""The gateway runs as the systemd unit runs it: a non-root uid holding only CAP_NET_ADMIN and
+CAP_NET_BIND_SERVICE (for the DNS server on port 53).
 
 The gateway namespace of the operations lab starts `firezone-gw` through util-linux's
 setpriv with exactly the unit's privileges; a wireguard-go client pings through it and root's
@@ -22,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.addresses import client_specs
+from testbed.addresses import GATEWAY_TUNNEL_ADDR, RESOURCE_ADDR, client_specs
 from testbed.gateways import FirezoneGateway, firezone_executable
 from testbed.netns import WIREGUARD_RUN_DIR
 from testbed.topology import Topology
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.netns
 # No account has these ids; the gateway needs none (nothing looks its user up by name).
 GATEWAY_UID = 64_723
 CAP_NET_ADMIN = 1 << 12
+CAP_NET_BIND_SERVICE = 1 << 10
+UNIT_CAPS = CAP_NET_ADMIN | CAP_NET_BIND_SERVICE
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs as root inside `ip netns exec` (a private mount namespace), then drops to the uid.
@@ -42,8 +45,17 @@ uid=$1 run_dir=$2; shift 2
 mount --bind "$run_dir" /run/wireguard || exit 97
 mount -t tmpfs -o mode=0755,size=16k fzgw-dev-net /dev/net || exit 97
 mknod -m 0666 /dev/net/tun c 10 200 || exit 97
-exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=+net_admin \
-    --ambient-caps=+net_admin --bounding-set=-all,+net_admin "$@"
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups \
+    --inh-caps=+net_admin,+net_bind_service --ambient-caps=+net_admin,+net_bind_service \
+    --bounding-set=-all,+net_admin,+net_bind_service "$@"
+"""
+
+
+ASK_PORT_53 = """
+import sys
+import dns.message, dns.query
+dns.query.udp(dns.message.make_query("example.test", "A"), sys.argv[1], port=53, timeout=15)
+print("answered")
 """
 
 
@@ -89,12 +101,17 @@ def lab() -> Iterator[Lab]:
 
 def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
     unit = unit_directives()
-    assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert (
+        unit["AmbientCapabilities"]
+        == unit["CapabilityBoundingSet"]
+        == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
+    )
     # What the unit sets up: config and key readable by the gateway's user (the key its own,
     # 0600); /run/wireguard root's with the unit's mode for the gateway's group; a runtime
     # directory of its own (RuntimeDirectory=firezone-gw).
     gw = lab.backend
-    gw.write_config([lab.peer(0)])
+    # With the DNS server for peers on port 53: the reason the unit holds CAP_NET_BIND_SERVICE.
+    gw.write_config([lab.peer(0)], extra_toml=f'[dns]\nupstreams = ["{RESOURCE_ADDR}"]\n')
     run_dir = gw.dir / "run-wireguard"
     runtime_dir = gw.dir / "runtime"
     run_dir.mkdir()
@@ -114,8 +131,12 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
     lab.connect_client(0)
     lab.wait_ping(0)
     assert lab.ping(0, count=3)
+    # The DNS server bound port 53 on the tunnel address and answers (nothing listens at the
+    # upstream, so the answer is SERVFAIL: an answer all the same).
+    answer = lab.client_ns(0).run(sys.executable, "-c", ASK_PORT_53, GATEWAY_TUNNEL_ADDR)
+    assert answer.strip() == "answered", answer
 
-    # Every process of the gateway: the uid, and CAP_NET_ADMIN as the only capability.
+    # Every process of the gateway: the uid, and the unit's two capabilities, no others.
     assert gw.proc is not None
     supervisor = psutil.Process(gw.proc.pid)
     processes = [supervisor, *supervisor.children(recursive=True)]
@@ -126,7 +147,7 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
         assert fields["Gid"].split() == [str(GATEWAY_UID)] * 4, proc
         assert fields["Groups"].strip() == "", proc
         for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
-            assert int(fields[caps], 16) == CAP_NET_ADMIN, (proc, caps, fields[caps])
+            assert int(fields[caps], 16) == UNIT_CAPS, (proc, caps, fields[caps])
 
     # The control socket is the gateway's, and root's `wg` uses it (in the gateway's view
     # of /run/wireguard, as every `wg` on a systemd host sees it).
