@@ -58,13 +58,6 @@ returns, so the consumer's re-check sees the data and does not sleep. If P is be
 and the load, both hold. The same handshake, mirrored, wakes a producer waiting for room
 (`producer_arm()` / `release()`). Only the waiter clears its own flag (`*_disarm()`), so no
 stale clear from the peer can un-arm a fresh sleep. No timeout is needed as a safety net.
-
-Deferred wake-ups. A producer that publishes to several rings in one pass (the crypto process)
-sets `defer_wakeups`: then send/send_many only publish, and `wake_consumer()` -- called once at
-the end of the pass, and always before the producer sleeps -- does the flag load and eventfd
-write. The proof above needs only that the load comes after the store of `head` in program
-order, which a later call keeps; what it changes is when the woken consumer can preempt the
-producer (after its pass, not in the middle of it).
 """
 
 from __future__ import annotations
@@ -121,8 +114,6 @@ class Ring:
         self._pending_messages = 0
         self._pending_spanning = 0  # of those, messages of 2+ slots
         self._closed = False
-        self.defer_wakeups = False  # this process's copy: publish only, wake in wake_consumer()
-        self._unwoken = False  # published with defer_wakeups and not yet through wake_consumer()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -238,9 +229,7 @@ class Ring:
         idx[L.W_MESSAGES] += 1
         idx[L.W_BYTES] += n
         idx[L.W_HIGH] = max(idx[L.W_HIGH], used + need)
-        if self.defer_wakeups:
-            self._unwoken = True
-        elif idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+        if idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
             self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
         return True
 
@@ -328,18 +317,8 @@ class Ring:
         idx[L.W_MESSAGES] += messages
         idx[L.W_BYTES] += nbytes
         idx[L.W_HIGH] = max(idx[L.W_HIGH], used + slots)
-        if self.defer_wakeups:
-            self._unwoken = True
-        elif idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
+        if idx[L.W_CONSUMER_WAITING]:  # load after the publishing store: see the docstring
             self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
-
-    def wake_consumer(self) -> None:
-        """With defer_wakeups: wake the consumer if it sleeps and messages were published since
-        the last call. Call at the end of every pass and before sleeping, or a wake-up is lost."""
-        if self._unwoken:
-            self._unwoken = False
-            if self._idx[L.W_CONSUMER_WAITING]:  # after the publishing store, as in _publish
-                self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
 
     def producer_fd(self) -> int:
         """eventfd that becomes readable when room may have appeared (after producer_arm)."""

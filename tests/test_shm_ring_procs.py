@@ -156,9 +156,8 @@ def test_two_process_stress_mixed_sizes_spanning_and_wrapping(ring_names: list[s
         ring.close()
 
 
-def _echo(requests: Ring, replies: Ring, seed: int, *, deferred: bool = False) -> None:
+def _echo(requests: Ring, replies: Ring, seed: int) -> None:
     rng = random.Random(seed)
-    replies.defer_wakeups = deferred
     while True:
         views = requests.recv_many(1)
         if not views:
@@ -172,20 +171,9 @@ def _echo(requests: Ring, replies: Ring, seed: int, *, deferred: bool = False) -
                 pass
         while not replies.send(value):
             _wait(replies, consumer=False)
-        if deferred:  # the end of a pass: vary how long the published reply waits unwoken
-            for _ in range(rng.randint(0, 300)):
-                pass
-            replies.wake_consumer()
 
 
-def _ping_pong(
-    rounds: int,
-    *,
-    timeout: float,
-    ring_names: list[str],
-    break_wakeups: bool,
-    deferred: bool = False,
-) -> str:
+def _ping_pong(rounds: int, *, timeout: float, ring_names: list[str], break_wakeups: bool) -> str:
     """Ping-pong where each side usually sleeps just as the other publishes; '' if no loss."""
     requests = _new_ring(ring_names, slots=1, slot_size=8)
     replies = _new_ring(ring_names, slots=1, slot_size=8)
@@ -193,7 +181,7 @@ def _ping_pong(
     def child() -> None:
         if break_wakeups:  # the failure this test must detect: a producer that never wakes
             requests._wake = replies._wake = lambda fd, counter: None  # type: ignore[method-assign]  # break wake-ups on purpose
-        _echo(requests, replies, seed=3, deferred=deferred)
+        _echo(requests, replies, seed=3)
 
     pid = fork_child(child)
     rng = random.Random(4)
@@ -224,31 +212,6 @@ def _ping_pong(
 def test_no_lost_wakeup_under_random_timing(ring_names: list[str]) -> None:
     error = _ping_pong(20000, timeout=20.0, ring_names=ring_names, break_wakeups=False)
     assert error == ""
-
-
-def test_no_lost_wakeup_with_deferred_wakeups(ring_names: list[str]) -> None:
-    """The echo side publishes its reply, then wakes at the end of its pass (wake_consumer)."""
-    error = _ping_pong(
-        20000, timeout=20.0, ring_names=ring_names, break_wakeups=False, deferred=True
-    )
-    assert error == ""
-
-
-def test_deferred_wakeups_without_wake_consumer_are_lost(ring_names: list[str]) -> None:
-    """What wake_consumer() is for: a deferring producer that never calls it wakes no one."""
-    replies = _new_ring(ring_names, slots=1, slot_size=8)
-    replies.defer_wakeups = True
-    try:
-        assert replies.consumer_arm()
-        assert replies.send(b"x")
-        assert not select.select([replies.consumer_fd()], [], [], 0)[0]
-        replies.wake_consumer()
-        assert select.select([replies.consumer_fd()], [], [], 0)[0]
-        replies.consumer_disarm()
-        replies.wake_consumer()  # nothing published since: no second eventfd write
-        assert replies.stats().consumer_wakeups == 1
-    finally:
-        replies.close()
 
 
 def test_ping_pong_detects_missing_wakeups(ring_names: list[str]) -> None:

@@ -397,17 +397,10 @@ def run_crypto(  # noqa: PLR0913 - the loop's inputs, keyword-only after the rin
         sleeper.watch(fd, select.EPOLLIN)
     turn = loop.turn
     monotonic = time.monotonic
-    # Wake each consumer once per turn, after the turn: not in the middle of it.
-    outputs = [to_udp, *to_workers]
-    for ring in outputs:
-        ring.defer_wakeups = True
     busy_since = monotonic()
     while True:
         beat()
-        work = turn(monotonic())
-        for ring in outputs:
-            ring.wake_consumer()
-        if work:
+        if turn(monotonic()):
             continue
         timeout = loop.idle_timeout(monotonic())
         # Wait for room in the rings that are full, not for input they could not take.
