@@ -412,11 +412,6 @@ class Ring:
         if idx[L.W_PRODUCER_WAITING]:
             self._wake(self._space_fd, L.W_PRODUCER_WAKEUPS)
 
-    def recv_ready(self) -> bool:
-        """True if a message not yet received is published (a peek: no barrier, no arming)."""
-        idx = self._idx
-        return bool(idx[L.W_HEAD] != idx[L.W_TAIL] + self._pending)
-
     def consumer_fd(self) -> int:
         """eventfd that becomes readable when data may be there (after consumer_arm)."""
         return self._data_fd
