@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,13 @@ def test_drop_slots_derive_from_the_core_enum() -> None:
     for reason, slot in st.CORE_DROP_SLOTS.items():
         assert st.DROP_REASONS[slot - st.DROP_BASE] == reason.label
     assert set(st.CORE_DROP_SLOTS) == set(Drop)
+
+
+def test_the_worker_is_the_crc_of_addresses_then_ports() -> None:
+    """The mapping is a fixed function (restarted processes and both directions agree on it):
+    crc32 over the address pair, chained over the ports where the protocol has them."""
+    for sport in range(1000, 1032):
+        v4 = _udp4("10.0.0.1", "10.0.0.2", sport, 53)
+        assert flow_worker(v4, 7) == zlib.crc32(v4[20:24], zlib.crc32(v4[12:20])) % 7
+        v6 = _tcp6("fd00::1", "fd00::2", sport, 443)
+        assert flow_worker(v6, 7) == zlib.crc32(v6[40:44], zlib.crc32(v6[8:40])) % 7

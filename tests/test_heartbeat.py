@@ -90,3 +90,16 @@ def test_heartbeat_costs_no_fd() -> None:
     beats["worker7"].beat()
     assert beats["worker7"].progress() == 1
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_detached_heartbeat_records_watched_fds() -> None:
+    """A Sleeper without a supervisor's slot (tests, tools) can still watch plain fds."""
+    r, w = os.pipe()
+    sleeper = Sleeper()
+    try:
+        sleeper.watch(r, select.EPOLLIN)
+        assert sleeper.heartbeat.watched() == [(r, select.EPOLLIN)]
+    finally:
+        sleeper.close()
+        os.close(r)
+        os.close(w)

@@ -3,6 +3,8 @@
 Order within a flow must hold (TCP collapses when reordered) and each ring keeps order, so a
 flow must map to one worker. The key is the address pair plus, for TCP/UDP/SCTP, the ports;
 fragments and other protocols hash on addresses only (they still stay on one worker).
+Where the ports follow the addresses the key is one slice: crc32 chains, so crc32(a + b) is
+crc32(b, crc32(a)) and the worker is the same as hashing the two parts.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from zlib import crc32
 
 _PORT_PROTOCOLS = frozenset({6, 17, 132})  # TCP, UDP, SCTP
+_IPV4_HEADER = 20  # without options
 _IPV6_HEADER = 40
 
 
@@ -23,9 +26,10 @@ def flow_worker(packet: bytes | bytearray | memoryview, workers: int) -> int:
         key = packet[12:20]
         unfragmented = not (packet[6] & 0x3F or packet[7])
         if packet[9] in _PORT_PROTOCOLS and unfragmented:
+            if ihl == _IPV4_HEADER:  # ports follow the addresses: one slice, the same crc
+                return crc32(packet[12:24]) % workers
             return crc32(packet[ihl : ihl + 4], crc32(key)) % workers
         return crc32(key) % workers
-    key = packet[8:40]
     if len(packet) > _IPV6_HEADER and packet[6] in _PORT_PROTOCOLS:
-        return crc32(packet[40:44], crc32(key)) % workers
-    return crc32(key) % workers
+        return crc32(packet[8:44]) % workers  # addresses and ports are contiguous
+    return crc32(packet[8:40]) % workers

@@ -41,7 +41,9 @@ class Heartbeat:
     @classmethod
     def detached(cls) -> Heartbeat:
         """A slot nobody watches (unit tests, tools that run a loop outside the gateway)."""
-        return cls(memoryview(bytearray(SLOT_BYTES)).cast("Q"))
+        beat = cls(memoryview(bytearray(SLOT_BYTES)).cast("Q"))
+        beat.reset()  # fd slots empty (-1), not fd 0: else watching() finds no free slot
+        return beat
 
     def reset(self) -> None:
         words = self._words
