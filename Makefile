@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # System packages the tests and the gateway need on a fresh Debian machine.
 APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd
-PACKAGES := gateway shm_ring tunio testbed ippacket
+PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv lint test run demo bench bench-ring netns-suite clean

@@ -75,7 +75,7 @@ class Round:
     kernel_dropped: int
 
 
-def pings_during_flood(topo: Topology, rate: int, pings: int) -> Round:
+def pings_during_flood(topo: Topology[GatewayBackend], rate: int, pings: int) -> Round:
     """Client 0 pings while client 1's namespace floods the gateway."""
     spec = topo.client_specs[1]
     seconds = pings * 0.2 + 4
@@ -114,7 +114,7 @@ def pings_during_flood(topo: Topology, rate: int, pings: int) -> Round:
     )
 
 
-def udp_receive_errors(topo: Topology) -> int:
+def udp_receive_errors(topo: Topology[GatewayBackend]) -> int:
     """RcvbufErrors of UDP in the gateway's namespace (/proc/net/snmp)."""
     lines = [line.split() for line in topo.gateway_ns.run("cat", "/proc/net/snmp").splitlines()]
     names, values = [line for line in lines if line[0] == "Udp:"][:2]

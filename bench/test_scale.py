@@ -12,7 +12,7 @@ def test_idle_peers_have_distinct_keys_and_addresses_in_the_idle_net() -> None:
     peers = idle_peers(500)
     assert len({p.public_key for p in peers}) == 500
     assert all(len(decode_key(p.public_key)) == 32 for p in peers)
-    networks = [ipaddress.ip_network(ip) for p in peers for ip in p.allowed_ips]
+    networks = [ipaddress.IPv4Network(ip) for p in peers for ip in p.allowed_ips]
     assert len(set(networks)) == 500
     assert all(n.prefixlen == 32 and n.subnet_of(IDLE_NET) for n in networks)
 
