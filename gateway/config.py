@@ -20,7 +20,14 @@ import tomli
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
-from gateway.ipnet import HostBitsSet, IPInterface, IPNetwork, NetworkError, parse_network
+from gateway.ipnet import (
+    HostBitsSet,
+    IPInterface,
+    IPNetwork,
+    NetworkError,
+    parse_interface,
+    parse_network,
+)
 from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
@@ -331,8 +338,8 @@ def _validate_interface(
     addresses: list[IPInterface] = []
     for i, text in enumerate(toml.addresses):
         try:
-            addresses.append(ipaddress.ip_interface(text))
-        except ValueError:
+            addresses.append(parse_interface(text))
+        except NetworkError:
             errors.add(
                 f"interface.addresses[{i}]",
                 f"expected an IP address with prefix length such as 100.64.0.1/10, got {text!r}",

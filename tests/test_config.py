@@ -270,6 +270,16 @@ BAD_CASES = {
         "gw.toml: peers[0].allowed_ips[0]: 100.64.0.2/10 has host bits set; "
         "did you mean 100.64.0.0/10?",
     ),
+    "allowed-ip-scoped": (  # ipaddress takes it; routes, rings and `wg` have no zone
+        interface_table() + peer_table(allowed='"fe80::%lo/64"'),
+        "gw.toml: peers[0].allowed_ips[0]: expected an IP network such as 100.64.0.2/32, "
+        "got 'fe80::%lo/64'",
+    ),
+    "interface-address-scoped": (
+        interface_table().replace('"100.64.0.1/10", ', '"fe80::1%lo/64", '),
+        "gw.toml: interface.addresses[0]: expected an IP address with prefix length such as "
+        "100.64.0.1/10, got 'fe80::1%lo/64'",
+    ),
     "allowed-ip-garbage": (
         interface_table() + peer_table(allowed='"everything"'),
         "gw.toml: peers[0].allowed_ips[0]: expected an IP network such as 100.64.0.2/32, "
