@@ -72,6 +72,7 @@ GSO_SEGMENTS = 13  # datagrams in those batches (average = segments / batches)
 CHILD_RESTARTS = 14  # written by the supervisor
 PEER_TABLE_FULL = 15  # peers the crypto process could not give a stats slot
 BUSY_NS = 16  # time spent working (not waiting in epoll), for the busy fraction
+UDP_SOURCE_FALLBACKS = 17  # sent without the sticky source address the kernel refused
 
 COUNTER_NAMES: tuple[str, ...] = (
     "udp_rx_packets",
@@ -91,6 +92,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "child_restarts",
     "peer_table_full",
     "busy_ns",
+    "udp_source_fallbacks",
 )
 
 # --- process block: drops by reason ---
@@ -201,6 +203,7 @@ class Totals:
     child_restarts: int
     peer_table_full: int
     busy_ns: int
+    udp_source_fallbacks: int
 
     @property
     def gso_average_segments(self) -> float:
