@@ -291,8 +291,10 @@ class UdpIo:
         reports IPv4 ones as v4-mapped IPV6_PKTINFO)."""
         if self.family == socket.AF_INET6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            self._pktinfo_level, self._pktinfo_kind = socket.IPPROTO_IPV6, socket.IPV6_PKTINFO
         else:
             self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            self._pktinfo_level, self._pktinfo_kind = socket.IPPROTO_IP, IP_PKTINFO
 
     def _kernel_has_gso(self) -> bool:
         try:
@@ -337,6 +339,7 @@ class UdpIo:
         counters = self.counters
         sock = self.sock
         view = self._recv_view
+        pktinfo_level, pktinfo_kind = self._pktinfo_level, self._pktinfo_kind
         while len(out) < max_datagrams:
             try:
                 nbytes, ancdata, _flags, addr = sock.recvmsg_into([view], _RECV_CMSG_SPACE)
@@ -351,13 +354,13 @@ class UdpIo:
             counters.rx_syscalls += 1
             data = memoryview(bytes(view[:nbytes]))
             segment_size = 0
-            local = b""
+            pktinfo = b""
             for level, kind, payload in ancdata:
                 if level == socket.SOL_UDP and kind == UDP_GRO and len(payload) >= _CMSG_INT.size:
                     segment_size = _CMSG_INT.unpack_from(payload)[0]
-                else:
-                    local = local_from_pktinfo(level, kind, payload) or local
-            endpoint = self._endpoint(addr, local)
+                elif kind == pktinfo_kind and level == pktinfo_level:
+                    pktinfo = payload
+            endpoint = self._endpoint(addr, pktinfo)
             if segment_size and nbytes > segment_size:
                 counters.rx_coalesced_reads += 1
                 segments = split_gro(data, segment_size)
@@ -371,14 +374,16 @@ class UdpIo:
         return out
 
     def _endpoint(
-        self, addr: tuple[str, int] | tuple[str, int, int, int], local: bytes
+        self, addr: tuple[str, int] | tuple[str, int, int, int], pktinfo: bytes
     ) -> Endpoint:
+        """The sender, cached by its address and the raw PKTINFO (parsed only on a miss)."""
         names = self._peer_names
-        key = (addr, local)
+        key = (addr, pktinfo)
         endpoint = names.get(key)
         if endpoint is None:
             if len(names) >= _ADDRESS_CACHE_MAX:
                 names.clear()
+            local = local_from_pktinfo(self._pktinfo_level, self._pktinfo_kind, pktinfo) or b""
             endpoint = names[key] = endpoint_from_sockaddr(addr, local)
         return endpoint
 
