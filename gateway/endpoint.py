@@ -6,6 +6,9 @@ would stall the crypto process. So names are resolved once, when the config is l
 SIGHUP reload loads it again), and the UAPI, whose client `wg` resolves names itself, takes
 numeric endpoints only. Scoped IPv6 addresses (fe80::1%eth0) are refused everywhere: neither
 the ring framing nor the UDP process carries a scope id.
+
+A datagram's sender comes with the local address it arrived at (`StickyEndpoint`), so that
+replies leave from that address, as wireguard-go's "sticky sockets" do.
 """
 
 from __future__ import annotations
@@ -16,6 +19,34 @@ import socket
 Endpoint = tuple[str, int]
 MAX_PORT = 65535
 _IPV6 = 6
+
+
+class StickyEndpoint(tuple[str, int]):
+    """A sender's (host, port) that remembers the local address its datagram arrived at:
+    replies to it leave from there (wireguard-go's StdNetEndpoint with its src).
+
+    It compares and hashes as the plain (host, port) tuple, so the sans-I/O core keys,
+    compares and formats it like any endpoint, and the core's roaming (a peer's endpoint
+    becomes the source of its latest authenticated datagram) carries the local address along.
+    An endpoint set by the config or `wg` is a plain tuple: setting one forgets the address.
+    `local` is the packed address (4 bytes for IPv4, also when it arrived IPv4-mapped on a
+    dual-stack socket; 16 for IPv6). `ring_header` is the ring framing's encoding of it
+    (gateway/dataplane/framing.py), made at first use so sending to it costs no lookup.
+    """
+
+    local: bytes
+    ring_header: bytes | None
+
+    def __new__(cls, host: str, port: int, local: bytes) -> StickyEndpoint:
+        endpoint = super().__new__(cls, (host, port))
+        endpoint.local = local
+        endpoint.ring_header = None
+        return endpoint
+
+
+def local_address(endpoint: Endpoint) -> bytes:
+    """The packed local address replies to `endpoint` leave from; b"" when the kernel chooses."""
+    return endpoint.local if type(endpoint) is StickyEndpoint else b""
 
 
 class EndpointError(ValueError):

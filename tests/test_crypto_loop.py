@@ -12,6 +12,7 @@ import struct
 
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
+from gateway.endpoint import StickyEndpoint, local_address
 from gateway.keys import generate_private_key, public_key
 from gateway.nat.handler import ProxyHandler, Target
 from gateway.policy import Policy
@@ -254,3 +255,35 @@ def test_nat_counters_reach_the_crypto_processs_block_once_a_second() -> None:
     assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 4
     gateway.run(START + 1.0)
     assert gateway.counters[st.NAT_BASE + names.index("translated_out")] == 5
+
+
+def test_replies_leave_from_the_local_address_of_the_latest_authenticated_datagram() -> None:
+    """Issue #15: B's UDP process says at which of B's addresses A's datagrams arrive; what B
+    sends back to A names that address as its source, until an authenticated datagram
+    arrives elsewhere or A's endpoint is set by hand (a forged one changes nothing)."""
+    second, third = bytes([192, 0, 2, 2]), bytes([192, 0, 2, 3])
+    a, b = _gateways()
+    a.endpoint = StickyEndpoint(*A_ENDPOINT, second)  # A writes to B's second address
+    a.rings.from_workers[0].send(_udp(A_INNER, B_INNER, 1000, 0))
+    run_until_quiet(a, b, START)  # B's handshake response came from `second` too
+
+    def b_replies_from() -> list[bytes]:
+        assert b.rings.from_workers[0].send(_udp(B_INNER, A_INNER, 1000, 1))
+        b.run(START)
+        return [local_address(dest) for dest, _ in b.udp_out()]
+
+    assert b_replies_from() == [second]
+    # A datagram that does not authenticate, "from A" at another address: ignored.
+    forged = struct.pack("<IIQ", 4, 0xDEAD, 0) + bytes(32)
+    b.udp_in([forged], StickyEndpoint(*A_ENDPOINT, third))
+    b.run(START)
+    assert b_replies_from() == [second]
+    # Authenticated at the third address (A roamed there): replies follow.
+    a.endpoint = StickyEndpoint(*A_ENDPOINT, third)
+    a.rings.from_workers[0].send(_udp(A_INNER, B_INNER, 1000, 2))
+    run_until_quiet(a, b, START)
+    assert b_replies_from() == [third]
+    # `wg set ... endpoint` (a plain endpoint): the kernel chooses the source again.
+    [peer] = b.device.peers()
+    b.device.upsert_peer(peer.public_key, endpoint=A_ENDPOINT, now=START)
+    assert b_replies_from() == [b""]

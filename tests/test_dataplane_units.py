@@ -20,6 +20,7 @@ from gateway.dataplane.cryptoproc import (
     build_device,
 )
 from gateway.dataplane.flow import flow_worker
+from gateway.endpoint import StickyEndpoint
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.telemetry import stats as st
 from gateway.wireguard.drops import Drop
@@ -38,7 +39,31 @@ def test_bad_ring_messages_are_errors_not_crashes() -> None:
     with pytest.raises(framing.FramingError, match="no endpoint header"):
         framing.decode_endpoint(b"\x04\x00")
     with pytest.raises(framing.FramingError, match="unknown address family 9"):
-        framing.decode_endpoint(bytes([9]) + bytes(19))
+        framing.decode_endpoint(bytes([9]) + bytes(framing.HEADER_SIZE - 1))
+
+
+@pytest.mark.parametrize(
+    ("remote", "local"),
+    [(("198.51.100.7", 20000), "10.0.0.2"), (("2001:db8::7", 443), "fd00:aa::2")],
+)
+def test_a_local_address_rides_in_the_header_and_back(remote: tuple[str, int], local: str) -> None:
+    packed = ipaddress.ip_address(local).packed
+    received = framing.encode_endpoint(StickyEndpoint(*remote, packed))
+    assert len(received) == framing.HEADER_SIZE
+    # The remote sits where the handshake gate and the crypto loop read it (bytes 4..20).
+    assert received[4 : 4 + len(packed)] == ipaddress.ip_address(remote[0]).packed
+    sender = framing.decode_endpoint(received + b"payload")
+    assert sender == remote
+    assert isinstance(sender, StickyEndpoint)
+    assert sender.local == packed
+    # A reply to that sender carries the same local address back to the UDP process.
+    assert framing.encode_endpoint(sender) == received
+    # Without one (an endpoint from the config or `wg`) the local field is zero: the
+    # kernel chooses, and the sender decodes as a plain endpoint.
+    plain = framing.encode_endpoint(remote)
+    assert plain[:20] == received[:20]
+    assert plain[20:] == bytes(16)
+    assert type(framing.decode_endpoint(plain)) is tuple
 
 
 def test_endpoint_caches_stay_bounded() -> None:

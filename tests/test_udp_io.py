@@ -12,15 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2 import netns as pyroute2_netns
 
-from gateway.endpoint import Endpoint
+from gateway.endpoint import Endpoint, StickyEndpoint
 from gateway.udp_io import (
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,
+    IP_PKTINFO,
     GsoBatch,
     UdpIo,
     endpoint_from_sockaddr,
+    local_from_pktinfo,
     plan_gso_batches,
     sockaddr_for,
+    source_cmsg,
     split_gro,
 )
 from testbed.netns import Hosts, NetNS, veth
@@ -60,6 +63,18 @@ def test_plan_caps_segments_and_bytes() -> None:
         GSO_MAX_BYTES // 1400,
         GSO_MAX_BYTES // 1400,
         100 - 2 * (GSO_MAX_BYTES // 1400),
+    ]
+
+
+def test_plan_splits_where_the_source_address_changes() -> None:
+    first = StickyEndpoint(*A, bytes([10, 0, 0, 1]))
+    second = StickyEndpoint(*A, bytes([10, 0, 0, 2]))
+    items = [(first, bytes(10)), (first, bytes(10)), (second, bytes(10)), (A, bytes(10))]
+    batches = plan_gso_batches(items)
+    assert [(b.source, len(b.datagrams)) for b in batches] == [
+        (first.local, 2),
+        (second.local, 1),
+        (b"", 1),
     ]
 
 
@@ -139,6 +154,47 @@ def test_endpoint_forms() -> None:
     for bad in (("example.com", 7), ("10.0.0.1", 0), ("10.0.0.1", 70_000), ("", 1)):
         with pytest.raises(ValueError, match=r"."):
             sockaddr_for(bad, socket.AF_INET6)
+
+
+def test_local_address_from_received_pktinfo() -> None:
+    v6 = socket.inet_pton(socket.AF_INET6, "fd00:aa::2")
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.2")
+    v4 = socket.inet_aton("10.0.0.2")
+    ifindex = (7).to_bytes(4, "little")
+    assert local_from_pktinfo(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, v6 + ifindex) == v6
+    # An IPv4 datagram on the dual-stack socket: v4-mapped, kept as the 4 IPv4 bytes.
+    assert local_from_pktinfo(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, mapped + ifindex) == v4
+    # IP_PKTINFO: ifindex, spec_dst (the local address), then the header's destination.
+    broadcast = socket.inet_aton("10.0.0.255")
+    assert local_from_pktinfo(socket.IPPROTO_IP, IP_PKTINFO, ifindex + v4 + broadcast) == v4
+    assert local_from_pktinfo(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, v6[:10]) is None
+    assert local_from_pktinfo(socket.SOL_UDP, 104, bytes(20)) is None
+    assert endpoint_from_sockaddr(("::ffff:10.1.2.3", 5, 0, 0), v4) == ("10.1.2.3", 5)
+    sticky = endpoint_from_sockaddr(("::ffff:10.1.2.3", 5, 0, 0), v4)
+    assert isinstance(sticky, StickyEndpoint)
+    assert sticky.local == v4
+
+
+def test_source_control_messages() -> None:
+    v4 = socket.inet_aton("10.0.0.2")
+    v6 = socket.inet_pton(socket.AF_INET6, "fd00:aa::2")
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.2")
+    no_ifindex = bytes(4)
+    assert source_cmsg(v6, socket.AF_INET6) == (
+        socket.IPPROTO_IPV6,
+        socket.IPV6_PKTINFO,
+        v6 + no_ifindex,
+    )
+    assert source_cmsg(v4, socket.AF_INET6) == (
+        socket.IPPROTO_IPV6,
+        socket.IPV6_PKTINFO,
+        mapped + no_ifindex,
+    )
+    assert source_cmsg(v4, socket.AF_INET) == (
+        socket.IPPROTO_IP,
+        IP_PKTINFO,
+        no_ifindex + v4 + bytes(4),
+    )
 
 
 # --- real sockets --------------------------------------------------------------------------
@@ -372,3 +428,83 @@ def test_ipv4_only_socket_when_bound_to_an_ipv4_address(netns_hosts: Hosts) -> N
         assert (stats.sent, stats.dropped) == (0, 1)
         peer.send_batch([(("127.0.0.1", io.port), b"back")])
         assert _recv_all(io, 1) == [(b"back", ("127.0.0.1", peer.port))]
+
+
+def _two_address_hosts(hosts: Hosts, net: int) -> tuple[NetNS, NetNS, str]:
+    """A client host and a gateway host whose side of the link has two IPv4 and two IPv6
+    addresses, the first ones the kernel's choice of source; returns them and the link."""
+    client, gateway = hosts.add("fzxc"), hosts.add("fzxg")
+    _, gateway_link = veth(client, gateway, f"10.{net}.0.3/24", f"10.{net}.0.1/24")
+    client.ip("addr", "add", f"fd{net}::3/64", "dev", _, "nodad")
+    gateway.ip("addr", "add", f"fd{net}::1/64", "dev", gateway_link, "nodad")
+    gateway.ip("addr", "add", f"10.{net}.0.2/24", "dev", gateway_link)
+    # Deprecated (preferred_lft 0): still an address of the host, never the kernel's choice
+    # of source (IPv6 would otherwise prefer the newest address).
+    gateway.ip("addr", "add", f"fd{net}::2/64", "dev", gateway_link, "nodad", "preferred_lft", "0")
+    return client, gateway, gateway_link
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "ipv4-only socket"])
+def test_replies_leave_from_the_address_the_peer_wrote_to(netns_hosts: Hosts, family: str) -> None:
+    client, gateway, _ = _two_address_hosts(netns_hosts, 81)
+    first, second = ("10.81.0.1", "10.81.0.2") if "ipv4" in family else ("fd81::1", "fd81::2")
+    bind_host = "0.0.0.0" if family == "ipv4-only socket" else None  # noqa: S104 # all addresses
+    with inside(client):
+        peer = socket.socket(socket.AF_INET6 if ":" in first else socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(gateway), UdpIo(0, bind_host=bind_host) as io, peer:
+        peer.bind(("", 0))
+        peer.sendto(b"to the second address", (second, io.port))
+        [(data, sender)] = _recv_all(io, 1)
+        assert data == b"to the second address"
+        assert isinstance(sender, StickyEndpoint)
+        assert (
+            socket.inet_ntop(socket.AF_INET6 if ":" in second else socket.AF_INET, sender.local)
+            == second
+        )
+        # One GSO batch and one single datagram back: both from the second address.
+        replies = _payloads(5, 600, 100)
+        stats = io.send_batch([(sender, p) for p in replies])
+        assert (stats.sent, stats.dropped) == (5, 0)
+        assert io.counters.tx_source_fallbacks == 0
+        for expected in replies:
+            _wait_readable(peer.fileno())
+            got, source = peer.recvfrom(2048)
+            assert (got, source[0]) == (expected, second)
+        # A plain endpoint (from the config or `wg`) leaves from the kernel's choice.
+        io.send_batch([((sender[0], sender[1]), b"plain")])
+        _wait_readable(peer.fileno())
+        got, source = peer.recvfrom(2048)
+        assert (got, source[0]) == (b"plain", first)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("removed", "left", "gso"),
+    [
+        ("10.82.0.2", "10.82.0.1", True),
+        ("10.82.0.2", "10.82.0.1", False),
+        ("fd82::2", "fd82::1", True),
+    ],
+)
+def test_a_removed_source_address_falls_back_to_the_kernels_choice(
+    netns_hosts: Hosts, removed: str, left: str, gso: bool
+) -> None:
+    client, gateway, link = _two_address_hosts(netns_hosts, 82)
+    with inside(client):
+        peer = socket.socket(
+            socket.AF_INET6 if ":" in removed else socket.AF_INET, socket.SOCK_DGRAM
+        )
+    with inside(gateway), UdpIo(0, gso=gso) as io, peer:
+        peer.bind(("", 0))
+        peer.sendto(b"hello", (removed, io.port))
+        [(_, sender)] = _recv_all(io, 1)
+        gateway.ip("addr", "del", f"{removed}/{64 if ':' in removed else 24}", "dev", link)
+        replies = [b"a" * 100, b"b" * 100]
+        stats = io.send_batch([(sender, p) for p in replies])
+        assert (stats.sent, stats.dropped) == (2, 0)
+        assert io.counters.tx_source_fallbacks == (1 if gso else 2)
+        for expected in replies:
+            _wait_readable(peer.fileno())
+            got, source = peer.recvfrom(2048)
+            assert (got, source[0]) == (expected, left)

@@ -26,7 +26,7 @@ class HandshakeGate:
         self._limiter = RateLimiter()
 
     def admit(self, header: bytes, now: float) -> bool:
-        """Whether a handshake message from the endpoint in `header` (framing.py's 20-byte
+        """Whether a handshake message from the endpoint in `header` (framing.py's
         ring header) goes on to the crypto process."""
         if not self._load.record(now):
             return True

@@ -1,4 +1,9 @@
-"""The UDP process: the socket on listen_port, GRO receive and GSO batched send."""
+"""The UDP process: the socket on listen_port, GRO receive and GSO batched send.
+
+Each received datagram goes to the crypto process with its sender and the local address it
+arrived at (the ring header, framing.py); a datagram coming back for a sender the crypto
+process remembers with that address leaves from it (udp_io.py: sticky source addresses).
+"""
 
 from __future__ import annotations
 
@@ -106,7 +111,9 @@ def frame_received(
 def _send(udp: UdpIo, items: Outgoing, c: memoryview) -> Outgoing:
     """Send items in order; returns those the full socket buffer did not take."""
     gso_before = udp.counters.tx_gso_datagrams
+    fallbacks_before = udp.counters.tx_source_fallbacks
     result = udp.send_batch(items)
+    c[st.UDP_SOURCE_FALLBACKS] += udp.counters.tx_source_fallbacks - fallbacks_before
     c[st.UDP_TX_PACKETS] += result.sent
     c[st.GSO_BATCHES] += result.gso_batches
     c[st.GSO_SEGMENTS] += udp.counters.tx_gso_datagrams - gso_before

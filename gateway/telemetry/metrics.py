@@ -132,6 +132,12 @@ _TOTALS: tuple[tuple[str, str, str, str], ...] = (
         "gso_segments",
     ),
     (
+        "counter",
+        "firezone_gw_udp_source_fallbacks_total",
+        "Datagrams sent from the kernel's choice of address: the one the peer wrote to is gone.",
+        "udp_source_fallbacks",
+    ),
+    (
         "gauge",
         "firezone_gw_gso_batch_segments_average",
         "Average datagrams per GSO send.",

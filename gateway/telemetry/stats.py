@@ -80,6 +80,7 @@ PEER_TABLE_FULL = 15  # peers the crypto process could not give a stats slot
 BUSY_NS = 16  # time spent working (not waiting in epoll), for the busy fraction
 ICMP_ERRORS_SENT = 17  # ICMP errors the gateway generated for peers (policy)
 ICMP_ERRORS_RATE_LIMITED = 18  # ICMP errors not sent: the peer's rate limit was spent
+UDP_SOURCE_FALLBACKS = 19  # sent without the sticky source address the kernel refused
 
 COUNTER_NAMES: tuple[str, ...] = (
     "udp_rx_packets",
@@ -101,6 +102,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "busy_ns",
     "icmp_errors_sent",
     "icmp_errors_rate_limited",
+    "udp_source_fallbacks",
 )
 
 # --- process block: drops by reason ---
@@ -264,6 +266,7 @@ class Totals:
     busy_ns: int
     icmp_errors_sent: int
     icmp_errors_rate_limited: int
+    udp_source_fallbacks: int
 
     @property
     def gso_average_segments(self) -> float:
