@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load_config
-from gateway.dataplane import control
+from gateway.dataplane import control, cryptomain
 from gateway.dataplane.cryptomain import CryptoControl
 from gateway.dataplane.runstate import RunState
 from gateway.keys import encode_key, generate_private_key, public_key
@@ -219,3 +222,45 @@ def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
     )
     with_dns.proxy.from_peer(peer, packet, now=NOW)
     assert with_dns.proxy.counters["no_mapping"] == 1  # granted, but nothing mapped yet
+
+
+def test_wg_set_listen_port_returns_once_the_supervisor_has_moved_the_socket(
+    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+) -> None:
+    """As wireguard-go rebinds before `wg set listen-port` answers: a packet sent right after
+    must not leave from the old port through the UDP process about to be replaced."""
+    supervisor_end, crypto_end = sockets
+    crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
+    moved = threading.Event()
+
+    def supervisor() -> None:
+        select.select([supervisor_end], [], [], 5)
+        (request,) = control.receive_messages(supervisor_end, control.decode_to_supervisor)
+        assert request == control.ListenPortRequest(51999)
+        time.sleep(0.2)  # binding the new socket and forking the new UDP process
+        moved.set()
+        control.send_message(supervisor_end, control.ListenPortChanged(51999))
+
+    thread = threading.Thread(target=supervisor)
+    thread.start()
+    try:
+        assert crypto.backend.apply(SetRequest(listen_port=51999)) == 0
+        assert moved.is_set()  # the answer waited for the move
+        assert crypto.backend.listen_port == 51999
+    finally:
+        thread.join(5)
+
+
+def test_an_unconfirmed_listen_port_change_stops_waiting(
+    tmp_path: Path,
+    sockets: tuple[socket.socket, socket.socket],
+    runstate: RunState,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, crypto_end = sockets
+    crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
+    monkeypatch.setattr(cryptomain, "LISTEN_PORT_WAIT", 0.05)
+    with caplog.at_level(logging.WARNING):
+        assert crypto.backend.apply(SetRequest(listen_port=51999)) == 0
+    assert "listen port 51999: the supervisor did not confirm" in caplog.text

@@ -12,6 +12,7 @@ supervisor restarts it from the same inputs and the saved state.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,8 @@ from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
+
+LISTEN_PORT_WAIT = 1.0  # seconds `wg set listen-port` may wait for the supervisor's move
 
 
 class PublicKeyBoard(Protocol):
@@ -144,12 +147,15 @@ class CryptoControl:
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
         for message in control.receive_messages(self._control, control.decode_to_crypto):
-            if isinstance(message, control.Reload):
-                self._reload(now)
-            elif isinstance(message, control.MtuChanged):
-                self.device.mtu = message.mtu
-            else:
-                self.backend.listen_port = message.port
+            self._handle(message, now)
+
+    def _handle(self, message: control.ToCrypto, now: float) -> None:
+        if isinstance(message, control.Reload):
+            self._reload(now)
+        elif isinstance(message, control.MtuChanged):
+            self.device.mtu = message.mtu
+        else:
+            self.backend.listen_port = message.port
 
     def _reload(self, now: float) -> None:
         try:
@@ -172,10 +178,26 @@ class CryptoControl:
             self._runstate.save(format_set(self.backend.get_snapshot()))
 
     def _request_listen_port(self, port: int) -> None:
+        """Ask the supervisor to move the UDP socket, and wait (bounded) until it has, as
+        wireguard-go rebinds before `wg set listen-port` returns: a packet sent right after
+        must not leave from the old port through the UDP process about to be replaced."""
         try:
             control.send_message(self._control, control.ListenPortRequest(port))
         except OSError as exc:
             log.error("listen port %d not requested from the supervisor: %s", port, exc)
+            return
+        deadline = time.monotonic() + LISTEN_PORT_WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self._control], [], [], left)
+            if not readable:
+                break
+            for message in control.receive_messages(self._control, control.decode_to_crypto):
+                self._handle(message, time.monotonic())
+                if isinstance(message, control.ListenPortChanged) and message.port == port:
+                    return
+        log.warning(
+            "listen port %d: the supervisor did not confirm within %.1f s", port, LISTEN_PORT_WAIT
+        )
 
 
 def _grants(config: GatewayConfig) -> dict[bytes, frozenset[int]]:
