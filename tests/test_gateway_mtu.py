@@ -58,20 +58,24 @@ def test_mtu_set_with_ip_link_is_logged_once_reported_and_padded_to(lab1: Lab) -
     assert value(scrape(lab1), "firezone_gw_tun_mtu_bytes") == 9000
 
     # The crypto process pads to the new MTU: a 1380-byte packet is padded to a multiple of
-    # 16 (1392) now; under the old MTU 1280 it would have gone out unpadded (1380).
-    bytes_before, packets_before = peer_tx(lab1)
-    ping = lab1.gateway_ns.run(
-        "ping", "-c", "3", "-i", "0.1", "-W", "2", "-M", "do", "-s", "1352", CLIENT, check=False
-    )
-    assert " 0% packet loss" in ping, ping
-    wait_for(lambda: peer_tx(lab1)[1] >= packets_before + 3, timeout=10)  # copied each second
-    sent_bytes, sent_packets = peer_tx(lab1)
-    # Whatever else went to the client meanwhile (keepalives, the host's own packets) is
-    # padded too: the inner bytes of every datagram since are a multiple of 16. Unpadded,
-    # each 1380-byte ping would leave 4.
-    inner = (sent_bytes - bytes_before) - TRANSPORT_OVERHEAD * (sent_packets - packets_before)
-    assert inner % 16 == 0, inner
-    assert inner >= 3 * 1392
+    # 16 (1392) now; under the old MTU 1280 it would have gone out unpadded (1380). One ping
+    # at a time, counting only samples in which nothing else went to the client; the MTU
+    # reaches the crypto process asynchronously (as netlink reaches wireguard-go), so the
+    # check is that pings are padded once it has, within a few tries.
+    samples = []
+    for _ in range(10):
+        bytes_before, packets_before = peer_tx(lab1)
+        ping = lab1.gateway_ns.run(
+            "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1352", CLIENT, check=False
+        )
+        assert " 0% packet loss" in ping, ping
+        wait_for(lambda before=packets_before: peer_tx(lab1)[1] > before, timeout=10)
+        sent_bytes, sent_packets = peer_tx(lab1)
+        if sent_packets - packets_before == 1:
+            samples.append(sent_bytes - bytes_before - TRANSPORT_OVERHEAD)
+            if samples[-1] == 1392:
+                break
+    assert samples and samples[-1] == 1392, samples
     assert lab1.backend.log_text().count("MTU changed") == 1
     assert value(scrape(lab1), "firezone_gw_child_restarts_total") == 0
 
