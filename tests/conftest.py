@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -12,3 +13,15 @@ def netns_hosts() -> Iterator[Hosts]:
     """Network namespaces for one test, all removed afterwards even when the test fails."""
     with hosts() as factory:
         yield factory
+
+
+@pytest.fixture
+def control_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(supervisor end, crypto end) of a control socketpair, non-blocking, as the supervisor
+    makes it."""
+    supervisor_end, crypto_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    supervisor_end.setblocking(False)
+    crypto_end.setblocking(False)
+    yield supervisor_end, crypto_end
+    supervisor_end.close()
+    crypto_end.close()

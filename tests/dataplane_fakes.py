@@ -183,3 +183,9 @@ def run_until_quiet(a: LoopGateway, b: LoopGateway, now: float, max_rounds: int 
         if not shuttle(a, b) and not busy:
             return
     raise AssertionError(f"gateways still exchanging after {max_rounds} rounds")
+
+
+class KeyBoard:
+    """Where the crypto process publishes the interface's public key (the stats header)."""
+
+    public_key: bytes | None = None

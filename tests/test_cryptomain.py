@@ -21,23 +21,9 @@ from gateway.dataplane.runstate import RunState
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.uapi import PeerChange, SetRequest
 from ippacket.build import udp_packet
+from tests.dataplane_fakes import KeyBoard
 
 NOW = 100.0
-
-
-class KeyBoard:
-    public_key: bytes | None = None
-
-
-@pytest.fixture
-def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(supervisor end, crypto end) of a control socketpair, as the supervisor makes it."""
-    supervisor_end, crypto_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    supervisor_end.setblocking(False)
-    crypto_end.setblocking(False)
-    yield supervisor_end, crypto_end
-    supervisor_end.close()
-    crypto_end.close()
 
 
 @pytest.fixture
@@ -79,9 +65,9 @@ def _peer() -> bytes:
 
 
 def test_a_reload_message_applies_the_config_file_and_saves_the_state(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     old, new = _peer(), _peer()
     path = _write_config(tmp_path, [old])
     board = KeyBoard()
@@ -99,11 +85,11 @@ def test_a_reload_message_applies_the_config_file_and_saves_the_state(
 
 def test_a_reload_of_a_broken_config_keeps_the_running_peers(
     tmp_path: Path,
-    sockets: tuple[socket.socket, socket.socket],
+    control_sockets: tuple[socket.socket, socket.socket],
     runstate: RunState,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     peer = _peer()
     path = _write_config(tmp_path, [peer])
     crypto = _crypto(path, crypto_end, runstate, KeyBoard())
@@ -117,11 +103,11 @@ def test_a_reload_of_a_broken_config_keeps_the_running_peers(
 
 def test_a_bad_record_is_skipped_and_the_next_message_still_handled(
     tmp_path: Path,
-    sockets: tuple[socket.socket, socket.socket],
+    control_sockets: tuple[socket.socket, socket.socket],
     runstate: RunState,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     peer = _peer()
     path = _write_config(tmp_path, [peer])
     crypto = _crypto(path, crypto_end, runstate, KeyBoard())
@@ -136,9 +122,9 @@ def test_a_bad_record_is_skipped_and_the_next_message_still_handled(
 
 
 def test_an_mtu_change_sets_the_padding_mtu_and_nothing_else(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
     assert crypto.device.mtu == 1280  # the config's
     control.send_message(supervisor_end, control.MtuChanged(9000))  # `ip link set ... mtu`
@@ -148,9 +134,9 @@ def test_an_mtu_change_sets_the_padding_mtu_and_nothing_else(
 
 
 def test_a_wg_listen_port_change_is_asked_of_the_supervisor(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
     assert crypto.backend.apply(SetRequest(listen_port=0)) == 0  # 0: any free port
     received = list(control.receive_messages(supervisor_end, control.decode_to_supervisor))
@@ -158,9 +144,9 @@ def test_a_wg_listen_port_change_is_asked_of_the_supervisor(
 
 
 def test_a_restarted_crypto_process_brings_back_peers_set_through_wg(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
-    _, crypto_end = sockets
+    _, crypto_end = control_sockets
     path = _write_config(tmp_path, [])
     first = _crypto(path, crypto_end, runstate, KeyBoard())
     added = _peer()
@@ -178,11 +164,11 @@ def test_a_restarted_crypto_process_brings_back_peers_set_through_wg(
 
 def test_unusable_saved_state_is_logged_and_the_config_file_used(
     tmp_path: Path,
-    sockets: tuple[socket.socket, socket.socket],
+    control_sockets: tuple[socket.socket, socket.socket],
     runstate: RunState,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    _, crypto_end = sockets
+    _, crypto_end = control_sockets
     peer = _peer()
     crypto = _crypto(_write_config(tmp_path, [peer]), crypto_end, runstate, KeyBoard())
     runstate.save("private_key=not-hex\n")
@@ -193,11 +179,11 @@ def test_unusable_saved_state_is_logged_and_the_config_file_used(
 
 
 def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
     peer = _peer()
     path = _write_config(tmp_path, [peer])
-    plain = _crypto(path, sockets[1], runstate, KeyBoard())
+    plain = _crypto(path, control_sockets[1], runstate, KeyBoard())
     # No resources: the loop is never given the firewall (no cost per packet).
     assert not plain.firewall.active and plain.proxy is None
     text = (
@@ -215,7 +201,7 @@ def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
         + '\n[dns]\nupstreams = ["192.0.2.53"]\n'
         + '\n[[resources]]\nname = "app"\naddress = "app.corp.test"\n'
     )
-    with_dns = _crypto(path, sockets[1], runstate, KeyBoard())
+    with_dns = _crypto(path, control_sockets[1], runstate, KeyBoard())
     assert with_dns.firewall.active and with_dns.proxy is not None
     packet = udp_packet(
         ipaddress.IPv4Address("10.1.0.0"), ipaddress.IPv4Address("100.96.0.1"), 1, 2
@@ -225,11 +211,11 @@ def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
 
 
 def test_wg_set_listen_port_returns_once_the_supervisor_has_moved_the_socket(
-    tmp_path: Path, sockets: tuple[socket.socket, socket.socket], runstate: RunState
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
     """As wireguard-go rebinds before `wg set listen-port` answers: a packet sent right after
     must not leave from the old port through the UDP process about to be replaced."""
-    supervisor_end, crypto_end = sockets
+    supervisor_end, crypto_end = control_sockets
     crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
     moved = threading.Event()
 
@@ -253,12 +239,12 @@ def test_wg_set_listen_port_returns_once_the_supervisor_has_moved_the_socket(
 
 def test_an_unconfirmed_listen_port_change_stops_waiting(
     tmp_path: Path,
-    sockets: tuple[socket.socket, socket.socket],
+    control_sockets: tuple[socket.socket, socket.socket],
     runstate: RunState,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    _, crypto_end = sockets
+    _, crypto_end = control_sockets
     crypto = _crypto(_write_config(tmp_path, []), crypto_end, runstate, KeyBoard())
     monkeypatch.setattr(cryptomain, "LISTEN_PORT_WAIT", 0.05)
     with caplog.at_level(logging.WARNING):

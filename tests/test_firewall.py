@@ -26,7 +26,7 @@ from ippacket import IpPacket
 from ippacket.build import icmp_echo_request, tcp_packet, udp_packet
 from ippacket.icmp_errors import Unreachable, destination_unreachable
 from testbed.wire import A_ENDPOINT, B_ENDPOINT
-from tests.dataplane_fakes import LoopGateway, run_until_quiet
+from tests.dataplane_fakes import KeyBoard, LoopGateway, run_until_quiet
 
 NOW = 1000.0
 CLIENT = ipaddress.ip_address("100.64.0.2")
@@ -64,20 +64,6 @@ def _config_text(client: bytes, grants: list[str], *, resources: bool = True) ->
         f'allowed_ips = ["{CLIENT}/32", "{CLIENT6}/128"]\nresources = {grants!r}\n'
     ).replace("'", '"')
     return text + (RESOURCES if resources else "")
-
-
-@pytest.fixture
-def control_end() -> Iterator[tuple[socket.socket, socket.socket]]:
-    supervisor_end, crypto_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    supervisor_end.setblocking(False)
-    crypto_end.setblocking(False)
-    yield supervisor_end, crypto_end
-    supervisor_end.close()
-    crypto_end.close()
-
-
-class KeyBoard:
-    public_key: bytes | None = None
 
 
 class Setup:
@@ -167,10 +153,10 @@ def region() -> Iterator[st.StatsRegion]:
 
 @pytest.fixture
 def setup(
-    tmp_path: Path, control_end: tuple[socket.socket, socket.socket], region: st.StatsRegion
+    tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], region: st.StatsRegion
 ) -> Setup:
     text = _config_text(public_key(CLIENT_KEY), ["db", "v6"])
-    return Setup(tmp_path, control_end[1], region, text)
+    return Setup(tmp_path, control_sockets[1], region, text)
 
 
 def _syn(destination: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> IpPacket:
@@ -276,7 +262,7 @@ def test_packets_to_the_gateways_own_address_pass(setup: Setup) -> None:
 
 
 def test_a_reload_that_adds_a_grant_applies_at_once_and_keeps_the_session(
-    setup: Setup, control_end: tuple[socket.socket, socket.socket]
+    setup: Setup, control_sockets: tuple[socket.socket, socket.socket]
 ) -> None:
     syn = _syn(WEB, 80)
     setup.send(syn)
@@ -286,7 +272,7 @@ def test_a_reload_that_adds_a_grant_applies_at_once_and_keeps_the_session(
     assert peer is not None
     handshake, session = peer.last_handshake, peer.keypairs.current
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["db", "v6", "web"]))
-    control.send_message(control_end[0], control.Reload())
+    control.send_message(control_sockets[0], control.Reload())
     setup.crypto.on_control(NOW + 1)
     setup.send(syn, now=NOW + 1)
     assert setup.at_resources() == [bytes(syn.data)]
@@ -296,13 +282,13 @@ def test_a_reload_that_adds_a_grant_applies_at_once_and_keeps_the_session(
 
 def test_without_resources_the_loop_has_no_firewall_and_logs_it_once(
     tmp_path: Path,
-    control_end: tuple[socket.socket, socket.socket],
+    control_sockets: tuple[socket.socket, socket.socket],
     region: st.StatsRegion,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.dataplane.cryptomain")
     text = _config_text(public_key(CLIENT_KEY), [], resources=False)
-    setup = Setup(tmp_path, control_end[1], region, text)
+    setup = Setup(tmp_path, control_sockets[1], region, text)
     assert setup.gateway.loop.firewall is None
     assert sum("no [[resources]] configured" in r.message for r in caplog.records) == 1
     syn = _syn(ELSEWHERE, 22)
@@ -310,13 +296,13 @@ def test_without_resources_the_loop_has_no_firewall_and_logs_it_once(
     assert setup.at_resources() == [bytes(syn.data)]
     # Resources added by a reload switch the firewall on; removing them switches it off.
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["db"]))
-    control.send_message(control_end[0], control.Reload())
+    control.send_message(control_sockets[0], control.Reload())
     setup.crypto.on_control(NOW)
     assert setup.gateway.loop.firewall is setup.crypto.firewall
     setup.send(syn)
     assert setup.at_resources() == []
     setup.path.write_text(text)
-    control.send_message(control_end[0], control.Reload())
+    control.send_message(control_sockets[0], control.Reload())
     setup.crypto.on_control(NOW)
     assert setup.gateway.loop.firewall is None
 
@@ -353,7 +339,7 @@ def test_peer_to_peer_is_denied_and_multicast_and_icmp_errors_from_peers_dropped
 
 
 def test_packets_of_a_known_flow_are_counted_and_a_reload_revoking_it_stops_it(
-    setup: Setup, control_end: tuple[socket.socket, socket.socket]
+    setup: Setup, control_sockets: tuple[socket.socket, socket.socket]
 ) -> None:
     packets = [_syn(DB, 5432) for _ in range(3)]  # after the first, the flow is known
     setup.send(*packets)
@@ -362,7 +348,7 @@ def test_packets_of_a_known_flow_are_counted_and_a_reload_revoking_it_stops_it(
     (db,) = [r for r in setup.region.resources.read() if r.name == "db"]
     assert (db.allowed_packets, db.allowed_bytes) == (3, 3 * len(packets[0]))
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["v6"]))
-    control.send_message(control_end[0], control.Reload())
+    control.send_message(control_sockets[0], control.Reload())
     setup.crypto.on_control(NOW + 2)
     setup.send(packets[0], now=NOW + 2)
     assert setup.at_resources() == []

@@ -28,14 +28,10 @@ from gateway.uapi import ERR_INVALID, PeerChange, SetRequest
 from gateway.wireguard.device import Device
 from gateway.wireguard.drops import Drop
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
-from tests.dataplane_fakes import LoopGateway, run_until_quiet
+from tests.dataplane_fakes import KeyBoard, LoopGateway, run_until_quiet
 
 START = 1000.0
 ATTACKER = ("198.51.100.66", 40000)
-
-
-class KeyBoard:
-    public_key: bytes | None = None
 
 
 class Crash(BaseException):
@@ -50,12 +46,8 @@ def runstate() -> Iterator[RunState]:
 
 
 @pytest.fixture
-def crypto_end() -> Iterator[socket.socket]:
-    supervisor_end, crypto_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    crypto_end.setblocking(False)
-    yield crypto_end
-    supervisor_end.close()
-    crypto_end.close()
+def crypto_end(control_sockets: tuple[socket.socket, socket.socket]) -> socket.socket:
+    return control_sockets[1]
 
 
 @pytest.fixture
