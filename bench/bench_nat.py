@@ -9,13 +9,11 @@ python -m bench.bench_nat
 
 from __future__ import annotations
 
-import json
-import statistics
-import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
+from bench.micro import report, wall_us_per_call
 from gateway.ipnet import parse_network
 from gateway.nat.handler import ProxyHandler, Target, sources_by_key
 from gateway.policy.filters import parse_filter
@@ -33,12 +31,7 @@ REAL, OTHER = IPv4Address("10.98.0.5"), IPv4Address("10.98.0.6")
 
 
 def us_per_call(loop: Callable[[int], None]) -> float:
-    samples = []
-    for _ in range(REPEATS):
-        start = time.perf_counter_ns()
-        loop(COUNT)
-        samples.append((time.perf_counter_ns() - start) / COUNT / 1000)
-    return statistics.median(samples)
+    return wall_us_per_call(loop, COUNT, REPEATS)
 
 
 def handler() -> ProxyHandler:
@@ -91,10 +84,7 @@ def main() -> None:
         "from_peer_nat64_tcp_us": us_per_call(from_peer64),
         "to_peer_nat64_tcp_us": us_per_call(to_peer64),
     }
-    for name, value in rows.items():
-        print(f"{name:24} {value:6.2f} us")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"count": COUNT, "repeats": REPEATS, "median": rows}, indent=2))
+    report(rows, RESULTS, COUNT, REPEATS)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ python -m bench.bench_packet
 
 from __future__ import annotations
 
-import json
-import statistics
-import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
+from bench.micro import report, wall_us_per_call
 from ippacket import IpAddress, IpPacket, build
 
 COUNT = 100_000
@@ -23,12 +21,7 @@ RESULTS = Path(__file__).parent / "results" / "packet.json"
 
 
 def us_per_call(loop: Callable[[int], None]) -> float:
-    samples = []
-    for _ in range(REPEATS):
-        start = time.perf_counter_ns()
-        loop(COUNT)
-        samples.append((time.perf_counter_ns() - start) / COUNT / 1000)
-    return statistics.median(samples)
+    return wall_us_per_call(loop, COUNT, REPEATS)
 
 
 def parse(buf: bytearray) -> Callable[[int], None]:
@@ -96,10 +89,7 @@ def main() -> None:
         ),
         "recompute_ipv4_tcp_us": us_per_call(recompute(v4_buf)),
     }
-    for name, value in rows.items():
-        print(f"{name:26} {value:6.2f} us")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"count": COUNT, "repeats": REPEATS, "median": rows}, indent=2))
+    report(rows, RESULTS, COUNT, REPEATS)
 
 
 if __name__ == "__main__":
