@@ -60,8 +60,14 @@ def children(lab: Lab) -> list[psutil.Process]:
 
 
 def fd_targets(pid: int) -> dict[int, str]:
-    found = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
+    """The process's open fds and what they are; none once it has exited (a child the
+    supervisor just replaced may be gone between listing the family and reading here)."""
+    found: dict[int, str] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return found
+    for name in names:
         try:
             found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
         except FileNotFoundError:  # closed meanwhile
