@@ -100,9 +100,13 @@ def udp_ports(pid: int) -> set[int]:
         for target in fd_targets(pid).values()
         if (m := re.fullmatch(r"socket:\[(\d+)\]", target))
     }
-    ports = set()
+    ports: set[int] = set()
     for table in ("udp", "udp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+        try:
+            text = Path(f"/proc/{pid}/net/{table}").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return set()  # the process exited (a replaced child): it holds nothing
+        for line in text.splitlines()[1:]:
             fields = line.split()
             if int(fields[9]) in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
