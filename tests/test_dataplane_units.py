@@ -19,7 +19,7 @@ from gateway.dataplane.cryptoproc import (
     apply_peers,
     build_device,
 )
-from gateway.dataplane.flow import flow_worker
+from gateway.dataplane.flow import flow_key, flow_worker, key_worker
 from gateway.endpoint import StickyEndpoint
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.telemetry import stats as st
@@ -100,6 +100,67 @@ def test_every_packet_of_a_flow_goes_to_one_worker() -> None:
             assert all(flow_worker(packet, workers) == choice for _ in range(3))
         v6 = _tcp6("fd00::1", "fd00::2", 40000, 443)
         assert flow_worker(v6, workers) == flow_worker(bytearray(v6), workers)
+
+
+@given(
+    hs.sampled_from([0x45, 0x46, 0x60, 0x50]),
+    hs.sampled_from([6, 17, 1, 132, 58]),
+    hs.integers(0, 0xFF),
+    hs.binary(min_size=0, max_size=80),
+    hs.integers(1, 4),
+)
+def test_the_worker_of_a_flow_key_is_the_packets_worker(
+    first: int, protocol: int, fragment_byte: int, rest: bytes, workers: int
+) -> None:
+    """The loop hashes the firewall's flow key instead of the packet: same worker, always
+    (packets of one flow must not be split between two workers by the firewall's presence)."""
+    packet = bytearray(bytes([first]) + bytes(5) + bytes([fragment_byte & 0x3F, 0]) + rest)
+    packet += bytes(max(0, 48 - len(packet)))  # room for either header's fixed fields
+    packet[9 if first >> 4 == 4 else 6] = protocol  # IPv4: byte 9, IPv6: byte 6
+    flow = flow_key(packet)
+    if flow is not None:
+        assert key_worker(flow, workers) == flow_worker(packet, workers)
+
+
+def _reference_flow_key(packet: bytearray) -> tuple[int, bytes] | None:
+    """flow_key as first written, byte by byte: the oracle for the struct version."""
+    first = packet[0]
+    if first == 0x45:
+        if packet[6] & 0x3F or packet[7]:
+            return None
+        protocol, start, end = packet[9], 12, 24
+    elif first >> 4 == 6:
+        protocol, start, end = packet[6], 8, 44
+    else:
+        return None
+    room = len(packet) - (end - 4)
+    if protocol == 6:
+        if room < 20 or not 20 <= (packet[end + 8] >> 4) * 4 <= room:
+            return None
+    elif protocol != 17 or room < 8:
+        return None
+    return protocol, bytes(packet[start:end])
+
+
+@given(
+    hs.sampled_from([0x45, 0x46, 0x60, 0x6F, 0x50]),
+    hs.sampled_from([6, 17, 1, 58]),
+    hs.integers(0, 0xFF),
+    hs.integers(0, 0xFF),
+    hs.binary(min_size=19, max_size=90),  # the core delivers at least an IPv4 header
+)
+def test_flow_key_reads_what_the_byte_by_byte_version_read(
+    first: int, protocol: int, flags: int, data_offset: int, rest: bytes
+) -> None:
+    packet = bytearray(bytes([first]) + rest)
+    if first >> 4 == 6:  # IPv6: next header at 6, TCP data offset at 52
+        fields = {6: protocol, 52: data_offset}
+    else:  # IPv4: flags/fragment at 6, protocol at 9, TCP data offset at 32
+        fields = {6: flags, 9: protocol, 32: data_offset}
+    for at, value in fields.items():
+        if at < len(packet):
+            packet[at] = value
+    assert flow_key(packet) == _reference_flow_key(packet)
 
 
 def test_flows_spread_over_workers() -> None:
@@ -218,3 +279,9 @@ def test_the_worker_is_the_crc_of_addresses_then_ports() -> None:
         assert flow_worker(v4, 7) == zlib.crc32(v4[20:24], zlib.crc32(v4[12:20])) % 7
         v6 = _tcp6("fd00::1", "fd00::2", sport, 443)
         assert flow_worker(v6, 7) == zlib.crc32(v6[40:44], zlib.crc32(v6[8:40])) % 7
+
+
+@given(hs.binary(min_size=1, max_size=60))
+def test_flow_key_of_any_bytes_is_a_key_or_none(data: bytes) -> None:
+    flow = flow_key(bytearray(data))
+    assert flow is None or flow[0] in (6, 17)

@@ -17,7 +17,8 @@ import pytest
 from gateway.config import load_config
 from gateway.dataplane import control
 from gateway.dataplane.cryptomain import CryptoControl
-from gateway.dataplane.firewall import Firewall, build_policy, flow_key
+from gateway.dataplane.firewall import Firewall, build_policy
+from gateway.dataplane.flow import flow_key
 from gateway.keys import encode_key, generate_private_key, public_key
 from gateway.telemetry import stats as st
 from gateway.telemetry.metrics import render
@@ -318,10 +319,9 @@ def test_peer_to_peer_is_denied_and_multicast_and_icmp_errors_from_peers_dropped
     other = public_key(generate_private_key())
     routes = Routes({CLIENT.packed: public_key(CLIENT_KEY), OTHER_CLIENT.packed: other})
     firewall = Firewall(build_policy(load_config(path)), routes)
-    me = public_key(CLIENT_KEY)
 
     def from_me(packet: IpPacket) -> bytearray | None:
-        return firewall.from_peer(me, bytearray(packet.data), NOW)
+        return firewall.from_peer(bytearray(packet.data), NOW)
 
     assert from_me(udp_packet(CLIENT, OTHER_CLIENT, 1, 2)) is None  # another peer: prohibited
     assert len(firewall.take_replies()) == 1
@@ -334,7 +334,7 @@ def test_peer_to_peer_is_denied_and_multicast_and_icmp_errors_from_peers_dropped
     assert from_me(udp_packet(CLIENT, DB, 1, 2)) is None  # udp to a tcp-only resource
     assert firewall.counts.policy_drops == 4
     garbage = bytearray(b"\x45" + bytes(30))
-    assert firewall.from_peer(me, garbage, NOW) is None
+    assert firewall.from_peer(garbage, NOW) is None
     assert firewall.counts.malformed == 1
 
 

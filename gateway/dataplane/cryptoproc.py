@@ -24,7 +24,7 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.dataplane.firewall import Firewall, FirewallCounts
-from gateway.dataplane.flow import flow_worker
+from gateway.dataplane.flow import flow_key, flow_worker, key_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
@@ -358,7 +358,7 @@ class CryptoLoop(Generic[RingT]):
             self._next_stats = now + STATS_INTERVAL
         return work
 
-    def _decrypt(self, now: float) -> bool:
+    def _decrypt(self, now: float) -> bool:  # noqa: PLR0912 - the per-packet path, inline for speed
         """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
         to_workers = self._to_workers
         # Inbound only while every worker ring has room: otherwise wait (backpressure).
@@ -375,8 +375,6 @@ class CryptoLoop(Generic[RingT]):
         max_inner = self._max_inner
         per_worker = self._per_worker
         workers = len(to_workers)
-        firewall = self.firewall
-        peer_key_for = self.device.peer_key_for
         for message in batch:
             if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
                 self._queue_handshake(message, now)
@@ -387,15 +385,25 @@ class CryptoLoop(Generic[RingT]):
                 c[st.DROP_MALFORMED] += 1
                 continue
             inner = handle_datagram(message[HEADER_SIZE:], src, now)
-            if inner is not None and firewall is not None:
-                # The core checked the source against this peer's allowed IPs.
-                peer = peer_key_for(inner[12:16] if inner[0] >> 4 == 4 else inner[8:24])  # noqa: PLR2004 - IPv4
-                inner = None if peer is None else firewall.from_peer(peer, inner, now)
-            if inner is not None:
-                if len(inner) > max_inner:
-                    c[st.DROP_TOO_BIG] += 1
-                else:
-                    per_worker[flow_worker(inner, workers)].append(inner)
+            if inner is None:
+                continue
+            if firewall is None:
+                worker = flow_worker(inner, workers)
+            else:
+                # The core checked the source against this peer's allowed IPs. The flow key
+                # serves the firewall's cache and picks the worker.
+                flow = flow_key(inner)
+                passed = firewall.from_peer_keyed(inner, flow, now)
+                if passed is None:
+                    continue
+                if passed is inner and flow is not None:
+                    worker = key_worker(flow, workers)
+                else:  # no key, or translated (a DNS resource's NAT)
+                    inner, worker = passed, flow_worker(passed, workers)
+            if len(inner) > max_inner:
+                c[st.DROP_TOO_BIG] += 1
+            else:
+                per_worker[worker].append(inner)
         from_udp.release()
         for ring, packets in zip(to_workers, per_worker, strict=True):
             if packets:
@@ -449,14 +457,8 @@ class CryptoLoop(Generic[RingT]):
                 continue
             room -= len(batch)
             work = True
-            for packet in batch:
-                if firewall is not None:
-                    allowed = firewall.to_peer(packet, now)
-                    if allowed is None:
-                        continue
-                    sent = handle_packet(allowed, now)
-                else:
-                    sent = handle_packet(packet, now)
+            for packet in batch if firewall is None else firewall.to_peer_many(batch, now):
+                sent = handle_packet(packet, now)
                 if sent is not None:
                     endpoint, datagram = sent
                     outbound.append(encode_endpoint(endpoint) + datagram)

@@ -3,10 +3,11 @@
 Owned by the crypto process, called by `CryptoLoop` only when resources or a proxy handler
 exist (otherwise `CryptoLoop.firewall` is None and packets never reach this module):
 
-* `from_peer`: a decrypted packet, after the core checked its source against the peer's
-  allowed IPs; returns the packet for the TUN or None (dropped and counted). A denied packet
-  is answered with ICMP "administratively prohibited" from the address the peer tried to
-  reach, rate-limited per peer.
+* `from_peer`: a decrypted packet, after the core checked its source against the sending
+  peer's allowed IPs (so the source names the peer: the firewall looks the peer up from it,
+  and only for a packet of no known flow); returns the packet for the TUN or None (dropped
+  and counted). A denied packet is answered with ICMP "administratively prohibited" from the
+  address the peer tried to reach, rate-limited per peer.
 * `to_peer`: a packet from the TUN before it is encrypted (the return path); returns it or
   None.
 * `take_replies`: the ICMP errors generated meanwhile, for the loop to encrypt to their peer
@@ -21,12 +22,15 @@ stats segment by the loop once a second, so the hot path never touches shared me
 stay). Grants are keyed by the peer's public key.
 
 Flow cache (speed): parsing costs more than the decision, so a TCP/UDP packet of a flow the
-firewall already allowed for the same peer skips it. The key is the raw addresses and ports,
-read only where the layout is the plain one (IPv4 without options or fragments, IPv6 with the
-transport header first) and the transport header fits; anything else takes the full path.
-Only allows are cached, with the peer they were decided for; the cache is emptied when the
-policy or any peer's allowed IPs change (`PeerRoutes.routes_version`: a `wg set` that moves
-an address to another peer) and when it is full.
+firewall already allowed skips it. The key is the raw addresses and ports, read only where
+the layout is the plain one (IPv4 without options or fragments, IPv6 with the transport
+header first) and the transport header fits; anything else takes the full path. Only allows
+are cached, with the counts of the resource they are counted against. The peer is not part
+of the entry: while the routes stay the same, the key's addresses name the peer (the source
+of a packet from a peer, checked by the core; the destination of one to a peer), and the
+cache is emptied when the policy or any peer's allowed IPs change
+(`PeerRoutes.routes_version`: a `wg set` that moves an address to another peer) and when it
+is full.
 
 Fragments: a non-first fragment has no ports, so it is decided with port 0: it passes a
 resource without port ranges for its protocol and is dropped (no ICMP error about a
@@ -35,19 +39,19 @@ fragment) where the resource lists ports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gateway.config import GatewayConfig
+from gateway.dataplane.flow import FlowKey, flow_key
 from gateway.policy import Action, Decision, IcmpErrorLimiter, Policy
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket
 from ippacket.icmp_errors import Unreachable, destination_unreachable
 
 _IPV4 = 4
-_IPV4_PLAIN = 0x45  # version 4, 20-byte header
 _IPV6 = 6
 _TCP, _UDP = 6, 17
-_TCP_MIN, _UDP_HEADER = 20, 8
 FLOW_CACHE_MAX = 16384  # per direction and protocol; emptied when full
 _ICMP_ERROR_QUOTE = 8  # the quoted packet starts after the 8-byte ICMP header
 MAX_REPLIES = 1000  # queued between two loop turns; beyond that they are dropped and counted
@@ -110,32 +114,9 @@ class FirewallCounts:
 
 # Per resource: [packets allowed, bytes allowed, packets denied].
 ResourceCounts = list[int]
-# A flow allowed for a peer: (peer key, the counts of the resource it is counted against).
-_Flow = tuple[bytes, ResourceCounts | None]
-_FlowTables = dict[int, dict[bytes, _Flow]]
-_FlowKey = tuple[int, bytes] | None
-
-
-def flow_key(packet: bytearray | memoryview) -> _FlowKey:
-    """(protocol, addresses + ports as raw bytes) of a plain TCP/UDP packet, else None."""
-    first = packet[0]
-    if first == _IPV4_PLAIN:
-        if packet[6] & 0x3F or packet[7]:  # more fragments, or a fragment offset
-            return None
-        protocol, start, end = packet[9], 12, 24
-    elif first >> 4 == _IPV6:
-        protocol, start, end = packet[6], 8, 44
-    else:
-        return None
-    # The transport header (at end - 4: the ports are its first bytes) must be complete, as
-    # ippacket requires of a parsed packet: UDP 8 bytes, TCP its data offset (20..60 bytes).
-    room = len(packet) - (end - 4)
-    if protocol == _TCP:
-        if room < _TCP_MIN or not _TCP_MIN <= (packet[end + 8] >> 4) * 4 <= room:
-            return None
-    elif protocol != _UDP or room < _UDP_HEADER:
-        return None
-    return protocol, bytes(packet[start:end])
+# An allowed flow -> the counts of the resource it is counted against (a scratch list that
+# nobody reads for an allow without a resource: the gateway's own addresses).
+_FlowTables = dict[int, dict[bytes, ResourceCounts]]
 
 
 def build_policy(config: GatewayConfig) -> Policy:
@@ -168,6 +149,7 @@ class Firewall:
         self._retired: dict[str, ResourceCounts] = {}
         self._policy = policy
         self._resource_counts: list[ResourceCounts] = [[0, 0, 0] for _ in policy.resources]
+        self._uncounted: ResourceCounts = [0, 0, 0]  # allowed flows of no resource count here
         self._inbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
         self._outbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
 
@@ -223,33 +205,43 @@ class Firewall:
 
     # --- the data path --------------------------------------------------------------------
 
-    def from_peer(self, peer_key: bytes, packet: bytearray, now: float) -> bytearray | None:
+    def from_peer(self, packet: bytearray, now: float) -> bytearray | None:
+        """A decrypted packet whose source the core checked against the sending peer's
+        allowed IPs: the packet for the TUN, or None (dropped and counted)."""
+        return self.from_peer_keyed(packet, flow_key(packet), now)
+
+    def from_peer_keyed(
+        self, packet: bytearray, flow: FlowKey | None, now: float
+    ) -> bytearray | None:
+        """`from_peer` with the packet's `flow_key` already computed (the loop also picks
+        the packet's worker with it)."""
         # The flow cache, inline: this is the per-packet path of every established flow.
-        flow = None
         if self._proxy is None:
             if self._routes.routes_version != self._routes_version:
                 self._forget_flows()
-            flow = flow_key(packet)
             if flow is not None:
-                hit = self._inbound_flows[flow[0]].get(flow[1])
-                if hit is not None and hit[0] == peer_key:
-                    counts = hit[1]
-                    if counts is not None:
-                        counts[0] += 1
-                        counts[1] += len(packet)
+                counts = self._inbound_flows[flow[0]].get(flow[1])
+                if counts is not None:
+                    counts[0] += 1
+                    counts[1] += len(packet)
                     return packet
-        return self._from_peer(peer_key, packet, flow, now)
+        return self._from_peer(packet, flow, now)
 
-    def _from_peer(
-        self, peer_key: bytes, packet: bytearray, flow: _FlowKey, now: float
-    ) -> bytearray | None:
+    def _from_peer(self, packet: bytearray, flow: FlowKey | None, now: float) -> bytearray | None:
         """A packet of no known flow: parsed and decided."""
         try:
             parsed = IpPacket(packet)
         except MalformedPacket:
             self.counts.malformed += 1
             return None
-        destination = bytes(packet[16:20] if parsed.version == _IPV4 else packet[24:40])
+        if parsed.version == _IPV4:
+            source, destination = bytes(packet[12:16]), bytes(packet[16:20])
+        else:
+            source, destination = bytes(packet[8:24]), bytes(packet[24:40])
+        peer_key = self._peer_for(source)
+        if peer_key is None:  # the core delivers only sources it routed to a peer
+            self.counts.policy_drops += 1
+            return None
         proxy = self._proxy
         if proxy is not None and proxy.is_proxy(destination):
             return proxy.from_peer(peer_key, parsed, now)
@@ -258,7 +250,7 @@ class Firewall:
         if port is None:
             port = parsed.icmp_type or 0
         decision = self._policy.inbound(peer_key, destination, protocol, port)
-        if self._count(decision, len(packet), peer_key, self._inbound_flows, flow):
+        if self._count(decision, len(packet), self._inbound_flows, flow):
             return packet
         if decision.action is Action.PROHIBIT:
             self._prohibit(peer_key, parsed, now)
@@ -277,27 +269,43 @@ class Firewall:
         self.counts.icmp_errors_sent += 1
 
     def to_peer(self, packet: memoryview, now: float) -> bytes | bytearray | memoryview | None:
-        # The flow cache, inline (as in from_peer). The proxy handler sees every packet (NAT
-        # state), so there is no cache while one is set.
-        flow = None
-        if self._proxy is None:
-            if self._routes.routes_version != self._routes_version:
-                self._forget_flows()
+        """A packet from the TUN before it is encrypted: the packet to send, or None."""
+        passed = self.to_peer_many([packet], now)
+        return passed[0] if passed else None
+
+    def to_peer_many(
+        self, packets: Sequence[memoryview], now: float
+    ) -> list[bytes | bytearray | memoryview]:
+        """`to_peer` of a batch (a worker ring's), in order: the packets that pass."""
+        passed: list[bytes | bytearray | memoryview] = []
+        if self._proxy is not None:
+            # The proxy handler sees every packet (NAT state): no flow cache while it is set.
+            for packet in packets:
+                out = self._to_peer(packet, None, now)
+                if out is not None:
+                    passed.append(out)
+            return passed
+        if self._routes.routes_version != self._routes_version:
+            self._forget_flows()  # routes change between batches, never within one
+        tables = self._outbound_flows
+        for packet in packets:
+            # The flow cache, inline: allowed for the peer the destination routed to then,
+            # and still does (the routes did not change since).
             flow = flow_key(packet)
             if flow is not None:
-                # Allowed for the peer the destination routed to then, and still does: the
-                # routes did not change since.
-                hit = self._outbound_flows[flow[0]].get(flow[1])
-                if hit is not None:
-                    counts = hit[1]
-                    if counts is not None:
-                        counts[0] += 1
-                        counts[1] += len(packet)
-                    return packet
-        return self._to_peer(packet, flow, now)
+                counts = tables[flow[0]].get(flow[1])
+                if counts is not None:
+                    counts[0] += 1
+                    counts[1] += len(packet)
+                    passed.append(packet)
+                    continue
+            out = self._to_peer(packet, flow, now)
+            if out is not None:
+                passed.append(out)
+        return passed
 
     def _to_peer(
-        self, packet: memoryview, flow: _FlowKey, now: float
+        self, packet: memoryview, flow: FlowKey | None, now: float
     ) -> bytes | bytearray | memoryview | None:
         """A packet of no known flow: parsed and decided."""
         try:
@@ -325,12 +333,12 @@ class Firewall:
             if parsed.is_icmp_error:
                 quoted_from_peer = self._quoted_source_is(peer, parsed)
         decision = self._policy.outbound(peer, source, protocol, port, quoted_from_peer)
-        if self._count(decision, len(packet), peer, self._outbound_flows, flow):
+        if self._count(decision, len(packet), self._outbound_flows, flow):
             return packet
         return None
 
     def _count(
-        self, decision: Decision, size: int, peer: bytes, tables: _FlowTables, flow: _FlowKey
+        self, decision: Decision, size: int, tables: _FlowTables, flow: FlowKey | None
     ) -> bool:
         """Count a decision against its resource (and as a policy drop); remember an
         allowed flow. True if the packet may pass."""
@@ -341,7 +349,7 @@ class Firewall:
                 counted[0] += 1
                 counted[1] += size
             if flow is not None:
-                _remember(tables[flow[0]], flow[1], (peer, counted))
+                _remember(tables[flow[0]], flow[1], self._uncounted if counted is None else counted)
             return True
         self.counts.policy_drops += 1
         if counted is not None:
@@ -367,7 +375,7 @@ class Firewall:
         return self._peer_for(source) == peer
 
 
-def _remember(table: dict[bytes, _Flow], key: bytes, flow: _Flow) -> None:
+def _remember(table: dict[bytes, ResourceCounts], key: bytes, counts: ResourceCounts) -> None:
     if len(table) >= FLOW_CACHE_MAX:
         table.clear()
-    table[key] = flow
+    table[key] = counts
