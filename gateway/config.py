@@ -18,6 +18,7 @@ import msgspec
 import tomli
 
 from gateway import keys
+from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
 from gateway.ipnet import (
@@ -252,8 +253,11 @@ def parse_config_text(
     checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
     _check_grants(peer_tomls, {r.name for r in resources}, errors)
+    dns_resources = any(r.pattern is not None for r in resources)
+    if dns_resources:
+        _check_proxy_ranges(peers, errors)
     dns = None
-    if root.dns is not None or any(r.pattern is not None for r in resources):
+    if root.dns is not None or dns_resources:
         dns = _validate_dns(root.dns or {}, interface, errors)
     metrics_listen = None
     max_peer_series = DEFAULT_MAX_PEER_SERIES
@@ -526,6 +530,28 @@ def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _
                     f"peers[{index}].resources[{position}]",
                     f"no resource is named {name!r}",
                 )
+
+
+def _check_proxy_ranges(peers: list[PeerConfig | None], errors: _Errors) -> None:
+    """With DNS resources, proxy addresses stand for names (translated to the real addresses):
+    routed to a peer, they would reach neither that peer nor the resources reliably."""
+    for index, peer in enumerate(peers):
+        if peer is None:  # its errors are reported already
+            continue
+        for position, network in enumerate(peer.allowed_ips):
+            proxy = IPV4_RANGE if network.version == IPV4_RANGE.version else IPV6_RANGE
+            if network.overlaps(proxy):
+                errors.add(
+                    f"peers[{index}].allowed_ips[{position}]",
+                    f"{network} of peer {_short_key(peer.public_key)} overlaps the DNS proxy "
+                    f"range {proxy}, whose addresses stand for DNS resource names",
+                )
+
+
+def _short_key(key: bytes) -> str:
+    """A public key as wireguard-go names peers in its logs: `AbCd…WxYz`."""
+    text = keys.encode_key(key)
+    return f"{text[:4]}…{text[-5:-1]}"
 
 
 def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared keys

@@ -8,7 +8,10 @@ value of a field as integers of any width (an IPv6 address is one 128-bit int), 
 field starts at an even offset of the summed data (true for addresses, ports, echo id/sequence).
 
 Results are the values a from-scratch RFC 1071 computation gives (never 0xFFFF unless all data
-is zero), so an incrementally updated checksum is byte-identical to a recomputed one.
+is zero), so an incrementally updated checksum is byte-identical to a recomputed one. An update
+cannot tell all-zero data (checksum 0xFFFF) from other data summing to 0xFFFF (checksum 0).
+Only an ICMPv4 message, which has no pseudo-header, can be all zero: `update_field` looks at
+its bytes when told where it starts; callers of `update` on ICMPv4 check it themselves.
 """
 
 from __future__ import annotations
@@ -51,21 +54,29 @@ def pseudo_header_sum(source: int, destination: int, protocol: int, length: int)
 def update(checksum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a field changed from `old` to `new`.
 
-    The covered data is never all zero (an IP header has its version, a pseudo-header its
-    protocol), so a folded sum of 0 stands for 0xFFFF and the result is 0..0xFFFE, as
-    `internet_checksum` would compute it afresh.
+    A folded sum of 0 stands for 0xFFFF and the result is 0..0xFFFE, as `internet_checksum`
+    computes it afresh for data that is not all zero: true of an IP header (its version) and
+    of data under a pseudo-header (its protocol), not of an ICMPv4 message (see the module).
     """
     folded = (_MOD - checksum + new - old) % _MOD
     return _MOD - folded if folded else 0
 
 
-def update_field(buf: memoryview, at: int, old: int, new: int, udp: bool) -> None:
+def update_field(  # noqa: PLR0913 - the ICMPv4 case needs where its message starts
+    buf: memoryview, at: int, old: int, new: int, udp: bool, *, message: int = -1
+) -> None:
     """`update` applied to the checksum field at `buf[at:at + 2]` (one call per field on the
     per-packet path). For UDP (`udp`), 0 means no checksum was computed (RFC 768) and stays
-    0, and a computed 0 is written as 0xFFFF."""
+    0, and a computed 0 is written as 0xFFFF. `message` >= 0: the checksum covers
+    `buf[message:]` and no pseudo-header (ICMPv4), so a 0 result is 0xFFFF if those bytes
+    are all zero. (A first fragment shows only its part; 0xFFFF is valid whatever the rest,
+    as 0 and 0xFFFF are both ones' complement zero to a receiver.)"""
     current: int = _FIELD.unpack_from(buf, at)[0]
     if udp and not current:
         return
     folded = (_MOD - current + new - old) % _MOD
     value = _MOD - folded if folded else 0
     _FIELD.pack_into(buf, at, value or _MOD if udp else value)
+    # The field now holds 0, so the test covers the message as it is summed afresh.
+    if not value and message >= 0 and not int.from_bytes(buf[message:]):
+        _FIELD.pack_into(buf, at, _MOD)

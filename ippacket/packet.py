@@ -364,7 +364,10 @@ class IpPacket:
         offset = self._l4 + at
         old: int = _U16.unpack_from(buf, offset)[0]
         _U16.pack_into(buf, offset, value)
-        checksum.update_field(buf, checksum_at, old, value, self._protocol == UDP)
+        protocol = self._protocol
+        # ICMPv4 (only IPv4 gives protocol 1 a checksum) has no pseudo-header: it can be all zero.
+        message = self._l4 if protocol == ICMP else -1
+        checksum.update_field(buf, checksum_at, old, value, protocol == UDP, message=message)
 
 
 def _walk_ipv6_extensions(

@@ -220,3 +220,42 @@ def test_dns_needs_interface_addresses(config_dir: Path) -> None:
         "gw.toml: dns: the DNS server listens on the interface addresses, but there are none"
         in errors_of(text + '[dns]\nupstreams = ["10.98.0.2"]\n', config_dir)
     )
+
+
+def _short(public_key: str) -> str:
+    return f"{public_key[:4]}…{public_key[-5:-1]}"  # as wireguard-go names peers
+
+
+@pytest.mark.parametrize(
+    ("allowed", "proxy"),
+    [
+        ("100.96.0.5/32", "100.96.0.0/11"),  # inside
+        ("100.64.0.0/10", "100.96.0.0/11"),  # around
+        ("fd00:2021:1111:8000::7/128", "fd00:2021:1111:8000::/107"),
+        ("::/0", "fd00:2021:1111:8000::/107"),
+    ],
+)
+def test_allowed_ips_overlapping_the_dns_proxy_ranges_are_refused_with_dns_resources(
+    config_dir: Path, allowed: str, proxy: str
+) -> None:
+    """Proxy addresses stand for DNS resources' names: routed to a peer, they would break."""
+    text = (
+        interface_table()
+        + peer_table(PEER1, extra='resources = ["app"]')
+        + peer_table(PEER2, f'"100.64.0.3/32", "{allowed}"')
+        + DNS_RESOURCE
+    )
+    assert errors_of(text, config_dir) == [
+        f"gw.toml: peers[1].allowed_ips[1]: {allowed} of peer {_short(PEER2)} overlaps the "
+        f"DNS proxy range {proxy}, whose addresses stand for DNS resource names"
+    ]
+
+
+def test_dns_proxy_ranges_are_ordinary_addresses_without_dns_resources(config_dir: Path) -> None:
+    inside = '"100.96.0.5/32", "fd00:2021:1111:8000::7/128"'
+    for extra in ("", RESOURCES, '[dns]\nupstreams = ["10.98.0.2"]\n'):
+        config = parse(interface_table() + peer_table(PEER1, inside) + extra, config_dir)
+        assert len(config.peers[0].allowed_ips) == 2
+    # With DNS resources, the addresses just outside the ranges are fine.
+    beside = '"100.95.255.255/32", "100.128.0.0/32", "fd00:2021:1111:7fff::/64"'
+    assert parse(interface_table() + peer_table(PEER1, beside) + DNS_RESOURCE, config_dir).dns

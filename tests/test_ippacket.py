@@ -279,6 +279,21 @@ def test_icmpv4_checksum_ignores_addresses_and_icmpv6_follows_them() -> None:
         assert bytes(packet.data) == recomputed(bytes(packet.data))
 
 
+def test_icmpv4_echo_rewritten_to_all_zero_data_gets_checksum_0xffff() -> None:
+    """An echo reply with identifier, sequence and payload all zero sums to 0: RFC 1071 gives
+    0xFFFF (0x0000 would make the packet invalid), and an incremental update must agree."""
+    rewritten = build.icmp_echo_reply(A4, B4, 5, 0, bytes(8))
+    rewritten.set_echo_id(0)
+    unchanged = build.icmp_echo_reply(A4, B4, 0, 0)  # built with 0xFFFF; a no-op rewrite
+    unchanged.set_echo_sequence(0)
+    for packet in (rewritten, unchanged):
+        assert packet.icmpv4 is not None and packet.icmpv4.checksum == 0xFFFF
+        assert bytes(packet.data) == recomputed(bytes(packet.data))
+    rewritten.set_echo_id(0xFFFF)  # not all zero, the sum is 0xFFFF: checksum 0
+    assert rewritten.icmpv4 is not None and rewritten.icmpv4.checksum == 0
+    assert bytes(rewritten.data) == recomputed(bytes(rewritten.data))
+
+
 def test_setters_refuse_impossible_values() -> None:
     packet = IpPacket(v4_tcp())
     with pytest.raises(ImpossiblePacket, match="IPv6 address in an IPv4 packet"):

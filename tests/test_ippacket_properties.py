@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import (
@@ -139,6 +139,87 @@ def test_every_setter_leaves_the_checksums_scapy_computes(data: bytes, draw: st.
         getattr(packet, f"set_{name}")(value)
         assert getattr(packet, name) == value
         assert bytes(buf) == recomputed(bytes(buf)), name
+
+
+zero_or_u16 = st.one_of(st.just(0), u16)
+# Setter steps: (field, how its value is chosen, raw value). "fold" picks the 16-bit value
+# whose update folds the sum to 0, the edge where an RFC 1624 update must match RFC 1071.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["source", "destination", "first", "second"]),
+        st.sampled_from(["zero", "fold", "any"]),
+        st.integers(0, 2**128 - 1),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@st.composite
+def zero_heavy_packets(draw: st.DrawFn) -> bytes:
+    """TCP, UDP and echo packets whose fields and payloads are often zero: an ICMPv4 echo
+    reply (no pseudo-header) can become all zero, whose checksum is 0xFFFF, not 0."""
+    version = draw(st.sampled_from([4, 6]))
+    kind = draw(st.sampled_from(["tcp", "udp", "echo"]))
+    zero = draw(st.booleans())  # fields and payload all zero
+    if zero:
+        payload, first, second = bytes(draw(st.integers(0, 16))), 0, 0
+    else:
+        payload, first, second = draw(payloads), draw(zero_or_u16), draw(zero_or_u16)
+    transport: Packet
+    if kind == "tcp":
+        transport = TCP(sport=first, dport=second, seq=0, ack=0, flags=0, window=0)
+    elif kind == "udp":
+        transport = UDP(sport=first, dport=second)
+    elif version == 4:  # all zero: a reply, the message that can sum to 0
+        icmp_type = 0 if zero else draw(st.sampled_from([0, 8]))
+        transport = ICMP(type=icmp_type, id=first, seq=second)
+    else:
+        echo = draw(st.sampled_from([ICMPv6EchoReply, ICMPv6EchoRequest]))
+        transport = echo(id=first, seq=second)
+    if version == 4:
+        ip: Packet = IP(src=str(draw(ipv4)), dst=str(draw(ipv4)))
+    else:
+        ip = IPv6(src=str(draw(ipv6)), dst=str(draw(ipv6)))
+    return bytes(ip / transport / Raw(payload))
+
+
+@given(zero_heavy_packets(), steps)
+@example(  # always: an echo reply whose identifier goes 5 -> 0 leaves all-zero data
+    bytes(IP(src="192.0.2.1", dst="192.0.2.2") / ICMP(type=0, id=5) / bytes(8)),
+    [("first", "zero", 0)],
+)
+@SETTINGS
+def test_incremental_checksums_equal_a_full_recomputation(
+    data: bytes, rewrites: list[tuple[str, str, int]]
+) -> None:
+    """After each setter the packet equals itself with every checksum computed afresh, by
+    ippacket and by scapy: all-zero data and sums folding to 0 included."""
+    buf = bytearray(data)
+    packet = IpPacket(buf)
+    ports = packet.source_port is not None
+    fields = {"first": "source_port" if ports else "echo_id"}
+    fields["second"] = "destination_port" if ports else "echo_sequence"
+    for field, how, raw in rewrites:
+        if field in ("source", "destination"):
+            bits = 32 if packet.version == 4 else 128
+            address = (IPv4Address if bits == 32 else IPv6Address)(raw % 2**bits)
+            getattr(packet, f"set_{field}")(address)
+        else:
+            name = fields[field]
+            value = {"zero": 0, "fold": _folding(packet, name), "any": raw & 0xFFFF}[how]
+            getattr(packet, f"set_{name}")(value)
+        fresh = bytearray(buf)
+        IpPacket(fresh).recompute_checksums()
+        assert buf == fresh, (field, how)
+        assert bytes(buf) == recomputed(bytes(buf)), (field, how)
+
+
+def _folding(packet: IpPacket, name: str) -> int:
+    """The value of 16-bit field `name` for which ~checksum + ~old + new is 0 modulo 0xFFFF."""
+    header = packet.tcp or packet.udp or packet.icmpv4 or packet.icmpv6
+    assert header is not None
+    return (getattr(packet, name) + header.checksum) % 0xFFFF
 
 
 @given(packets())
