@@ -533,17 +533,19 @@ def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _
 
 
 def _check_proxy_ranges(peers: list[PeerConfig | None], errors: _Errors) -> None:
-    """With DNS resources, proxy addresses stand for names (translated to the real addresses):
-    routed to a peer, they would reach neither that peer nor the resources reliably."""
+    """With DNS resources, proxy addresses stand for names (the crypto process translates
+    packets to them): a peer's address there would be taken for a proxy address, so its
+    packets would be translated or refused. A network around a range (a peer routed
+    100.64.0.0/10 or a default route) is fine: the proxy addresses are matched first."""
     for index, peer in enumerate(peers):
         if peer is None:  # its errors are reported already
             continue
         for position, network in enumerate(peer.allowed_ips):
             proxy = IPV4_RANGE if network.version == IPV4_RANGE.version else IPV6_RANGE
-            if network.overlaps(proxy):
+            if network.subnet_of(proxy):  # type: ignore[arg-type]  # same family, checked above
                 errors.add(
                     f"peers[{index}].allowed_ips[{position}]",
-                    f"{network} of peer {_short_key(peer.public_key)} overlaps the DNS proxy "
+                    f"{network} of peer {_short_key(peer.public_key)} lies in the DNS proxy "
                     f"range {proxy}, whose addresses stand for DNS resource names",
                 )
 
