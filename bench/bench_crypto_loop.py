@@ -172,6 +172,28 @@ def encrypt_rounds(bench: Bench, rounds: int) -> Callable[[], float]:
     return one
 
 
+def timed_hop(
+    source: Ring,
+    sink: Ring,
+    batch: list[bytes],
+    work: Callable[[list[memoryview]], list[bytearray]],
+) -> Callable[[], float]:
+    """A round of a floor case: `batch` into `source`; timed: take it, `work` on the whole
+    batch (one call), the results into `sink`."""
+
+    def one() -> float:
+        source.send_many(batch)
+        begin = time.process_time_ns()
+        results = work(source.recv_many(BATCH))
+        source.release()
+        sink.send_many(results)
+        spent = time.process_time_ns() - begin
+        assert drain(sink) == BATCH
+        return spent
+
+    return one
+
+
 def decrypt_floor(bench: Bench, rounds: int) -> Callable[[], float]:
     """The least any Python loop between these rings does per datagram: take the batch,
     one AEAD decrypt into a new buffer each, hand them on. No header, session, replay,
@@ -179,25 +201,17 @@ def decrypt_floor(bench: Bench, rounds: int) -> Callable[[], float]:
     del rounds
     aead, nonce = ChaCha20Poly1305(bytes(32)), bytes(12)
     start = HEADER_SIZE + 16  # the endpoint header, then the transport header
-    sealed = bench.header + bytes(16) + aead.encrypt(nonce, bytes(1280), None)
-    batch = [sealed] * BATCH
-    from_udp, to_worker = bench.rings.from_udp, bench.rings.to_workers[0]
 
-    def one() -> float:
-        from_udp.send_many(batch)
-        begin = time.process_time_ns()
+    def work(messages: list[memoryview]) -> list[bytearray]:
         packets = []
-        for message in from_udp.recv_many(BATCH):
+        for message in messages:
             out = bytearray(len(message) - start - 16)
             aead.decrypt_into(nonce, message[start:], None, out)
             packets.append(out)
-        from_udp.release()
-        to_worker.send_many(packets)
-        spent = time.process_time_ns() - begin
-        assert drain(to_worker) == BATCH
-        return spent
+        return packets
 
-    return one
+    sealed = bench.header + bytes(16) + aead.encrypt(nonce, bytes(1280), None)
+    return timed_hop(bench.rings.from_udp, bench.rings.to_workers[0], [sealed] * BATCH, work)
 
 
 def encrypt_floor(bench: Bench, rounds: int) -> Callable[[], float]:
@@ -205,25 +219,17 @@ def encrypt_floor(bench: Bench, rounds: int) -> Callable[[], float]:
     has room for the headers in front."""
     del rounds
     aead, nonce = ChaCha20Poly1305(bytes(32)), bytes(12)
-    batch = [bytes(1280)] * BATCH
     start = HEADER_SIZE + 16
-    from_worker, to_udp = bench.rings.from_workers[0], bench.rings.to_udp
 
-    def one() -> float:
-        from_worker.send_many(batch)
-        begin = time.process_time_ns()
+    def work(packets: list[memoryview]) -> list[bytearray]:
         datagrams = []
-        for packet in from_worker.recv_many(BATCH):
+        for packet in packets:
             out = bytearray(start + len(packet) + 16)
             aead.encrypt_into(nonce, packet, None, memoryview(out)[start:])
             datagrams.append(out)
-        from_worker.release()
-        to_udp.send_many(datagrams)
-        spent = time.process_time_ns() - begin
-        assert drain(to_udp) == BATCH
-        return spent
+        return datagrams
 
-    return one
+    return timed_hop(bench.rings.from_workers[0], bench.rings.to_udp, [bytes(1280)] * BATCH, work)
 
 
 CASES: dict[str, Callable[[Bench, int], Callable[[], float]]] = {
