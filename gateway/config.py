@@ -18,7 +18,7 @@ import msgspec
 import tomli
 
 from gateway import keys
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.dns.proxy import proxy_range_holding
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
 from gateway.ipnet import (
@@ -541,8 +541,8 @@ def _check_proxy_ranges(peers: list[PeerConfig | None], errors: _Errors) -> None
         if peer is None:  # its errors are reported already
             continue
         for position, network in enumerate(peer.allowed_ips):
-            proxy = IPV4_RANGE if network.version == IPV4_RANGE.version else IPV6_RANGE
-            if network.subnet_of(proxy):  # type: ignore[arg-type]  # same family, checked above
+            proxy = proxy_range_holding(network)
+            if proxy is not None:
                 errors.add(
                     f"peers[{index}].allowed_ips[{position}]",
                     f"{network} of peer {_short_key(peer.public_key)} lies in the DNS proxy "

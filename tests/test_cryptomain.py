@@ -186,6 +186,7 @@ def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
     plain = _crypto(path, control_sockets[1], runstate, KeyBoard())
     # No resources: the loop is never given the firewall (no cost per packet).
     assert not plain.firewall.active and plain.proxy is None
+    assert not plain.backend.refuse_proxy_ranges  # `wg set` may use those addresses then
     text = (
         path.read_text()
         .replace(
@@ -203,6 +204,7 @@ def test_the_firewall_works_and_the_proxy_handler_exists_only_with_resources(
     )
     with_dns = _crypto(path, control_sockets[1], runstate, KeyBoard())
     assert with_dns.firewall.active and with_dns.proxy is not None
+    assert with_dns.backend.refuse_proxy_ranges  # as check-config, for `wg set`
     packet = udp_packet(
         ipaddress.IPv4Address("10.1.0.0"), ipaddress.IPv4Address("100.96.0.1"), 1, 2
     )

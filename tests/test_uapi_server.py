@@ -323,3 +323,38 @@ def test_device_refuses_non_numeric_endpoints_and_saves_nothing(
     assert changes == []  # nothing was saved into the run-time state
     assert "private_key" in caplog.text  # the errors were logged, naming the key ...
     assert secret[:16] not in caplog.text  # ... but never its value
+
+
+def test_device_refuses_allowed_ips_in_the_dns_proxy_ranges_while_dns_resources_exist(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """check-config refuses them in the file; `wg set` must not bring them in at run time."""
+    changes: list[int] = []
+    backend = DeviceBackend(
+        WgDevice(None),
+        listen_port=1,
+        request_listen_port=lambda _p: None,
+        on_change=lambda: changes.append(1),
+    )
+    server = UapiServer.for_interface(unique_name("fzp"), backend)
+    loop = Loop(server)
+    peer = new_key().hex()
+    caplog.set_level(logging.WARNING, logger="gateway.dataplane.uapi_backend")
+
+    def set_allowed(network: str) -> bytes:
+        request = f"set=1\npublic_key={peer}\nallowed_ip={network}\n\n".encode()
+        return _raw(server.path, request)
+
+    try:
+        assert set_allowed("100.96.0.5/32") == b"errno=0\n\n"  # no DNS resources: ordinary
+        backend.refuse_proxy_ranges = True  # what the crypto process sets with DNS resources
+        for inside in ("100.96.0.6/32", "fd00:2021:1111:8000::7/128"):
+            assert set_allowed(inside) == b"errno=-22\n\n"
+        assert set_allowed("100.64.0.0/10") == b"errno=0\n\n"  # around the range: fine
+    finally:
+        loop.stop()
+        server.close()
+    (only,) = backend.device.peers()
+    assert sorted(map(str, only.allowed_ips)) == ["100.64.0.0/10", "100.96.0.5/32"]
+    assert changes == [1, 1]  # the refused requests saved nothing
+    assert "fd00:2021:1111:8000::7/128 lies in the DNS proxy range" in caplog.text

@@ -107,6 +107,7 @@ class CryptoControl:
                 sources=_sources(config),
             )
             self.firewall.set_proxy_handler(self.proxy)
+            self.backend.refuse_proxy_ranges = True
         self._loop: CryptoLoop[Ring] | None = None
         if not config.resources:
             log.info("no [[resources]] configured: no policy, peers reach everything routed here")

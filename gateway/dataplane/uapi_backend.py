@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from gateway.dataplane.framing import encode_endpoint
+from gateway.dns.proxy import proxy_range_holding
 from gateway.endpoint import Endpoint
 from gateway.keys import public_key
 from gateway.uapi import (
@@ -75,6 +76,9 @@ class DeviceBackend:
         self.device = device
         self.listen_port = listen_port
         self.fwmark = 0
+        # Set while DNS resources exist: allowed IPs inside the proxy ranges are refused,
+        # as check-config refuses them in the file.
+        self.refuse_proxy_ranges = False
         self._request_listen_port = request_listen_port
         self._on_change = on_change
         self._clock = clock
@@ -141,6 +145,16 @@ class DeviceBackend:
                 return ERR_INVALID
             if change.endpoint is not None and not _frameable(change.endpoint):
                 return ERR_INVALID
+            if self.refuse_proxy_ranges:
+                for network in change.allowed_ips:
+                    proxy = proxy_range_holding(network)
+                    if proxy is not None:
+                        log.warning(
+                            "wg set refused: allowed IP %s lies in the DNS proxy range %s",
+                            network,
+                            proxy,
+                        )
+                        return ERR_INVALID
         return 0
 
     def _apply_peer(self, change: PeerChange, now: float) -> None:
