@@ -215,16 +215,18 @@ class Firewall:
     ) -> bytearray | None:
         """`from_peer` with the packet's `flow_key` already computed (the loop also picks
         the packet's worker with it)."""
+        if self._proxy is not None:
+            # The proxy handler sees every packet (NAT state): no flow cache while it is set.
+            return self._from_peer(packet, None, now)
         # The flow cache, inline: this is the per-packet path of every established flow.
-        if self._proxy is None:
-            if self._routes.routes_version != self._routes_version:
-                self._forget_flows()
-            if flow is not None:
-                counts = self._inbound_flows[flow[0]].get(flow[1])
-                if counts is not None:
-                    counts[0] += 1
-                    counts[1] += len(packet)
-                    return packet
+        if self._routes.routes_version != self._routes_version:
+            self._forget_flows()
+        if flow is not None:
+            counts = self._inbound_flows[flow[0]].get(flow[1])
+            if counts is not None:
+                counts[0] += 1
+                counts[1] += len(packet)
+                return packet
         return self._from_peer(packet, flow, now)
 
     def _from_peer(self, packet: bytearray, flow: FlowKey | None, now: float) -> bytearray | None:
