@@ -95,6 +95,34 @@ def device() -> Iterator[Device]:
     assert not (SOCKET_DIR / f"{ifname}.sock").exists()
 
 
+@dataclass
+class ServedBackend:
+    """The crypto process's UAPI backend on a fresh Device, served on a socket at `path`;
+    `changes` counts the saves it asked for (one per applied `set`)."""
+
+    backend: DeviceBackend
+    path: Path
+    changes: list[int]
+
+
+@pytest.fixture
+def served() -> Iterator[ServedBackend]:
+    changes: list[int] = []
+    backend = DeviceBackend(
+        WgDevice(None),
+        listen_port=1,
+        request_listen_port=lambda _p: None,
+        on_change=lambda: changes.append(1),
+    )
+    server = UapiServer.for_interface(unique_name("fzb"), backend)
+    loop = Loop(server)
+    try:
+        yield ServedBackend(backend, server.path, changes)
+    finally:
+        loop.stop()
+        server.close()
+
+
 def test_wg_set_and_show_dump(device: Device, tmp_path: Path) -> None:
     private, peer, psk = new_key(), new_key(), new_key()
     (tmp_path / "priv").write_text(b64(private))
@@ -295,66 +323,40 @@ def test_stale_socket_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
 
 
 def test_device_refuses_non_numeric_endpoints_and_saves_nothing(
-    caplog: pytest.LogCaptureFixture,
+    served: ServedBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue #11: a name or a scoped address used to reach the crypto process's framing."""
-    changes: list[int] = []
-    backend = DeviceBackend(
-        WgDevice(None),
-        listen_port=1,
-        request_listen_port=lambda _p: None,
-        on_change=lambda: changes.append(1),
-    )
-    server = UapiServer.for_interface(unique_name("fzo"), backend)
-    loop = Loop(server)
     peer = new_key().hex()
     secret = os.urandom(31).hex() + "zz"  # a private key with a typo
     caplog.set_level(logging.DEBUG, logger="gateway.uapi")
-    try:
-        for endpoint in ("localhost:51820", "[fe80::1%lo]:51820", "[fe80::1%1]:51820"):
-            request = f"set=1\npublic_key={peer}\nendpoint={endpoint}\n\n".encode()
-            assert _raw(server.path, request) == b"errno=-22\n\n"
-        assert _raw(server.path, f"set=1\nprivate_key={secret}\n\n".encode()) == b"errno=-22\n\n"
-        assert _raw(server.path, f"set=1\nprivate_key{secret}\n\n".encode()) == b"errno=-71\n\n"
-    finally:
-        loop.stop()
-        server.close()
-    assert list(backend.device.peers()) == []
-    assert changes == []  # nothing was saved into the run-time state
+    for endpoint in ("localhost:51820", "[fe80::1%lo]:51820", "[fe80::1%1]:51820"):
+        request = f"set=1\npublic_key={peer}\nendpoint={endpoint}\n\n".encode()
+        assert _raw(served.path, request) == b"errno=-22\n\n"
+    assert _raw(served.path, f"set=1\nprivate_key={secret}\n\n".encode()) == b"errno=-22\n\n"
+    assert _raw(served.path, f"set=1\nprivate_key{secret}\n\n".encode()) == b"errno=-71\n\n"
+    assert list(served.backend.device.peers()) == []
+    assert served.changes == []  # nothing was saved into the run-time state
     assert "private_key" in caplog.text  # the errors were logged, naming the key ...
     assert secret[:16] not in caplog.text  # ... but never its value
 
 
 def test_device_refuses_allowed_ips_in_the_dns_proxy_ranges_while_dns_resources_exist(
-    caplog: pytest.LogCaptureFixture,
+    served: ServedBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     """check-config refuses them in the file; `wg set` must not bring them in at run time."""
-    changes: list[int] = []
-    backend = DeviceBackend(
-        WgDevice(None),
-        listen_port=1,
-        request_listen_port=lambda _p: None,
-        on_change=lambda: changes.append(1),
-    )
-    server = UapiServer.for_interface(unique_name("fzp"), backend)
-    loop = Loop(server)
     peer = new_key().hex()
     caplog.set_level(logging.WARNING, logger="gateway.dataplane.uapi_backend")
 
     def set_allowed(network: str) -> bytes:
         request = f"set=1\npublic_key={peer}\nallowed_ip={network}\n\n".encode()
-        return _raw(server.path, request)
+        return _raw(served.path, request)
 
-    try:
-        assert set_allowed("100.96.0.5/32") == b"errno=0\n\n"  # no DNS resources: ordinary
-        backend.refuse_proxy_ranges = True  # what the crypto process sets with DNS resources
-        for inside in ("100.96.0.6/32", "fd00:2021:1111:8000::7/128"):
-            assert set_allowed(inside) == b"errno=-22\n\n"
-        assert set_allowed("100.64.0.0/10") == b"errno=0\n\n"  # around the range: fine
-    finally:
-        loop.stop()
-        server.close()
-    (only,) = backend.device.peers()
+    assert set_allowed("100.96.0.5/32") == b"errno=0\n\n"  # no DNS resources: ordinary
+    served.backend.refuse_proxy_ranges = True  # what the crypto process sets with DNS resources
+    for inside in ("100.96.0.6/32", "fd00:2021:1111:8000::7/128"):
+        assert set_allowed(inside) == b"errno=-22\n\n"
+    assert set_allowed("100.64.0.0/10") == b"errno=0\n\n"  # around the range: fine
+    (only,) = served.backend.device.peers()
     assert sorted(map(str, only.allowed_ips)) == ["100.64.0.0/10", "100.96.0.5/32"]
-    assert changes == [1, 1]  # the refused requests saved nothing
+    assert served.changes == [1, 1]  # the refused requests saved nothing
     assert "fd00:2021:1111:8000::7/128 lies in the DNS proxy range" in caplog.text
