@@ -44,7 +44,7 @@ from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 from ippacket import build
 from shm_ring.ring import Ring
-from testbed.wire import A_ENDPOINT, B_ENDPOINT
+from testbed.wire import A_ENDPOINT, B_ENDPOINT, Wire
 
 RESULTS = Path(__file__).parent / "results" / "crypto-loop.json"
 CLIENT, RESOURCE = IPv4Address("100.64.0.2"), IPv4Address("10.98.0.5")
@@ -104,11 +104,7 @@ class Bench:
     def _handshake(self) -> None:
         first = build.tcp_packet(CLIENT, RESOURCE, 40000, 5432, b"").data
         self.client.handle_packet(first, NOW)  # staged; starts the handshake
-        for _ in range(4):
-            for _, datagram in self.client.take_transmits():
-                self.gateway.handle_datagram(datagram, A_ENDPOINT, NOW)
-            for _, datagram in self.gateway.take_transmits():
-                self.client.handle_datagram(datagram, B_ENDPOINT, NOW)
+        Wire(self.client, self.gateway, NOW).pump()  # the client at A, the gateway at B
 
     def datagrams(self, count: int) -> list[bytes]:
         """`count` ring messages from the UDP process: header + a tunnel datagram each."""
@@ -121,9 +117,8 @@ class Bench:
         return found
 
     def close(self) -> None:
-        for ring in (self.rings.from_udp, self.rings.to_udp, *self.rings.from_workers):
-            ring.close()
-        for ring in self.rings.to_workers:
+        rings = self.rings
+        for ring in (rings.from_udp, rings.to_udp, *rings.from_workers, *rings.to_workers):
             ring.close()
 
 
@@ -157,8 +152,6 @@ def encrypt_rounds(bench: Bench, rounds: int) -> Callable[[], float]:
     answer = build.tcp_packet(RESOURCE, CLIENT, 5432, 40000, PAYLOAD).data
     batch = [answer] * BATCH
     from_worker, to_udp, turn = bench.rings.from_workers[0], bench.rings.to_udp, bench.loop.turn
-    # The first answer of a flow takes the firewall's full path; rounds measure the cached one.
-    bench.gateway.handle_datagram(bench.datagrams(1)[0][HEADER_SIZE:], A_ENDPOINT, NOW)
 
     def one() -> float:
         from_worker.send_many(batch)
