@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address
 from gateway.dataplane.firewall import NOT_MINE, NotMine
 from gateway.dns.proxy import DEFAULT_CAPACITY, IPV4_RANGE, IPV6_RANGE
 from gateway.ipnet import IPNetwork
-from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
+from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside, Refused
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
 from gateway.policy.filters import FilterSet
 from gateway.policy.icmp_limit import IcmpErrorLimiter
@@ -64,7 +64,7 @@ _REFUSALS = frozenset(
         "protocol",
         "filtered",
         "no_address_of_family",
-        "nat_table_full",
+        *Refused,
         "untranslatable",
     }
 )
@@ -186,8 +186,8 @@ class ProxyHandler:
             now=now,
             tcp_flags=flags,
         )
-        if entry is None:
-            self._refuse(packet, Unreachable.ADDRESS, "nat_table_full", peer_key, now)
+        if isinstance(entry, Refused):
+            self._refuse(packet, Unreachable.ADDRESS, entry.value, peer_key, now)
             return None
         if same_family:
             out = bytearray(packet.data)
@@ -308,6 +308,8 @@ class ProxyHandler:
             "dropped": dropped - c["closed_by_rst"],
             "expired": c["expired"],
             "entries": len(self.table),
+            "evicted": self.table.evicted,
+            "refused_no_room": sum(c[reason] for reason in Refused),
         }
 
     # ---- timers ---------------------------------------------------------------------------
