@@ -121,11 +121,12 @@ _FlowTables = dict[int, dict[bytes, ResourceCounts]]
 
 def build_policy(config: GatewayConfig) -> Policy:
     """The config's resources and each peer's grants (by public key); the gateway's own
-    tunnel addresses are always reachable."""
+    tunnel addresses answer its DNS server's port and ICMP echo."""
     return Policy(
         config.resources,
         {peer.public_key: peer.resources for peer in config.peers},
         own_addresses=[address.ip for address in config.interface.addresses],
+        dns_port=None if config.dns is None else config.dns.port,
     )
 
 

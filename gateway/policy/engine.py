@@ -5,7 +5,10 @@ checked against its allowed IPs by the WireGuard core):
 
 - No resources configured: everything passes (a plain WireGuard router), uncounted.
 - Peer to resource (`inbound`): multicast destinations and ICMP errors sent by peers are
-  dropped; the gateway's own tunnel addresses are always reachable; otherwise, among the
+  dropped; the gateway's own tunnel addresses answer DNS (UDP and TCP on the DNS server's
+  port, when it runs) and ICMP echo, nothing else of the host unless a granted resource
+  holds the address (a peer must not reach every service the gateway host listens on);
+  otherwise, among the
   granted resources whose network contains the destination, the most specific one whose
   filters permit the packet decides (a permitting filter beats a longer prefix that does
   not). None permits: "administratively prohibited" (counted against the most specific
@@ -36,6 +39,9 @@ _V6_MULTICAST = 0xFF  # ff00::/8
 # parameter problem. ICMPv6 errors are the types below 128 (RFC 4443).
 _ICMPV4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMPV6_FIRST_INFO = 128
+_IPPROTO_TCP, _IPPROTO_UDP = 6, 17
+_ECHO_REQUEST = {IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 128}
+DEFAULT_DNS_PORT = 53
 
 
 class Action(Enum):
@@ -93,7 +99,10 @@ class Policy:
         resources: Iterable[Resource],
         grants: Mapping[Hashable, Iterable[str]],
         own_addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        dns_port: int | None = DEFAULT_DNS_PORT,
     ) -> None:
+        """`own_addresses`: the gateway's tunnel addresses; `dns_port`: where its DNS server
+        answers on them (None: no DNS server, only ICMP echo reaches them)."""
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.enabled = bool(self.resources)
         index_of = {r.name: i for i, r in enumerate(self.resources)}
@@ -118,6 +127,7 @@ class Policy:
             for peer, names in grants.items()
         }
         self._own = frozenset(a.packed for a in own_addresses)
+        self._dns_port = dns_port
         self._cache: dict[tuple[Hashable, bytes, int, int, bool], Decision] = {}
 
     def _specificity(self, index: int) -> int:
@@ -161,9 +171,15 @@ class Policy:
     def _inbound(self, peer: Hashable, dst: bytes, protocol: int, port_or_type: int) -> Decision:
         if _is_multicast(dst) or is_icmp_error(protocol, port_or_type):
             return DROP
-        if dst in self._own:
+        if dst in self._own and self._served_on_own(protocol, port_or_type):
             return ALLOW_UNCOUNTED
         return self._best(peer, dst, protocol, port_or_type, _PROHIBIT_UNMATCHED)
+
+    def _served_on_own(self, protocol: int, port_or_type: int) -> bool:
+        """What the gateway serves peers on its tunnel addresses: DNS and ICMP echo."""
+        if protocol in (_IPPROTO_UDP, _IPPROTO_TCP):
+            return port_or_type == self._dns_port
+        return _ECHO_REQUEST.get(protocol) == port_or_type
 
     def outbound(
         self,
