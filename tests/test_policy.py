@@ -152,12 +152,20 @@ def test_return_path_checks_source_resource_and_source_port() -> None:
 def test_return_path_icmp_errors_pass_only_about_the_peers_own_flows() -> None:
     p = policy({ALICE: ["db"]})
     router = ip("192.0.2.254")  # a router outside every resource
-    ours = p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_source_is_peer=True)
+    ours = p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_flow_is_peers=True)
     assert ours is ALLOW_UNCOUNTED
-    assert p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_source_is_peer=False) is DROP
-    assert p.outbound(ALICE, router, IPPROTO_ICMPV6, 2, quoted_source_is_peer=True).action is (
+    assert p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_flow_is_peers=False) is DROP
+    assert p.outbound(ALICE, router, IPPROTO_ICMPV6, 2, quoted_flow_is_peers=True).action is (
         Action.ALLOW
     )
+
+
+def test_redirects_never_pass_in_either_direction() -> None:
+    p = policy({ALICE: ["db", "v6", "open"]})
+    assert p.outbound(ALICE, ip("10.98.0.5"), IPPROTO_ICMP, 5, quoted_flow_is_peers=True) is DROP
+    assert p.outbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 137) is DROP
+    assert p.inbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 137) is DROP
+    assert p.inbound(ALICE, ip("10.99.0.1"), IPPROTO_ICMP, 5) is DROP
 
 
 def test_granted_lists_names_most_specific_first() -> None:

@@ -13,8 +13,9 @@ checked against its allowed IPs by the WireGuard core):
   filters permit the packet decides (a permitting filter beats a longer prefix that does
   not). None permits: "administratively prohibited" (counted against the most specific
   containing resource, if any).
-- Resource to peer (`outbound`): packets from the gateway's own addresses pass; an ICMP error
-  passes when the packet it quotes came from this peer; otherwise the source must lie in a
+- Resource to peer (`outbound`): ICMP redirects never pass; packets from the gateway's own
+  addresses pass; an ICMP error passes when the packet it quotes is of a flow this peer has
+  open (`recent_flows`); otherwise the source must lie in a
   granted resource whose filters permit the source port (stateless return-path filtering).
 
 Decisions are cached per (peer, address, protocol, port); the cache is bounded and belongs to
@@ -39,6 +40,7 @@ _V6_MULTICAST = 0xFF  # ff00::/8
 # parameter problem. ICMPv6 errors are the types below 128 (RFC 4443).
 _ICMPV4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMPV6_FIRST_INFO = 128
+_REDIRECTS = frozenset({(IPPROTO_ICMP, 5), (IPPROTO_ICMPV6, 137)})
 _IPPROTO_TCP, _IPPROTO_UDP = 6, 17
 _ECHO_REQUEST = {IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 128}
 DEFAULT_DNS_PORT = 53
@@ -66,6 +68,12 @@ def is_icmp_error(protocol: int, icmp_type: int) -> bool:
     if protocol == IPPROTO_ICMP:
         return icmp_type in _ICMPV4_ERRORS
     return protocol == IPPROTO_ICMPV6 and icmp_type < _ICMPV6_FIRST_INFO
+
+
+def is_icmp_redirect(protocol: int, icmp_type: int | None) -> bool:
+    """ICMPv4 redirect (5) or ICMPv6 redirect (137): never passed in either direction (a
+    route change by anyone behind the gateway, or by a peer, is never wanted)."""
+    return (protocol, icmp_type) in _REDIRECTS
 
 
 def _is_multicast(address: bytes) -> bool:
@@ -169,7 +177,11 @@ class Policy:
         return decision
 
     def _inbound(self, peer: Hashable, dst: bytes, protocol: int, port_or_type: int) -> Decision:
-        if _is_multicast(dst) or is_icmp_error(protocol, port_or_type):
+        if (
+            _is_multicast(dst)
+            or is_icmp_error(protocol, port_or_type)
+            or is_icmp_redirect(protocol, port_or_type)
+        ):
             return DROP
         if dst in self._own and self._served_on_own(protocol, port_or_type):
             return ALLOW_UNCOUNTED
@@ -187,20 +199,23 @@ class Policy:
         source: bytes,
         protocol: int,
         port_or_type: int,
-        quoted_source_is_peer: bool = False,
+        quoted_flow_is_peers: bool = False,
     ) -> Decision:
         """A packet from `source` behind the gateway to `peer`.
 
         `port_or_type`: the TCP/UDP source port, or the ICMP/ICMPv6 type.
-        `quoted_source_is_peer`: for an ICMP error, whether the packet it quotes was sent by
-        this peer (the caller parses the quote and checks it against the peer's allowed IPs).
+        `quoted_flow_is_peers`: for an ICMP error, whether the packet it quotes is of a flow
+        this peer has open (the caller parses the quote and looks it up: RecentFlows).
+        Redirects never pass.
         """
         if not self.enabled:
             return ALLOW_UNCOUNTED
+        if is_icmp_redirect(protocol, port_or_type):
+            return DROP
         if source in self._own:
             return ALLOW_UNCOUNTED
         if is_icmp_error(protocol, port_or_type):
-            return ALLOW_UNCOUNTED if quoted_source_is_peer else DROP
+            return ALLOW_UNCOUNTED if quoted_flow_is_peers else DROP
         key = (peer, source, protocol, port_or_type, False)
         decision = self._cache.get(key)
         if decision is None:

@@ -130,6 +130,7 @@ DROP_RING_FULL = drop_slot(DropLabel.RING_FULL)
 DROP_TOO_BIG = drop_slot(DropLabel.TOO_BIG)
 DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
 DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
+DROP_ROUTING_HEADER = drop_slot(DropLabel.ROUTING_HEADER)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
