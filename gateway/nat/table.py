@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -85,6 +85,14 @@ class Inside:
     source_port: int  # or the echo identifier
     proxy: IPAddress
     destination_port: int  # 0 for ICMP
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.peer, self.protocol, self.source, self.source_port, self.proxy)
+        object.__setattr__(self, "_hash", hash((*fields, self.destination_port)))
+
+    def __hash__(self) -> int:  # a key of several dicts: hashed once, not at every lookup
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,14 @@ class Outside:
     real_port: int  # 0 for ICMP
     source: IPAddress
     source_port: int  # or the echo identifier
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.protocol, self.real, self.real_port, self.source)
+        object.__setattr__(self, "_hash", hash((*fields, self.source_port)))
+
+    def __hash__(self) -> int:  # as Inside's
+        return self._hash
 
 
 @dataclass(slots=True)
@@ -124,9 +140,10 @@ class NatTable:
         self.evicted = 0  # unanswered entries removed to make room
         self._by_inside: dict[Inside, Entry] = {}
         self._per_peer: Counter[Hashable] = Counter()
-        # Unanswered entries, oldest first (dicts keep insertion order): all, and per peer.
-        self._unanswered: dict[Inside, Entry] = {}
-        self._unanswered_of: dict[Hashable, dict[Inside, Entry]] = {}
+        # Unanswered entries, oldest first: all, and per peer. OrderedDict: taking the oldest
+        # is O(1) (a dict's first item after many deletions at its front is a scan).
+        self._unanswered: OrderedDict[Inside, Entry] = OrderedDict()
+        self._unanswered_of: dict[Hashable, OrderedDict[Inside, Entry]] = {}
         self._by_outside: dict[Outside, Entry] = {}
         self._deadlines: list[tuple[float, int, Outside]] = []
         self._generation = 0
@@ -208,7 +225,10 @@ class NatTable:
         self._reals[real.packed] += 1
         self._per_peer[inside.peer] += 1
         self._unanswered[inside] = entry
-        self._unanswered_of.setdefault(inside.peer, {})[inside] = entry
+        own = self._unanswered_of.get(inside.peer)
+        if own is None:
+            own = self._unanswered_of[inside.peer] = OrderedDict()
+        own[inside] = entry
         return entry
 
     def _make_room(self, peer: Hashable) -> Refused | None:
