@@ -14,11 +14,8 @@ from hypothesis import strategies as hs
 
 from gateway.config import GatewayConfig, parse_config_text
 from gateway.dataplane import framing
-from gateway.dataplane.cryptoproc import (
-    CounterSync,
-    apply_peers,
-    build_device,
-)
+from gateway.dataplane.crypto_telemetry import CounterSync
+from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.flow import flow_key, flow_worker, key_worker
 from gateway.endpoint import StickyEndpoint
 from gateway.keys import encode_key, generate_private_key, public_key

@@ -23,13 +23,8 @@ from typing import Protocol
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
-from gateway.dataplane.cryptoproc import (
-    CryptoLoop,
-    CryptoRings,
-    apply_peers,
-    build_device,
-    run_crypto,
-)
+from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings, run_crypto
+from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import apply_message, receive_mappings
