@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
+from gateway.dataplane.cryptoproc import CryptoLoop
 from gateway.dataplane.framing import HEADER_SIZE, Endpoint, decode_endpoint, encode_endpoint
+from gateway.dataplane.rings import CryptoRings
 from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
 

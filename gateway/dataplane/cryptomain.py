@@ -23,12 +23,13 @@ from typing import Protocol
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
-from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings, run_crypto
+from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
 from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.restore import restore
+from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.nat import handler as nat

@@ -20,9 +20,8 @@ import logging
 import select
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Generic
 
 from gateway.dataplane.crypto_telemetry import (
     CounterSync,
@@ -34,6 +33,7 @@ from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_key, flow_worker, key_worker
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
 from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.rings import CryptoRings, RingT
 from gateway.dataplane.sleeper import Sleeper
 from gateway.nat.handler import ProxyHandler
 from gateway.telemetry import stats as st
@@ -58,36 +58,6 @@ _HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
 _IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 CONTROL_CHECK_INTERVAL = 0.005  # seconds between looks at the control fds while busy
-
-
-class PacketRing(Protocol):
-    """What the crypto loop uses of a ring: shm_ring.Ring, or an in-memory ring in tests."""
-
-    @property
-    def max_message(self) -> int: ...  # the largest message (packet) it carries, in bytes
-
-    def send_ready(self) -> bool: ...
-
-    def free_slots(self) -> int: ...
-
-    def send_many(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
-
-    def recv_many(self, max_packets: int = ...) -> list[memoryview]: ...
-
-    def release(self) -> None: ...
-
-
-RingT = TypeVar("RingT", bound=PacketRing)
-
-
-@dataclass
-class CryptoRings(Generic[RingT]):
-    """The crypto process's rings: a pair with the UDP process, a pair per TUN worker."""
-
-    from_udp: RingT
-    to_udp: RingT
-    from_workers: Sequence[RingT]
-    to_workers: Sequence[RingT]
 
 
 def _source_address(message: memoryview) -> bytes:

@@ -37,10 +37,10 @@ from gateway.dataplane.control import (
     send_message,
 )
 from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
-from gateway.dataplane.cryptoproc import CryptoRings
 from gateway.dataplane.framing import HEADER_SIZE
 from gateway.dataplane.heartbeat import Heartbeats, Stall, ready_fds
 from gateway.dataplane.mappings import MappingPair
+from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
