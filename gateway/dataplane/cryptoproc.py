@@ -31,7 +31,14 @@ from gateway.dataplane.crypto_telemetry import (
 )
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_key, flow_worker, key_worker
-from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
+from gateway.dataplane.framing import (
+    HEADER_SIZE,
+    FramingError,
+    carries_handshake,
+    decode_message,
+    encode_message,
+    remote_address,
+)
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.rings import CryptoRings, RingT
 from gateway.dataplane.sleeper import Sleeper
@@ -54,15 +61,8 @@ HANDSHAKE_QUEUE = 256
 # handshake messages queued at the kernel's rate (20/s, burst 5), so one flooding host
 # costs the loop a token-bucket lookup per message and takes few of the queue's places.
 UNDER_LOAD_QUEUED = HANDSHAKE_QUEUE // 8
-_HANDSHAKE_TYPES = frozenset((1, 2, 3))  # initiation, response, cookie reply
-_IPV4 = 4  # the endpoint header's family byte
 STATS_INTERVAL = 1.0  # seconds between copies of per-peer figures into shared memory
 CONTROL_CHECK_INTERVAL = 0.005  # seconds between looks at the control fds while busy
-
-
-def _source_address(message: memoryview) -> bytes:
-    """The raw source address in a ring message's endpoint header (see framing.py)."""
-    return bytes(message[4:8] if message[0] == _IPV4 else message[4:20])
 
 
 class CryptoLoop(Generic[RingT]):
@@ -136,66 +136,86 @@ class CryptoLoop(Generic[RingT]):
             self._next_stats = now + STATS_INTERVAL
         return work
 
-    def _decrypt(self, now: float) -> bool:  # noqa: PLR0912 - the per-packet path, inline for speed
+    def _decrypt(self, now: float) -> bool:
         """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
-        to_workers = self._to_workers
-        # Inbound only while every worker ring has room: otherwise wait (backpressure).
-        if not all(r.send_ready() for r in to_workers):
-            return False
-        from_udp = self.rings.from_udp
-        # A datagram yields at most one packet: read no more than every worker ring takes.
-        batch = from_udp.recv_many(min(BATCH, *(r.free_slots() for r in to_workers)))
+        batch = self._take_datagrams()
         if not batch:
             return False
+        self._open_datagrams(batch, now)
+        self.rings.from_udp.release()
+        self._send_to_workers()
+        return True
+
+    def _take_datagrams(self) -> list[memoryview]:
+        """As many datagrams from the UDP ring as every worker ring has room for (a datagram
+        yields at most one packet); none while any worker ring is full (backpressure)."""
+        to_workers = self._to_workers
+        if not all(r.send_ready() for r in to_workers):
+            return []
+        return self.rings.from_udp.recv_many(min(BATCH, *(r.free_slots() for r in to_workers)))
+
+    def _open_datagrams(self, batch: list[memoryview], now: float) -> None:  # the hot path
+        """Queue handshake messages; decrypt the others and put each inner packet the
+        firewall passes into the batch of the worker its flow hashes to."""
         c = self.counters
         handle_datagram = self.device.handle_datagram
         firewall = self.firewall
         max_inner = self._max_inner
         per_worker = self._per_worker
-        workers = len(to_workers)
+        workers = len(per_worker)
         for message in batch:
-            if len(message) > HEADER_SIZE and message[HEADER_SIZE] in _HANDSHAKE_TYPES:
+            if carries_handshake(message):
                 self._queue_handshake(message, now)
                 continue
             try:
-                src = decode_endpoint(message)
+                src, datagram = decode_message(message)
             except FramingError:
                 c[st.DROP_MALFORMED] += 1
                 continue
-            inner = handle_datagram(message[HEADER_SIZE:], src, now)
+            inner = handle_datagram(datagram, src, now)
             if inner is None:
                 continue
             if firewall is None:
                 worker = flow_worker(inner, workers)
             else:
-                # The core checked the source against this peer's allowed IPs. The flow key
-                # serves the firewall's cache and picks the worker.
-                flow = flow_key(inner)
-                passed = firewall.from_peer_keyed(inner, flow, now)
+                passed = self._filter_inbound(firewall, inner, now)
                 if passed is None:
                     continue
-                if passed is inner and flow is not None:
-                    worker = key_worker(flow, workers)
-                else:  # no key, or translated (a DNS resource's NAT)
-                    inner, worker = passed, flow_worker(passed, workers)
+                inner, worker = passed
             if len(inner) > max_inner:
                 c[st.DROP_TOO_BIG] += 1
             else:
                 per_worker[worker].append(inner)
-        from_udp.release()
-        for ring, packets in zip(to_workers, per_worker, strict=True):
+
+    def _filter_inbound(
+        self, firewall: Firewall, inner: bytearray, now: float
+    ) -> tuple[bytearray, int] | None:
+        """The firewall's verdict on a decrypted packet (the core already checked its source
+        against the peer's allowed IPs): the packet to forward (maybe translated) and its
+        worker, or None. The flow key serves the firewall's cache and picks the worker."""
+        flow = flow_key(inner)
+        passed = firewall.from_peer_keyed(inner, flow, now)
+        if passed is None:
+            return None
+        workers = len(self._per_worker)
+        if passed is inner and flow is not None:
+            return inner, key_worker(flow, workers)
+        return passed, flow_worker(passed, workers)  # no key, or translated (DNS resource NAT)
+
+    def _send_to_workers(self) -> None:
+        """Each worker's batch into its ring; what a ring does not take is counted."""
+        for ring, packets in zip(self._to_workers, self._per_worker, strict=True):
             if packets:
                 taken = ring.send_many(packets)
                 if taken < len(packets):
-                    c[st.DROP_RING_FULL] += len(packets) - taken
+                    self.counters[st.DROP_RING_FULL] += len(packets) - taken
                 packets.clear()
-        return True
 
     def _queue_handshake(self, message: memoryview, now: float) -> None:
         """A handshake message waits (copied: its slot is released) for a turn's budget."""
         queued = len(self.handshakes)
         if queued < HANDSHAKE_QUEUE and (
-            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
+            queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(remote_address(message), now)
         ):
             self.handshakes.append(bytes(message))
         else:
@@ -211,12 +231,12 @@ class CryptoLoop(Generic[RingT]):
         for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
             message = handshakes.popleft()
             try:
-                src = decode_endpoint(message)
+                src, datagram = decode_message(memoryview(message))
             except FramingError:
                 self.counters[st.DROP_MALFORMED] += 1
                 continue
             # Answers go to the outbox, never to a worker.
-            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
+            handle_datagram(datagram, src, now)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:
@@ -238,8 +258,7 @@ class CryptoLoop(Generic[RingT]):
             for packet in batch if firewall is None else firewall.to_peer_many(batch, now):
                 sent = handle_packet(packet, now)
                 if sent is not None:
-                    endpoint, datagram = sent
-                    outbound.append(encode_endpoint(endpoint) + datagram)
+                    outbound.append(encode_message(*sent))
             ring.release()
         return work
 
@@ -249,8 +268,7 @@ class CryptoLoop(Generic[RingT]):
         for reply in firewall.take_replies():
             sent = handle_packet(reply, now)
             if sent is not None:
-                endpoint, datagram = sent
-                outbound.append(encode_endpoint(endpoint) + datagram)
+                outbound.append(encode_message(*sent))
 
     def _run_timers(self, now: float, outbound: list[bytes]) -> None:
         """Due timers; whatever the Device wants to send (handshakes too) into `outbound`."""
@@ -262,7 +280,7 @@ class CryptoLoop(Generic[RingT]):
         max_datagram = self._max_datagram
         for endpoint, datagram in device.take_transmits():
             if len(datagram) <= max_datagram:
-                outbound.append(encode_endpoint(endpoint) + datagram)
+                outbound.append(encode_message(endpoint, datagram))
             else:
                 self.counters[st.DROP_TOO_BIG] += 1
 

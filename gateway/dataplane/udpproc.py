@@ -11,13 +11,20 @@ import logging
 import select
 import time
 
-from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
-from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
+from gateway.dataplane.framing import (
+    HEADER_SIZE,
+    FramingError,
+    decode_message,
+    encode_message,
+    remote_address,
+)
+from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
 from gateway.udp_io import UdpIo
+from gateway.wireguard.constants import HANDSHAKE_MESSAGES
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,7 @@ def run_udp(
                 items: Outgoing = []
                 for message in batch:
                     try:
-                        items.append((decode_endpoint(message), message[HEADER_SIZE:]))
+                        items.append(decode_message(message))
                     except FramingError:
                         c[st.DROP_MALFORMED] += 1
                 left = _send(udp, items, c)
@@ -98,11 +105,11 @@ def frame_received(
         if len(data) > max_payload:
             c[st.DROP_TOO_BIG] += 1
             continue
-        header = encode_endpoint(endpoint)
-        if data and data[0] in HANDSHAKE_TYPES and not gate.admit(header, now):
+        message = encode_message(endpoint, data)
+        if data and data[0] in HANDSHAKE_MESSAGES and not gate.admit(remote_address(message), now):
             c[st.DROP_RATE_LIMITED] += 1
             continue
-        messages.append(header + data)
+        messages.append(message)
         c[st.UDP_RX_BYTES] += len(data)
     c[st.UDP_RX_PACKETS] += len(received)
     return messages
