@@ -31,8 +31,8 @@ def test_received_datagrams_reach_the_ring_with_their_sender() -> None:
     sock.arrive(_datagram(1), CLIENT)
     sock.arrive(_datagram(2), OTHER)
     assert loop.turn(NOW)
-    messages = loop.to_crypto.drain()
-    assert [(src, bytes(d)) for src, d in map(decode_message, map(memoryview, messages))] == [
+    received = [decode_message(memoryview(m)) for m in loop.to_crypto.drain()]
+    assert [(src, bytes(d)) for src, d in received] == [
         (CLIENT, _datagram(1)),
         (OTHER, _datagram(2)),
     ]
