@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dataplane.firewall import NOT_MINE
 from gateway.nat import handler as handler_module
 from gateway.nat.handler import ProxyHandler, Target, grants_by_key, sources_by_key
+from gateway.nat.stage import NOT_MINE
 from gateway.nat.table import UNCONFIRMED_TTL
 from gateway.policy.filters import parse_filter
 from gateway.policy.resources import Resource, parse_resource_address

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from gateway.dataplane.firewall import NOT_MINE, NotMine
 from gateway.dns.proxy import DEFAULT_CAPACITY, IPV4_RANGE, IPV6_RANGE
 from gateway.ipnet import IPNetwork
+from gateway.nat.stage import NOT_MINE, NotMine
 from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
 from gateway.policy.filters import FilterSet
