@@ -99,6 +99,6 @@ class ConfigReload:
 
 
 def _dns_inputs(config: GatewayConfig) -> tuple[object, ...]:
-    """What the DNS process is built from (gateway/dns/process.py build_server)."""
+    """What the DNS process is built from (gateway/dataplane/dnsmain.py build_server)."""
     peers = tuple((p.public_key, p.allowed_ips, p.resources) for p in config.peers)
     return (config.dns, config.resources, config.interface.addresses, peers)

@@ -19,11 +19,11 @@ from gateway import topology
 from gateway.config import GatewayConfig
 from gateway.dataplane.children import Child, ChildFds, report_ready
 from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
+from gateway.dataplane.dnsmain import run_dns
 from gateway.dataplane.heartbeat import Heartbeats
 from gateway.dataplane.runtime import Runtime
 from gateway.dataplane.udpproc import run_udp
 from gateway.dataplane.worker import run_worker
-from gateway.dns.process import run_dns
 from tunio.device_state import DeviceGone, device_gone_error
 from tunio.errors import TunError
 
