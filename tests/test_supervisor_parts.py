@@ -144,14 +144,20 @@ def test_problems_say_which_children_do_not_run_their_loop(
     ]
 
 
+def _watched(role: str, pid: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Health, Child, _Clock]:
+    """A running child just forked, watched by Health on a clock the test moves."""
+    clock = _Clock()
+    monkeypatch.setattr(health_module, "time", clock)
+    child = _running_child(role, pid)
+    health = Health({child.role: child})
+    health.forked(child)
+    return health, child, clock
+
+
 def test_a_child_awake_without_progress_is_killed_after_the_hang_timeout(
     sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(health_module, "time", clock)
-    child = _running_child("worker0", sleeper.pid)
-    health = Health({child.role: child})
-    health.forked(child)
+    health, child, clock = _watched("worker0", sleeper.pid, monkeypatch)
     child.heartbeat.beat()  # awake: a loop turn never takes seconds
     assert not health.kill_hung()  # the first look only records its progress
     clock.now += HANG_TIMEOUT / 2
@@ -166,11 +172,7 @@ def test_a_child_awake_without_progress_is_killed_after_the_hang_timeout(
 def test_a_child_that_makes_progress_is_not_hung(
     sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(health_module, "time", clock)
-    child = _running_child("udp", sleeper.pid)
-    health = Health({child.role: child})
-    health.forked(child)
+    health, child, clock = _watched("udp", sleeper.pid, monkeypatch)
     for _ in range(4):
         child.heartbeat.beat()
         health.kill_hung()
