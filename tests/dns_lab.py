@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
     GATEWAY_TUNNEL_ADDR,
     RESOURCE_ADDR,

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
     GATEWAY_TUNNEL_ADDR6,
     RESOURCE_ADDR,
