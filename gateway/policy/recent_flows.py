@@ -23,7 +23,7 @@ from ippacket import IpPacket
 
 _IPV4, _IPV6 = 4, 6
 _ICMP, _TCP, _UDP, _ICMPV6 = 1, 6, 17, 58
-_ECHO_REQUESTS = frozenset({(_ICMP, 8), (_ICMPV6, 128)})
+_ECHO_REQUESTS = frozenset({(_ICMP, 8), (_ICMPV6, 128)})  # protocols differ by family
 _IPV4_HEADER, _IPV6_HEADER = 20, 40
 _PORTS = 4  # source and destination port
 _ECHO_ID_END = 6  # type, code, checksum, identifier
@@ -34,46 +34,44 @@ FlowId = tuple[int, bytes]  # (protocol, addresses + ports or echo identifier)
 
 
 def flow_of(packet: IpPacket) -> FlowId:
-    """The flow a parsed packet from a peer belongs to."""
-    data = packet.data
-    addresses = bytes(data[12:20] if packet.version == _IPV4 else data[8:40])
-    return packet.protocol, addresses + _transport_id(
-        data, packet.l4_offset, packet.protocol, packet.version
-    )
+    """The flow a parsed packet from a peer belongs to (on the firewall's per-packet path
+    while DNS resources exist: one slice where the ports follow the addresses)."""
+    end = 20 if packet.version == _IPV4 else 40
+    return packet.protocol, _key(packet.data, end, packet.l4_offset, packet.protocol)
 
 
 def quoted_flow(quote: memoryview | bytes) -> FlowId | None:
     """The flow of the packet an ICMP error quotes (from the quoted IP header on), or None
     when the quote is too short for its IP header."""
+    quote = memoryview(quote)
     if len(quote) < _IPV4_HEADER:
         return None
     version = quote[0] >> 4
     if version == _IPV4:
         header = (quote[0] & 0x0F) * 4
-        protocol = quote[9]
-        addresses = bytes(quote[12:20])
+        protocol, end = quote[9], 20
         first = not (quote[6] & 0x1F or quote[7])  # a non-first fragment has no ports
         l4 = header if first and header >= _IPV4_HEADER else None
     elif version == _IPV6 and len(quote) >= _IPV6_HEADER:
-        protocol = quote[6]
-        addresses = bytes(quote[8:40])
-        l4 = _IPV6_HEADER
+        protocol, end, l4 = quote[6], 40, _IPV6_HEADER
     else:
         return None
-    return protocol, addresses + _transport_id(quote, l4, protocol, version)
+    return protocol, _key(quote, end, l4, protocol)
 
 
-def _transport_id(data: memoryview | bytes, l4: int | None, protocol: int, version: int) -> bytes:
-    """The ports of a TCP/UDP packet, the identifier of an echo request, else nothing."""
+def _key(data: memoryview, end: int, l4: int | None, protocol: int) -> bytes:
+    """The addresses (they end at `end`), then the ports of a TCP/UDP packet or the
+    identifier of an echo request, else nothing."""
+    start = end - 8 if end == _IPV4_HEADER else 8
     if l4 is None:
-        return b""
+        return data[start:end].tobytes()
     if protocol in (_TCP, _UDP):
-        return bytes(data[l4 : l4 + _PORTS])
-    if len(data) >= l4 + _ECHO_ID_END:
-        icmp = _ICMP if version == _IPV4 else _ICMPV6
-        if protocol == icmp and (protocol, data[l4]) in _ECHO_REQUESTS:
-            return bytes(data[l4 + 4 : l4 + _ECHO_ID_END])
-    return b""
+        if l4 == end:  # the ports follow the addresses
+            return data[start : end + _PORTS].tobytes()
+        return data[start:end].tobytes() + data[l4 : l4 + _PORTS].tobytes()
+    if len(data) >= l4 + _ECHO_ID_END and (protocol, data[l4]) in _ECHO_REQUESTS:
+        return data[start:end].tobytes() + data[l4 + 4 : l4 + _ECHO_ID_END].tobytes()
+    return data[start:end].tobytes()
 
 
 class RecentFlows:
