@@ -1,33 +1,109 @@
-"""The UDP process's first line against handshake floods: under load, each source address
-passes handshake messages (initiation, response, cookie reply) at the kernel's rate.
+"""The UDP process's first line against handshake floods: the protocol's answer to load,
+before the ring.
 
-Under load means more than DEFAULT_UNDER_LOAD_THRESHOLD handshake messages within a second
-(the Device's criterion, gateway/wireguard/cookie.py LoadMonitor); then a source address
-gets 20 a second with a burst of 5 (gateway/wireguard/ratelimiter.py, the kernel's figures).
-A flooding host's excess is then dropped before it costs a ring slot, a copy and the crypto
-process's time, so the UDP process keeps reading the socket and sessions' datagrams are not
-lost in an overflowing socket buffer. Sans-I/O: the caller passes the ring message header
+Under load (more than DEFAULT_UNDER_LOAD_THRESHOLD handshake messages within a second,
+gateway/wireguard/cookie.py LoadMonitor) an initiation or response must carry a valid mac1
+(else dropped) and a valid mac2: without one it is answered here with a cookie reply
+(limited only by the link's budget) and dropped; with one it passes at its source address's
+rate (20/s, burst 5). Core logic: `gateway.wireguard.cookie.UnderLoad`, as the Device's. A
+flooder sharing a client's address (one NAT) then costs the client nothing: its messages
+without a cookie never touch the per-source budget, and the client's retry with its cookie
+gets through. Cookie replies to us (no MACs) pass at their source's rate under load.
+
+The gate needs only the interface's public key (mac1 and cookie keys; the crypto process
+publishes it in the stats segment) and a cookie secret of its own. The crypto process's
+Device then never judges load itself (cryptoproc.build_device): two secrets would answer
+each other's cookies. Sans-I/O: the caller passes the ring message header, the datagram
 and the time.
 """
 
 from __future__ import annotations
 
-from gateway.wireguard.constants import DEFAULT_UNDER_LOAD_THRESHOLD
-from gateway.wireguard.cookie import LoadMonitor
+import os
+from collections.abc import Callable
+from enum import Enum
+
+from gateway.wireguard.constants import (
+    DEFAULT_UNDER_LOAD_THRESHOLD,
+    INITIATION_SIZE,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    RESPONSE_SIZE,
+)
+from gateway.wireguard.cookie import Admission, CookieChecker, UnderLoad
+from gateway.wireguard.messages import INITIATION_MAC1_END, RESPONSE_MAC1_END
 from gateway.wireguard.ratelimiter import RateLimiter
 
-HANDSHAKE_TYPES = frozenset((1, 2, 3))
+HANDSHAKE_TYPES = frozenset((MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY))
 _IPV4 = 4  # the endpoint header's family byte (gateway/dataplane/framing.py)
+_MAC1_END = {MESSAGE_INITIATION: INITIATION_MAC1_END, MESSAGE_RESPONSE: RESPONSE_MAC1_END}
+_SIZE = {MESSAGE_INITIATION: INITIATION_SIZE, MESSAGE_RESPONSE: RESPONSE_SIZE}
+
+
+class Verdict(Enum):
+    PASS = "pass"  # noqa: S105 # a verdict, not a password
+    COOKIE = "cookie"  # answered with a cookie reply (take it from `reply`), dropped
+    MALFORMED = "malformed"
+    BAD_MAC1 = "bad_mac1"
+    COOKIE_LIMITED = "cookie_limited"  # needed a cookie; the link's budget was spent
+    RATE_LIMITED = "rate_limited"
+
+
+_FROM_ADMISSION = {
+    Admission.ADMIT: Verdict.PASS,
+    Admission.COOKIE: Verdict.COOKIE,
+    Admission.COOKIE_LIMITED: Verdict.COOKIE_LIMITED,
+    Admission.RATE_LIMITED: Verdict.RATE_LIMITED,
+}
 
 
 class HandshakeGate:
-    def __init__(self, under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD) -> None:
-        self._load = LoadMonitor(under_load_threshold)
-        self._limiter = RateLimiter()
+    """`admit(header, datagram, now)` for each handshake message, in arrival order."""
 
-    def admit(self, header: bytes, now: float) -> bool:
-        """Whether a handshake message from the endpoint in `header` (framing.py's
-        ring header) goes on to the crypto process."""
-        if not self._load.record(now):
-            return True
-        return self._limiter.allow(header[4:8] if header[0] == _IPV4 else header[4:20], now)
+    def __init__(
+        self,
+        public_key: Callable[[], bytes | None],
+        under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """`public_key` answers the interface's current public key (None: not known yet,
+        then everything passes and the Device decides)."""
+        self._public_key = public_key
+        self._rng = rng
+        self._checker: CookieChecker | None = None
+        self._under_load = UnderLoad(under_load_threshold)
+        self._cookie_replies = RateLimiter()
+        self.reply: bytes | None = None  # the cookie reply of the last Verdict.COOKIE
+
+    def _checker_for(self, key: bytes) -> CookieChecker:
+        checker = self._checker
+        if checker is None or checker.public_key != key:
+            checker = self._checker = CookieChecker(key, self._rng)
+        return checker
+
+    def admit(self, header: bytes, datagram: bytes | memoryview, now: float) -> Verdict:
+        """The verdict on a handshake message from the endpoint in `header` (framing.py's
+        ring header); with Verdict.COOKIE, `reply` holds the cookie reply to send back."""
+        self.reply = None
+        ip = header[4:8] if header[0] == _IPV4 else header[4:20]
+        kind = datagram[0]
+        if kind == MESSAGE_COOKIE_REPLY:
+            if self._under_load.load.record(now) and not self._cookie_replies.allow(ip, now):
+                return Verdict.RATE_LIMITED
+            return Verdict.PASS
+        key = self._public_key()
+        if key is None:
+            return Verdict.PASS
+        if len(datagram) != _SIZE[kind] or datagram[1:4] != b"\0\0\0":
+            return Verdict.MALFORMED
+        msg = bytes(datagram)
+        checker = self._checker_for(key)
+        mac1_end = _MAC1_END[kind]
+        if not checker.check_mac1(msg, mac1_end):
+            return Verdict.BAD_MAC1
+        source = ip + header[2:4]
+        verdict, self.reply = self._under_load.admit(
+            checker, msg, mac1_end, ip=ip, source=source, now=now
+        )
+        return _FROM_ADMISSION[verdict]

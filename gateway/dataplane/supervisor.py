@@ -372,12 +372,14 @@ class Supervisor:
         if self.rt.udp is None:
             raise SupervisorError("UDP socket missing")
         report_ready()
+        stats = self._stats()
         run_udp(
             self.rt.udp,
             self.rt.rings["udp_to_crypto"],
             self.rt.rings["crypto_to_udp"],
             block,
             self.children["udp"].heartbeat,
+            public_key=lambda: stats.public_key,  # the crypto process publishes it
         )
 
     # ---- children -----------------------------------------------------------------------

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import select
 import time
+from collections.abc import Callable
 
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
-from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
+from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate, Verdict
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
@@ -27,21 +28,24 @@ Outgoing = list[tuple[Endpoint, bytes | memoryview]]
 MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
 
 
-def run_udp(
+def run_udp(  # noqa: PLR0913 # the process's resources; the key keyword-only
     udp: UdpIo,
     to_crypto: Ring,
     from_crypto: Ring,
     counters: memoryview,
     heartbeat: Heartbeat | None = None,
+    *,
+    public_key: Callable[[], bytes | None] = lambda: None,
 ) -> None:
-    """Forever: socket -> to_crypto (while it has room), from_crypto -> socket."""
+    """Forever: socket -> to_crypto (while it has room), from_crypto -> socket.
+    `public_key` is the interface's, for the handshake gate's MACs and cookies."""
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     sock_fd = udp.fileno()
     max_payload = to_crypto.max_message - HEADER_SIZE  # a long datagram spans several slots
     c = counters
     unsent: Outgoing = []
-    gate = HandshakeGate()
+    gate = HandshakeGate(public_key)
     while True:
         beat()
         busy = False
@@ -51,10 +55,14 @@ def run_udp(
             received = udp.recv_batch(min(BATCH, room))
             if received:
                 busy = True
-                messages = frame_received(received, gate, max_payload, c, time.monotonic())
+                replies: Outgoing = []
+                messages = frame_received(
+                    received, gate, max_payload, c, now=time.monotonic(), replies=replies
+                )
                 taken = to_crypto.send_many(messages)
                 if taken < len(messages):
                     c[st.DROP_RING_FULL] += len(messages) - taken
+                unsent = _hold(unsent, replies, c)  # the gate's cookie replies, sent below
         if unsent:
             unsent = _send(udp, unsent, c)
             busy = busy or not unsent
@@ -84,28 +92,53 @@ def run_udp(
         sleeper.sleep([] if unsent else [from_crypto], [to_crypto] if blocked_in else [])
 
 
-def frame_received(
+_GATE_DROPS = {
+    Verdict.MALFORMED: st.DROP_MALFORMED,
+    Verdict.BAD_MAC1: st.DROP_MAC1_INVALID,
+    Verdict.COOKIE: st.DROP_COOKIE_REQUIRED,
+    Verdict.COOKIE_LIMITED: st.DROP_COOKIE_REQUIRED,
+    Verdict.RATE_LIMITED: st.DROP_RATE_LIMITED,
+}
+
+
+def frame_received(  # noqa: PLR0913 # the batch, the gate, and where results go
     received: list[tuple[memoryview, tuple[str, int]]],
     gate: HandshakeGate,
     max_payload: int,
     c: memoryview,
+    *,
     now: float,
+    replies: Outgoing,
 ) -> list[bytes]:
     """Datagrams read from the socket as ring messages (endpoint header + datagram), without
-    those too big for a slot and the handshake messages the gate turns away (both counted)."""
+    those too big for a slot and the handshake messages the gate turns away (both counted);
+    the gate's cookie replies go to `replies`."""
     messages = []
     for data, endpoint in received:
         if len(data) > max_payload:
             c[st.DROP_TOO_BIG] += 1
             continue
         header = encode_endpoint(endpoint)
-        if data and data[0] in HANDSHAKE_TYPES and not gate.admit(header, now):
-            c[st.DROP_RATE_LIMITED] += 1
-            continue
+        if data and data[0] in HANDSHAKE_TYPES:
+            verdict = gate.admit(header, data, now)
+            if verdict is not Verdict.PASS:
+                c[_GATE_DROPS[verdict]] += 1
+                if gate.reply is not None:
+                    replies.append((endpoint, gate.reply))
+                    c[st.COOKIE_REPLIES_SENT] += 1
+                continue
         messages.append(header + data)
         c[st.UDP_RX_BYTES] += len(data)
     c[st.UDP_RX_PACKETS] += len(received)
     return messages
+
+
+def _hold(unsent: Outgoing, more: Outgoing, c: memoryview) -> Outgoing:
+    """`unsent` with as much of `more` as MAX_UNSENT allows; the rest counted as dropped."""
+    room = MAX_UNSENT - len(unsent)
+    if len(more) > room:
+        c[st.DROP_UDP_SEND_FAILED] += len(more) - room
+    return unsent + more[:room] if more else unsent
 
 
 def _send(udp: UdpIo, items: Outgoing, c: memoryview) -> Outgoing:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import struct
 from collections.abc import Callable
+from enum import Enum
 
 from gateway.wireguard.constants import (
     COOKIE_NONCE_SIZE,
     COOKIE_REFRESH_TIME,
+    COOKIE_REPLIES_BURST,
+    COOKIE_REPLIES_PER_SECOND,
     COOKIE_SIZE,
     LABEL_COOKIE,
     LABEL_MAC1,
@@ -15,8 +19,10 @@ from gateway.wireguard.constants import (
 )
 from gateway.wireguard.crypto import CryptoFailure, hash_, mac, xaead_decrypt, xaead_encrypt
 from gateway.wireguard.messages import CookieReply, build_cookie_reply
+from gateway.wireguard.ratelimiter import RateLimiter, TokenBucket
 
 _NO_MAC = bytes(16)
+_SENDER = struct.Struct("<4xI")
 
 
 class CookieChecker:
@@ -24,6 +30,7 @@ class CookieChecker:
 
     def __init__(self, public_key: bytes, rng: Callable[[int], bytes]) -> None:
         self._rng = rng
+        self.public_key = public_key
         self.mac1_key = hash_(LABEL_MAC1, public_key)
         self.cookie_key = hash_(LABEL_COOKIE, public_key)
         self._secret = b""
@@ -94,10 +101,11 @@ class LoadMonitor:
     """Under load when more than `threshold` handshake messages arrive within one second.
 
     Sans-I/O stand-in for the kernel's "handshake queue 1/8 full": the state holds for
-    UNDER_LOAD_AFTER_TIME after the condition was last seen, as `IsUnderLoad` does.
+    UNDER_LOAD_AFTER_TIME after the condition was last seen, as `IsUnderLoad` does. A
+    threshold of None is never under load (a gate upstream decides).
     """
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int | None) -> None:
         self.threshold = threshold
         self._window_start = float("-inf")
         self._count = 0
@@ -109,6 +117,51 @@ class LoadMonitor:
             self._window_start = now
             self._count = 0
         self._count += 1
-        if self._count > self.threshold:
+        if self.threshold is not None and self._count > self.threshold:
             self._until = now + UNDER_LOAD_AFTER_TIME
         return now < self._until
+
+
+class Admission(Enum):
+    ADMIT = "admit"  # not under load, or a valid mac2 within its source's rate
+    COOKIE = "cookie"  # no valid mac2: answer with the cookie reply, drop the message
+    COOKIE_LIMITED = "cookie_limited"  # no valid mac2, and the link's cookie budget is spent
+    RATE_LIMITED = "rate_limited"  # a valid mac2 over its source address's rate
+
+
+class UnderLoad:
+    """The protocol's answer to load, as wireguard-go's RoutineHandshake: under load a
+    handshake message (mac1 already checked) without a valid mac2 gets a cookie reply,
+    limited only by the link's budget; only messages with a valid mac2 are rate-limited,
+    per source address (RateLimiter: 20/s, burst 5). So a flooder that shares a client's
+    address cannot spend the client's share: its messages without a cookie cost it nothing
+    of the per-source budget, and the client's retry with the cookie gets through."""
+
+    def __init__(self, threshold: int | None) -> None:
+        self.load = LoadMonitor(threshold)
+        self.limiter = RateLimiter()
+        self.cookies = TokenBucket(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_BURST)
+
+    def admit(  # noqa: PLR0913 # the message, where it came from and the time
+        self,
+        checker: CookieChecker,
+        msg: bytes,
+        mac1_end: int,
+        *,
+        ip: bytes,
+        source: bytes,
+        now: float,
+    ) -> tuple[Admission, bytes | None]:
+        """The verdict on an initiation or response whose mac1 is valid, and the cookie
+        reply to send with Admission.COOKIE. `ip` keys the rate limit (4 or 16 bytes),
+        `source` (ip and port) the cookie."""
+        if not self.load.record(now):
+            return Admission.ADMIT, None
+        if not checker.check_mac2(msg, mac1_end, source, now):
+            if not self.cookies.take(now):
+                return Admission.COOKIE_LIMITED, None
+            (sender,) = _SENDER.unpack_from(msg)
+            return Admission.COOKIE, checker.cookie_reply(msg, mac1_end, sender, source, now)
+        if not self.limiter.allow(ip, now):
+            return Admission.RATE_LIMITED, None
+        return Admission.ADMIT, None

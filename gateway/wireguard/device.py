@@ -45,7 +45,7 @@ from gateway.wireguard.constants import (
     TRANSPORT_OVERHEAD,
     ZERO_KEYS_AFTER,
 )
-from gateway.wireguard.cookie import CookieChecker, LoadMonitor
+from gateway.wireguard.cookie import Admission, CookieChecker, UnderLoad
 from gateway.wireguard.crypto import CryptoFailure, tai64n
 from gateway.wireguard.drops import Drop
 from gateway.wireguard.indextable import IndexEntry
@@ -60,7 +60,6 @@ from gateway.wireguard.messages import (
 )
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
 from gateway.wireguard.peer import Peer
-from gateway.wireguard.ratelimiter import RateLimiter
 from gateway.wireguard.timers import TimerQueue, expired
 
 Datagram = bytes | bytearray
@@ -76,7 +75,6 @@ UNCHANGED = _Unchanged()
 """Sentinel for `upsert_peer`: leave this setting as it is."""
 
 _NONCE = struct.Struct("<4xQ")
-_SENDER = struct.Struct("<4xI")
 _ZEROS = bytes(16)
 _IPV4 = 4
 _IPV6 = 6
@@ -84,6 +82,11 @@ _IPV4_HEADER = 20
 _IPV6_HEADER = 40
 _LAST_MINUTE = REJECT_AFTER_TIME - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
 _JITTER_MS = 334
+_ADMISSION_DROPS = {
+    Admission.COOKIE: Drop.UNDER_LOAD_COOKIE,
+    Admission.COOKIE_LIMITED: Drop.UNDER_LOAD_COOKIE,
+    Admission.RATE_LIMITED: Drop.RATE_LIMITED,
+}
 
 
 def _source_bytes(src: Endpoint) -> tuple[bytes, bytes]:
@@ -109,7 +112,7 @@ class Device:
         rng: Callable[[int], bytes] = os.urandom,
         mtu: int = 1420,
         unix_time_offset: float = 0.0,
-        under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
+        under_load_threshold: int | None = DEFAULT_UNDER_LOAD_THRESHOLD,
         max_staged_per_peer: int = MAX_STAGED_PACKETS,
         max_outbox: int = MAX_OUTBOX,
     ) -> None:
@@ -133,11 +136,7 @@ class Device:
         self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
-        self._load = LoadMonitor(under_load_threshold)
-        self._limiter = RateLimiter()
-        # Cookie replies cost an XChaCha20-Poly1305 seal each: under a flood, each source
-        # gets them at the rate the limiter lets its handshakes through (20/s, burst 5).
-        self._cookie_limiter = RateLimiter()
+        self._under_load = UnderLoad(under_load_threshold)
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
         self._identity: Identity | None = None
         self._checker: CookieChecker | None = None
@@ -154,12 +153,12 @@ class Device:
         return None if self._identity is None else self._identity.public_key
 
     @property
-    def under_load_threshold(self) -> int:
-        return self._load.threshold
+    def under_load_threshold(self) -> int | None:
+        return self._under_load.load.threshold
 
     @under_load_threshold.setter
-    def under_load_threshold(self, value: int) -> None:
-        self._load.threshold = value
+    def under_load_threshold(self, value: int | None) -> None:
+        self._under_load.load.threshold = value
 
     def set_private_key(self, key: bytes | None) -> None:
         """Change our static key; every session ends (peers must handshake again)."""
@@ -565,31 +564,19 @@ class Device:
             self.drops[Drop.BAD_MAC1] += 1
             return
         ip, source = _source_bytes(src)
-        if self._load.record(now):
-            if not checker.check_mac2(msg, mac1_end, source, now):
-                self._reply_cookie(checker, msg, mac1_end, src, now)
-                return
-            if not self._limiter.allow(ip, now):
-                self.drops[Drop.RATE_LIMITED] += 1
-                return
+        verdict, reply = self._under_load.admit(
+            checker, msg, mac1_end, ip=ip, source=source, now=now
+        )
+        if verdict is not Admission.ADMIT:
+            if reply is not None:
+                self._transmit(src, reply)
+                self.counters["cookie_replies_sent"] += 1
+            self.drops[_ADMISSION_DROPS[verdict]] += 1
+            return
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(identity, msg, src, now)
         else:
             self._receive_response(identity, msg, src, now)
-
-    def _reply_cookie(
-        self, checker: CookieChecker, msg: bytes, mac1_end: int, src: Endpoint, now: float
-    ) -> None:
-        """Under load, a handshake message without a valid mac2: answer with a cookie (at
-        most as often per source as the rate limiter allows), drop the message."""
-        ip, source = _source_bytes(src)
-        if not self._cookie_limiter.allow(ip, now):
-            self.drops[Drop.RATE_LIMITED] += 1
-            return
-        (sender,) = _SENDER.unpack_from(msg)
-        self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
-        self.counters["cookie_replies_sent"] += 1
-        self.drops[Drop.UNDER_LOAD_COOKIE] += 1
 
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)
