@@ -26,24 +26,25 @@ from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
 START = 1000.0
 
 
-def test_under_load_every_initiation_without_mac2_gets_a_cookie_whatever_its_source() -> None:
-    # Cookie replies are limited only by the link's budget, never per source: a flooder
-    # behind a client's NAT must not spend the client's cookie (issue 19).
+def test_under_load_cookies_are_limited_per_flow_never_per_address() -> None:
+    # A flooder behind a client's NAT must not spend the client's cookie (issue 19): cookie
+    # replies are limited per flow (address and port) and by the link's budget.
     gateway = Device(generate_private_key(), under_load_threshold=0)  # under load at once
     assert gateway.public_key is not None
     flooder = ("203.0.113.9", 40000)
     for i in range(50):
         gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + i / 1000)
-    assert gateway.counters["cookie_replies_sent"] == 50
+    assert gateway.counters["cookie_replies_sent"] == PACKETS_BURSTABLE
     assert gateway.drops[Drop.UNDER_LOAD_COOKIE] == 50
-    assert gateway.drops[Drop.RATE_LIMITED] == 0
-    client = ("203.0.113.9", 51820)  # the same address
+    assert gateway.drops[Drop.RATE_LIMITED] == 0  # no mac2: the per-address budget is unspent
+    client = ("203.0.113.9", 51820)  # the same address, its own port
     gateway.handle_datagram(flood_initiation(gateway.public_key), client, START + 0.1)
     assert len([d for d, _ in gateway.take_transmits() if d == client]) == 1
-    for _ in range(COOKIE_REPLIES_BURST + 10):  # one instant: the burst, then none
-        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + 1)
-    assert gateway.counters["cookie_replies_sent"] == 51 + COOKIE_REPLIES_BURST
-    assert gateway.drops[Drop.UNDER_LOAD_COOKIE] == 51 + COOKIE_REPLIES_BURST + 10
+    sources = [("203.0.113.9", 1000 + i) for i in range(COOKIE_REPLIES_BURST + 10)]
+    before = gateway.counters["cookie_replies_sent"]
+    for source in sources:  # one instant, many flows: the link's burst, then none
+        gateway.handle_datagram(flood_initiation(gateway.public_key), source, START + 1)
+    assert gateway.counters["cookie_replies_sent"] - before == COOKIE_REPLIES_BURST
 
 
 def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:

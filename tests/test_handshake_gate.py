@@ -81,10 +81,11 @@ def _initiation(client: Device, now: float, *, retry: bool = False) -> bytes:
 def test_a_client_behind_the_flooders_address_gets_a_cookie_and_then_through() -> None:
     gate = _gate()
     messages, replies, counters = _frame(gate, _flood(1000), NOW)
-    assert len(messages) == DEFAULT_UNDER_LOAD_THRESHOLD  # then under load: cookies
-    assert len(replies) == 1000 - len(messages)
-    assert counters[st.COOKIE_REPLIES_SENT] == counters[st.DROP_COOKIE_REQUIRED] == len(replies)
-    assert counters[st.DROP_RATE_LIMITED] == 0  # no mac2: the per-source budget is untouched
+    assert len(messages) == DEFAULT_UNDER_LOAD_THRESHOLD  # then under load: cookies...
+    assert len(replies) == PACKETS_BURSTABLE  # ...at the flooder's flow's rate
+    assert counters[st.COOKIE_REPLIES_SENT] == len(replies)
+    assert counters[st.DROP_COOKIE_REQUIRED] == 1000 - len(messages)
+    assert counters[st.DROP_RATE_LIMITED] == 0  # no mac2: the per-address budget is untouched
 
     client = _client()
     first = _initiation(client, NOW)
@@ -123,15 +124,21 @@ def test_valid_mac2_is_rate_limited_per_source_address() -> None:
     assert len(messages) == 0  # mac2 binds the cookie to the address and port it was made for
 
 
-def test_cookie_replies_share_only_the_links_budget() -> None:
+def test_cookie_replies_are_limited_per_flow_and_by_the_links_budget() -> None:
     gate = _gate()
-    many = _flood(DEFAULT_UNDER_LOAD_THRESHOLD + COOKIE_REPLIES_BURST + 50)
-    messages, replies, counters = _frame(gate, many, NOW)  # one instant: no refill
-    assert len(messages) == DEFAULT_UNDER_LOAD_THRESHOLD
-    assert len(replies) == COOKIE_REPLIES_BURST  # one source gets the whole budget...
-    assert counters[st.DROP_COOKIE_REQUIRED] == COOKIE_REPLIES_BURST + 50
-    messages, replies, _ = _frame(gate, [(flood_initiation(GATEWAY_PUBLIC), OTHER)], NOW + 0.01)
-    assert len(replies) == 1  # ...and it refills with time, for everyone
+    _frame(gate, _flood(DEFAULT_UNDER_LOAD_THRESHOLD), NOW)  # under load from the next one
+    one = flood_initiation(GATEWAY_PUBLIC)
+    _, replies, _ = _frame(gate, [(one, FLOODER)] * 50, NOW)
+    assert len(replies) == PACKETS_BURSTABLE  # one flow: its burst, then its rate (20/s)
+    _, replies, _ = _frame(gate, [(one, FLOODER)] * 50, NOW + 0.5)
+    assert len(replies) == PACKETS_BURSTABLE  # half a second later: 10 tokens, up to the burst
+    _, replies, _ = _frame(gate, [(one, CLIENT)], NOW + 0.5)
+    assert len(replies) == 1  # another port of the same address has its own
+    # Many flows: together no more than the link's budget at one instant.
+    flows = [(one, (NAT, 1000 + i)) for i in range(COOKIE_REPLIES_BURST // PACKETS_BURSTABLE + 50)]
+    _, replies, counters = _frame(gate, flows * PACKETS_BURSTABLE, NOW + 0.6)
+    assert len(replies) == COOKIE_REPLIES_BURST
+    assert counters[st.DROP_COOKIE_REQUIRED] == len(flows) * PACKETS_BURSTABLE
 
 
 def test_bad_mac1_and_malformed_are_dropped_and_counted() -> None:

@@ -3,12 +3,13 @@ before the ring.
 
 Under load (more than DEFAULT_UNDER_LOAD_THRESHOLD handshake messages within a second,
 gateway/wireguard/cookie.py LoadMonitor) an initiation or response must carry a valid mac1
-(else dropped) and a valid mac2: without one it is answered here with a cookie reply
-(limited only by the link's budget) and dropped; with one it passes at its source address's
-rate (20/s, burst 5). Core logic: `gateway.wireguard.cookie.UnderLoad`, as the Device's. A
-flooder sharing a client's address (one NAT) then costs the client nothing: its messages
-without a cookie never touch the per-source budget, and the client's retry with its cookie
-gets through. Cookie replies to us (no MACs) pass at their source's rate under load.
+(else dropped) and a valid mac2: without one it is answered here with a cookie reply and
+dropped; with one it passes at its source address's rate (20/s, burst 5). Cookie replies
+are limited per flow (address and port) and by the link's budget, never per address. Core
+logic: `gateway.wireguard.cookie.UnderLoad`, as the Device's. A flooder sharing a client's
+address (one NAT) then costs the client nothing: its messages without a cookie never
+touch the per-address budget, and the client's retry with its cookie gets through. Cookie
+replies to us (no MACs) pass at their source's rate under load.
 
 The gate needs only the interface's public key (mac1 and cookie keys; the crypto process
 publishes it in the stats segment) and a cookie secret of its own. The crypto process's
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from enum import Enum
 
 from gateway.wireguard.constants import (
     DEFAULT_UNDER_LOAD_THRESHOLD,
@@ -39,23 +39,7 @@ HANDSHAKE_TYPES = frozenset((MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKI
 _IPV4 = 4  # the endpoint header's family byte (gateway/dataplane/framing.py)
 _MAC1_END = {MESSAGE_INITIATION: INITIATION_MAC1_END, MESSAGE_RESPONSE: RESPONSE_MAC1_END}
 _SIZE = {MESSAGE_INITIATION: INITIATION_SIZE, MESSAGE_RESPONSE: RESPONSE_SIZE}
-
-
-class Verdict(Enum):
-    PASS = "pass"  # noqa: S105 # a verdict, not a password
-    COOKIE = "cookie"  # answered with a cookie reply (take it from `reply`), dropped
-    MALFORMED = "malformed"
-    BAD_MAC1 = "bad_mac1"
-    COOKIE_LIMITED = "cookie_limited"  # needed a cookie; the link's budget was spent
-    RATE_LIMITED = "rate_limited"
-
-
-_FROM_ADMISSION = {
-    Admission.ADMIT: Verdict.PASS,
-    Admission.COOKIE: Verdict.COOKIE,
-    Admission.COOKIE_LIMITED: Verdict.COOKIE_LIMITED,
-    Admission.RATE_LIMITED: Verdict.RATE_LIMITED,
-}
+KEY_RECHECK = 0.5  # seconds between looks at the published public key
 
 
 class HandshakeGate:
@@ -70,40 +54,41 @@ class HandshakeGate:
         """`public_key` answers the interface's current public key (None: not known yet,
         then everything passes and the Device decides)."""
         self._public_key = public_key
+        self._key_expires = float("-inf")
         self._rng = rng
         self._checker: CookieChecker | None = None
         self._under_load = UnderLoad(under_load_threshold)
         self._cookie_replies = RateLimiter()
-        self.reply: bytes | None = None  # the cookie reply of the last Verdict.COOKIE
+        self.reply: bytes | None = None  # the cookie reply of the last Admission.COOKIE
 
-    def _checker_for(self, key: bytes) -> CookieChecker:
-        checker = self._checker
-        if checker is None or checker.public_key != key:
-            checker = self._checker = CookieChecker(key, self._rng)
-        return checker
+    def _refresh_key(self, now: float) -> None:
+        """Look at the published public key again (a `wg set private-key` shows within
+        KEY_RECHECK) and make a new checker when it changed."""
+        key = self._public_key()
+        if key is None:
+            self._checker = None
+        elif self._checker is None or self._checker.public_key != key:
+            self._checker = CookieChecker(key, self._rng)
+        self._key_expires = now + KEY_RECHECK
 
-    def admit(self, header: bytes, datagram: bytes | memoryview, now: float) -> Verdict:
+    def admit(self, header: bytes, datagram: bytes | memoryview, now: float) -> Admission:
         """The verdict on a handshake message from the endpoint in `header` (framing.py's
-        ring header); with Verdict.COOKIE, `reply` holds the cookie reply to send back."""
+        ring header); with Admission.COOKIE, `reply` holds the cookie reply to send back."""
         self.reply = None
         ip = header[4:8] if header[0] == _IPV4 else header[4:20]
         kind = datagram[0]
         if kind == MESSAGE_COOKIE_REPLY:
             if self._under_load.load.record(now) and not self._cookie_replies.allow(ip, now):
-                return Verdict.RATE_LIMITED
-            return Verdict.PASS
-        key = self._public_key()
-        if key is None:
-            return Verdict.PASS
-        if len(datagram) != _SIZE[kind] or datagram[1:4] != b"\0\0\0":
-            return Verdict.MALFORMED
-        msg = bytes(datagram)
-        checker = self._checker_for(key)
-        mac1_end = _MAC1_END[kind]
-        if not checker.check_mac1(msg, mac1_end):
-            return Verdict.BAD_MAC1
-        source = ip + header[2:4]
+                return Admission.RATE_LIMITED
+            return Admission.ADMIT
+        if now >= self._key_expires:
+            self._refresh_key(now)
+        checker = self._checker
+        if checker is None:
+            return Admission.ADMIT
+        if len(datagram) != _SIZE[kind] or datagram[1] or datagram[2] or datagram[3]:
+            return Admission.MALFORMED
         verdict, self.reply = self._under_load.admit(
-            checker, msg, mac1_end, ip=ip, source=source, now=now
+            checker, datagram, _MAC1_END[kind], ip, ip + header[2:4], now
         )
-        return _FROM_ADMISSION[verdict]
+        return verdict

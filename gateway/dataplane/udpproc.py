@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 
 from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
-from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate, Verdict
+from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
 from gateway.udp_io import UdpIo
+from gateway.wireguard.cookie import Admission
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,11 @@ def run_udp(  # noqa: PLR0913 # the process's resources; the key keyword-only
 
 
 _GATE_DROPS = {
-    Verdict.MALFORMED: st.DROP_MALFORMED,
-    Verdict.BAD_MAC1: st.DROP_MAC1_INVALID,
-    Verdict.COOKIE: st.DROP_COOKIE_REQUIRED,
-    Verdict.COOKIE_LIMITED: st.DROP_COOKIE_REQUIRED,
-    Verdict.RATE_LIMITED: st.DROP_RATE_LIMITED,
+    Admission.MALFORMED: st.DROP_MALFORMED,
+    Admission.BAD_MAC1: st.DROP_MAC1_INVALID,
+    Admission.COOKIE: st.DROP_COOKIE_REQUIRED,
+    Admission.COOKIE_LIMITED: st.DROP_COOKIE_REQUIRED,
+    Admission.RATE_LIMITED: st.DROP_RATE_LIMITED,
 }
 
 
@@ -121,7 +122,7 @@ def frame_received(  # noqa: PLR0913 # the batch, the gate, and where results go
         header = encode_endpoint(endpoint)
         if data and data[0] in HANDSHAKE_TYPES:
             verdict = gate.admit(header, data, now)
-            if verdict is not Verdict.PASS:
+            if verdict is not Admission.ADMIT:
                 c[_GATE_DROPS[verdict]] += 1
                 if gate.reply is not None:
                     replies.append((endpoint, gate.reply))

@@ -84,6 +84,7 @@ _IPV6_HEADER = 40
 _LAST_MINUTE = REJECT_AFTER_TIME - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
 _JITTER_MS = 334
 _ADMISSION_DROPS = {
+    Admission.BAD_MAC1: Drop.BAD_MAC1,
     Admission.COOKIE: Drop.UNDER_LOAD_COOKIE,
     Admission.COOKIE_LIMITED: Drop.UNDER_LOAD_COOKIE,
     Admission.RATE_LIMITED: Drop.RATE_LIMITED,
@@ -631,13 +632,8 @@ class Device:
             self._receive_cookie_reply(msg, now)
             return
         mac1_end = INITIATION_MAC1_END if kind == MESSAGE_INITIATION else RESPONSE_MAC1_END
-        if not checker.check_mac1(msg, mac1_end):
-            self.drops[Drop.BAD_MAC1] += 1
-            return
         ip, source = _source_bytes(src)
-        verdict, reply = self._under_load.admit(
-            checker, msg, mac1_end, ip=ip, source=source, now=now
-        )
+        verdict, reply = self._under_load.admit(checker, msg, mac1_end, ip, source, now)
         if verdict is not Admission.ADMIT:
             if reply is not None:
                 self._transmit(src, reply)

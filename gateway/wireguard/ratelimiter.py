@@ -52,6 +52,10 @@ class RateLimiter:
             key = b"6" + bytes(ip[:_V6_PREFIX_BYTES])
         else:
             return False
+        return self.allow_key(key, now)
+
+    def allow_key(self, key: bytes, now: float) -> bool:
+        """Take one token for any `key` (e.g. an address and port: one flow) at `now`."""
         now_ns = round(now * NSEC_PER_SEC)
         if self._next_gc_ns is None or now_ns >= self._next_gc_ns:
             self.gc(now)
