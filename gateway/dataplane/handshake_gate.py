@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from gateway.dataplane.framing import remote_address, remote_port
 from gateway.wireguard.constants import (
     DEFAULT_UNDER_LOAD_THRESHOLD,
     INITIATION_SIZE,
@@ -35,8 +36,6 @@ from gateway.wireguard.cookie import Admission, CookieChecker, UnderLoad
 from gateway.wireguard.messages import INITIATION_MAC1_END, RESPONSE_MAC1_END
 from gateway.wireguard.ratelimiter import RateLimiter
 
-HANDSHAKE_TYPES = frozenset((MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY))
-_IPV4 = 4  # the endpoint header's family byte (gateway/dataplane/framing.py)
 _MAC1_END = {MESSAGE_INITIATION: INITIATION_MAC1_END, MESSAGE_RESPONSE: RESPONSE_MAC1_END}
 _SIZE = {MESSAGE_INITIATION: INITIATION_SIZE, MESSAGE_RESPONSE: RESPONSE_SIZE}
 KEY_RECHECK = 0.5  # seconds between looks at the published public key
@@ -73,9 +72,10 @@ class HandshakeGate:
 
     def admit(self, header: bytes, datagram: bytes | memoryview, now: float) -> Admission:
         """The verdict on a handshake message from the endpoint in `header` (framing.py's
-        ring header); with Admission.COOKIE, `reply` holds the cookie reply to send back."""
+        ring header, or the whole ring message); with Admission.COOKIE, `reply` holds the
+        cookie reply to send back."""
         self.reply = None
-        ip = header[4:8] if header[0] == _IPV4 else header[4:20]
+        ip = remote_address(header)
         kind = datagram[0]
         if kind == MESSAGE_COOKIE_REPLY:
             if self._under_load.load.record(now) and not self._cookie_replies.allow(ip, now):
@@ -89,6 +89,6 @@ class HandshakeGate:
         if len(datagram) != _SIZE[kind] or datagram[1] or datagram[2] or datagram[3]:
             return Admission.MALFORMED
         verdict, self.reply = self._under_load.admit(
-            checker, datagram, _MAC1_END[kind], ip, ip + header[2:4], now
+            checker, datagram, _MAC1_END[kind], ip, ip + remote_port(header), now
         )
         return verdict
