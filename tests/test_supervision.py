@@ -313,7 +313,7 @@ MAX_GAP = 1.0
 _REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", re.MULTILINE)
 
 
-def _longest_gap(output: bytes, end: float) -> tuple[float, int]:
+def longest_gap(output: bytes, end: float) -> tuple[float, int]:
     """The longest time without a reply (ping -D timestamps) until `end` (wall clock), and
     how many replies came."""
     times = [float(m.group(1)) for m in _REPLY.finditer(output)]
@@ -344,7 +344,7 @@ def test_a_killed_crypto_process_keeps_the_clients_session(lab: Lab) -> None:
         if ping.poll() is None:
             ping.kill()
             ping.wait()
-    gap, replies = _longest_gap(output, end)
+    gap, replies = longest_gap(output, end)
     print(f"longest gap between replies {gap:.2f} s ({replies} replies)")
     assert f"crypto (pid {old}) died" in lab.backend.log_text()
     assert "restored 1 sessions" in lab.backend.log_text()

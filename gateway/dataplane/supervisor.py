@@ -16,6 +16,8 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from gateway.dataplane.control import (
     receive_messages,
     send_message,
 )
+from gateway.dataplane.handover import CONTROL, UDP, FdStore, Inherited, exec_handover
 from gateway.dataplane.health import Health
 from gateway.dataplane.reload import ConfigReload
 from gateway.dataplane.runtime import Runtime, SupervisorError, bind_udp
@@ -49,6 +52,7 @@ TICK = 1.0
 # sooner; otherwise with the tick only.
 BUSY_LOOK_INTERVAL = 0.5
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
+UPGRADE_CHECK_TIMEOUT = 60.0  # seconds the new version may take to check itself
 
 
 @dataclass
@@ -61,7 +65,13 @@ class Options:
 
 
 class Supervisor:
-    def __init__(self, options: Options, running: Running, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        options: Options,
+        running: Running,
+        runtime: Runtime,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.options = options
         self.running = running
         self.runtime = runtime
@@ -82,7 +92,8 @@ class Supervisor:
         )
         self.stopping = False
         self.exit_code = 0
-        self.notifier = Notifier()
+        self.notifier = Notifier() if notifier is None else notifier
+        self.fdstore = FdStore(self.notifier)
         self.metrics: MetricsServer | None = None
         self._epoll: select.epoll | None = None  # made once setup-time signals were handled
         self._announced = False  # READY=1 sent
@@ -109,6 +120,8 @@ class Supervisor:
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         epoll.register(self.runtime.control.fileno(), select.EPOLLIN)
         epoll.register(self.runtime.tun.link_watch.fileno(), select.EPOLLIN)
+        # From now on a successor (systemd's restart after a crash) finds them.
+        self.fdstore.keep(self.runtime.handover_fds())
         try:
             if not self.stopping:
                 self._start_children(epoll)
@@ -116,6 +129,7 @@ class Supervisor:
         finally:
             self.notifier.stopping(f"stopping {self.name}")
             self.stop_children()
+            self.fdstore.forget(list(self.runtime.handover_fds()))  # a clean stop
             self.teardown()
             epoll.close()
         return self.exit_code
@@ -260,6 +274,7 @@ class Supervisor:
         child.kill(epoll)
         old, rt.udp = rt.udp, new
         rt.stats.listen_port = new.port
+        self.fdstore.keep({UDP: new.fileno()})
         old.close()
         self._spawn(child)
         child.watch(epoll)
@@ -286,8 +301,35 @@ class Supervisor:
             if self._announced:
                 self.notifier.ready(self.status.line())
             return
+        if sig == signal.SIGUSR2:
+            self._upgrade()
+            return
         log.info("received %s, stopping", signal.Signals(sig).name)
         self.stopping = True
+
+    # ---- upgrade in place (SIGUSR2) --------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        """Exec the installed firezone-gw with the device, socket and state handed over
+        (handover.py); the children keep forwarding until the new code forks its own. A
+        new version that fails its check, or an exec that fails, leaves this one running."""
+        command = [sys.argv[0], *sys.argv[1:]]
+        log.info("SIGUSR2: upgrading in place to %s", command[0])
+        problem = check_new_version(command[0], self.options.config_path)
+        if problem is not None:
+            log.error("upgrade refused, this version keeps running: %s", problem)
+            return
+        self.notifier.status(f"upgrading {self.name} in place")
+        if self.metrics is not None:  # its port is bound again by the new code
+            self.metrics.close()
+            self.metrics = None
+        fds = {**self.runtime.handover_fds(), CONTROL: self.runtime.control.fileno()}
+        pids = [child.pid for child in self.children.values() if child.pid]
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        error = exec_handover(command, fds, pids)
+        log.error("upgrade: exec %s failed: %s; this version keeps running", command[0], error)
+        self._start_metrics()
 
     # ---- counters, systemd and /metrics ---------------------------------------------------
 
@@ -343,14 +385,14 @@ class Supervisor:
 
 
 def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, int]:
-    """Record SIGTERM/SIGINT/SIGHUP in `signals` and wake a socket for each one.
+    """Record SIGTERM/SIGINT/SIGHUP/SIGUSR2 in `signals` and wake a socket for each one.
 
     Returns (read end, write end, previous wakeup fd) for the main loop's epoll.
     """
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(sig, lambda s, _f: signals.append(s))
     return wake_r, wake_w, signal.set_wakeup_fd(wake_w.fileno())
 
@@ -372,14 +414,40 @@ def run_gateway(options: Options) -> int:
     # setup would otherwise kill us by default, leaving the TUN device behind.
     signals: list[int] = []
     wake_r, wake_w, old_wakeup = _catch_signals(signals)
+    notifier = Notifier()
+    inherited = Inherited.from_environment(forget=FdStore(notifier).forget)
+    # An upgrade in place: the old code's children still forward; end them now, so that
+    # only ours use the device, the socket and the sessions (and its `wg` socket is free).
+    inherited.end_old_children()
+    old_control = inherited.take_fd(CONTROL)  # kept open until then: no EOF spin
+    if old_control is not None:
+        os.close(old_control)
     try:
         try:
-            runtime = Runtime.open(running.config, options.workers)
+            runtime = Runtime.open(running.config, options.workers, inherited)
         except SupervisorError as exc:
             log.error("%s", exc)
             return 1
-        return Supervisor(options, running, runtime).run(wake_r, signals)
+        finally:
+            inherited.close_rest()
+        return Supervisor(options, running, runtime, notifier).run(wake_r, signals)
     finally:
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()
         wake_w.close()
+
+
+def check_new_version(executable: str, config_path: Path) -> str | None:
+    """Run the installed version's own check (the config, and an import of every module)
+    before this process becomes it; None if it passed, else what went wrong."""
+    command = [executable, "--config", str(config_path), "check-config", "--import-all"]
+    try:
+        proc = subprocess.run(  # noqa: S603 - our own executable, as started
+            command, capture_output=True, text=True, timeout=UPGRADE_CHECK_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{executable} did not run its check: {exc}"
+    if proc.returncode != 0:
+        tail = " ".join((proc.stderr or proc.stdout).split()[-60:])
+        return f"{executable} failed its check (exit status {proc.returncode}): {tail}"
+    return None
