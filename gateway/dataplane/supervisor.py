@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ from gateway.dataplane.control import (
     receive_messages,
     send_message,
 )
-from gateway.dataplane.handover import CONTROL, UDP, FdStore, Inherited, exec_handover
+from gateway.dataplane.handover import (
+    CONTROL,
+    UDP,
+    FdStore,
+    Inherited,
+    UpgradeCheck,
+    exec_handover,
+)
 from gateway.dataplane.health import Health
 from gateway.dataplane.reload import ConfigReload
 from gateway.dataplane.runtime import Runtime, SupervisorError, bind_udp
@@ -52,7 +58,6 @@ TICK = 1.0
 # sooner; otherwise with the tick only.
 BUSY_LOOK_INTERVAL = 0.5
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
-UPGRADE_CHECK_TIMEOUT = 60.0  # seconds the new version may take to check itself
 
 
 @dataclass
@@ -98,6 +103,7 @@ class Supervisor:
         self._epoll: select.epoll | None = None  # made once setup-time signals were handled
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
+        self._upgrade_check: UpgradeCheck | None = None  # SIGUSR2: the new version's check
         config = running.config
         log.info(
             "interface %s: public key %s, UDP port %d, MTU %d, %d workers, %d peers",
@@ -146,13 +152,16 @@ class Supervisor:
         next_tick = next_look = time.monotonic()
         working = False
         while not self.stopping:
-            wake_at = min([next_tick, next_look, *self._restarts_due()])
+            wake_at = min([next_tick, next_look, *self._restarts_due(), *self._check_due()])
             timeout = max(0.0, wake_at - time.monotonic())
             for fd, _ in epoll.poll(timeout):
                 self._event(fd, epoll, wake_r)
             while signals:
                 self._signal(signals.pop(0))
             self._restart_due_children(epoll)
+            check = self._upgrade_check
+            if check is not None and (check.exited() or check.deadline <= time.monotonic()):
+                self._upgrade_checked(check)
             if not self._announced and not self.stopping and self.readiness()[0]:
                 self._announced = True
                 self.notifier.ready(self.status.line())
@@ -175,6 +184,8 @@ class Supervisor:
         elif fd == self.runtime.control.fileno():
             for message in receive_messages(self.runtime.control, decode_to_supervisor):
                 self._change_listen_port(message.port, epoll)
+        elif self._upgrade_check is not None and fd == self._upgrade_check.fileno():
+            pass  # the check exited: the loop finishes it
         elif fd == link_watch.fileno():
             mtu = link_watch.read()
             if mtu is not None:
@@ -201,6 +212,9 @@ class Supervisor:
         self._spawn(child)
         child.watch(self._epoll)
         return True
+
+    def _check_due(self) -> list[float]:
+        return [] if self._upgrade_check is None else [self._upgrade_check.deadline]
 
     def _restarts_due(self) -> list[float]:
         return [c.restart_at for c in self.children.values() if c.restart_at is not None]
@@ -310,15 +324,37 @@ class Supervisor:
     # ---- upgrade in place (SIGUSR2) --------------------------------------------------------
 
     def _upgrade(self) -> None:
-        """Exec the installed firezone-gw with the device, socket and state handed over
-        (handover.py); the children keep forwarding until the new code forks its own. A
-        new version that fails its check, or an exec that fails, leaves this one running."""
-        command = [sys.argv[0], *sys.argv[1:]]
-        log.info("SIGUSR2: upgrading in place to %s", command[0])
-        problem = check_new_version(command[0], self.options.config_path)
+        """SIGUSR2: start the installed version's check (the loop goes on meanwhile)."""
+        if self._upgrade_check is not None:
+            log.warning("SIGUSR2: an upgrade is already being checked")
+            return
+        log.info("SIGUSR2: checking %s before upgrading in place to it", sys.argv[0])
+        try:
+            check = UpgradeCheck.start(sys.argv[0], self.options.config_path)
+        except OSError as exc:
+            log.error("upgrade refused: cannot run %s: %s", sys.argv[0], exc.strerror)
+            return
+        self._upgrade_check = check
+        if self._epoll is not None:
+            self._epoll.register(check.fileno(), select.EPOLLIN)
+
+    def _upgrade_checked(self, check: UpgradeCheck) -> None:
+        """The check ended (or took too long): exec the new version, or stay."""
+        self._upgrade_check = None
+        if self._epoll is not None:
+            self._epoll.unregister(check.fileno())
+        problem = check.finish()
         if problem is not None:
             log.error("upgrade refused, this version keeps running: %s", problem)
             return
+        self._exec_new_version()
+
+    def _exec_new_version(self) -> None:
+        """Exec the installed firezone-gw with the device, socket and state handed over
+        (handover.py); the children keep forwarding until the new code forks its own. An
+        exec that fails leaves this version running."""
+        command = [sys.argv[0], *sys.argv[1:]]
+        log.info("upgrading in place: exec %s", command[0])
         self.notifier.status(f"upgrading {self.name} in place")
         if self.metrics is not None:  # its port is bound again by the new code
             self.metrics.close()
@@ -435,19 +471,3 @@ def run_gateway(options: Options) -> int:
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()
         wake_w.close()
-
-
-def check_new_version(executable: str, config_path: Path) -> str | None:
-    """Run the installed version's own check (the config, and an import of every module)
-    before this process becomes it; None if it passed, else what went wrong."""
-    command = [executable, "--config", str(config_path), "check-config", "--import-all"]
-    try:
-        proc = subprocess.run(  # noqa: S603 - our own executable, as started
-            command, capture_output=True, text=True, timeout=UPGRADE_CHECK_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{executable} did not run its check: {exc}"
-    if proc.returncode != 0:
-        tail = " ".join((proc.stderr or proc.stdout).split()[-60:])
-        return f"{executable} failed its check (exit status {proc.returncode}): {tail}"
-    return None
