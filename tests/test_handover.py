@@ -11,10 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -58,19 +55,6 @@ RERUN = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    with tempfile.TemporaryDirectory(prefix="fzho-notify-") as tmp:
-        path = str(Path(tmp) / "notify.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(5)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
-
-
 def receive(sock: socket.socket) -> tuple[str, list[int]]:
     """One notify message and the fds it carried, as systemd's manager reads it."""
     fds = array.array("i")
@@ -87,9 +71,9 @@ def same_file(a: int, b: int) -> bool:
 
 
 def test_the_fd_store_gets_each_fd_under_its_name_and_forgets_it(
-    notify_socket: tuple[str, socket.socket],
+    notify_path: tuple[str, socket.socket],
 ) -> None:
-    path, fake_systemd = notify_socket
+    path, fake_systemd = notify_path
     store = FdStore(Notifier(path))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     memfd = os.memfd_create(MEMFD_NAMES[STATE], os.MFD_CLOEXEC)
@@ -136,9 +120,9 @@ def test_outside_systemd_nothing_is_stored_and_nothing_taken(
 
 
 def test_a_rerun_takes_back_what_systemd_stored_and_refuses_a_wrong_fd(
-    notify_socket: tuple[str, socket.socket],
+    notify_path: tuple[str, socket.socket],
 ) -> None:
-    path, fake_systemd = notify_socket
+    path, fake_systemd = notify_path
     udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     udp.bind(("::1", 0))
     state = os.memfd_create(MEMFD_NAMES[STATE], os.MFD_CLOEXEC)

@@ -19,14 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.addresses import RESOURCE_ADDR, client_specs
-from testbed.gateways import FirezoneGateway
 from testbed.iperf import iperf_argv
 from testbed.netns import wait_for
-from testbed.topology import Topology
-from tests.test_supervision import MAX_GAP, ROLES, longest_gap
-
-Lab = Topology[FirezoneGateway]
+from tests.gateway_lab import MAX_GAP, ROLES, Lab, open_lab, ping_during
 
 pytestmark = pytest.mark.netns
 
@@ -35,16 +30,7 @@ UPGRADED = "kept TUN device"  # the new code's log line once it took the device 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Topology(FirezoneGateway(workers=2), client_specs(1))
-    try:
-        lab.backend.write_config([lab.peer(0)])
-        lab.backend.launch(lab.gateway_ns)
-        lab.backend.wait_ready()
-        lab.connect_client(0)
-        lab.wait_ping(0)
-        yield lab
-    finally:
-        lab.close()
+    yield from open_lab()
 
 
 def upgrade(lab: Lab) -> tuple[int, dict[str, int]]:
@@ -80,23 +66,9 @@ def test_sigusr2_keeps_a_client_only_session(lab: Lab) -> None:
     gateway_key = lab.backend.public_key
     handshake = client.peers()[gateway_key].latest_handshake
     assert handshake > 0
-    ping = subprocess.Popen(
-        client.ns.exec_argv("ping", "-D", "-i", "0.05", "-W", "1", "-w", "20", RESOURCE_ADDR),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(2)
-        main, old = upgrade(lab)
-        time.sleep(5)
-        end = time.time()
-        ping.send_signal(signal.SIGINT)
-        output, _ = ping.communicate(timeout=30)
-    finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
-    gap, replies = longest_gap(output, end)
+    done: list[tuple[int, dict[str, int]]] = []
+    gap, replies = ping_during(lab, lambda: done.append(upgrade(lab)), after=5)
+    main, old = done[0]
     print(f"SIGUSR2, ping: longest gap between replies {gap:.2f} s ({replies} replies)")
     assert_upgraded(lab, main, old)
     assert client.peers()[gateway_key].latest_handshake == handshake  # no new handshake
