@@ -127,3 +127,16 @@ def test_a_new_version_that_fails_its_check_leaves_the_old_one_running(
     assert "no_such_key" in lab.backend.log_text()
     assert {role: lab.backend.child_pid(role) for role in ROLES} == old
     lab.wait_ping(0, timeout=5)
+
+
+def test_a_reload_during_the_exec_does_not_end_the_gateway(lab: Lab) -> None:
+    """SIGHUP's default action is to terminate: between the exec and the new code's
+    handlers it is ignored, so `systemctl reload` during an upgrade costs nothing."""
+    assert lab.backend.proc is not None
+    os.kill(lab.backend.proc.pid, signal.SIGUSR2)
+    wait_for(lambda: "upgrading in place: exec" in lab.backend.log_text(), timeout=30)
+    os.kill(lab.backend.proc.pid, signal.SIGHUP)
+    os.kill(lab.backend.proc.pid, signal.SIGUSR2)
+    wait_for(lambda: "restored 1 sessions" in lab.backend.log_text(), timeout=30)
+    assert lab.backend.proc.poll() is None, lab.backend.log_text()[-2000:]
+    lab.wait_ping(0, timeout=5)

@@ -58,6 +58,7 @@ TICK = 1.0
 # sooner; otherwise with the tick only.
 BUSY_LOOK_INTERVAL = 0.5
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
+_IGNORED_ACROSS_EXEC = (signal.SIGHUP, signal.SIGUSR2)
 
 
 @dataclass
@@ -363,7 +364,12 @@ class Supervisor:
         pids = [child.pid for child in self.children.values() if child.pid]
         for handler in logging.getLogger().handlers:
             handler.flush()
+        # Until the new code catches them, SIGHUP and SIGUSR2 would end the process (their
+        # default); ignored, they are lost instead (an ignored disposition survives exec).
+        caught = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _IGNORED_ACROSS_EXEC}
         error = exec_handover(command, fds, pids)
+        for sig, previous in caught.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
         log.error("upgrade: exec %s failed: %s; this version keeps running", command[0], error)
         self._start_metrics()
 
