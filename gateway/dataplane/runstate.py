@@ -33,7 +33,7 @@ import os
 import struct
 import zlib
 
-from gateway.wireguard.sessions import RECORD_SIZE, SessionTable
+from gateway.wireguard.sessions import HEADER_SIZE, RECORD_SIZE, SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class RunState:
         self.fd = os.memfd_create("firezone-gw-state", os.MFD_CLOEXEC)
         self.timestamps = HandshakeTimestamps()
         self.sessions_fd = os.memfd_create("firezone-gw-sessions", os.MFD_CLOEXEC)
-        os.ftruncate(self.sessions_fd, MAX_SESSIONS * RECORD_SIZE)
+        os.ftruncate(self.sessions_fd, HEADER_SIZE + MAX_SESSIONS * RECORD_SIZE)
 
     def session_table(self) -> SessionTable:
         """The sessions, mapped into this process (call it in the crypto process only)."""
