@@ -34,7 +34,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 
-from gateway.wireguard.sessions import RECORD_SIZE, SessionTable
+from gateway.wireguard.sessions import HEADER_SIZE, RECORD_SIZE, SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ MAX_TIMESTAMPS = 1 << 16  # peers remembered (2.9 MB); more peers than that get 
 # Sessions kept (three keypairs a peer at most): 57 MB of address space, memory only for
 # records in use. Sessions past it are not kept (their peers handshake again).
 MAX_SESSIONS = 3 << 14
-SESSIONS_BYTES = MAX_SESSIONS * RECORD_SIZE  # a table of another size has another layout
+SESSIONS_BYTES = HEADER_SIZE + MAX_SESSIONS * RECORD_SIZE  # another size: another layout
 # Each memfd's name in a hand-over to the next supervisor (dataplane/handover.py), and the
 # name it was made with (what /proc shows, checked when it is taken back).
 STATE, TIMESTAMPS, SESSIONS = "state", "timestamps", "sessions"

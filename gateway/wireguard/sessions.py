@@ -42,6 +42,10 @@ _LIMIT = struct.Struct("<Q")
 _LIMIT_OFFSET = _HEAD.size - _LIMIT.size
 _POSITION_OFFSET = 13
 RECORD_SIZE = _HEAD.size + STORAGE_WORDS * 8
+# The table's header: how many slots from the first were ever used (a successor scans only
+# those: a gateway with a few peers restarts without reading the whole table).
+HEADER_SIZE = 64
+_USED = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +72,31 @@ class SessionTable:
     def __init__(self, buffer: memoryview) -> None:
         if buffer.readonly or buffer.format != "B":
             raise ValueError("the session table needs a writable byte buffer")
-        self._buf = buffer
-        self.capacity = len(buffer) // RECORD_SIZE
-        self._words = buffer[: self.capacity * RECORD_SIZE].cast("Q")
-        self._free = [slot for slot in reversed(range(self.capacity)) if self._state(slot) != _KEPT]
+        self._header = buffer[:HEADER_SIZE]
+        self._buf = buffer[HEADER_SIZE:]
+        self.capacity = len(self._buf) // RECORD_SIZE
+        self._words = self._buf[: self.capacity * RECORD_SIZE].cast("Q")
+        self._used = min(self.capacity, _USED.unpack_from(self._header)[0])
+        kept = set(self._kept_slots())
+        self._free = [slot for slot in reversed(range(self.capacity)) if slot not in kept]
         self._full_logged = False
 
     def _state(self, slot: int) -> int:
         state: int = _STATE.unpack_from(self._buf, slot * RECORD_SIZE)[0]
         return state
 
+    def _kept_slots(self) -> list[int]:
+        """The slots whose record is kept: the state is the low half of a record's first
+        word (one read per record: a successor scans the whole table at start)."""
+        first_words = self._words[: self._used * RECORD_SIZE // 8 : RECORD_SIZE // 8]
+        return [slot for slot, word in enumerate(first_words) if word & 0xFFFFFFFF == _KEPT]
+
     # ---- a successor's view --------------------------------------------------------------
 
     def records(self) -> list[tuple[int, SessionRecord]]:
         """Every kept record with its slot."""
         found = []
-        for slot in range(self.capacity):
-            if self._state(slot) != _KEPT:
-                continue
+        for slot in self._kept_slots():
             _, local, remote, initiator, position, peer, send, recv, created, limit = (
                 _HEAD.unpack_from(self._buf, slot * RECORD_SIZE)
             )
@@ -128,7 +139,10 @@ class SessionTable:
             return
         if len(peer) != KEY_SIZE:
             raise ValueError("a peer's public key is 32 bytes")
-        slot = self._free.pop()
+        slot = self._free.pop()  # the lowest free one: the used part stays small
+        if slot >= self._used:  # raised before the record exists: a successor scans it
+            self._used = slot + 1
+            _USED.pack_into(self._header, 0, self._used)
         base = slot * RECORD_SIZE
         words = self._replay_words(slot)
         for i in range(STORAGE_WORDS):
