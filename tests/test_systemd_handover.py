@@ -16,6 +16,7 @@ The container and its cgroups are removed even when a test fails.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "systemd-check"
-WIREGUARD_GO = Path("/work/shared/tools/wireguard-go-0.0.20250522")
+WIREGUARD_GO = Path(shutil.which("wireguard-go") or "/usr/bin/wireguard-go")  # the client
 UNIT = "firezone-gw.service"
 CONF = "/etc/firezone-gw/gateway.toml"
 GATEWAY_TUNNEL = "100.64.0.1"
@@ -78,7 +79,7 @@ def box() -> Iterator[Container]:
     binds = {
         REPO: str(REPO),
         python_home: str(python_home),
-        WIREGUARD_GO: "/opt/wireguard-go",
+        WIREGUARD_GO: "/usr/local/bin/wireguard-go",
         Path("/usr/bin/ping"): "/usr/local/bin/ping",  # the minimal root file system has none
     }
     with Container(rootfs, binds=binds) as container:
@@ -128,7 +129,7 @@ def box() -> Iterator[Container]:
             "ip addr add 192.168.77.1/24 dev vg && ip link set vg up\n"
             "ip -n c addr add 192.168.77.2/24 dev vc && ip -n c link set vc up\n"
             "ip -n c link set lo up\n"
-            "ip netns exec c /opt/wireguard-go/wireguard-go wgc\n"
+            "ip netns exec c wireguard-go wgc\n"
             f"ip netns exec c wg set wgc private-key /root/client.key peer {gateway_public} "
             f"endpoint 192.168.77.1:{PORT} allowed-ips {GATEWAY_TUNNEL}/32\n"
             f"ip -n c addr add {CLIENT_TUNNEL}/32 dev wgc && ip -n c link set wgc up\n"
