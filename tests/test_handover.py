@@ -7,11 +7,13 @@ from __future__ import annotations
 import array
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from gateway.dataplane.handover import (
     ENV_FDS,
     FdStore,
     Inherited,
+    UpgradeCheck,
     exec_handover,
 )
 from gateway.dataplane.runstate import MEMFD_NAMES, STATE
@@ -273,3 +276,47 @@ def test_the_old_images_children_are_killed_and_reaped_others_left_alone() -> No
         os.waitpid(child.pid, os.WNOHANG)
     child.returncode = -signal.SIGKILL  # Popen must not wait for it again
     assert os.getppid() > 1 and os.kill(os.getppid(), 0) is None  # not ours: untouched
+
+
+def fake_version(tmp_path: Path, script: str) -> str:
+    """An 'installed firezone-gw' that runs `script` whatever its arguments."""
+    path = tmp_path / "firezone-gw"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def wait_exited(check: UpgradeCheck) -> None:
+    poller = select.poll()
+    poller.register(check.fileno(), select.POLLIN)  # the pidfd, as the supervisor's epoll
+    assert poller.poll(30_000)
+    assert check.exited()
+
+
+def test_a_version_that_passes_its_check_is_accepted(tmp_path: Path) -> None:
+    check = UpgradeCheck.start(fake_version(tmp_path, 'echo "$@"; exit 0'), tmp_path / "gw.toml")
+    wait_exited(check)
+    assert check.finish() is None
+
+
+def test_a_version_that_fails_its_check_says_why(tmp_path: Path) -> None:
+    check = UpgradeCheck.start(
+        fake_version(tmp_path, 'echo "ImportError: no module named gateway.x" >&2; exit 1'),
+        tmp_path / "gw.toml",
+    )
+    wait_exited(check)
+    problem = check.finish()
+    assert problem is not None
+    assert "exit status 1" in problem and "ImportError: no module named gateway.x" in problem
+
+
+def test_a_check_past_its_deadline_is_killed_and_refused(tmp_path: Path) -> None:
+    check = UpgradeCheck.start(fake_version(tmp_path, "exec sleep 60"), tmp_path / "gw.toml")
+    problem = check.finish()  # what the supervisor's loop does at the deadline
+    assert problem is not None and "did not finish its check" in problem
+    assert check.proc.returncode == -signal.SIGKILL
+
+
+def test_a_version_that_cannot_run_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        UpgradeCheck.start(str(tmp_path / "missing"), tmp_path / "gw.toml")
