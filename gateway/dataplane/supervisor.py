@@ -135,6 +135,8 @@ class Supervisor:
             self._loop(epoll, wake_r, signals)
         finally:
             self.notifier.stopping(f"stopping {self.name}")
+            if self._upgrade_check is not None:  # stopped while checking: no upgrade
+                self._upgrade_check.finish()
             self.stop_children()
             self.fdstore.forget(list(self.runtime.handover_fds()))  # a clean stop
             self.teardown()
