@@ -82,26 +82,32 @@ def test_the_fd_store_gets_each_fd_under_its_name_and_forgets_it(
     memfd = os.memfd_create(MEMFD_NAMES[STATE], os.MFD_CLOEXEC)
     try:
         store.keep({"udp": udp.fileno(), "state": memfd})
-        got = [receive(fake_systemd) for _ in range(4)]
+        got = [receive(fake_systemd) for _ in range(2)]
+        store.replace({"udp": udp.fileno()})  # a new socket after a listen-port change
+        replaced = [receive(fake_systemd) for _ in range(2)]
         store.forget(["udp"])
         removed = receive(fake_systemd)
     finally:
         udp.close()
         os.close(memfd)
     assert [text for text, _ in got] == [
-        "FDSTOREREMOVE=1\nFDNAME=udp",  # what an earlier start stored under the name goes
         "FDSTORE=1\nFDNAME=udp\nFDPOLL=0",
-        "FDSTOREREMOVE=1\nFDNAME=state",
         "FDSTORE=1\nFDNAME=state\nFDPOLL=0",
     ]
-    assert [len(fds) for _, fds in got] == [0, 1, 0, 1]
-    stored_udp, stored_state = got[1][1][0], got[3][1][0]
+    assert [len(fds) for _, fds in got] == [1, 1]
+    stored_udp, stored_state = got[0][1][0], got[1][1][0]
     try:
         assert stat_kind(stored_udp) == "socket"
         assert os.readlink(f"/proc/self/fd/{stored_state}") == "/memfd:firezone-gw-state (deleted)"
     finally:
         os.close(stored_udp)
         os.close(stored_state)
+    assert [text for text, _ in replaced] == [
+        "FDSTOREREMOVE=1\nFDNAME=udp",  # what was stored under the name goes first
+        "FDSTORE=1\nFDNAME=udp\nFDPOLL=0",
+    ]
+    for fd in replaced[1][1]:
+        os.close(fd)
     assert removed == ("FDSTOREREMOVE=1\nFDNAME=udp", [])
 
 
@@ -134,7 +140,7 @@ def test_a_rerun_takes_back_what_systemd_stored_and_refuses_a_wrong_fd(
     store = FdStore(Notifier(path))
     try:
         store.keep({"udp": udp.fileno(), "state": state, "sessions": wrong_r})
-        stored = [receive(fake_systemd) for _ in range(6)][1::2]
+        stored = [receive(fake_systemd) for _ in range(3)]
         fds = [fd for _, got in stored for fd in got]
         names = ":".join(text.split("FDNAME=")[1].split("\n")[0] for text, _ in stored)
         proc = subprocess.run(

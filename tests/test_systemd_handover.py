@@ -208,6 +208,7 @@ def test_kill_9_of_the_main_pid_keeps_device_socket_and_sessions(box: Container)
     assert "kept TUN device fzgw0 with its 2 queues" in log, log[-3000:]
     assert "restored 1 sessions" in log, log[-3000:]
     assert (device(box), udp_inode(box), latest_handshake(box)) == before
+    assert show(box, "NFileDescriptorStore")["NFileDescriptorStore"] == "6"  # none twice
     # The pause is the new supervisor's start (systemd's 100 ms, then Python loading the
     # gateway: 3-5 s on a loaded 2-core VM), not the ≤ 1 s of a child's restart.
     assert gap <= MAX_RESTART_GAP
@@ -224,6 +225,7 @@ def test_sigusr2_upgrades_in_place_under_systemd(box: Container) -> None:
     gap = ping_across(box, upgrade)
     print(f"SIGUSR2 under systemd: longest gap {gap:.2f} s")
     assert show(box, "MainPID", "NRestarts") == {"MainPID": pid, "NRestarts": restarts}
+    assert show(box, "NFileDescriptorStore")["NFileDescriptorStore"] == "6"  # none twice
     assert running(box)
     assert (device(box), udp_inode(box), latest_handshake(box)) == before
     assert gap <= MAX_GAP

@@ -271,7 +271,13 @@ class FdStore:
         self.notifier = notifier
 
     def keep(self, fds: Mapping[str, int]) -> None:
-        """Store each fd under its name, replacing what was stored under that name."""
+        """Store each fd under its name. One it holds already (taken back from it) is not
+        stored twice: systemd suppresses a duplicate of a stored fd."""
+        for name, fd in fds.items():
+            self.notifier.store_fd(name, fd)
+
+    def replace(self, fds: Mapping[str, int]) -> None:
+        """Store each fd in place of what was stored under its name (a new UDP socket)."""
         for name, fd in fds.items():
             self.notifier.remove_stored(name)
             self.notifier.store_fd(name, fd)

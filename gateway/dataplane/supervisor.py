@@ -291,7 +291,7 @@ class Supervisor:
         child.kill(epoll)
         old, rt.udp = rt.udp, new
         rt.stats.listen_port = new.port
-        self.fdstore.keep({UDP: new.fileno()})
+        self.fdstore.replace({UDP: new.fileno()})
         old.close()
         self._spawn(child)
         child.watch(epoll)
