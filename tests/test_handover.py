@@ -22,10 +22,10 @@ from gateway.dataplane.handover import (
     ENV_FDS,
     FdStore,
     Inherited,
-    UpgradeCheck,
     exec_handover,
 )
 from gateway.dataplane.runstate import MEMFD_NAMES, STATE
+from gateway.dataplane.upgrade import UpgradeCheck
 from gateway.telemetry.sdnotify import Notifier
 from testbed.netns import Hosts, unique_name
 from tunio.linux import open_multiqueue

@@ -1,6 +1,6 @@
 """The fds that outlive the supervisor: the TUN queues, the UDP socket, the run-state memfds.
 
-Two ways hand them to the next supervisor, read by the same code (`Inherited`):
+Two ways hand them over to the next supervisor, both read by the same code (`Inherited`):
 
 - systemd's fd store: under systemd the supervisor keeps them there (`FDSTORE=1`, one
   FDNAME= per fd, `FdStore`); after a crash (`kill -9` of the main PID) systemd starts the
@@ -26,13 +26,7 @@ import os
 import signal
 import socket
 import stat
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from gateway.telemetry.sdnotify import Notifier, check_fd_name
 from tunio.device_state import TUNGETIFF
@@ -47,7 +41,6 @@ _SYSTEMD_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 TUN_DEVICE = os.makedev(10, 200)  # /dev/net/tun
 UDP = "udp"
 CONTROL = "control"  # the old image's end of the crypto control pair, until its children end
-UPGRADE_CHECK_TIMEOUT = 20.0  # seconds the new version may take to check itself (< watchdog)
 
 
 def tun_queue_name(index: int) -> str:
@@ -303,54 +296,3 @@ def exec_handover(argv: Sequence[str], fds: Mapping[str, int], children: Sequenc
             os.set_inheritable(fd, False)
         return exc
     raise AssertionError("unreachable: execve returned")  # pragma: no cover
-
-
-@dataclass
-class UpgradeCheck:
-    """The installed version's own check, run before the supervisor execs it: the config
-    and an import of every module (`check-config --import-all`), in a child process the
-    supervisor's loop waits for on a pidfd (it keeps watching its children meanwhile)."""
-
-    executable: str
-    proc: subprocess.Popen[bytes]
-    pidfd: int
-    output: BinaryIO
-    deadline: float
-
-    @classmethod
-    def start(cls, executable: str, config_path: Path) -> UpgradeCheck:
-        """OSError if it cannot even start."""
-        command = [executable, "--config", str(config_path), "check-config", "--import-all"]
-        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
-        try:
-            proc = subprocess.Popen(  # noqa: S603 - this gateway's own executable
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
-            )
-        except OSError:
-            output.close()
-            raise
-        deadline = time.monotonic() + UPGRADE_CHECK_TIMEOUT
-        return cls(executable, proc, os.pidfd_open(proc.pid), output, deadline)
-
-    def fileno(self) -> int:
-        return self.pidfd
-
-    def exited(self) -> bool:
-        return self.proc.poll() is not None
-
-    def finish(self) -> str | None:
-        """None if the check passed, else what went wrong (a check still running is
-        killed: it took too long)."""
-        timed_out = self.proc.poll() is None
-        if timed_out:
-            self.proc.kill()
-        code = self.proc.wait()
-        os.close(self.pidfd)
-        self.output.seek(0)
-        tail = " ".join(self.output.read().decode(errors="replace").split()[-60:])
-        self.output.close()
-        if timed_out:
-            return f"{self.executable} did not finish its check in {UPGRADE_CHECK_TIMEOUT:.0f} s"
-        if code != 0:
-            return f"{self.executable} failed its check (exit status {code}): {tail}"
-        return None

@@ -36,7 +36,6 @@ from gateway.dataplane.handover import (
     UDP,
     FdStore,
     Inherited,
-    UpgradeCheck,
     exec_handover,
 )
 from gateway.dataplane.health import Health
@@ -44,6 +43,7 @@ from gateway.dataplane.reload import ConfigReload
 from gateway.dataplane.runtime import Runtime, SupervisorError, bind_udp
 from gateway.dataplane.status import StatusLine
 from gateway.dataplane.targets import ChildTargets, Running
+from gateway.dataplane.upgrade import UpgradeCheck
 from gateway.keys import encode_key
 from gateway.telemetry import stats as st
 from gateway.telemetry.logsetup import setup_logging
