@@ -276,6 +276,47 @@ def client_config(
     click.echo(text, nl=False)
 
 
+@main.command("link-control-socket")
+@pass_global_options
+def link_control_socket(options: GlobalOptions) -> None:
+    """As root before the gateway starts: link /run/wireguard/IFNAME.sock to the socket the
+    gateway binds in $FIREZONE_GW_CONTROL_SOCKET_DIR (the unit's ExecStartPre=+)."""
+    from gateway.uapi import link  # noqa: PLC0415 - only this command needs it
+
+    target = _control_dir_or_exit()
+    try:
+        name = load_config(options.config).interface.name
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        made = link.link_control_socket(name, target)
+    except OSError as exc:
+        click.echo(f"Error: cannot link the control socket of {name}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{made} -> {target / link.socket_name(name)}")
+
+
+@main.command("unlink-control-socket")
+def unlink_control_socket() -> None:
+    """As root after the gateway stopped: remove the links link-control-socket made (the
+    unit's ExecStopPost=+)."""
+    from gateway.uapi import link  # noqa: PLC0415 - only this command needs it
+
+    for path in link.unlink_control_sockets(_control_dir_or_exit()):
+        click.echo(f"removed {path}")
+
+
+def _control_dir_or_exit() -> Path:
+    from gateway.uapi.server import CONTROL_DIR_ENV, SOCKET_DIR, control_socket_dir  # noqa: PLC0415 - only the link commands need it
+
+    target = control_socket_dir()
+    if target == SOCKET_DIR:
+        click.echo(f"Error: {CONTROL_DIR_ENV} is not set: the socket is bound in place", err=True)
+        sys.exit(2)
+    return target
+
+
 @main.command()
 def genkey() -> None:
     """Print a new private key (base64), like `wg genkey`."""
