@@ -24,7 +24,11 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_the_link_reaches_the_gateways_socket(dirs: tuple[Path, Path]) -> None:
     own, wg_dir = dirs
-    link = link_control_socket("fzgw7", own, wg_dir)
+    old_umask = os.umask(0o077)  # the unit's
+    try:
+        link = link_control_socket("fzgw7", own, wg_dir)
+    finally:
+        os.umask(old_umask)
     assert link == wg_dir / "fzgw7.sock"
     assert wg_dir.stat().st_mode & 0o777 == 0o755  # made root's, writable by nobody else
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:

@@ -33,7 +33,9 @@ def link_control_socket(ifname: str, target_dir: Path, wg_dir: Path = SOCKET_DIR
     or any other file raises LinkError. Returns the link's path."""
     if target_dir.resolve() == wg_dir.resolve():
         raise LinkError(f"{CONTROL_DIR_ENV} is {wg_dir} itself: nothing to link")
-    wg_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not wg_dir.is_dir():
+        wg_dir.mkdir(parents=True, exist_ok=True)
+        wg_dir.chmod(0o755)  # whatever the umask (the unit's is 0077): `wg` is for everyone
     link = wg_dir / socket_name(ifname)
     target = target_dir / socket_name(ifname)
     if link.is_symlink():
