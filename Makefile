@@ -3,12 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make deb`: Debian's python3 and venv for the package's environment, strip, lintian.
+DEB_APT_PACKAGES := python3 python3-venv binutils lintian
 # System packages the tests and the gateway need on a fresh Debian machine.
-APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd
+APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd \
+	$(DEB_APT_PACKAGES)
 PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run demo bench bench-ring netns-suite clean
+.PHONY: all deps venv lint test run demo bench bench-ring netns-suite deb clean
 
 all: test
 
@@ -86,5 +89,13 @@ netns-suite: venv
 	if [ $$rc -eq 0 ]; then rm -rf "$$logs"; else echo "netns.sh failed ($$rc); gateway logs: $$logs" >&2; fi; \
 	exit $$rc
 
+# dist/firezone-gw_<version>_amd64.deb (packaging/deb/build.sh): `pip install .` into a venv
+# of Debian's python3 under /opt/firezone-gw, the unit, sysusers.d and tmpfiles.d entries;
+# lintian must find no error. Install: apt install ./dist/firezone-gw_*.deb
+deb:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES)"
+	@deb=$$(bash packaging/deb/build.sh) && echo "built $$deb" && \
+		lintian --fail-on error --suppress-tags no-manual-page "$$deb"
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
