@@ -220,15 +220,24 @@ def show(options: GlobalOptions, as_json: bool) -> None:
     multiple=True,
     help="A network behind the gateway for the client to route to it (repeatable).",
 )
+@click.option("--qr", is_flag=True, help="Print the config as a QR code for a phone to scan.")
+@click.option(
+    "--qr-png",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the QR code as a PNG image (mode 0600) to this file.",
+)
 @pass_global_options
-def client_config(
+def client_config(  # noqa: PLR0913, PLR0917 - one parameter per option, as click passes them
     options: GlobalOptions,
     peer_key: str | None,
     new_peer: bool,
     endpoint: str,
     routes: tuple[str, ...],
+    qr: bool,
+    qr_png: Path | None,
 ) -> None:
-    """Print a wg-quick config for a client of this gateway."""
+    """Print a wg-quick config for a client of this gateway (or its QR code, --qr)."""
     from gateway.cli import clientconfig  # noqa: PLC0415 - only this command needs it
 
     if (peer_key is None) == (not new_peer):
@@ -273,6 +282,14 @@ def client_config(
     except clientconfig.ClientConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    if qr or qr_png is not None:
+        from gateway.cli import qr as qr_code  # noqa: PLC0415 - only these options need it
+
+        if qr_png is not None:
+            qr_code.write_png(text, qr_png)
+        if qr:
+            qr_code.print_terminal(text, sys.stdout)
+            return
     click.echo(text, nl=False)
 
 
