@@ -84,10 +84,12 @@ def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
     handled: list[int] = []  # handshake messages the Device worked on, per turn
     handle_datagram = b.device.handle_datagram
 
-    def counting(data: Packet, src: Endpoint, now: float) -> bytes | bytearray | None:
+    def counting(
+        data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytes | bytearray | None:
         if data[0] != MESSAGE_TRANSPORT:
             handled[-1] += 1
-        return handle_datagram(data, src, now)
+        return handle_datagram(data, src, now, arrived=arrived)
 
     monkeypatch.setattr(b.device, "handle_datagram", counting)
     delivered: list[bytes] = []

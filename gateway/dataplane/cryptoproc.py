@@ -324,7 +324,8 @@ class CryptoLoop(Generic[RingT]):
         self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
-        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
+        # Ring messages waiting for a turn's budget, with when they arrived.
+        self.handshakes: deque[tuple[bytes, float]] = deque()
         self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
         self._source_limiter = RateLimiter()
 
@@ -419,7 +420,7 @@ class CryptoLoop(Generic[RingT]):
         if queued < HANDSHAKE_QUEUE and (
             queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(_source_address(message), now)
         ):
-            self.handshakes.append(bytes(message))
+            self.handshakes.append((bytes(message), now))
         else:
             self.handshakes_dropped += 1
             self.counters[st.DROP_RATE_LIMITED] += 1
@@ -431,14 +432,15 @@ class CryptoLoop(Generic[RingT]):
             return False
         handle_datagram = self.device.handle_datagram
         for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
-            message = handshakes.popleft()
+            message, arrived = handshakes.popleft()
             try:
                 src = decode_endpoint(message)
             except FramingError:
                 self.counters[st.DROP_MALFORMED] += 1
                 continue
-            # Answers go to the outbox, never to a worker.
-            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now)
+            # Answers go to the outbox, never to a worker. The arrival time keeps roaming
+            # in arrival order: transport from the same batch was handled first.
+            handle_datagram(memoryview(message)[HEADER_SIZE:], src, now, arrived=arrived)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:

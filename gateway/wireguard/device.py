@@ -133,6 +133,7 @@ class Device:
         self._index: dict[int, IndexEntry] = {}  # our receiver indices
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
+        self._handshake_arrived: float | None = None  # while a held-back handshake is handled
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
         # Cookie replies cost an XChaCha20-Poly1305 seal each: under a flood, each source
@@ -230,7 +231,7 @@ class Device:
         if not isinstance(preshared_key, _Unchanged):
             peer.preshared_key = preshared_key
         if not isinstance(endpoint, _Unchanged):
-            peer.endpoint = endpoint
+            peer.endpoint, peer.endpoint_arrival = endpoint, now
         self._changed.add(peer)
         if replace_allowed_ips:
             self._allowed.remove_value(peer)
@@ -438,7 +439,15 @@ class Device:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
-        peer.endpoint = src  # roaming: follow the latest authenticated source
+        # Roaming: follow the latest authenticated source, by arrival. A handshake the
+        # driver held back arrived before transport handled since: it moves the endpoint
+        # only if nothing that arrived later did (a listen-port change must not be undone
+        # by an initiation sent from the old port just before).
+        arrived = self._handshake_arrived
+        if arrived is None:
+            peer.endpoint, peer.endpoint_arrival = src, now
+        elif arrived > peer.endpoint_arrival:
+            peer.endpoint, peer.endpoint_arrival = src, arrived
         self._changed.add(peer)  # and its rx figures or handshake, which the callers update
         peer.timers.new_handshake = None
         if peer.persistent_keepalive:
@@ -446,8 +455,13 @@ class Device:
 
     # ---- inbound ---------------------------------------------------------------------------
 
-    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> bytearray | None:
-        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
+    def handle_datagram(
+        self, data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytearray | None:
+        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None.
+
+        `arrived`: when a handshake message the driver queued came in, if it is handled
+        after transport that came later (see _received_authenticated)."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
             self.drops[Drop.MALFORMED] += 1
@@ -459,11 +473,14 @@ class Device:
                 return None
             return self._receive_transport(data, src, now)
         if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
+            self._handshake_arrived = arrived
             try:
                 self._receive_handshake(bytes(data), kind, src, now)
             except CryptoFailure:
                 self.drops[Drop.HANDSHAKE_FAILED] += 1
                 self.counters["handshakes_rejected"] += 1
+            finally:
+                self._handshake_arrived = None
             return None
         self.drops[Drop.MALFORMED] += 1
         return None
