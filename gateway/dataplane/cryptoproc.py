@@ -137,6 +137,10 @@ class CryptoLoop(Generic[RingT]):
             self._next_stats = now + STATS_INTERVAL
         return work
 
+    def sync_peer_stats(self) -> None:
+        """Copy the changed peers' figures now (after a reload), not at the next interval."""
+        self._peers.sync(self.device, self.counters)
+
     def _decrypt(self, now: float) -> bool:
         """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
         batch = self._take_datagrams()
