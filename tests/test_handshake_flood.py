@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
-from gateway.keys import generate_private_key, public_key
+from gateway.keys import generate_private_key
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import (
     MESSAGE_RESPONSE,
@@ -20,7 +20,7 @@ from gateway.wireguard.device import Device, Packet
 from gateway.wireguard.drops import Drop
 from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, flood_initiation, ipv4_packet
-from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
+from tests.dataplane_fakes import Endpoint, LoopGateway, established
 
 START = 1000.0
 
@@ -42,24 +42,7 @@ def test_cookie_replies_under_load_are_rate_limited_per_source() -> None:
 
 
 def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:
-    """A client (A) with a session to the gateway (B), whose UDP ring has `slots` slots."""
-    key_a, key_b = generate_private_key(), generate_private_key()
-    client, gateway = Device(key_a), Device(key_b)
-    client.upsert_peer(
-        public_key(key_b),
-        endpoint=B_ENDPOINT,
-        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
-        now=START,
-    )
-    gateway.upsert_peer(
-        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
-    )
-    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
-    first = ipv4_packet(A_INNER, B_INNER, b"hello")
-    a.rings.from_workers[0].send(first)
-    run_until_quiet(a, b, START)
-    assert [p for w in b.tun_out() for p in w] == [first]
-    return a, b
+    return established(START, slots)
 
 
 def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(

@@ -72,13 +72,11 @@ def used_metric_names() -> set[str]:
 @pytest.mark.netns
 def test_a_real_prometheus_scrapes_the_gateway(netns_hosts: Hosts, tmp_path: Path) -> None:
     host = netns_hosts.add("fzprom")
-    key = tmp_path / "private.key"
-    key.write_text(encode_key(generate_private_key()) + "\n")
-    key.chmod(0o600)
     peer = encode_key(public_key(generate_private_key()))
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[interface]\nname = "{unique_name("fzprom")}"\nprivate_key_file = "private.key"\n'
+        f'[interface]\nname = "{unique_name("fzprom")}"\n'
+        f'private_key = "{encode_key(generate_private_key())}"\n'
         'listen_port = 51820\naddresses = ["100.64.0.1/24"]\n'
         f'[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'
         '[dns]\nupstreams = ["127.0.0.1:5399"]\n'

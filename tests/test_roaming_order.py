@@ -8,36 +8,20 @@ was handled after that packet and moved the endpoint back to the old port."""
 
 from __future__ import annotations
 
-import ipaddress
-
-from gateway.keys import generate_private_key, public_key
 from gateway.wireguard.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT, REKEY_AFTER_TIME
-from gateway.wireguard.device import Device
-from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
-from tests.dataplane_fakes import LoopGateway, run_until_quiet
+from testbed.wire import A_ENDPOINT, A_INNER, B_INNER, ipv4_packet
+from tests.dataplane_fakes import LoopGateway, established
 
 START = 1000.0
 OLD = A_ENDPOINT
 NEW = (A_ENDPOINT[0], 9999)  # the client's new listen port
 
 
-def established() -> tuple[LoopGateway, LoopGateway, bytes]:
-    """A client (A, the session's initiator) and the gateway (B); A's public key."""
-    key_a, key_b = generate_private_key(), generate_private_key()
-    client, gateway = Device(key_a), Device(key_b)
-    client.upsert_peer(
-        public_key(key_b),
-        endpoint=B_ENDPOINT,
-        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
-        now=START,
-    )
-    gateway.upsert_peer(
-        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
-    )
-    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT)
-    a.rings.from_workers[0].send(ipv4_packet(A_INNER, B_INNER, b"hello"))
-    run_until_quiet(a, b, START)
-    return a, b, public_key(key_a)
+def established_pair() -> tuple[LoopGateway, LoopGateway, bytes]:
+    """A client (A, the session's initiator), the gateway (B), A's public key."""
+    a, b = established(START)
+    assert a.device.public_key is not None
+    return a, b, a.device.public_key
 
 
 def sent_by_a(a: LoopGateway, now: float) -> dict[int, bytes]:
@@ -48,7 +32,7 @@ def sent_by_a(a: LoopGateway, now: float) -> dict[int, bytes]:
 
 
 def test_a_queued_handshake_from_the_old_port_does_not_undo_the_new_one() -> None:
-    a, b, key_a = established()
+    a, b, key_a = established_pair()
     # The session is old enough for A to rekey: one packet makes data and an initiation.
     now = START + REKEY_AFTER_TIME + 1
     before_move = sent_by_a(a, now)
@@ -65,7 +49,7 @@ def test_a_queued_handshake_from_the_old_port_does_not_undo_the_new_one() -> Non
 
 
 def test_a_handshake_that_arrived_later_still_roams() -> None:
-    a, b, key_a = established()
+    a, b, key_a = established_pair()
     now = START + REKEY_AFTER_TIME + 1
     sent = sent_by_a(a, now)
     assert b.udp_in([sent[MESSAGE_TRANSPORT]], OLD) == 1
