@@ -6,14 +6,13 @@ turned back into pixels, and both must give exactly what `client-config` prints 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.keys import encode_key, generate_private_key, public_key
+from tests.test_client_config import _cli
 
-FIREZONE_GW = [sys.executable, "-m", "gateway"]
 # Half blocks: (upper, lower) module of a character cell; drawn = light (a dark terminal).
 HALF_BLOCKS = {"█": (1, 1), "▀": (1, 0), "▄": (0, 1), " ": (0, 0)}
 PIXELS_PER_MODULE = 4
@@ -38,25 +37,9 @@ def config(tmp_path: Path) -> tuple[Path, str]:
 
 def client_config(config: tuple[Path, str], *extra: str) -> str:
     path, peer = config
-    proc = subprocess.run(
-        [
-            *FIREZONE_GW,
-            "--config",
-            str(path),
-            "client-config",
-            "--peer",
-            peer,
-            "--endpoint",
-            "gw.example.test:51820",
-            "--route",
-            "10.20.0.0/16",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    route = ("--route", "10.20.0.0/16")
+    endpoint = ("--endpoint", "gw.example.test:51820")
+    proc = _cli("client-config", "--peer", peer, *endpoint, *route, *extra, config=path)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
