@@ -156,11 +156,22 @@ class CryptoControl:
 
     def _reload(self, now: float) -> None:
         try:
+            self._apply_config(now)
+        finally:  # the supervisor waits for this to report the reload done
+            try:
+                control.send_message(self._control, control.Reloaded())
+            except OSError as exc:
+                log.error("reload: cannot tell the supervisor it is applied: %s", exc)
+
+    def _apply_config(self, now: float) -> None:
+        try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload: config became invalid, keeping the old one:\n%s", exc)
             return
         apply_peers(self.device, config, now)
+        if self._loop is not None:
+            self._loop.sync_peer_stats()
         # Grants and resources apply from the next packet; sessions stay (they are the Device's).
         self.firewall.set_policy(build_policy(config))
         self._update_loop()
