@@ -37,7 +37,8 @@ class FakeUpstream(asyncio.DatagramProtocol):
 
     def answer(self, wire: bytes, *, over_tcp: bool) -> bytes | None:
         query = dns.message.from_wire(wire)
-        name = str(query.question[0].name)
+        owner = query.question[0].name  # in the case the gateway randomised (0x20)
+        name = str(owner).lower()
         self.seen.append(name)
         if name == "silent.test.":
             return None
@@ -45,8 +46,8 @@ class FakeUpstream(asyncio.DatagramProtocol):
         if name == "big.test." and not over_tcp:
             response.flags |= dns.flags.TC
         else:
-            response.answer.append(dns.rrset.from_text(name, 60, "IN", "A", ANSWERS[name]))
-            response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", f'"{self.tag}"'))
+            response.answer.append(dns.rrset.from_text(owner, 60, "IN", "A", ANSWERS[name]))
+            response.answer.append(dns.rrset.from_text(owner, 60, "IN", "TXT", f'"{self.tag}"'))
         return response.to_wire()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
