@@ -7,29 +7,46 @@ records upstream; the result goes to the data plane as a `ProxyMapping` before t
 goes to the client, so the first packet to a proxy address already finds its translation.
 Any other query is the forwarder's. Answers use a short TTL, so clients ask again and the
 mapping follows the real addresses; a mapping younger than `REFRESH_AFTER` is reused.
+
+A mapping is per (name, resource) (gateway/dns/proxy.py): what one peer is granted never
+moves because another peer asked for the same name under another resource.
+
+Bounded, per peer: a peer has at most `MAX_RESOLVING_PER_PEER` names being looked up at once,
+a name being looked up parks at most `MAX_WAITING_PER_NAME` queries (and all names together
+`MAX_WAITING`), and a peer holds at most `MAX_NAMES_PER_PEER` mappings: asking for one more
+lets go of the one it asked for longest ago, which is freed when no other peer holds it. A
+mapping nobody asked for in `MAPPING_IDLE` is freed too (`expire`): Firezone's longest NAT
+lifetime (TCP, 2 h 4 min, RFC 5382) after the last answer's TTL, so a flow opened from an
+answer is not cut for want of asking again unless it ran idle longer than the NAT keeps it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dns.exception
-import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from gateway.dns.forwarder import Client, Forwarder, Lookup, Output, ToClient, error_response
+from gateway.dns.forwarder import Client, Forwarder, Lookup, Output, ToClient, response_to
 from gateway.dns.names import NamePattern
 from gateway.dns.proxy import ProxyAddresses, ProxyPair
 
 ANSWER_TTL = 60
 REFRESH_AFTER = 30.0
-MAX_WAITING = 1000  # queries parked while their name is being looked up
+MAX_WAITING = 1000  # queries parked while their name is being looked up, all names
+MAX_WAITING_PER_NAME = 32
+MAX_RESOLVING_PER_PEER = 64  # names one peer has being looked up at once (2 lookups each)
+MAX_NAMES_PER_PEER = 4096
+MAPPING_IDLE = 2 * 3600 + 4 * 60 + ANSWER_TTL  # seconds; see the module docstring
+
+Key = tuple[dns.name.Name, int]  # (name, resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +65,21 @@ Event = Output | ProxyMapping
 
 @dataclass(slots=True)
 class _Resolution:
-    name: dns.name.Name
-    resource: int
+    key: Key
+    peer: Hashable  # whose quota the lookups count against
     waiting: list[tuple[Client, dns.message.Message]] = field(default_factory=list)
     answers: dict[int, dns.message.Message | None] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Live:
+    mapping: ProxyMapping
+    resolved: float  # when its real addresses were looked up
+    holders: set[Hashable] = field(default_factory=set)
+
+
 class ResourceAnswers:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the resources, their grants, who asks, and the bound
         self,
         patterns: Sequence[tuple[int, NamePattern]],
         grants: Mapping[Hashable, Iterable[int]],
@@ -63,6 +87,7 @@ class ResourceAnswers:
         forwarder: Forwarder,
         *,
         proxies: ProxyAddresses | None = None,
+        max_names_per_peer: int = MAX_NAMES_PER_PEER,
     ) -> None:
         # Most specific pattern first: an exact name, then wildcards by depth.
         self._patterns = sorted(
@@ -72,44 +97,69 @@ class ResourceAnswers:
         self._peer_of = peer_of
         self.forwarder = forwarder
         self.proxies = proxies if proxies is not None else ProxyAddresses()
-        self._mappings: dict[dns.name.Name, tuple[float, ProxyMapping]] = {}
-        self._resolving: dict[dns.name.Name, _Resolution] = {}
+        self.max_names_per_peer = max_names_per_peer
+        self._live: OrderedDict[Key, _Live] = OrderedDict()  # least recently asked first
+        self._used: dict[Key, float] = {}
+        self._held: dict[Hashable, OrderedDict[Key, None]] = {}
+        self._resolving: dict[Key, _Resolution] = {}
+        self._resolving_by_peer: Counter[Hashable] = Counter()
         self._tokens: dict[int, tuple[_Resolution, int]] = {}
         self._next_token = 1
         self.waiting = 0
 
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live_mappings(self) -> list[ProxyMapping]:
+        """Every mapping handed out and not freed: what a new crypto process must be told."""
+        return [live.mapping for live in self._live.values()]
+
+    def held_by(self, peer: Hashable) -> int:
+        return len(self._held.get(peer, ()))
+
     def handle_query(self, client: Client, wire: bytes, now: float) -> list[Event]:
-        resource, query = self._match(client, wire)
-        if resource is None or query is None:
-            output = self.forwarder.handle_query(client, wire, now)
-            return [] if output is None else [output]
+        query = self.forwarder.parse(client, wire)
+        if not isinstance(query, dns.message.Message):
+            return [] if query is None else [query]
+        peer = client.peer if client.peer is not None else self._peer_of(client.address)
+        resource = self._match(peer, query)
+        if peer is None or resource is None:
+            return [self.forwarder.forward(client, query, wire, now)]
         self.forwarder.counters["resource_queries"] += 1
-        name = query.question[0].name.canonicalize()
-        cached = self._mappings.get(name)
-        if (
-            cached is not None
-            and now - cached[0] < REFRESH_AFTER
-            and cached[1].resource == resource
-        ):
-            return [self._answer(client, query, cached[1])]
-        resolution = self._resolving.get(name)
-        if resolution is None:
-            if self.waiting >= MAX_WAITING:
-                return self._fail(client, query, "servfail_overload")
-            resolution = self._resolving[name] = _Resolution(name, resource)
-            events: list[Event] = []
-            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                token = self._next_token
-                self._next_token += 1
-                self._tokens[token] = (resolution, rdtype)
-                events.append(self.forwarder.lookup(token, name, rdtype, now))
+        key = (query.question[0].name.canonicalize(), resource)
+        live = self._live.get(key)
+        if live is not None and now - live.resolved < REFRESH_AFTER:
+            self._hold(peer, key, now)
+            return [self._answer(client, query, live.mapping)]
+        return self._resolve(client, query, peer, key, now)
+
+    def _resolve(
+        self, client: Client, query: dns.message.Message, peer: Hashable, key: Key, now: float
+    ) -> list[Event]:
+        """Park the query on the lookup of `key`, starting it if none runs, within bounds."""
+        resolution = self._resolving.get(key)
+        if resolution is not None:
+            if len(resolution.waiting) >= MAX_WAITING_PER_NAME or self.waiting >= MAX_WAITING:
+                return [self._fail(client, query, "servfail_overload")]
             resolution.waiting.append((client, query))
             self.waiting += 1
-            # A lookup can finish at once (no upstream): let handle_lookup see it.
-            return self._settle_immediate(events, now)
+            return []
+        if self.waiting >= MAX_WAITING:
+            return [self._fail(client, query, "servfail_overload")]
+        if self._resolving_by_peer[peer] >= MAX_RESOLVING_PER_PEER:
+            return [self._fail(client, query, "servfail_client_quota")]
+        resolution = self._resolving[key] = _Resolution(key, peer)
+        self._resolving_by_peer[peer] += 1
         resolution.waiting.append((client, query))
         self.waiting += 1
-        return []
+        events: list[Event] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            token = self._next_token
+            self._next_token += 1
+            self._tokens[token] = (resolution, rdtype)
+            events.append(self.forwarder.lookup(token, key[0], rdtype, now))
+        # A lookup can finish at once (no upstream): let handle_lookup see it.
+        return self._settle_immediate(events, now)
 
     def _settle_immediate(self, events: list[Event], now: float) -> list[Event]:
         out: list[Event] = []
@@ -132,27 +182,80 @@ class ResourceAnswers:
             resolution.answers[rdtype] = None
         if len(resolution.answers) < 2:  # noqa: PLR2004 - A and AAAA
             return []
-        del self._resolving[resolution.name]
+        key = resolution.key
+        del self._resolving[key]
+        self._resolving_by_peer[resolution.peer] -= 1
+        if not self._resolving_by_peer[resolution.peer]:
+            del self._resolving_by_peer[resolution.peer]
         self.waiting -= len(resolution.waiting)
         v4 = tuple(self._addresses(resolution.answers.get(dns.rdatatype.A), dns.rdatatype.A))
         v6 = tuple(self._addresses(resolution.answers.get(dns.rdatatype.AAAA), dns.rdatatype.AAAA))
         if not v4 and not v6:
             self.forwarder.counters["resource_unresolved"] += 1
-            events: list[Event] = []
-            for client, query in resolution.waiting:
-                events.extend(self._fail(client, query, None))
-            return events
+            return [self._fail(client, query, None) for client, query in resolution.waiting]
+        if key not in self._live and len(self._live) >= self.proxies.capacity:
+            self._release(next(iter(self._live)))  # the least recently asked gives way
         mapping = ProxyMapping(
-            resolution.name,
-            resolution.resource,
-            self.proxies.assign(resolution.name),
+            key[0],
+            key[1],
+            self.proxies.assign(*key),
             tuple(ipaddress.IPv4Address(a) for a in v4),
             tuple(ipaddress.IPv6Address(a) for a in v6),
         )
-        self._mappings[resolution.name] = (now, mapping)
-        if len(self._mappings) > self.proxies.capacity:
-            self._mappings.pop(next(iter(self._mappings)))
+        live = self._live.get(key)
+        if live is None:
+            live = self._live[key] = _Live(mapping, now)
+        live.mapping, live.resolved = mapping, now
+        for client, _ in resolution.waiting:
+            peer = client.peer if client.peer is not None else self._peer_of(client.address)
+            if peer is not None:
+                self._hold(peer, key, now)
+        if key not in self._live:  # every asker let go of it at once (a bound of 0 names)
+            return [self._fail(client, query, None) for client, query in resolution.waiting]
         return [mapping, *(self._answer(c, q, mapping) for c, q in resolution.waiting)]
+
+    # ---- holding and freeing mappings -----------------------------------------------------
+
+    def _hold(self, peer: Hashable, key: Key, now: float) -> None:
+        live = self._live[key]
+        live.holders.add(peer)
+        self._live.move_to_end(key)
+        self._used[key] = now
+        held = self._held.setdefault(peer, OrderedDict())
+        held[key] = None
+        held.move_to_end(key)
+        while len(held) > self.max_names_per_peer:
+            oldest, _ = held.popitem(last=False)
+            self.forwarder.counters["mappings_let_go"] += 1
+            holders = self._live[oldest].holders
+            holders.discard(peer)
+            if not holders:
+                self._release(oldest)
+
+    def _release(self, key: Key) -> None:
+        live = self._live.pop(key)
+        del self._used[key]
+        self.proxies.release(*key)
+        self.forwarder.counters["mappings_freed"] += 1
+        for peer in live.holders:
+            held = self._held.get(peer)
+            if held is not None:
+                held.pop(key, None)
+                if not held:
+                    del self._held[peer]
+
+    def expire(self, now: float) -> int:
+        """Free the mappings nobody asked for in MAPPING_IDLE; how many were freed."""
+        freed = 0
+        while self._live:
+            key = next(iter(self._live))
+            if now - self._used[key] < MAPPING_IDLE:
+                break
+            self._release(key)
+            freed += 1
+        return freed
+
+    # ---- answers ---------------------------------------------------------------------------
 
     @staticmethod
     def _addresses(message: dns.message.Message | None, rdtype: int) -> list[str]:
@@ -162,24 +265,17 @@ class ResourceAnswers:
             item.to_text() for rrset in message.answer if rrset.rdtype == rdtype for item in rrset
         ]
 
-    def _match(self, client: Client, wire: bytes) -> tuple[int | None, dns.message.Message | None]:
-        if not self._patterns:
-            return None, None
-        peer = self._peer_of(client.address)
-        granted = self._grants.get(peer) if peer is not None else None
+    def _match(self, peer: Hashable | None, query: dns.message.Message) -> int | None:
+        if not self._patterns or peer is None:
+            return None
+        granted = self._grants.get(peer)
         if not granted:
-            return None, None
-        try:
-            query = dns.message.from_wire(wire)
-        except (dns.exception.DNSException, ValueError, UnicodeError):
-            return None, None  # the forwarder answers FORMERR
-        if len(query.question) != 1 or query.flags & dns.flags.QR:
-            return None, None
+            return None
         name = query.question[0].name
         for index, pattern in self._patterns:
             if index in granted and pattern.matches(name):
-                return index, query
-        return None, None
+                return index
+        return None
 
     def _answer(
         self, client: Client, query: dns.message.Message, mapping: ProxyMapping
@@ -199,8 +295,7 @@ class ResourceAnswers:
         self.forwarder.counters["resource_answers"] += 1
         return ToClient(client, response.to_wire())
 
-    def _fail(self, client: Client, query: dns.message.Message, reason: str | None) -> list[Event]:
+    def _fail(self, client: Client, query: dns.message.Message, reason: str | None) -> ToClient:
         if reason is not None:
             self.forwarder.counters[reason] += 1
-        answer = error_response(query.to_wire(), dns.rcode.SERVFAIL)
-        return [] if answer is None else [ToClient(client, answer)]
+        return ToClient(client, response_to(query, dns.rcode.SERVFAIL))
