@@ -32,7 +32,7 @@ from gateway.dataplane.cryptoproc import (
 )
 from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import apply_message, receive_mappings
+from gateway.dataplane.mappings import PeerAnnouncer, apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
@@ -236,6 +236,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
             receive_mappings(mappings, lambda message: apply_message(proxy, message))
 
         handlers[mappings.fileno()] = on_mappings
+    if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
+        handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
     report_ready()
     run_crypto(
         crypto.device,
