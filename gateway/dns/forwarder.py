@@ -108,7 +108,6 @@ Output = ToUpstream | ToClient
 class _Pending:
     client: Client | Lookup
     client_id: int
-    question: tuple[object, ...]
     query: bytes  # as sent upstream, with the gateway's id and the name's case randomised
     deadline: float
     client_name: bytes  # the question's name as the client spelled it (wire form)
@@ -228,7 +227,6 @@ class Forwarder:
         pending = _Pending(
             client=client,
             client_id=query.id,
-            question=_question(query),
             query=sent,
             deadline=now + self.timeout,
             client_name=wire[HEADER_SIZE:end],
@@ -280,10 +278,10 @@ class Forwarder:
         if matched is None:
             self.counters["unmatched_responses"] += 1
             return None
-        key, pending, response = matched
+        key, pending, flags = matched
         end = HEADER_SIZE + len(pending.client_name)
         self._finish(key)
-        if response.flags & dns.flags.TC and transport is Transport.UDP:
+        if flags & _TC and transport is Transport.UDP:
             self.counters["retried_over_tcp"] += 1
             retry_key = (upstream, Transport.TCP, key[2])
             if retry_key in self._pending:  # that id is taken over TCP: pick another
@@ -307,24 +305,23 @@ class Forwarder:
 
     def _match_response(
         self, upstream: Endpoint, transport: Transport, wire: bytes
-    ) -> tuple[tuple[Endpoint, Transport, int], _Pending, dns.message.Message] | None:
-        """The pending query `wire` answers, or None (late, spoofed, or not an answer)."""
+    ) -> tuple[tuple[Endpoint, Transport, int], _Pending, int] | None:
+        """The pending query `wire` answers and its header's flags, or None (late, spoofed,
+        or not an answer). Read from the header and question only: the answer is not
+        parsed (a large one costs milliseconds in dnspython), the client reads it."""
         if len(wire) < HEADER_SIZE:
             return None
         key = (upstream, transport, int.from_bytes(wire[:2], "big"))
         pending = self._pending.get(key)
         if pending is None:
             return None
-        end = HEADER_SIZE + len(pending.client_name)
-        if wire[HEADER_SIZE:end] != pending.query[HEADER_SIZE:end]:
-            return None  # not the name we sent, letter for letter
-        try:
-            response = dns.message.from_wire(wire)
-        except (dns.exception.DNSException, ValueError, UnicodeError):
-            return None  # keep waiting: the real answer may still come
-        if not response.flags & dns.flags.QR or _question(response) != pending.question:
+        flags = int.from_bytes(wire[2:4], "big")
+        end = HEADER_SIZE + len(pending.client_name) + 4  # the name, its type and class
+        if not flags & _QR or wire[4:6] != b"\x00\x01":
             return None
-        return key, pending, response
+        if wire[HEADER_SIZE:end] != pending.query[HEADER_SIZE:end]:
+            return None  # another question, or not the name we sent letter for letter
+        return key, pending, flags
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -405,10 +402,6 @@ def response_to(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
     response = dns.message.make_response(query)
     response.set_rcode(rcode)
     return response.to_wire()
-
-
-def _question(message: dns.message.Message) -> tuple[object, ...]:
-    return tuple((q.name, q.rdtype, q.rdclass) for q in message.question)
 
 
 def error_response(
