@@ -28,12 +28,12 @@ from gateway.dataplane.mappings import (
     receive_mappings,
 )
 from gateway.dns.forwarder import Forwarder
-from gateway.dns.names import parse_name_pattern
 from gateway.dns.resources import ProxyMapping, ResourceAnswers
 from gateway.dns.server import MAX_TCP_PIPELINE, TCP_WRITE_LIMIT, DnsServer, PeerOf
 from gateway.keys import generate_private_key
 from gateway.nat.handler import ProxyHandler
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.names import parse_name_pattern
+from gateway.resources.resource import Resource, parse_resource_address
 from gateway.wireguard.device import Device
 from ippacket.build import udp_packet
 

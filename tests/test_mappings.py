@@ -21,7 +21,7 @@ from gateway.dns.proxy import ProxyPair
 from gateway.dns.resources import ProxyMapping
 from gateway.keys import generate_private_key
 from gateway.nat.handler import ProxyHandler
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.resource import Resource, parse_resource_address
 from gateway.wireguard.device import Device
 from ippacket.build import udp_packet
 
