@@ -15,6 +15,7 @@ import dns.rrset
 from gateway.dns.forwarder import Client, Forwarder, ToClient, ToUpstream, Transport
 from gateway.dns.resources import (
     MAPPING_IDLE,
+    MAX_QUEUED_PER_PEER,
     MAX_RESOLVING_PER_PEER,
     MAX_WAITING_PER_NAME,
     ProxyMapping,
@@ -30,10 +31,14 @@ PEERS = {"100.64.0.2": "alice", "100.64.0.3": "bob"}
 APP, WILD = 0, 1
 
 
+BOB_GRANTED = Client(Transport.UDP, "100.64.0.4", 40000)
+PEERS["100.64.0.4"] = "bob2"
+
+
 def answers(forwarder: Forwarder | None = None) -> ResourceAnswers:
     return ResourceAnswers(
         [(APP, parse_name_pattern("app.corp.test")), (WILD, parse_name_pattern("*.corp.test"))],
-        {"alice": [APP, WILD], "bob": []},
+        {"alice": [APP, WILD], "bob": [], "bob2": [WILD]},
         PEERS.get,
         forwarder if forwarder is not None else Forwarder([UP], rng=random.Random(1)),
     )
@@ -221,7 +226,22 @@ def test_queries_waiting_on_one_name_and_one_peers_lookups_are_bounded() -> None
         out = table.handle_query(client, query("slow.corp.test", ident=i), 0.0)
         refused += bool(out)
     assert table.waiting == MAX_WAITING_PER_NAME and refused == 200 - MAX_WAITING_PER_NAME
-    for i in range(MAX_RESOLVING_PER_PEER + 10):
-        table.handle_query(ALICE, query(f"new{i}.corp.test"), 0.0)
-    assert table.forwarder.counters["servfail_client_quota"] == 11  # slow.corp.test is one
-    assert table.forwarder.in_flight == 2 * MAX_RESOLVING_PER_PEER
+    # One peer's new names: MAX_RESOLVING_PER_PEER looked up at once (slow.corp.test is
+    # one), the next wait their turn, beyond MAX_QUEUED_PER_PEER refused.
+    started = []
+    for i in range(MAX_RESOLVING_PER_PEER + MAX_QUEUED_PER_PEER + 5):
+        started += table.handle_query(ALICE, query(f"new{i}.corp.test", ident=i), 0.0)
+    assert table.forwarder.counters["servfail_client_quota"] == 6
+    assert len(started) == 2 * (MAX_RESOLVING_PER_PEER - 1) + 6  # lookups, and the refusals
+    # Bob is not behind alice's queue.
+    assert len(table.handle_query(BOB_GRANTED, query("bob.corp.test"), 0.0)) == 2
+    # One of alice's lookups finishes: the first queued name starts, in order of arrival.
+    first = [e for e in started if isinstance(e, ToUpstream)][:2]
+    out = resolve(table, first, ["10.98.0.5"], [])
+    mapping, answer, *next_lookups = out
+    assert isinstance(mapping, ProxyMapping) and str(mapping.name) == "new0.corp.test."
+    assert isinstance(answer, ToClient)
+    assert [str(dns.message.from_wire(e.wire).question[0].name).lower() for e in next_lookups] == [
+        f"new{MAX_RESOLVING_PER_PEER - 1}.corp.test."
+    ] * 2
+    assert table.forwarder.in_flight == 2 * MAX_RESOLVING_PER_PEER + 2  # and bob's

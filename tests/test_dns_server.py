@@ -399,13 +399,19 @@ def test_a_tcp_client_that_never_reads_is_not_read_and_upstream_connections_are_
 
     async def scenario() -> None:
         async with upstream(0.0, "up") as (up, fake), gateway_dns([up]) as (listen, server):
-            reader, writer = await asyncio.open_connection(*listen)
+            # A small receive window, so the kernel's buffers do not hide the server's own.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(listen)
+            reader, writer = await asyncio.open_connection(sock=sock)
             writer.transport.set_write_buffer_limits(high=1 << 24)
             for ident in range(SENT):
                 wire = query("huge.test", ident)
                 writer.write(len(wire).to_bytes(2, "big") + wire)
             await asyncio.sleep(1.0)
             asked = fake.seen.count("huge.test.")
+            await asyncio.sleep(0.5)
+            assert fake.seen.count("huge.test.") == asked  # not read any more
             # Answers (20 KB each) fill the kernel's buffers, then a few wait in the server's
             # memory, then the client is not read any more.
             assert asked <= SENT // 2, asked

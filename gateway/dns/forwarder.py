@@ -168,7 +168,7 @@ class Forwarder:
             return None  # a response sent to the server
         if (flags >> 11) & 0xF != dns.opcode.QUERY:
             return self._refuse(client, wire, dns.rcode.NOTIMP, "notimp")
-        if int.from_bytes(wire[4:6], "big") != 1 or _name_end(wire) is None:
+        if int.from_bytes(wire[4:6], "big") != 1 or name_end(wire) is None:
             return self._refuse(client, wire, dns.rcode.FORMERR, "formerr")
         try:
             return dns.message.from_wire(wire)
@@ -193,7 +193,7 @@ class Forwarder:
         limit = 0
         if client.transport is Transport.UDP:
             limit = max(MIN_UDP_PAYLOAD, query.payload) if query.edns >= 0 else MIN_UDP_PAYLOAD
-        return self._send(client, client.transport, query, wire, now, udp_limit=limit)
+        return self._send(client, client.transport, query.id, wire, now, udp_limit=limit)
 
     def lookup(
         self, token: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, now: float
@@ -201,17 +201,21 @@ class Forwarder:
         """Ask the upstreams for `name` on the gateway's own behalf; the answer comes back as
         `ToClient(Lookup(token), ...)` (or a SERVFAIL after the timeout, or at once when no
         upstream is configured or too many queries are in flight)."""
-        query = dns.message.make_query(name, rdtype)
         self.counters["lookups"] += 1
         if not self.upstreams or len(self._pending) >= self.max_in_flight:
+            query = dns.message.make_query(name, rdtype)
             return ToClient(Lookup(token), response_to(query, dns.rcode.SERVFAIL))
-        return self._send(Lookup(token), Transport.UDP, query, query.to_wire(), now, udp_limit=0)
+        # Built from bytes (dnspython's make_query costs more than the rest of a lookup):
+        # id 0 (replaced), RD, one question, class IN.
+        wire = b"\x00\x00\x01\x00\x00\x01" + bytes(6) + name.to_digestable()
+        wire += int(rdtype).to_bytes(2, "big") + b"\x00\x01"
+        return self._send(Lookup(token), Transport.UDP, 0, wire, now, udp_limit=0)
 
     def _send(  # noqa: PLR0913 - one pending entry's fields
         self,
         client: Client | Lookup,
         transport: Transport,
-        query: dns.message.Message,
+        client_id: int,
         wire: bytes,
         now: float,
         *,
@@ -220,13 +224,13 @@ class Forwarder:
         upstream = self.upstreams[self._next_upstream % len(self.upstreams)]
         self._next_upstream += 1
         gateway_id = self._free_id(upstream, transport)
-        end = _name_end(wire)
+        end = name_end(wire)
         assert end is not None  # noqa: S101 - parse() refused such a query; make_query never makes one
         sent = gateway_id.to_bytes(2, "big") + wire[2:HEADER_SIZE]
         sent += _randomise_case(wire[HEADER_SIZE:end], self._rng) + wire[end:]
         pending = _Pending(
             client=client,
-            client_id=query.id,
+            client_id=client_id,
             query=sent,
             deadline=now + self.timeout,
             client_name=wire[HEADER_SIZE:end],
@@ -253,7 +257,7 @@ class Forwarder:
     ) -> ToClient | None:
         """An answer with `rcode` to a query that was not (or could not be) parsed."""
         self.counters[reason] += 1
-        if int.from_bytes(wire[4:6], "big") != 1 or _name_end(wire) is None:
+        if int.from_bytes(wire[4:6], "big") != 1 or name_end(wire) is None:
             return ToClient(client, _header_only(wire, rcode))
         answer = error_response(wire, rcode)
         return None if answer is None else ToClient(client, answer)
@@ -351,7 +355,7 @@ class Forwarder:
             heapq.heappop(self._deadlines)
 
 
-def _name_end(wire: bytes) -> int | None:
+def name_end(wire: bytes) -> int | None:
     """Where the first question's name ends in `wire` (one past its root label), or None when
     it does not end inside the message or uses compression (a question's name never may)."""
     at = HEADER_SIZE

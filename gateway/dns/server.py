@@ -14,7 +14,8 @@ closing upstream left unanswered is asked again on a new connection.
 Bounded: at most `MAX_TCP_CLIENTS` client connections, each closed after `TCP_IDLE` seconds
 without a whole query; a client connection reads no further query while `MAX_TCP_PIPELINE`
 of its queries are unanswered or more than `TCP_WRITE_LIMIT` bytes of answers wait for it to
-read (closed when that does not drain within TCP_IDLE). Resource answers wait until the
+read (closed when that does not drain within TCP_IDLE); the kernel's send buffer for it is
+fixed at TCP_WRITE_LIMIT too. Resource answers wait until the
 mappings sent before them are applied (`MappingSink.when_applied`), in order of arrival.
 Nothing here parses DNS: bytes go to the forwarder and come back from it.
 """
@@ -43,6 +44,7 @@ from gateway.dns.forwarder import (
     Transport,
 )
 from gateway.dns.resources import Event, ProxyMapping, ResourceAnswers
+from gateway.udp_io import SO_RCVBUFFORCE, set_socket_buffer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ TCP_WRITE_LIMIT = 64 * 1024  # answers waiting for a client before it is not rea
 MAX_UPSTREAM_TCP_QUEUE = 1000  # queries on one upstream connection not answered yet
 UPSTREAM_TCP_RETRIES = 2  # new connections for queries a closing upstream left unanswered
 IP_FREEBIND = 15  # linux/in.h; the socket module has no name for it before Python 3.12
+UDP_RECEIVE_BUFFER = 4 << 20  # a burst of queries waits in the kernel, not dropped there
 
 PeerOf = Callable[[str], Hashable | None]
 
@@ -84,6 +87,8 @@ def bound_socket(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            set_socket_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
@@ -395,6 +400,11 @@ class DnsServer:
             writer.close()
             return
         writer.transport.set_write_buffer_limits(high=TCP_WRITE_LIMIT)
+        # The kernel's share too: a send buffer that autotunes would hold up to 4 MiB.
+        client_socket = writer.get_extra_info("socket")
+        if client_socket is not None:
+            with contextlib.suppress(OSError):
+                client_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_WRITE_LIMIT)
         number = self._next_connection
         self._next_connection += 1
         connection = self._tcp_clients[number] = _TcpClient(writer)
