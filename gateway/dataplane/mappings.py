@@ -1,9 +1,10 @@
 """Proxy mappings from the DNS process to the crypto process, and what comes back.
 
 The supervisor makes a SOCK_SEQPACKET socketpair before it forks the two; it keeps both ends,
-so the channel outlives either process. DNS -> crypto: each mapping is one record, a msgpack
-`MappingMessage` (a sequence number, the resource's index in the config, the proxy pair, at
-most MAX_REAL_ADDRESSES real addresses per family). Crypto -> DNS, msgpack tagged records:
+so the channel outlives either process. DNS -> crypto: each record is a msgpack list of up to
+MAX_BATCH `MappingMessage`s (a sequence number, the resource's index in the config, the proxy
+pair, at most MAX_REAL_ADDRESSES real addresses per family): the mappings of one loop turn.
+Crypto -> DNS, msgpack tagged records:
 `Applied(n)` once per batch it applied (every mapping up to n is in its ProxyHandler);
 `Started` when a crypto process starts (it has no mappings: the DNS process sends all its live
 ones again, and answers from its cache only after they are applied); `PeerAddresses`, the
@@ -40,7 +41,8 @@ from gateway.wireguard.device import Device
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 0.5  # seconds the DNS process waits before answering anyway
-MAX_MESSAGE_BYTES = 2048  # a full mapping is about 400 bytes
+MAX_BATCH = 64  # mappings in one record; a full mapping is about 400 bytes
+MAX_MESSAGE_BYTES = 32768
 MAX_FROM_CRYPTO_BYTES = 1 << 18  # a peer table: about 80 bytes a peer (the socket's limit)
 MAX_BACKLOG = 1 << 17  # records waiting for room in the socket (all live mappings fit)
 
@@ -95,21 +97,25 @@ class MappingPair:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[MappingMessage] = msgspec.msgpack.Decoder(MappingMessage)
+Batch = Annotated[list[MappingMessage], msgspec.Meta(max_length=MAX_BATCH)]
+_decoder: msgspec.msgpack.Decoder[list[MappingMessage]] = msgspec.msgpack.Decoder(Batch)
 _from_crypto: msgspec.msgpack.Decoder[FromCrypto] = msgspec.msgpack.Decoder(FromCrypto)
 
 
-def encode(sequence: int, mapping: ProxyMapping) -> bytes:
-    return _encoder.encode(
-        MappingMessage(
-            sequence=sequence,
-            resource=mapping.resource,
-            proxy_v4=mapping.proxies.v4.packed,
-            proxy_v6=mapping.proxies.v6.packed,
-            real_v4=tuple(a.packed for a in mapping.real_v4[:MAX_REAL_ADDRESSES]),
-            real_v6=tuple(a.packed for a in mapping.real_v6[:MAX_REAL_ADDRESSES]),
-        )
+def message(sequence: int, mapping: ProxyMapping) -> MappingMessage:
+    return MappingMessage(
+        sequence=sequence,
+        resource=mapping.resource,
+        proxy_v4=mapping.proxies.v4.packed,
+        proxy_v6=mapping.proxies.v6.packed,
+        real_v4=tuple(a.packed for a in mapping.real_v4[:MAX_REAL_ADDRESSES]),
+        real_v6=tuple(a.packed for a in mapping.real_v6[:MAX_REAL_ADDRESSES]),
     )
+
+
+def encode(sequence: int, mapping: ProxyMapping) -> bytes:
+    """One record holding one mapping (records hold up to MAX_BATCH)."""
+    return _encoder.encode([message(sequence, mapping)])
 
 
 # ---- the DNS process's end -----------------------------------------------------------------
@@ -135,6 +141,7 @@ class MappingSender:
         self._clock = clock
         self._sequence = 0
         self._applied = 0
+        self._unsent: list[MappingMessage] = []  # packed into records once per loop turn
         self._backlog: deque[bytes] = deque()
         self._waiters: deque[tuple[int, float, Callable[[], None]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,12 +170,23 @@ class MappingSender:
         return self._sequence - self._applied
 
     def send(self, mapping: ProxyMapping) -> None:
+        """Queue `mapping`; it leaves with the others sent in this loop turn (one record per
+        MAX_BATCH: a system call each, not one per mapping)."""
         self._sequence += 1
         self.sent += 1
-        if len(self._backlog) >= MAX_BACKLOG:
-            self._backlog.popleft()
-            self.dropped += 1
-        self._backlog.append(encode(self._sequence, mapping))
+        self._unsent.append(message(self._sequence, mapping))
+        if self._loop is None:
+            self._pack()
+        elif len(self._unsent) == 1:
+            self._loop.call_soon(self._pack)
+
+    def _pack(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for start in range(0, len(unsent), MAX_BATCH):
+            if len(self._backlog) >= MAX_BACKLOG:
+                self._backlog.popleft()
+                self.dropped += 1
+            self._backlog.append(_encoder.encode(unsent[start : start + MAX_BATCH]))
         self.flush()
 
     def when_applied(self, callback: Callable[[], None]) -> None:
@@ -289,13 +307,14 @@ def receive_mappings(sock: socket.socket, apply: Callable[[MappingMessage], None
         if not data:
             break
         try:
-            message = _decoder.decode(data)
+            batch = _decoder.decode(data)
         except msgspec.DecodeError as exc:
             log.error("ignored a proxy mapping record: %s", exc)
             continue
-        apply(message)
-        applied += 1
-        last = max(last, message.sequence)
+        for mapping in batch:
+            apply(mapping)
+            last = max(last, mapping.sequence)
+        applied += len(batch)
     if last >= 0:
         _send(sock, Applied(last), "proxy mappings not acknowledged")
     return applied

@@ -11,8 +11,9 @@ mapping follows the real addresses; a mapping younger than `REFRESH_AFTER` is re
 A mapping is per (name, resource) (gateway/dns/proxy.py): what one peer is granted never
 moves because another peer asked for the same name under another resource.
 
-Bounded, per peer: a peer has at most `MAX_RESOLVING_PER_PEER` names being looked up at once
-(more wait their turn in order of arrival, at most `MAX_QUEUED_PER_PEER`), a name being looked up parks at most `MAX_WAITING_PER_NAME` queries (and all names together
+Bounded, per peer: a peer has at most `MAX_RESOLVING_PER_PEER` names being looked up at
+once (more wait their turn in order of arrival, at most `MAX_QUEUED_PER_PEER`), a name being
+looked up parks at most `MAX_WAITING_PER_NAME` queries (and all names together
 `MAX_WAITING`), and a peer holds at most `MAX_NAMES_PER_PEER` mappings: asking for one more
 lets go of the one it asked for longest ago, which is freed when no other peer holds it. A
 mapping nobody asked for in `MAPPING_IDLE` is freed too (`expire`): Firezone's longest NAT

@@ -5,9 +5,9 @@ are answered: the sockets are bound to the TUN device (SO_BINDTODEVICE), so a LA
 routes to a tunnel address reaches nothing, and a query whose source no peer owns
 (`peer_of`) is dropped and counted. The peer is the client's quota owner.
 
-Upstream: each UDP query leaves from a socket of its own, connected to the upstream, on a
-port the kernel picks at random, closed when answered or timed out (with the forwarder's
-random id and 0x20 case, an off-path forger has to guess all three). TCP queries share one
+Upstream: UDP queries leave from a pool of sockets on random ports that is renewed as it
+is used (`_UpstreamUdp`; with the forwarder's random id and 0x20 case, an off-path forger
+has to guess all three). TCP queries share one
 pipelined connection per upstream (RFC 7766), opened when needed, closed when idle; what a
 closing upstream left unanswered is asked again on a new connection.
 
@@ -28,9 +28,10 @@ import functools
 import ipaddress
 import logging
 import resource
+import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -55,6 +56,8 @@ MAX_TCP_PIPELINE = 16  # unanswered queries of one client connection before it i
 TCP_WRITE_LIMIT = 64 * 1024  # answers waiting for a client before it is not read
 MAX_UPSTREAM_TCP_QUEUE = 1000  # queries on one upstream connection not answered yet
 UPSTREAM_TCP_RETRIES = 2  # new connections for queries a closing upstream left unanswered
+UPSTREAM_POOL = 16  # upstream UDP sockets per family, each on its own random port
+UPSTREAM_ROTATE = 32  # queries one sends before a fresh socket (a new port) takes its place
 IP_FREEBIND = 15  # linux/in.h; the socket module has no name for it before Python 3.12
 UDP_RECEIVE_BUFFER = 4 << 20  # a burst of queries waits in the kernel, not dropped there
 
@@ -215,6 +218,86 @@ class _UpstreamTcp:
             writer.close()
 
 
+class _UpstreamUdp:
+    """Sockets to the upstreams: UPSTREAM_POOL per family, each on a port the kernel picked
+    at random, a random one per query; one that sent UPSTREAM_ROTATE queries gives its place
+    to a fresh one (a new port) and is closed once its last query timed out. Cheaper than a
+    socket per query (six system calls), and an off-path forger still has to hit a port that
+    changes all the time, besides the id and the 0x20 case."""
+
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._pools: dict[socket.AddressFamily, list[list[Any]]] = {}  # [socket, sent]
+        self._retired: deque[tuple[float, socket.socket]] = deque()
+
+    def send(self, upstream: Endpoint, wire: bytes) -> bool:
+        family = _family(upstream[0])
+        pool = self._pools.setdefault(family, [])
+        try:
+            while len(pool) < UPSTREAM_POOL:
+                pool.append([self._open(family), 0])
+        except OSError as exc:
+            log.warning("no socket to the upstreams: %s", exc)
+            if not pool:
+                return False
+        index = secrets.randbelow(len(pool))
+        entry = pool[index]
+        try:
+            entry[0].sendto(wire, upstream)
+        except OSError as exc:
+            log.debug("upstream %s:%d: %s", upstream[0], upstream[1], exc)
+            return False
+        entry[1] += 1
+        if entry[1] >= UPSTREAM_ROTATE:
+            deadline = time.monotonic() + self._server.forwarder.timeout
+            self._retired.append((deadline, entry[0]))
+            del pool[index]  # its place is taken by a fresh socket on the next send
+        return True
+
+    def _open(self, family: socket.AddressFamily) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))  # noqa: S104 - sends only to the upstreams; answers are matched by the forwarder
+        except OSError:
+            sock.close()
+            raise
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+        return sock
+
+    def _readable(self, sock: socket.socket) -> None:
+        server = self._server
+        for _ in range(64):  # then let the loop serve others
+            try:
+                data, source = sock.recvfrom(MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ICMP unreachable: the forwarder's timeout answers
+                log.debug("upstream socket error: %s", exc)
+                continue
+            upstream = normalize((source[0], source[1]))
+            server.dispatch(
+                server.forwarder.handle_response(upstream, Transport.UDP, data, time.monotonic())
+            )
+
+    def close_retired(self, now: float) -> None:
+        while self._retired and self._retired[0][0] <= now:
+            _close(self._retired.popleft()[1])
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            for sock, _ in pool:
+                _close(sock)
+        self._pools.clear()
+        while self._retired:
+            _close(self._retired.popleft()[1])
+
+
+def _close(sock: socket.socket) -> None:
+    asyncio.get_running_loop().remove_reader(sock.fileno())
+    sock.close()
+
+
 class DnsServer:
     def __init__(  # noqa: PLR0913 - the sockets' inputs, keyword-only after the resources
         self,
@@ -233,7 +316,7 @@ class DnsServer:
         self.device = device
         self.peer_of = peer_of
         self._listeners: list[asyncio.DatagramTransport] = []
-        self._upstream_udp: OrderedDict[int, tuple[float, socket.socket]] = OrderedDict()
+        self._upstream_udp = _UpstreamUdp(self)
         self._upstream_tcp: dict[Endpoint, _UpstreamTcp] = {}
         self._tcp_servers: list[asyncio.Server] = []
         self._tcp_clients: dict[int, _TcpClient] = {}
@@ -267,8 +350,7 @@ class DnsServer:
             connection.writer.close()
         for listener in self._listeners:
             listener.close()
-        for fd in list(self._upstream_udp):
-            self._close_upstream(fd)
+        self._upstream_udp.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -346,48 +428,9 @@ class DnsServer:
         if connection is not None:
             connection.write(answer.wire)
 
-    # ---- upstream UDP: a socket per query ---------------------------------------------------
-
     def _send_udp(self, output: ToUpstream) -> None:
-        host, port = output.upstream
-        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.connect((host, port))  # binds a random port; only that upstream gets through
-            sock.send(output.wire)
-        except OSError as exc:
-            log.debug("upstream %s:%d: %s", host, port, exc)
-            self.counters["upstream_send_errors"] += 1
-            sock.close()
-            return  # the forwarder's timeout answers the client
-        fd = sock.fileno()
-        self._upstream_udp[fd] = (time.monotonic() + self.forwarder.timeout, sock)
-        asyncio.get_running_loop().add_reader(fd, self._upstream_readable, fd, output.upstream)
-
-    def _upstream_readable(self, fd: int, upstream: Endpoint) -> None:
-        entry = self._upstream_udp.get(fd)
-        if entry is None:
-            return
-        sock = entry[1]
-        while True:
-            try:
-                data = sock.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # ICMP unreachable: the timeout answers
-                log.debug("upstream socket error: %s", exc)
-                self._close_upstream(fd)
-                return
-            output = self.forwarder.handle_response(upstream, Transport.UDP, data, time.monotonic())
-            if output is not None:  # its answer (or a TCP retry): this socket is done
-                self._close_upstream(fd)
-                self.dispatch(output)
-                return
-
-    def _close_upstream(self, fd: int) -> None:
-        _, sock = self._upstream_udp.pop(fd)
-        asyncio.get_running_loop().remove_reader(fd)
-        sock.close()
+        if not self._upstream_udp.send(output.upstream, output.wire):
+            self.counters["upstream_send_errors"] += 1  # the forwarder's timeout answers
 
     # ---- TCP clients -------------------------------------------------------------------------
 
@@ -453,9 +496,7 @@ class DnsServer:
             now = time.monotonic()
             for answer in self.forwarder.expire(now):
                 self._answer(answer)
-            # Sockets are made in deadline order: the oldest first.
-            while self._upstream_udp and next(iter(self._upstream_udp.values()))[0] <= now:
-                self._close_upstream(next(iter(self._upstream_udp)))
+            self._upstream_udp.close_retired(now)
 
 
 def _raise_fd_limit(wanted: int) -> None:
