@@ -227,7 +227,7 @@ class Forwarder:
         end = name_end(wire)
         assert end is not None  # noqa: S101 - parse() refused such a query; make_query never makes one
         sent = gateway_id.to_bytes(2, "big") + wire[2:HEADER_SIZE]
-        sent += _randomise_case(wire[HEADER_SIZE:end], self._rng) + wire[end:]
+        sent += _randomise_case(wire[HEADER_SIZE:end], self._rng.getrandbits(end)) + wire[end:]
         pending = _Pending(
             client=client,
             client_id=client_id,
@@ -369,10 +369,9 @@ def name_end(wire: bytes) -> int | None:
     return None
 
 
-def _randomise_case(name: bytes, rng: random.Random) -> bytes:
-    """`name` (wire form) with each letter's case flipped at random; length bytes kept."""
+def _randomise_case(name: bytes, bits: int) -> bytes:
+    """`name` (wire form) with each letter's case flipped where `bits` (random) has a one."""
     out = bytearray(name)
-    bits = rng.getrandbits(len(out)) if out else 0
     at = 0
     while at < len(out) and out[at]:
         for index in range(at + 1, at + 1 + out[at]):

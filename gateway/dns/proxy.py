@@ -36,8 +36,9 @@ class ProxyAddresses:
         if not 0 < capacity <= min(IPV4_RANGE.num_addresses, IPV6_RANGE.num_addresses):
             raise ValueError(f"capacity must be 1..{IPV4_RANGE.num_addresses}, got {capacity}")
         self.capacity = capacity
-        self._by_key: OrderedDict[tuple[dns.name.Name, int], int] = OrderedDict()  # LRU first
-        self._by_slot: dict[int, tuple[dns.name.Name, int]] = {}
+        # Keyed by the name's canonical wire form (bytes hash once; a Name hashes every time).
+        self._by_key: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # LRU first
+        self._by_slot: dict[int, dns.name.Name] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -45,7 +46,7 @@ class ProxyAddresses:
     def assign(self, name: dns.name.Name, resource: int = 0) -> ProxyPair:
         """The pair for `name` under `resource`, assigning one if it has none; marks it as
         just used."""
-        key = (name.canonicalize(), resource)
+        key = (name.to_digestable(), resource)
         slot = self._by_key.get(key)
         if slot is None:
             if len(self._by_key) < self.capacity:
@@ -55,22 +56,22 @@ class ProxyAddresses:
             else:
                 _, slot = self._by_key.popitem(last=False)
             self._by_key[key] = slot
-            self._by_slot[slot] = key
+            self._by_slot[slot] = name.canonicalize()
         else:
             self._by_key.move_to_end(key)
         return self.pair(slot)
 
     def release(self, name: dns.name.Name, resource: int = 0) -> None:
         """Free the pair of `name` under `resource` (nobody holds it any more)."""
-        slot = self._by_key.pop((name.canonicalize(), resource), None)
+        slot = self._by_key.pop((name.to_digestable(), resource), None)
         if slot is not None:
             del self._by_slot[slot]
 
-    def _home_slot(self, key: tuple[dns.name.Name, int]) -> int:
+    def _home_slot(self, key: tuple[bytes, int]) -> int:
         name, resource = key
         # Resource 0 hashes the name alone: pairs handed out before pairs had a resource stay.
         salt = resource.to_bytes(4, "big") if resource else b""
-        digest = hashlib.blake2b(name.to_digestable() + salt, digest_size=8).digest()
+        digest = hashlib.blake2b(name + salt, digest_size=8).digest()
         return int.from_bytes(digest) % self.capacity
 
     @staticmethod
@@ -85,5 +86,4 @@ class ProxyAddresses:
         network = IPV4_RANGE if address.version == 4 else IPV6_RANGE  # noqa: PLR2004 - IP version
         if address not in network:
             return None
-        key = self._by_slot.get(int(address) - int(network.network_address) - 1)
-        return None if key is None else key[0]
+        return self._by_slot.get(int(address) - int(network.network_address) - 1)

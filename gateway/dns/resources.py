@@ -58,7 +58,7 @@ MAX_QUEUED_PER_PEER = 500  # names asked for beyond that, waiting their turn
 MAX_NAMES_PER_PEER = 4096
 MAPPING_IDLE = 2 * 3600 + 4 * 60 + ANSWER_TTL  # seconds; see the module docstring
 
-Key = tuple[dns.name.Name, int]  # (name, resource)
+Key = tuple[bytes, int]  # (name in canonical wire form: hashed cheaply, resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,7 @@ class _Query:
 @dataclass(slots=True)
 class _Resolution:
     key: Key
+    name: dns.name.Name
     peer: Hashable  # whose quota the lookups count against
     waiting: list[_Query] = field(default_factory=list)
     answers: dict[int, list[bytes]] = field(default_factory=dict)  # rdtype -> addresses
@@ -147,7 +148,7 @@ class ResourceAnswers:
         if peer is None or resource is None:
             return [self.forwarder.forward(client, query, wire, now)]
         self.forwarder.counters["resource_queries"] += 1
-        key = (query.question[0].name.canonicalize(), resource)
+        key = (query.question[0].name.to_digestable(), resource)
         return self._ask(_Query(client, query, wire), peer, key, now)
 
     def _ask(self, asked: _Query, peer: Hashable, key: Key, now: float) -> list[Event]:
@@ -176,7 +177,7 @@ class ResourceAnswers:
             queued.append((asked, key))
             self.waiting += 1
             return []
-        resolution = self._resolving[key] = _Resolution(key, peer)
+        resolution = self._resolving[key] = _Resolution(key, asked.query.question[0].name, peer)
         self._resolving_by_peer[peer] += 1
         resolution.waiting.append(asked)
         self.waiting += 1
@@ -185,7 +186,7 @@ class ResourceAnswers:
             token = self._next_token
             self._next_token += 1
             self._tokens[token] = (resolution, rdtype)
-            events.append(self.forwarder.lookup(token, key[0], rdtype, now))
+            events.append(self.forwarder.lookup(token, resolution.name, rdtype, now))
         # A lookup can finish at once (no upstream): let handle_lookup see it.
         return self._settle_immediate(events, now)
 
@@ -239,9 +240,9 @@ class ResourceAnswers:
         if key not in self._live and len(self._live) >= self.proxies.capacity:
             self._release(next(iter(self._live)))  # the least recently asked gives way
         mapping = ProxyMapping(
-            key[0],
+            resolution.name.canonicalize(),
             key[1],
-            self.proxies.assign(*key),
+            self.proxies.assign(resolution.name, key[1]),
             tuple(ipaddress.IPv4Address(a) for a in v4),
             tuple(ipaddress.IPv6Address(a) for a in v6),
         )
@@ -279,7 +280,7 @@ class ResourceAnswers:
     def _release(self, key: Key) -> None:
         live = self._live.pop(key)
         del self._used[key]
-        self.proxies.release(*key)
+        self.proxies.release(live.mapping.name, key[1])
         self.forwarder.counters["mappings_freed"] += 1
         for peer in live.holders:
             held = self._held.get(peer)

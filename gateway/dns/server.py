@@ -100,11 +100,13 @@ def bound_socket(
     return sock
 
 
+@functools.lru_cache(maxsize=256)  # a few upstreams: parsed once, not per answer
 def normalize(endpoint: Endpoint) -> Endpoint:
     """The form a received datagram's source takes, so upstream answers match their key."""
     return str(ipaddress.ip_address(endpoint[0])), endpoint[1]
 
 
+@functools.lru_cache(maxsize=256)
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET if ipaddress.ip_address(host).version == 4 else socket.AF_INET6  # noqa: PLR2004 - IP version
 
