@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +22,8 @@ from testbed.addresses import GATEWAY_TUNNEL_ADDR, RESOURCE_ADDR, client_specs
 from testbed.gateways import FirezoneGateway
 from testbed.netns import NetNS
 from testbed.topology import Topology
+from tests.dns_upstream import launch_with_upstream
 
-UPSTREAM = Path(__file__).resolve().parent / "dns_upstream.py"
 DNS_CONFIG = f"""
 [dns]
 port = 53
@@ -71,13 +70,7 @@ Lab = Topology[FirezoneGateway]
 def lab() -> Iterator[Lab]:
     topo: Lab = Topology(FirezoneGateway(workers=1), client_specs(2))
     try:
-        upstream = topo.resource.popen(
-            sys.executable, str(UPSTREAM), RESOURCE_ADDR, "53", stdout=subprocess.PIPE
-        )
-        assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
-        topo.backend.write_config([topo.peer(0), topo.peer(1)], extra_toml=DNS_CONFIG)
-        topo.backend.launch(topo.gateway_ns)
-        topo.backend.wait_ready()
+        launch_with_upstream(topo, [topo.peer(0), topo.peer(1)], DNS_CONFIG, RESOURCE_ADDR)
         for index in (0, 1):
             topo.connect_client(index)
             topo.wait_ping(index, dest=GATEWAY_TUNNEL_ADDR)

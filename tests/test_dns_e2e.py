@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -37,8 +36,8 @@ from testbed.addresses import (
 from testbed.gateways import FirezoneGateway
 from testbed.netns import wait_for
 from testbed.topology import Topology
+from tests.dns_upstream import launch_with_upstream
 
-UPSTREAM = Path(__file__).resolve().parent / "dns_upstream.py"
 DNS_CONFIG = f"""
 [dns]
 port = 53
@@ -69,14 +68,8 @@ Lab = Topology[FirezoneGateway]
 def lab() -> Iterator[Lab]:
     topo: Lab = Topology(FirezoneGateway(workers=1), client_specs(2))
     try:
-        upstream = topo.resource.popen(
-            sys.executable, str(UPSTREAM), RESOURCE_ADDR, "53", stdout=subprocess.PIPE
-        )
-        assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
         granted = dataclasses.replace(topo.peer(0), resources=["app", "v6app"])
-        topo.backend.write_config([granted, topo.peer(1)], extra_toml=DNS_CONFIG)
-        topo.backend.launch(topo.gateway_ns)
-        topo.backend.wait_ready()
+        launch_with_upstream(topo, [granted, topo.peer(1)], DNS_CONFIG, RESOURCE_ADDR)
         for index in (0, 1):
             topo.connect_client(index)
             wg = topo.clients[index]
