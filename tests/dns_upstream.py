@@ -9,21 +9,13 @@ the code under test.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-
-if TYPE_CHECKING:  # only for the tests that import this file; the script needs none of it
-    from testbed.gateway_config import GatewayPeer
-    from testbed.gateways import FirezoneGateway
-    from testbed.topology import Topology
 
 ZONE: dict[str, dict[str, str]] = {
     "app.corp.test.": {"A": "10.88.0.2"},  # an IPv4-only host: the resource namespace
@@ -75,20 +67,6 @@ async def main(host: str, port: int) -> None:
     server = await asyncio.start_server(tcp, host, port)
     print("ready", flush=True)
     await server.serve_forever()
-
-
-def launch_with_upstream(
-    topo: Topology[FirezoneGateway], peers: Sequence[GatewayPeer], extra_toml: str, address: str
-) -> None:
-    """This server on `address`:53 in the resource namespace, then the gateway with `peers`
-    and `extra_toml` (its [dns] pointing here), ready."""
-    upstream = topo.resource.popen(
-        sys.executable, str(Path(__file__).resolve()), address, "53", stdout=subprocess.PIPE
-    )
-    assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
-    topo.backend.write_config(list(peers), extra_toml=extra_toml)
-    topo.backend.launch(topo.gateway_ns)
-    topo.backend.wait_ready()
 
 
 if __name__ == "__main__":

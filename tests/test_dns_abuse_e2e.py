@@ -18,17 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from testbed.addresses import GATEWAY_TUNNEL_ADDR, RESOURCE_ADDR, client_specs
-from testbed.gateways import FirezoneGateway
+from testbed.addresses import GATEWAY_TUNNEL_ADDR
 from testbed.netns import NetNS
-from testbed.topology import Topology
-from tests.dns_upstream import launch_with_upstream
+from tests.dns_lab import Lab, dns_lab
 
-DNS_CONFIG = f"""
-[dns]
-port = 53
-upstreams = ["{RESOURCE_ADDR}:53"]
-"""
 FLOOD_SECONDS = 8.0
 # A: sends `rate` new silent names a second to the gateway for `seconds`, never waiting.
 FLOOD = """
@@ -63,20 +56,11 @@ for name in names:
 print(json.dumps(results))
 """
 
-Lab = Topology[FirezoneGateway]
-
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    topo: Lab = Topology(FirezoneGateway(workers=1), client_specs(2))
-    try:
-        launch_with_upstream(topo, [topo.peer(0), topo.peer(1)], DNS_CONFIG, RESOURCE_ADDR)
-        for index in (0, 1):
-            topo.connect_client(index)
-            topo.wait_ping(index, dest=GATEWAY_TUNNEL_ADDR)
+    with dns_lab([None, None]) as topo:  # no grants: ordinary names only
         yield topo
-    finally:
-        topo.close()
 
 
 def ask_many(ns: NetNS, names: list[str], transport: str = "udp") -> list[str]:
