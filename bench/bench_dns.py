@@ -11,7 +11,10 @@ client did (500 at a time). Prints names/s, the DNS process's CPU per name (what
 on a busy machine), the share answered within the client's 4 s, how many answers left out
 of order, and the DNS process's peak memory growth.
 
-python -m bench.bench_dns [--names N] [--window W]
+`--tcp-client N` measures something else: the DNS server's memory growth while one TCP
+client pipelines N queries for a 20 KB answer and never reads (15 s).
+
+python -m bench.bench_dns [--names N] [--window W] [--tcp-client N]
 """
 
 from __future__ import annotations
@@ -115,11 +118,62 @@ async def serve(server: DnsServer, sender: MappingSender) -> None:
     await asyncio.Event().wait()
 
 
+HUGE = list(  # about 20 KB of TXT
+    dns.rrset.from_text("huge.test.", 60, "IN", "TXT", *(f'"{"x" * 250}{i:03}"' for i in range(80)))
+)
+
+
+async def huge_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An upstream over TCP: the 20 KB answer to every query, pipelined."""
+    with contextlib.suppress(asyncio.IncompleteReadError, OSError):
+        while True:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            query = dns.message.from_wire(await reader.readexactly(size))
+            response = dns.message.make_response(query)
+            response.answer.append(dns.rrset.from_rdata_list(query.question[0].name, 60, HUGE))
+            wire = response.to_wire(max_size=65535)
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            await writer.drain()
+
+
+async def tcp_client_memory(count: int) -> None:
+    upstream_server = await asyncio.start_server(huge_answers, "127.0.0.1", 0)
+    port = upstream_server.sockets[0].getsockname()[1]
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    listen = ("127.0.0.1", probe.getsockname()[1])
+    probe.close()
+    server = DnsServer(Forwarder([("127.0.0.1", port)]), [listen])
+    await server.start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    client_socket = socket.socket()
+    client_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never reads
+    client_socket.connect(listen)
+    client_socket.setblocking(False)
+    loop = asyncio.get_running_loop()
+    for number in range(count):
+        query = dns.message.make_query("huge.test", "TXT")
+        query.id = number % 65536
+        wire = query.to_wire()
+        await loop.sock_sendall(client_socket, len(wire).to_bytes(2, "big") + wire)
+    await asyncio.sleep(15)
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(f"queries sent {count:,}, read and forwarded {server.forwarder.counters['forwarded']:,}")
+    print(f"DNS server memory growth {growth:.1f} MiB")
+    client_socket.close()
+    await server.close()
+    upstream_server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=5000)
     parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--tcp-client", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.tcp_client:
+        asyncio.run(tcp_client_memory(args.tcp_client))
+        return
     ctx = multiprocessing.get_context("fork")
     up_ready, up_port = ctx.Pipe()
     processes = [ctx.Process(target=upstream, args=(up_ready,), daemon=True)]
