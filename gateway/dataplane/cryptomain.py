@@ -116,9 +116,10 @@ class CryptoControl:
         if self._loop is not None:
             self._loop.firewall = self.firewall if self.firewall.active else None
 
-    def restore_state(self) -> None:
+    def restore_state(self, now: float | None = None) -> None:
         """In a restarted crypto process: bring back what `wg` and reloads had set, entry by
-        entry (gateway/dataplane/restore.py), and the peers' handshake timestamps."""
+        entry (gateway/dataplane/restore.py), the peers' handshake timestamps and their
+        sessions (kept from now on)."""
         if self._runstate is not None:
             self._restoring = True  # save once at the end, not after every entry
             restored = restore(self.backend.apply, self._runstate)
@@ -128,6 +129,10 @@ class CryptoControl:
                 log.info("restored run-time state: %d peers", len(list(self.device.peers())))
             for key, timestamp in self._runstate.timestamps.load().items():
                 self.device.restore_timestamp(key, timestamp)
+            table = self._runstate.session_table()
+            now = time.monotonic() if now is None else now
+            if kept := self.device.restore_sessions(table, now):
+                log.info("restored %d sessions", kept)
         self._key_board.public_key = self.device.public_key
 
     def keep_timestamps(self, timestamps: Mapping[bytes, bytes]) -> None:
