@@ -27,7 +27,7 @@ from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
 from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import apply_message, receive_mappings
+from gateway.dataplane.mappings import PeerAnnouncer, apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
@@ -243,6 +243,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
             receive_mappings(mappings, lambda message: apply_message(proxy, message))
 
         handlers[mappings.fileno()] = on_mappings
+    if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
+        handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
     report_ready()
     run_crypto(
         crypto.device,
