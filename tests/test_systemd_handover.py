@@ -1,8 +1,8 @@
 """Sessions survive the supervisor under a real systemd (issue 22): Debian 12 booted with
 systemd 252 as PID 1 in systemd-nspawn (testbed/nspawn.py), the unit of systemd/ with this
-worktree's gateway (a drop-in points ExecStart at it, as root: the sandbox is
-tests/test_systemd_check.py's business), and a wireguard-go client in a namespace of the
-container pinging the gateway's tunnel address every 50 ms (client-only traffic).
+worktree's gateway (linked as /usr/bin/firezone-gw, run as root by a drop-in: the package
+and the sandbox are tests/test_systemd_check.py's business), and a wireguard-go client in
+a namespace of the container pinging the gateway's tunnel address every 50 ms.
 
 - `kill -9` of the main PID: systemd restarts the unit, the new supervisor takes the TUN
   queues, the UDP socket and the run-state memfds back from the fd store: same device
@@ -66,7 +66,7 @@ def journal(box: Container) -> str:
 def drop_in() -> str:
     return (
         "[Service]\nExecStart=\n"
-        f"ExecStart={REPO}/.venv/bin/firezone-gw --config {CONF} --workers 2 run\n"
+        f"ExecStart=/usr/bin/firezone-gw --config {CONF} --workers 2 run\n"
         # The worktree's venv runs a Python under /root: as root, with /root visible.
         "User=\nGroup=\nProtectHome=no\n"
     )
@@ -110,15 +110,15 @@ def box() -> Iterator[Container]:
                 f'allowed_ips = ["{CLIENT_TUNNEL}/32"]\n'
             ),
         )
+        # The unit as shipped; /usr/bin/firezone-gw (ExecStart=, ExecStartPre=, SIGUSR2's
+        # exec) is this worktree's.
+        container.sh(f"ln -s {REPO}/.venv/bin/firezone-gw /usr/bin/firezone-gw")
         container.sh(f"cp {REPO}/systemd/firezone-gw.service /etc/systemd/system/")
         container.sh("mkdir -p /etc/systemd/system/firezone-gw.service.d")
         container.run(
             "sh", "-c", "cat > /etc/systemd/system/firezone-gw.service.d/test.conf", stdin=drop_in()
         )
         container.run("systemctl", "daemon-reload")
-        # main's unit needs /run/wireguard before its sandbox is set up (the ops branch
-        # changes that); made here as the unit's ExecStartPre would.
-        container.sh("install -d -m 1775 -o root -g firezone-gw /run/wireguard")
         started = container.run("systemctl", "start", UNIT, timeout=90, check=False)
         assert started.returncode == 0, journal(container)[-3000:]
         wait_until("active (running)", lambda: running(container))

@@ -27,7 +27,7 @@ from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
 from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import apply_message, receive_mappings
+from gateway.dataplane.mappings import PeerAnnouncer, apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
@@ -156,11 +156,22 @@ class CryptoControl:
 
     def _reload(self, now: float) -> None:
         try:
+            self._apply_config(now)
+        finally:  # the supervisor waits for this to report the reload done
+            try:
+                control.send_message(self._control, control.Reloaded())
+            except OSError as exc:
+                log.error("reload: cannot tell the supervisor it is applied: %s", exc)
+
+    def _apply_config(self, now: float) -> None:
+        try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload: config became invalid, keeping the old one:\n%s", exc)
             return
         apply_peers(self.device, config, now)
+        if self._loop is not None:
+            self._loop.sync_peer_stats()
         # Grants and resources apply from the next packet; sessions stay (they are the Device's).
         self.firewall.set_policy(build_policy(config))
         self._update_loop()
@@ -232,6 +243,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
             receive_mappings(mappings, lambda message: apply_message(proxy, message))
 
         handlers[mappings.fileno()] = on_mappings
+    if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
+        handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
     report_ready()
     run_crypto(
         crypto.device,
