@@ -31,6 +31,7 @@ from gateway.ipnet import (
 from gateway.resources.filters import parse_filter
 from gateway.resources.proxy_ranges import proxy_range_holding
 from gateway.resources.resource import MAX_NAME_LENGTH, Resource, parse_resource_address
+from gateway.udp_io import DEFAULT_RCVBUF, DEFAULT_SNDBUF
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -102,13 +103,11 @@ class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
 MIN_SOCKET_BUFFER = 64 * 1024
 MAX_SOCKET_BUFFER = 1 << 30
 SocketBuffer = Annotated[int, msgspec.Meta(ge=MIN_SOCKET_BUFFER, le=MAX_SOCKET_BUFFER)]
-DEFAULT_UDP_RECEIVE_BUFFER = 16 * 1024 * 1024  # absorbs bursts while the UDP process is busy
-DEFAULT_UDP_SEND_BUFFER = 2 * 1024 * 1024
 
 
 class _UdpToml(msgspec.Struct, forbid_unknown_fields=True):
-    receive_buffer: SocketBuffer = DEFAULT_UDP_RECEIVE_BUFFER
-    send_buffer: SocketBuffer = DEFAULT_UDP_SEND_BUFFER
+    receive_buffer: SocketBuffer = DEFAULT_RCVBUF
+    send_buffer: SocketBuffer = DEFAULT_SNDBUF
 
 
 class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
@@ -170,8 +169,8 @@ class MetricsConfig:
 class UdpConfig:
     """Socket buffer sizes in bytes (forced past the sysctl limits when running as root)."""
 
-    receive_buffer: int = DEFAULT_UDP_RECEIVE_BUFFER
-    send_buffer: int = DEFAULT_UDP_SEND_BUFFER
+    receive_buffer: int = DEFAULT_RCVBUF
+    send_buffer: int = DEFAULT_SNDBUF
 
 
 @dataclass(frozen=True, slots=True)

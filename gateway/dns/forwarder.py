@@ -32,12 +32,12 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
+from gateway.endpoint import Endpoint
+
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 HEADER_SIZE = 12
 MAX_ID = 0xFFFF
-
-Endpoint = tuple[str, int]
 
 
 class Transport(StrEnum):

@@ -22,7 +22,6 @@ from typing import Any
 
 from gateway.dns.forwarder import (
     Client,
-    Endpoint,
     Forwarder,
     Lookup,
     ToClient,
@@ -30,6 +29,7 @@ from gateway.dns.forwarder import (
     Transport,
 )
 from gateway.dns.resources import Event, ProxyMapping, ResourceAnswers
+from gateway.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
