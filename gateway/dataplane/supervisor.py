@@ -26,6 +26,7 @@ from gateway.dataplane.children import EXIT_DEVICE_GONE, Child, stop_all
 from gateway.dataplane.control import (
     ListenPortChanged,
     MtuChanged,
+    ReloadDone,
     decode_to_supervisor,
     receive_messages,
     send_message,
@@ -66,15 +67,14 @@ class Supervisor:
         self.running = running
         self.runtime = runtime
         self.name = running.config.interface.name
-        self.children = ChildTargets(
-            options.config_path, options.workers, runtime, running
-        ).children
+        self.children = ChildTargets(options.workers, runtime, running).children
         self.health = Health(self.children)
         self.status = StatusLine(runtime.stats, options.workers)
         self.reloader = ConfigReload(
             options.config_path,
             running=running,
             runtime=runtime,
+            crypto_child=self.children[topology.CRYPTO],
             dns_child=self.children.get(topology.DNS),
             restart=self._restart,
             move_port=self._move_port,
@@ -160,7 +160,10 @@ class Supervisor:
                 wake_r.recv(4096)
         elif fd == self.runtime.control.fileno():
             for message in receive_messages(self.runtime.control, decode_to_supervisor):
-                self._change_listen_port(message.port, epoll)
+                if isinstance(message, ReloadDone):
+                    self.reloader.acknowledged(message)
+                else:
+                    self._change_listen_port(message.port, epoll)
         elif fd == link_watch.fileno():
             mtu = link_watch.read()
             if mtu is not None:
@@ -178,6 +181,8 @@ class Supervisor:
                 options.log_filter, options.log_format, process=child.process_name
             )
         )
+        if child.role == topology.CRYPTO:
+            self.reloader.crypto_started()
 
     def _restart(self, child: Child) -> bool:
         """Kill and fork `child` again on purpose; False before the children started."""
