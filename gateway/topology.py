@@ -44,10 +44,9 @@ def child_roles(workers: int, *, dns: bool) -> tuple[str, ...]:
     return (*(worker(i) for i in range(workers)), CRYPTO, UDP, *((DNS,) if dns else ()))
 
 
-def stats_roles(workers: int) -> tuple[str, ...]:
-    """The stats segment's process blocks in layout order: every process that may run (the
-    DNS block stays zero while no DNS server runs)."""
-    return (SUPERVISOR, *child_roles(workers, dns=True))
+def stats_roles(workers: int, *, dns: bool) -> tuple[str, ...]:
+    """The stats segment's process blocks in layout order: the supervisor and its children."""
+    return (SUPERVISOR, *child_roles(workers, dns=dns))
 
 
 def ring_names(workers: int) -> tuple[str, ...]:

@@ -1,20 +1,22 @@
 """Counters in shared memory: one writer per counter, summed at scrape time, no locks.
 
-Layout of the segment (all u64, native endianness, 8-byte aligned):
+Layout of the segment (all u64, native endianness, 8-byte aligned; `layout.py`):
 
-    header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
+    header     HEADER_WORDS words: magic, version, workers, max_peers, created wall ns,
                the UDP listen port and the TUN device's MTU (both written by the supervisor;
-               `wg` and `ip link` can change them at run time),
+               `wg` and `ip link` can change them at run time), whether there is a DNS block,
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
-    processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
-               dns (its drop words hold DNS_COUNTER_NAMES instead: it forwards no packets);
-               the crypto process's words NAT_BASE.. hold NAT_COUNTER_NAMES
-    rings      one block of RING_SLOTS words per ring (2 per worker, plus crypto<->udp),
-               copied by the supervisor from each ring's own counters once a second
+    processes  one block of PROCESS_BLOCK_WORDS words per process: supervisor,
+               worker0..N-1, crypto, udp, and dns only when a DNS server runs; what lies
+               where in a block is its process's BlockLayout (`block_layout(role)`)
+    rings      one block of RING_BLOCK_WORDS words per ring (2 per worker, plus
+               crypto<->udp), copied by the supervisor from each ring's own counters once
+               a second
     peers      max_peers slots of PEER_SLOT_WORDS words, all written by the crypto process
+               (`tables.PeerTable`, a seqlock per slot)
     resources  max_resources slots of RESOURCE_SLOT_WORDS words (the policy's per-resource
-               counters, by name), all written by the crypto process
+               counters, by name), all written by the crypto process (`tables.ResourceTable`)
 
 A process writes only its own block (hot loop: `c = region.process_block("crypto")` once,
 then `c[UDP_RX_PACKETS] += n`), so no counter has two writers and a scrape never takes a

@@ -1,25 +1,37 @@
-"""The stats segment's bytes: header words, process and ring blocks, peer and resource slots."""
+"""The stats segment's bytes: header words, process and ring blocks, peer and resource slots.
+
+Every process has a block of PROCESS_BLOCK_WORDS words; what lies where in it is that kind
+of process's `BlockLayout` (`block_layout(role)`): the COUNTERS every process keeps, then
+NAT words in the crypto process's block, DROPS in a block of a process that forwards packets
+and DNS counters in the DNS process's (at the words where the others count drops: it
+forwards none), and IDENTITY last. Sections of one layout never overlap (checked at import).
+"""
 
 from __future__ import annotations
 
+import itertools
 import struct
+from dataclasses import dataclass
 
+from gateway import topology
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 4
-HEADER_SLOTS = 16
+VERSION = 5  # 5: the DNS process's block only when a DNS server runs (HEADER_DNS)
+HEADER_WORDS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
+HEADER_DNS = 7  # header word: 1 if the segment has a block for the DNS process, else 0
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
-PROC_SLOTS = 64
-RING_SLOTS = 8
+PROCESS_BLOCK_WORDS = 64  # 512 bytes: writers never share a cache line
+RING_BLOCK_WORDS = 8  # words per ring's block (not the ring's slots: dataplane/rings.py)
 MAX_PEERS_LIMIT = 1 << 20
 MAX_WORKERS = 256  # the TUN multi-queue limit
 MAX_RESOURCES = 1024  # resource slots; more resources still work, without their metrics
-_HEADER = struct.Struct("=5Q")  # magic, version, workers, max_peers, created wall ns
+HEADER = struct.Struct("=5Q")  # magic, version, workers, max_peers, created wall ns
+HEADER_FLAG = struct.Struct("=Q")  # one header word (HEADER_DNS)
 
 # --- process block: counters (summed over all processes at scrape time) ---
 UDP_RX_PACKETS = 0  # datagrams received on the UDP socket(s)
@@ -67,7 +79,7 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 # --- process block: drops by reason ---
-DROP_BASE = 28  # after COUNTER_NAMES (19) and the crypto block's NAT words (7)
+DROP_BASE = 28  # after COUNTER_NAMES (20), the crypto block's NAT words (7) and one spare
 # One slot per metric label, in DropLabel's order (the core owns the list).
 DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
 
@@ -169,13 +181,64 @@ RESOURCE_NAME_OFFSET = 6 * 8  # bytes within the slot
 RESOURCE_NAME_BYTES = 64 * 4  # a name is at most 64 characters of UTF-8
 RESOURCE_SLOT_WORDS = (RESOURCE_NAME_OFFSET + RESOURCE_NAME_BYTES) // 8
 
-if (
-    len(COUNTER_NAMES) > DROP_BASE
-    or DROP_BASE + len(DROP_REASONS) > PID
-    or DNS_BASE + len(DNS_COUNTER_NAMES) > PID
-    or NAT_BASE + len(NAT_COUNTER_NAMES) > DROP_BASE
-):
-    raise RuntimeError("stats layout: counter ranges overlap")
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """Consecutive words of a process block, one per name (a gauge holds a value now, the
+    others count up)."""
+
+    base: int
+    names: tuple[str, ...]
+    gauges: frozenset[str] = frozenset()
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.names)
+
+
+COUNTERS = Section(0, COUNTER_NAMES)  # every process's, summed at scrape time
+NAT = Section(NAT_BASE, NAT_COUNTER_NAMES, NAT_GAUGES)
+DROPS = Section(DROP_BASE, DROP_REASONS)
+DNS = Section(DNS_BASE, DNS_COUNTER_NAMES, DNS_GAUGES)
+IDENTITY = Section(PID, ("pid", "started_mono_ns", "busy_at_start"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLayout:
+    """What one kind of process keeps in its block."""
+
+    nat: Section | None = None
+    drops: Section | None = DROPS
+    dns: Section | None = None
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        extra = (s for s in (self.nat, self.drops, self.dns) if s is not None)
+        return (COUNTERS, *extra, IDENTITY)
+
+
+FORWARDER = BlockLayout()  # the supervisor, the workers and the UDP process
+CRYPTO = BlockLayout(nat=NAT)
+DNS_SERVER = BlockLayout(drops=None, dns=DNS)
+
+
+def block_layout(role: str) -> BlockLayout:
+    if role == topology.CRYPTO:
+        return CRYPTO
+    return DNS_SERVER if role == topology.DNS else FORWARDER
+
+
+def _check(layout: BlockLayout) -> None:
+    sections = sorted(layout.sections, key=lambda s: s.base)
+    for below, above in itertools.pairwise(sections):
+        if below.end > above.base:
+            raise RuntimeError(f"stats layout: {below.names[0]}.. overlaps {above.names[0]}..")
+    if sections[-1].end > PROCESS_BLOCK_WORDS:
+        raise RuntimeError("stats layout: a section ends past the process block")
+
+
+for _layout in (FORWARDER, CRYPTO, DNS_SERVER):
+    _check(_layout)
 
 
 def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:

@@ -12,34 +12,32 @@ from typing import Self
 
 import psutil
 
-from gateway import topology
 from gateway.telemetry import runtime_dir
 from gateway.telemetry.stats.layout import (
-    _HEADER,
     BUSY_AT_START,
     BUSY_NS,
     COUNTER_NAMES,
-    DNS_BASE,
-    DNS_COUNTER_NAMES,
-    DROP_BASE,
     DROP_REASONS,
+    HEADER,
+    HEADER_DNS,
+    HEADER_FLAG,
     HEADER_LISTEN_PORT,
     HEADER_MTU,
     HEADER_PUBLIC_KEY,
-    HEADER_SLOTS,
+    HEADER_WORDS,
     MAGIC,
     MAX_PEERS_LIMIT,
     MAX_RESOURCES,
     MAX_WORKERS,
-    NAT_BASE,
-    NAT_COUNTER_NAMES,
     PEER_SLOT_WORDS,
     PID,
-    PROC_SLOTS,
+    PROCESS_BLOCK_WORDS,
     RESOURCE_SLOT_WORDS,
-    RING_SLOTS,
+    RING_BLOCK_WORDS,
     STARTED_MONO_NS,
     VERSION,
+    Section,
+    block_layout,
 )
 from gateway.telemetry.stats.snapshot import (
     PeerAggregate,
@@ -69,14 +67,14 @@ class StatsRegion:
         self.workers = int(words[2])
         self.max_peers = int(words[3])
         self.max_resources = MAX_RESOURCES
-        self.roles = stats_roles(self.workers)
+        self.roles = stats_roles(self.workers, dns=bool(words[HEADER_DNS]))
         self.ring_names = ring_names(self.workers)
         self._words = words
         key_at = HEADER_PUBLIC_KEY * 8
         self._public_key = self._view(buf[key_at : key_at + 32])
-        self._proc_base = HEADER_SLOTS
-        self._ring_base = self._proc_base + len(self.roles) * PROC_SLOTS
-        self._peer_base = self._ring_base + len(self.ring_names) * RING_SLOTS
+        self._proc_base = HEADER_WORDS
+        self._ring_base = self._proc_base + len(self.roles) * PROCESS_BLOCK_WORDS
+        self._peer_base = self._ring_base + len(self.ring_names) * RING_BLOCK_WORDS
         peer_end = self._peer_base + self.max_peers * PEER_SLOT_WORDS
         self.peers = PeerTable(
             self._view(words[self._peer_base : peer_end]),
@@ -95,25 +93,32 @@ class StatsRegion:
         self._psutil: dict[int, psutil.Process] = {}
 
     @staticmethod
-    def size_for(workers: int, max_peers: int) -> int:
-        roles = len(stats_roles(workers))
+    def size_for(workers: int, max_peers: int, *, dns: bool) -> int:
+        roles = len(stats_roles(workers, dns=dns))
         rings = len(ring_names(workers))
-        words = HEADER_SLOTS + roles * PROC_SLOTS + rings * RING_SLOTS
+        words = HEADER_WORDS + roles * PROCESS_BLOCK_WORDS + rings * RING_BLOCK_WORDS
         words += MAX_RESOURCES * RESOURCE_SLOT_WORDS
         return (words + max_peers * PEER_SLOT_WORDS) * 8
 
     @classmethod
     def create(
-        cls, name: str, *, workers: int, max_peers: int = 1024, directory: Path | None = None
+        cls,
+        name: str,
+        *,
+        workers: int,
+        max_peers: int = 1024,
+        dns: bool = False,
+        directory: Path | None = None,
     ) -> Self:
-        """Create the segment file `name` in the runtime directory (made if missing)."""
+        """Create the segment file `name` in the runtime directory (made if missing), with a
+        block for the DNS process if `dns` (a DNS server runs)."""
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {workers}")
         if not 1 <= max_peers <= MAX_PEERS_LIMIT:
             raise ValueError(f"max_peers must be 1..{MAX_PEERS_LIMIT}, got {max_peers}")
         _check_name(name)
         directory = directory or runtime_dir.runtime_dir()
-        size = cls.size_for(workers, max_peers)
+        size = cls.size_for(workers, max_peers, dns=dns)
         dir_fd = runtime_dir.make_dir(directory)
         try:
             fd = runtime_dir.create_file(dir_fd, name, size)
@@ -123,7 +128,8 @@ class StatsRegion:
             mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        _HEADER.pack_into(mm, 0, MAGIC, VERSION, workers, max_peers, time.time_ns())
+        HEADER.pack_into(mm, 0, MAGIC, VERSION, workers, max_peers, time.time_ns())
+        HEADER_FLAG.pack_into(mm, HEADER_DNS * 8, int(dns))
         return cls(mm, name, directory, owner=True)
 
     @classmethod
@@ -186,8 +192,8 @@ class StatsRegion:
     def process_block(self, role: str) -> memoryview:
         """The u64 counters of one process ('supervisor', 'worker0', 'crypto', 'udp')."""
         if role not in self._blocks:
-            start = self._proc_base + self.roles.index(role) * PROC_SLOTS
-            self._blocks[role] = self._view(self._words[start : start + PROC_SLOTS])
+            start = self._proc_base + self.roles.index(role) * PROCESS_BLOCK_WORDS
+            self._blocks[role] = self._view(self._words[start : start + PROCESS_BLOCK_WORDS])
         return self._blocks[role]
 
     def attach_process(self, role: str) -> memoryview:
@@ -201,8 +207,8 @@ class StatsRegion:
     def ring_block(self, ring: str) -> memoryview:
         key = f"ring:{ring}"
         if key not in self._blocks:
-            start = self._ring_base + self.ring_names.index(ring) * RING_SLOTS
-            self._blocks[key] = self._view(self._words[start : start + RING_SLOTS])
+            start = self._ring_base + self.ring_names.index(ring) * RING_BLOCK_WORDS
+            self._blocks[key] = self._view(self._words[start : start + RING_BLOCK_WORDS])
         return self._blocks[key]
 
     def sample_busy(self, now_ns: int | None = None) -> None:
@@ -229,16 +235,17 @@ class StatsRegion:
         sums = [0] * len(COUNTER_NAMES)
         drop_sums = [0] * len(DROP_REASONS)
         for index, role in enumerate(self.roles):
-            start = self._proc_base + index * PROC_SLOTS
-            values = self._words[start : start + PROC_SLOTS].tolist()
+            start = self._proc_base + index * PROCESS_BLOCK_WORDS
+            values = self._words[start : start + PROCESS_BLOCK_WORDS].tolist()
             counters = values[: len(COUNTER_NAMES)]
-            if role == topology.CRYPTO:
-                nat = dict(zip(NAT_COUNTER_NAMES, values[NAT_BASE:], strict=False))
-            if role == topology.DNS:
-                if values[PID]:  # a DNS server ran
-                    dns = dict(zip(DNS_COUNTER_NAMES, values[DNS_BASE:], strict=False))
-                values[DROP_BASE : DROP_BASE + len(DROP_REASONS)] = [0] * len(DROP_REASONS)
-            drops = values[DROP_BASE : DROP_BASE + len(DROP_REASONS)]
+            layout = block_layout(role)
+            if layout.nat is not None:
+                nat = _section(layout.nat, values)
+            if layout.dns is not None and values[PID]:  # a DNS server ran
+                dns = _section(layout.dns, values)
+            drops = [0] * len(DROP_REASONS)
+            if layout.drops is not None:
+                drops = values[layout.drops.base : layout.drops.end]
             sums = [a + b for a, b in zip(sums, counters, strict=True)]
             drop_sums = [a + b for a, b in zip(drop_sums, drops, strict=True)]
             pid = int(values[PID])
@@ -262,7 +269,7 @@ class StatsRegion:
             )
         rings = []
         for index, ring in enumerate(self.ring_names):
-            start = self._ring_base + index * RING_SLOTS
+            start = self._ring_base + index * RING_BLOCK_WORDS
             full, occupancy, capacity = self._words[start : start + 3].tolist()
             rings.append(RingCounters(ring, capacity, occupancy, full))
         if peer_limit is None:
@@ -312,7 +319,7 @@ class StatsRegion:
 
     def _busy_values(self) -> tuple[int, ...]:
         base = self._proc_base + BUSY_NS
-        return tuple(self._words[base + i * PROC_SLOTS] for i in range(len(self.roles)))
+        return tuple(self._words[base + i * PROCESS_BLOCK_WORDS] for i in range(len(self.roles)))
 
     def _busy_reference(self, now: int) -> tuple[int, tuple[int, ...]] | None:
         """The newest sample at least BUSY_WINDOW_SECONDS old, else the oldest one."""
@@ -340,6 +347,10 @@ class StatsRegion:
         return float(times.user + times.system), rss
 
 
+def _section(section: Section, values: list[int]) -> dict[str, int]:
+    return dict(zip(section.names, values[section.base : section.end], strict=True))
+
+
 def _check_name(name: str) -> None:
     if not name or "/" in name or "\0" in name or name in {".", ".."}:
         raise ValueError(f"stats segment name must be a plain file name, got {name!r}")
@@ -350,6 +361,7 @@ class SegmentHeader:
     workers: int
     max_peers: int
     created_ns: int  # wall clock, when the supervisor created the segment
+    dns: bool  # the segment has a block for the DNS process
 
 
 def read_header(fd: int, size: int, name: str) -> SegmentHeader:
@@ -358,10 +370,10 @@ def read_header(fd: int, size: int, name: str) -> SegmentHeader:
     Raises ValueError naming the first field that is not a segment's, or a size that does
     not match what the header describes.
     """
-    raw = os.pread(fd, _HEADER.size, 0)
-    if len(raw) < _HEADER.size or size < HEADER_SLOTS * 8:
+    raw = os.pread(fd, HEADER.size, 0)
+    if len(raw) < HEADER.size or size < HEADER_WORDS * 8:
         raise ValueError(f"{name}: {size} bytes is too small for a firezone-gw stats segment")
-    magic, version, workers, max_peers, created = _HEADER.unpack(raw)
+    magic, version, workers, max_peers, created = HEADER.unpack(raw)
     if magic != MAGIC:
         raise ValueError(f"{name} is not a firezone-gw stats segment (bad magic)")
     if version != VERSION:
@@ -370,10 +382,13 @@ def read_header(fd: int, size: int, name: str) -> SegmentHeader:
         raise ValueError(f"{name}: {workers} workers in the header, expected 1..{MAX_WORKERS}")
     if not 1 <= max_peers <= MAX_PEERS_LIMIT:
         raise ValueError(f"{name}: {max_peers} peers in the header, expected 1..{MAX_PEERS_LIMIT}")
-    expected = StatsRegion.size_for(workers, max_peers)
+    (dns,) = HEADER_FLAG.unpack(os.pread(fd, HEADER_FLAG.size, HEADER_DNS * 8))
+    if dns not in {0, 1}:
+        raise ValueError(f"{name}: DNS flag {dns} in the header, expected 0 or 1")
+    expected = StatsRegion.size_for(workers, max_peers, dns=bool(dns))
     if size != expected:
         raise ValueError(f"{name}: {size} bytes, but its header describes {expected}")
-    return SegmentHeader(int(workers), int(max_peers), int(created))
+    return SegmentHeader(int(workers), int(max_peers), int(created), bool(dns))
 
 
 def _busy_fraction(
