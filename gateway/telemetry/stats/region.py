@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import mmap
 import os
 import time
@@ -10,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import psutil
-
 from gateway.telemetry import runtime_dir
+from gateway.telemetry.stats.busy import BusySamples, ProcessSampler, busy_fraction
 from gateway.telemetry.stats.layout import (
     BUSY_AT_START,
     BUSY_NS,
@@ -48,8 +46,6 @@ from gateway.telemetry.stats.snapshot import (
 )
 from gateway.telemetry.stats.tables import PeerTable, ResourceTable
 from gateway.topology import ring_names, stats_roles
-
-BUSY_WINDOW_SECONDS = 10.0
 
 
 class StatsRegion:
@@ -87,10 +83,8 @@ class StatsRegion:
             self._view(buf[peer_end * 8 : resource_end * 8]),
             self.max_resources,
         )
-        self._busy_samples: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque(
-            maxlen=256
-        )
-        self._psutil: dict[int, psutil.Process] = {}
+        self._busy_samples = BusySamples()
+        self._processes = ProcessSampler()
 
     @staticmethod
     def size_for(workers: int, max_peers: int, *, dns: bool) -> int:
@@ -215,7 +209,7 @@ class StatsRegion:
         """Remember every process's busy time; call about once a second (e.g. from the
         supervisor's watchdog tick) so the busy fraction covers the last few seconds."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        self._busy_samples.append((now, self._busy_values()))
+        self._busy_samples.add(now, self._busy_values())
 
     def snapshot(
         self,
@@ -228,7 +222,7 @@ class StatsRegion:
         slot, the rest summed in `aggregated`)."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         busy_now = self._busy_values()
-        reference = self._busy_reference(now)
+        reference = self._busy_samples.reference(now)
         processes: list[ProcessStats] = []
         dns: dict[str, int] = {}
         nat: dict[str, int] = {}
@@ -249,14 +243,14 @@ class StatsRegion:
             sums = [a + b for a, b in zip(sums, counters, strict=True)]
             drop_sums = [a + b for a, b in zip(drop_sums, drops, strict=True)]
             pid = int(values[PID])
-            cpu, rss = self._sample_process(pid) if sample_processes else (None, None)
+            cpu, rss = self._processes.sample(pid) if sample_processes else (None, None)
             processes.append(
                 ProcessStats(
                     role=role,
                     pid=pid,
                     counters=Totals(*counters),
                     drops=dict(zip(DROP_REASONS, drops, strict=True)),
-                    busy_fraction=_busy_fraction(
+                    busy_fraction=busy_fraction(
                         now,
                         busy_now[index],
                         reference,
@@ -321,31 +315,6 @@ class StatsRegion:
         base = self._proc_base + BUSY_NS
         return tuple(self._words[base + i * PROCESS_BLOCK_WORDS] for i in range(len(self.roles)))
 
-    def _busy_reference(self, now: int) -> tuple[int, tuple[int, ...]] | None:
-        """The newest sample at least BUSY_WINDOW_SECONDS old, else the oldest one."""
-        window_start = now - int(BUSY_WINDOW_SECONDS * 1e9)
-        chosen = None
-        for sample in self._busy_samples:
-            if sample[0] >= now:
-                break
-            if chosen is None or sample[0] <= window_start:
-                chosen = sample
-        return chosen
-
-    def _sample_process(self, pid: int) -> tuple[float | None, int | None]:
-        if pid == 0:
-            return None, None
-        try:
-            proc = self._psutil.get(pid) or psutil.Process(pid)
-            self._psutil[pid] = proc
-            with proc.oneshot():
-                times = proc.cpu_times()
-                rss = int(proc.memory_info().rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            self._psutil.pop(pid, None)
-            return None, None
-        return float(times.user + times.system), rss
-
 
 def _section(section: Section, values: list[int]) -> dict[str, int]:
     return dict(zip(section.names, values[section.base : section.end], strict=True))
@@ -389,23 +358,3 @@ def read_header(fd: int, size: int, name: str) -> SegmentHeader:
     if size != expected:
         raise ValueError(f"{name}: {size} bytes, but its header describes {expected}")
     return SegmentHeader(int(workers), int(max_peers), int(created), bool(dns))
-
-
-def _busy_fraction(
-    now: int,
-    busy_now: int,
-    reference: tuple[int, tuple[int, ...]] | None,
-    index: int,
-    start: tuple[int, int],
-) -> float | None:
-    started, busy_at_start = start
-    if reference is not None and started and reference[0] >= started:
-        since, busy_then = reference[0], reference[1][index]
-    elif started:
-        since, busy_then = started, busy_at_start
-    else:
-        return None  # the process never attached
-    elapsed = now - since
-    if elapsed <= 0:
-        return None
-    return min(1.0, max(0.0, (busy_now - busy_then) / elapsed))
