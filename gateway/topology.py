@@ -2,7 +2,7 @@
 spelled.
 
 The supervisor starts its children by these roles, keeps a heartbeat slot for each, and the
-stats segment (gateway/telemetry/stats.py) lays out one counter block per role and per ring
+stats segment (gateway/telemetry/stats/) lays out one counter block per role and per ring
 in the order given here. Ring names say which way a ring carries: `worker0_to_crypto` is the
 first TUN worker's ring into the crypto process.
 """

@@ -19,7 +19,7 @@ from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 5  # 5: the DNS process's block only when a DNS server runs (HEADER_DNS)
+VERSION = 6  # 6: the DNS process's block only when a DNS server runs (HEADER_DNS)
 HEADER_WORDS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
@@ -79,7 +79,7 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 # --- process block: drops by reason ---
-DROP_BASE = 28  # after COUNTER_NAMES (20), the crypto block's NAT words (7) and one spare
+DROP_BASE = 30  # after COUNTER_NAMES (20) and the crypto block's NAT words (9)
 # One slot per metric label, in DropLabel's order (the core owns the list).
 DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
 
@@ -103,6 +103,7 @@ DROP_RING_FULL = drop_slot(DropLabel.RING_FULL)
 DROP_TOO_BIG = drop_slot(DropLabel.TOO_BIG)
 DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
 DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
+DROP_ROUTING_HEADER = drop_slot(DropLabel.ROUTING_HEADER)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
@@ -116,6 +117,8 @@ NAT_COUNTER_NAMES: tuple[str, ...] = (
     "dropped",  # fragments, untranslatable replies, bad mappings
     "expired",  # NAT entries
     "entries",  # a gauge: NAT entries now
+    "evicted",  # unanswered entries removed to make room (a peer's quota, or a full table)
+    "refused_no_room",  # of `refused`: no entry to evict (all answered) or no free port
 )
 NAT_GAUGES = frozenset({"entries"})
 
