@@ -3,6 +3,7 @@ the ring topology, health, reload, the children's fds and keys, the status line.
 
 from __future__ import annotations
 
+import pickle
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -275,6 +276,8 @@ def test_the_dns_process_restarts_only_once_the_crypto_process_applied_the_reloa
     gateway.path.write_text(_config_text(dns=dns.replace("192.0.2.53", "192.0.2.55")))
     gateway.reload.reload()
     assert gateway.restarted == []  # sent, not yet applied
+    # What waits for the acknowledgement holds no key: children forked meanwhile inherit it.
+    assert PRIVATE not in pickle.dumps(gateway.reload._dns_built_from)
     first, second = gateway.told_crypto()
     assert isinstance(first, ConfigArrived) and isinstance(second, ConfigArrived)
     gateway.reload.acknowledged(ReloadDone(first.generation, applied=True))

@@ -50,9 +50,9 @@ class ConfigReload:
         self._move_port = move_port  # bind the new port and move the UDP process onto it
         self._follow_mtu = follow_mtu  # the device's MTU changed: report and pad to it
         self.generation = 0  # of the last reload sent to the crypto process
-        # The config the DNS process was built from, while a reload waits for the crypto
-        # process's acknowledgement (None: none waits).
-        self._dns_built_from: GatewayConfig | None = None
+        # What the DNS process was built from (no keys: children forked meanwhile inherit
+        # it), while a reload waits for the crypto process's acknowledgement (None: none).
+        self._dns_built_from: DnsInputs | None = None
 
     def reload(self) -> None:
         try:
@@ -64,7 +64,7 @@ class ConfigReload:
         self._reload_interface(old.interface, config.interface)
         self.generation += 1
         if self._dns_built_from is None:
-            self._dns_built_from = old
+            self._dns_built_from = _dns_inputs(old)
         log.info("reloaded %s: %d peers", self.config_path, len(config.peers))
         try:
             send_reload(self.runtime.control, self.generation, config)
@@ -94,14 +94,14 @@ class ConfigReload:
         if old is not None:
             self._reload_dns(old, self.running.config)
 
-    def _reload_dns(self, old: GatewayConfig, new: GatewayConfig) -> None:
+    def _reload_dns(self, old: DnsInputs, new: GatewayConfig) -> None:
         """A DNS server whose inputs changed starts over with them (pending queries are
         lost: clients retry; names keep their proxy pairs, see gateway/dns/proxy.py)."""
         child = self.dns_child
         if (child is None) != (new.dns is None):
             log.warning("reload: starting or stopping the DNS server takes a restart")
             return
-        if child is None or _dns_inputs(old) == _dns_inputs(new) or not self._restart(child):
+        if child is None or old == _dns_inputs(new) or not self._restart(child):
             return
         log.info("reload: DNS server restarted with the new resources, grants and upstreams")
 
@@ -130,7 +130,10 @@ class ConfigReload:
         log.info("reload: %s has MTU %d and %d addresses", tun.name, mtu, len(new.addresses))
 
 
-def _dns_inputs(config: GatewayConfig) -> tuple[object, ...]:
+DnsInputs = tuple[object, ...]
+
+
+def _dns_inputs(config: GatewayConfig) -> DnsInputs:
     """What the DNS process is built from (gateway/dataplane/dnsmain.py build_server)."""
     peers = tuple((p.public_key, p.allowed_ips, p.resources) for p in config.peers)
     return (config.dns, config.resources, config.interface.addresses, peers)
