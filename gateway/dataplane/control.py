@@ -54,8 +54,9 @@ class Reload(msgspec.Struct, frozen=True, tag="reload"):
 
 
 class ReloadDone(msgspec.Struct, frozen=True, tag="reload_done"):
-    """Crypto -> supervisor: reload `generation` is applied (`applied`), or its config could
-    not be read (the supervisor then restarts the crypto process from its config)."""
+    """Crypto -> supervisor: reload `generation` is applied (`applied`: the peer figures are
+    copied to the stats segment, so READY=1 and the STATUS= line count the new peers), or
+    its config could not be read (the supervisor then restarts the crypto process from it)."""
 
     generation: int
     applied: bool

@@ -21,6 +21,7 @@ def build_device(config: GatewayConfig, now: float) -> Device:
             config.interface.private_key,
             mtu=config.interface.mtu,
             unix_time_offset=time.time() - time.monotonic(),
+            under_load_threshold=None,  # the UDP process's gate judges load (one cookie secret)
         )
         apply_peers(device, config, now)
     return device

@@ -54,12 +54,14 @@ class ConfigReload:
         # it), while a reload waits for the crypto process's acknowledgement (None: none).
         self._dns_built_from: DnsInputs | None = None
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """True when the crypto process was sent the config (it answers ReloadDone once
+        applied: `acknowledged`)."""
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
-            return
+            return False
         old, self.running.config = self.running.config, config
         self._reload_interface(old.interface, config.interface)
         self.generation += 1
@@ -72,6 +74,8 @@ class ConfigReload:
             # The crypto process is being restarted (it starts from the new config), or its
             # queue is full: either way crypto_started or the next reload settles the DNS.
             log.error("reload: cannot reach the crypto process: %s", exc)
+            return False
+        return True
 
     def acknowledged(self, done: ReloadDone) -> None:
         """The crypto process answered reload `done.generation`."""

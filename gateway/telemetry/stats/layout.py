@@ -141,6 +141,11 @@ DNS_COUNTER_NAMES: tuple[str, ...] = (
     "proxy_mappings",
     "proxy_mapping_unacknowledged",
     "in_flight",  # a gauge: queries waiting for an upstream now
+    "servfail_client_quota",  # one client (peer) over its share of in-flight queries
+    "truncated",  # answers cut to the UDP client's size (TC)
+    "dropped_not_peer",  # queries from no peer's address, or not through the tunnel
+    "mappings_let_go",  # a peer over its bound of mappings let go of its oldest
+    "mappings_freed",  # mappings nobody holds or asked for in a long time
 )
 DNS_GAUGES = frozenset({"in_flight"})
 
