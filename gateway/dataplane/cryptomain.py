@@ -242,7 +242,12 @@ def crypto_main(inputs: CryptoInputs) -> None:
         handlers[mappings.fileno()] = on_mappings
     if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
         handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
-    report_ready()
+
+    def on_loop(loop: CryptoLoop[Ring]) -> None:
+        crypto.attach_loop(loop)
+        loop.sync_peer_stats()  # the STATUS line sent with READY=1 counts the configured peers
+        report_ready()
+
     run_crypto(
         crypto.device,
         inputs.rings,
@@ -252,6 +257,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
         heartbeat=inputs.heartbeat,
         keep_timestamps=crypto.keep_timestamps,
         resource_table=inputs.stats.resources,
-        on_loop=crypto.attach_loop,
+        on_loop=on_loop,
         proxy=crypto.proxy,
     )
