@@ -9,6 +9,7 @@ failure, or a check still running after UPGRADE_CHECK_TIMEOUT, leaves the runnin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,9 @@ class UpgradeCheck:
         """OSError if it cannot even start."""
         command = [executable, "--config", str(config_path), "check-config", "--import-all"]
         output = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
+        # Ignored, SIGUSR2 stays ignored in the check: `systemctl kill -s USR2` without
+        # --kill-who=main signals every process of the unit, and its default would end it.
+        previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         try:
             proc = subprocess.Popen(  # noqa: S603 - this gateway's own executable
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
@@ -41,6 +45,8 @@ class UpgradeCheck:
         except OSError:
             output.close()
             raise
+        finally:
+            signal.signal(signal.SIGUSR2, signal.SIG_DFL if previous is None else previous)
         deadline = time.monotonic() + UPGRADE_CHECK_TIMEOUT
         return cls(executable, proc, os.pidfd_open(proc.pid), output, deadline)
 
