@@ -15,8 +15,6 @@ import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 
-from cryptography.exceptions import InvalidTag
-
 from gateway.endpoint import Endpoint
 from gateway.wireguard.allowedips import AllowedIPs, Network
 from gateway.wireguard.constants import (
@@ -62,6 +60,8 @@ from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, con
 from gateway.wireguard.peer import Peer
 from gateway.wireguard.ratelimiter import RateLimiter
 from gateway.wireguard.timers import TimerQueue, expired
+from gateway.wireguard.transport import Transport, new_transport
+from gateway.wireguard.transport_py import OPENED, REPLAYED
 
 Datagram = bytes | bytearray
 Packet = bytes | bytearray | memoryview
@@ -75,7 +75,6 @@ class _Unchanged:
 UNCHANGED = _Unchanged()
 """Sentinel for `upsert_peer`: leave this setting as it is."""
 
-_NONCE = struct.Struct("<4xQ")
 _SENDER = struct.Struct("<4xI")
 _ZEROS = bytes(16)
 _IPV4 = 4
@@ -112,10 +111,17 @@ class Device:
         under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
         max_staged_per_peer: int = MAX_STAGED_PACKETS,
         max_outbox: int = MAX_OUTBOX,
+        transport: Transport | None = None,
     ) -> None:
         """`unix_time_offset` maps `now` to Unix time for handshake timestamps (TAI64N):
         drivers pass `time.time() - time.monotonic()` so timestamps keep increasing across
-        restarts, as peers require."""
+        restarts, as peers require. `transport` holds the sessions' keys, counters and
+        replay windows (default: the backend gateway/wireguard/transport.py chose)."""
+        self.transport = new_transport() if transport is None else transport
+        # Peers whose send state (current session, endpoint, staged packets) or existence
+        # changed since the driver last pushed them into the transport's peer table.
+        self._transport_dirty: set[Peer] = set()
+        self._transport_removed: list[int] = []  # orders of peers removed since
         self._rng = rng
         self.mtu = mtu
         self.unix_time_offset = unix_time_offset
@@ -232,6 +238,7 @@ class Device:
         if not isinstance(endpoint, _Unchanged):
             peer.endpoint = endpoint
         self._changed.add(peer)
+        self._transport_dirty.add(peer)
         if replace_allowed_ips:
             self._allowed.remove_value(peer)
         for network in allowed_ips or ():
@@ -279,12 +286,19 @@ class Device:
         peer.timers.clear()
         peer.timers.detach()
         self._changed.add(peer)
+        self._transport_dirty.discard(peer)  # holds no removed peer: it must be freed
+        self._transport_removed.append(peer.order)
         return True
 
     def _end_sessions(self, peer: Peer) -> None:
         for kp in peer.keypairs.clear():
-            self._index.pop(kp.local_index, None)
+            self._drop_keypair(kp)
+        self._transport_dirty.add(peer)
         self._forget_handshake(peer)
+
+    def _drop_keypair(self, kp: Keypair) -> None:
+        self._index.pop(kp.local_index, None)
+        self.transport.remove(kp.local_index)
 
     def _forget_handshake(self, peer: Peer) -> None:
         self._drop_handshake_index(peer)
@@ -333,10 +347,7 @@ class Device:
         padded = (size + 15) & ~15
         if self.mtu and padded > self.mtu:
             padded = max(self.mtu, size)
-        counter = kp.send_counter
-        kp.send_counter = counter + 1
         out = bytearray(TRANSPORT_HEADER_SIZE + padded + TAG_SIZE)
-        TRANSPORT_HEADER.pack_into(out, 0, MESSAGE_TRANSPORT, kp.remote_index, counter)
         if padded == size:
             plaintext = packet
         else:
@@ -344,27 +355,37 @@ class Device:
             scratch[:size] = packet
             scratch[size:padded] = _ZEROS[: padded - size]
             plaintext = scratch[:padded]
-        kp.send.encrypt_into(_NONCE.pack(counter), plaintext, None, memoryview(out)[16:])
-        peer.tx_bytes += len(out)
-        peer.tx_packets += 1
+        if not self.transport.seal(kp.local_index, plaintext, out):  # counters spent
+            self.drops[Drop.EXPIRED_KEYPAIR] += 1
+            return None
+        self._sent_transport(peer, kp, len(out), now, data=size > 0)
+        return endpoint, out
+
+    def _sent_transport(  # noqa: PLR0913 - keyword-only after the time
+        self, peer: Peer, kp: Keypair, nbytes: int, now: float, *, data: bool, packets: int = 1
+    ) -> None:
+        """Figures and timers after `packets` transport messages (`nbytes` in all) went out
+        on `kp` at `now`; `data`: they carried packets (not a keepalive)."""
+        peer.tx_bytes += nbytes
+        peer.tx_packets += packets
         self._changed.add(peer)
         timers = peer.timers
         timers.send_keepalive = None
         if peer.persistent_keepalive:
             timers.persistent_keepalive = now + peer.persistent_keepalive
-        if size and timers.new_handshake is None:
+        if data and timers.new_handshake is None:
             timers.new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         if kp.is_initiator and (
-            counter + 1 > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
+            kp.send_counter > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
         ):
             self._initiate(peer, now, retry=False)
-        return endpoint, out
 
     def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
         if len(peer.staged) >= self.max_staged_per_peer:
             peer.staged.popleft()
             self.drops[Drop.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
+        self._transport_dirty.add(peer)
         self.counters["staged"] += 1
         self._flush_staged(peer, now)
 
@@ -377,10 +398,12 @@ class Device:
             sent = self._encrypt(peer, kp, peer.staged.popleft(), now)
             if sent is not None:
                 self._transmit(*sent)
+        self._transport_dirty.add(peer)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         if not peer.staged:
             peer.staged.append(b"")
+            self._transport_dirty.add(peer)
             self.counters["keepalives_sent"] += 1
         self._flush_staged(peer, now)
 
@@ -438,6 +461,8 @@ class Device:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
+        if peer.endpoint != src:
+            self._transport_dirty.add(peer)
         peer.endpoint = src  # roaming: follow the latest authenticated source
         self._changed.add(peer)  # and its rx figures or handshake, which the callers update
         peer.timers.new_handshake = None
@@ -480,20 +505,18 @@ class Device:
             return None
         size = len(data)
         out = bytearray(size - TRANSPORT_OVERHEAD)
-        try:
-            kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
-        except InvalidTag:
-            self.drops[Drop.DECRYPT_FAILED] += 1
-            return None
-        if not kp.replay.validate(counter):
-            self.drops[Drop.REPLAY] += 1
+        status = self.transport.open(receiver, data, out)
+        if status != OPENED:
+            self.drops[Drop.REPLAY if status == REPLAYED else Drop.DECRYPT_FAILED] += 1
             return None
         peer = entry.peer
         keypairs = peer.keypairs
         if kp is keypairs.next:
             dropped = keypairs.confirm(kp)
             if dropped is not None:
-                self._index.pop(dropped.local_index, None)
+                self._drop_keypair(dropped)
+            self.transport.confirm(kp.local_index)
+            self._transport_dirty.add(peer)
             self._handshake_complete(peer, now)
             self._flush_staged(peer, now)
         else:
@@ -504,12 +527,18 @@ class Device:
         if not out:
             self.counters["keepalives_received"] += 1
             return None
+        self._received_data(peer, 1, now)
+        return self._check_inner(peer, out)
+
+    @staticmethod
+    def _received_data(peer: Peer, packets: int, now: float) -> None:
+        """Keepalive timers after `packets` data packets arrived at `now`."""
         timers = peer.timers
         if timers.send_keepalive is None:
             timers.send_keepalive = now + KEEPALIVE_TIMEOUT
-        else:
+            packets -= 1
+        if packets:
             timers.need_another_keepalive = True
-        return self._check_inner(peer, out)
 
     def _check_inner(self, peer: Peer, out: bytearray) -> bytearray | None:
         """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
@@ -634,7 +663,7 @@ class Device:
         index = self._new_index()
         response, keys = hs.create_response(index, self._rng(KEY_SIZE))
         peer.cookies.add_macs(response, RESPONSE_MAC1_END, now)
-        self._install(peer, Keypair(keys, now), now)
+        self._install(peer, Keypair(keys, now, self.transport, peer.order), now)
         peer.timers.last_sent_handshake = now
         self._sent_handshake(peer, now)
         self._transmit(src, bytes(response))
@@ -655,14 +684,15 @@ class Device:
         del self._index[response.receiver]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        self._install(peer, Keypair(keys, now), now)
+        self._install(peer, Keypair(keys, now, self.transport, peer.order), now)
         self._handshake_complete(peer, now)
         self._send_keepalive(peer, now)  # confirms the session to the responder
 
     def _install(self, peer: Peer, kp: Keypair, now: float) -> None:
         for old in peer.keypairs.install(kp):
-            self._index.pop(old.local_index, None)
+            self._drop_keypair(old)
         self._index[kp.local_index] = IndexEntry(peer, kp)
+        self._transport_dirty.add(peer)
         peer.timers.zero_key_material = now + ZERO_KEYS_AFTER
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
@@ -672,6 +702,44 @@ class Device:
         timers.sent_last_minute_handshake = False
         peer.last_handshake = now
         self.counters["handshakes_completed"] += 1
+
+    # ---- the transport's per-packet path ---------------------------------------------------
+
+    def take_transport_peers(self) -> tuple[set[Peer], list[int]]:
+        """Peers whose send state changed, and the orders of peers removed, since the last
+        call; the driver pushes them into the transport's peer table."""
+        dirty, removed = self._transport_dirty, self._transport_removed
+        self._transport_dirty, self._transport_removed = set(), []
+        return dirty, removed
+
+    def routes(self) -> list[tuple[bytes, int, int]]:
+        """Every allowed-IPs prefix as (raw network address, prefix length, peer order)."""
+        return [
+            (network.network_address.packed, network.prefixlen, peer.order)
+            for peer, networks in self._allowed.items()
+            for network in networks
+        ]
+
+    def apply_transport_activity(
+        self, activity: Sequence[tuple[int, int, int, int, int]], now: float
+    ) -> None:
+        """What the transport's batches did to each session since the last call, applied
+        as the per-packet path here would have: figures, roaming, timers, rekeying."""
+        for local, rx_packets, rx_bytes, tx_packets, tx_bytes in activity:
+            entry = self._index.get(local)
+            kp = None if entry is None else entry.keypair
+            if entry is None or kp is None:
+                continue  # removed since (its figures go with it)
+            peer = entry.peer
+            if rx_packets:
+                self._keep_key_fresh_receiving(peer, kp, now)
+                if peer.endpoint is not None:
+                    self._received_authenticated(peer, peer.endpoint, now)
+                peer.rx_bytes += rx_bytes
+                peer.rx_packets += rx_packets
+                self._received_data(peer, rx_packets, now)
+            if tx_packets:
+                self._sent_transport(peer, kp, tx_bytes, now, data=True, packets=tx_packets)
 
     # ---- timers ----------------------------------------------------------------------------
 

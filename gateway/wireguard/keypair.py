@@ -2,36 +2,59 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from typing import TYPE_CHECKING
 
 from gateway.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from gateway.wireguard.noise import SessionKeys
-from gateway.wireguard.replay import ReplayFilter
+
+if TYPE_CHECKING:
+    from gateway.wireguard.transport import Transport
 
 
 class Keypair:
-    """One direction pair of transport keys; the AEAD objects are reused for every packet."""
+    """One direction pair of transport keys. The keys, the send counter and the replay
+    window live in the Device's `Transport` (native or Python), installed under our
+    receiver index: the per-packet path and the Device's own packets share one counter."""
 
     __slots__ = (
         "created",
         "is_initiator",
         "local_index",
-        "recv",
         "remote_index",
-        "replay",
-        "send",
-        "send_counter",
+        "transport",
     )
 
-    def __init__(self, keys: SessionKeys, created: float) -> None:
-        self.send = ChaCha20Poly1305(keys.send_key)
-        self.recv = ChaCha20Poly1305(keys.recv_key)
-        self.send_counter = 0
-        self.replay = ReplayFilter()
+    def __init__(
+        self, keys: SessionKeys, created: float, transport: Transport, peer_id: int = 0
+    ) -> None:
+        self.transport = transport
         self.created = created
         self.is_initiator = keys.is_initiator
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
+        # An initiator's session carries data at once; a responder's only once the first
+        # packet on it confirmed it (the Device confirms it then).
+        transport.install(
+            keys.local_index,
+            remote=keys.remote_index,
+            send_key=keys.send_key,
+            recv_key=keys.recv_key,
+            created=created,
+            peer=peer_id,
+            confirmed=keys.is_initiator,
+        )
+
+    @property
+    def send_counter(self) -> int:
+        """The next counter to send with (REJECT_AFTER_MESSAGES once removed)."""
+        counter = self.transport.send_counter(self.local_index)
+        return REJECT_AFTER_MESSAGES if counter is None else counter
+
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        """Move the counter forward (tests of the limits); it never goes back."""
+        if not self.transport.advance_send_counter(self.local_index, value):
+            raise ValueError("a send counter only moves forward")
 
     def usable_for_sending(self, now: float) -> bool:
         return now - self.created < REJECT_AFTER_TIME and self.send_counter < REJECT_AFTER_MESSAGES

@@ -1,0 +1,420 @@
+"""The per-packet transport path in pure Python: the fallback of the native extension
+(gateway/native, `gateway._native.Transport`), with the same behaviour and the same API.
+
+It holds what Python installs (sessions by our receiver index, each peer's endpoint header
+and the session it may send on, the allowed-IPs routes) and works on shm_ring rings. See
+`gateway/wireguard/transport.py` for the contract both implement;
+`tests/test_transport_differential.py` feeds both the same batches and compares them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from gateway.dataplane.flow import flow_worker
+from gateway.wireguard.allowedips import _FamilyTable
+from gateway.wireguard.constants import (
+    KEY_SIZE,
+    MAX_TRANSPORT_SIZE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_OVERHEAD,
+)
+from gateway.wireguard.replay import ReplayFilter
+from shm_ring.ring import Ring
+
+HEADER_SIZE = 36  # the endpoint header (gateway/dataplane/framing.py)
+DONE, PUNT, FULL = 0, 1, 2
+OPENED, UNKNOWN, DECRYPT_FAILED, REPLAYED = 0, 1, 2, 3
+# Indices of take_drops().
+D_DECRYPT, D_REPLAY, D_EXPIRED, D_MALFORMED_INNER, D_SPOOFED, D_RING_FULL = range(6)
+_NONCE = struct.Struct("<4xQ")
+_TRANSPORT = struct.Struct("<IIQ")
+_TRANSPORT_TYPE = b"\x04\x00\x00\x00"
+_IPV4, _IPV6 = 4, 6
+_IPV4_HEADER, _IPV6_HEADER = 20, 40
+_V4_BITS, _V6_BITS = 32, 128
+
+
+class _Session:
+    __slots__ = (
+        "confirmed",
+        "created",
+        "peer",
+        "recv",
+        "remote",
+        "replay",
+        "rx_bytes",
+        "rx_packets",
+        "send",
+        "send_counter",
+        "tx_bytes",
+        "tx_packets",
+    )
+
+    def __init__(  # noqa: PLR0913 - the session's fields, keyword-only
+        self, *, remote: int, send: bytes, recv: bytes, created: float, peer: int, confirmed: bool
+    ) -> None:
+        self.remote = remote
+        self.send = ChaCha20Poly1305(send)
+        self.recv = ChaCha20Poly1305(recv)
+        self.send_counter = 0
+        self.replay = ReplayFilter()
+        self.created = created
+        self.peer = peer
+        self.confirmed = confirmed
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+
+
+class _Routes:
+    """allowedips' per-length tables, keyed by raw address bytes."""
+
+    def __init__(self) -> None:
+        self.v4: _FamilyTable[int] = _FamilyTable(_V4_BITS)
+        self.v6: _FamilyTable[int] = _FamilyTable(_V6_BITS)
+
+    def insert(self, address: bytes, plen: int, peer: int) -> bool:
+        table = {4: self.v4, 16: self.v6}.get(len(address))
+        if table is None or not 0 <= plen <= table.bits:
+            return False
+        table.insert(plen, int.from_bytes(address, "big") >> (table.bits - plen), peer)
+        return True
+
+    def lookup(self, address: bytes | bytearray | memoryview) -> int | None:
+        table = {4: self.v4, 16: self.v6}.get(len(address))
+        return None if table is None else table.lookup(int.from_bytes(address, "big"))
+
+
+def _inner_source(inner: bytearray) -> tuple[int, bytes] | None:
+    """(real length, source address) of a decrypted packet, None if it is not whole."""
+    version = inner[0] >> 4 if inner else 0
+    if version == _IPV4 and len(inner) >= _IPV4_HEADER:
+        length, source = inner[2] << 8 | inner[3], bytes(inner[12:16])
+    elif version == _IPV6 and len(inner) >= _IPV6_HEADER:
+        length, source = _IPV6_HEADER + (inner[4] << 8 | inner[5]), bytes(inner[8:24])
+    else:
+        return None
+    return (length, source) if _IPV4_HEADER <= length <= len(inner) else None
+
+
+def _punt_if_any(source: Ring) -> int:
+    """While a message of several slots waits, every message is Python's (as native code
+    leaves them): PUNT if there is one, DONE if the ring is empty."""
+    waiting = bool(source.recv_many(1))
+    source.release(0)  # give it back
+    return PUNT if waiting else DONE
+
+
+class PyTransport:
+    """Sessions, peers' send state and routes, and the batches over rings (see module doc)."""
+
+    name = "python"
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, _Session] = {}
+        self._peers: dict[int, tuple[bytes | None, int | None]] = {}
+        self._routes = _Routes()
+        self._touched: dict[int, _Session] = {}  # in the order first touched
+        self._drops = [0] * 6
+
+    # ---- what Python installs -------------------------------------------------------------
+
+    def install(  # noqa: PLR0913 - the session's fields, keyword-only
+        self,
+        local: int,
+        *,
+        remote: int,
+        send_key: bytes,
+        recv_key: bytes,
+        created: float,
+        peer: int,
+        confirmed: bool,
+    ) -> None:
+        if len(send_key) != KEY_SIZE or len(recv_key) != KEY_SIZE:
+            raise ValueError("session keys must be 32 bytes")
+        self._sessions[local] = _Session(
+            remote=remote,
+            send=send_key,
+            recv=recv_key,
+            created=created,
+            peer=peer,
+            confirmed=confirmed,
+        )
+        self._touched.pop(local, None)
+
+    def confirm(self, local: int) -> bool:
+        session = self._sessions.get(local)
+        if session is not None:
+            session.confirmed = True
+        return session is not None
+
+    def remove(self, local: int) -> bool:
+        self._touched.pop(local, None)
+        return self._sessions.pop(local, None) is not None
+
+    def set_peer(self, peer: int, endpoint: bytes | None, send_index: int | None) -> None:
+        if endpoint is not None and len(endpoint) != HEADER_SIZE:
+            raise ValueError("an endpoint header is 36 bytes")
+        self._peers[peer] = (endpoint, send_index)
+
+    def remove_peer(self, peer: int) -> bool:
+        return self._peers.pop(peer, None) is not None
+
+    def set_routes(self, routes: Sequence[tuple[bytes, int, int]]) -> None:
+        table = _Routes()
+        for address, plen, peer in routes:
+            if not table.insert(address, plen, peer):
+                raise ValueError("a route is a 4- or 16-byte address and its prefix length")
+        self._routes = table
+
+    def send_counter(self, local: int) -> int | None:
+        session = self._sessions.get(local)
+        return None if session is None else session.send_counter
+
+    def advance_send_counter(self, local: int, counter: int) -> bool:
+        session = self._sessions.get(local)
+        if session is None or counter < session.send_counter:
+            return False
+        session.send_counter = counter
+        return True
+
+    # ---- one packet (the Device's own path) ----------------------------------------------
+
+    def seal(self, local: int, plaintext: bytes | bytearray | memoryview, out: bytearray) -> bool:
+        session = self._sessions.get(local)
+        if session is None or len(out) != len(plaintext) + TRANSPORT_OVERHEAD:
+            return False
+        return self._seal(session, plaintext, out)
+
+    @staticmethod
+    def _seal(
+        session: _Session, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview
+    ) -> bool:
+        counter = session.send_counter
+        if counter >= REJECT_AFTER_MESSAGES:
+            return False
+        session.send_counter = counter + 1  # before sealing: a counter is never used twice
+        _TRANSPORT.pack_into(out, 0, 4, session.remote, counter)
+        view = memoryview(out)[TRANSPORT_HEADER_SIZE:]
+        session.send.encrypt_into(_NONCE.pack(counter), plaintext, None, view)
+        return True
+
+    def open(self, local: int, message: bytes | bytearray | memoryview, out: bytearray) -> int:
+        session = self._sessions.get(local)
+        if session is None:
+            return UNKNOWN
+        return self._open(session, message, out)
+
+    @staticmethod
+    def _open(session: _Session, message: bytes | bytearray | memoryview, out: bytearray) -> int:
+        size = len(message)
+        if not TRANSPORT_OVERHEAD <= size <= MAX_TRANSPORT_SIZE or len(out) < size - 32:
+            return DECRYPT_FAILED
+        (counter,) = _NONCE.unpack_from(message, 4)
+        try:
+            session.recv.decrypt_into(
+                _NONCE.pack(counter), memoryview(message)[TRANSPORT_HEADER_SIZE:], None, out
+            )
+        except InvalidTag:
+            return DECRYPT_FAILED
+        return OPENED if session.replay.validate(counter) else REPLAYED
+
+    # ---- batches ---------------------------------------------------------------------------
+
+    def _inbound_one(  # noqa: PLR0911 - one exit per decision, as fastpath.rs
+        self, message: memoryview, now: float, max_inner: int
+    ) -> bytearray | int | None:
+        """The inner packet, PUNT, or None (dropped and counted)."""
+        size = len(message) - HEADER_SIZE
+        if size < TRANSPORT_OVERHEAD or message[0] not in (_IPV4, _IPV6):
+            return PUNT
+        if message[HEADER_SIZE : HEADER_SIZE + 4] != _TRANSPORT_TYPE or size > MAX_TRANSPORT_SIZE:
+            return PUNT
+        body = size - TRANSPORT_OVERHEAD
+        if not 0 < body <= max_inner:
+            return PUNT
+        _, local, counter = _TRANSPORT.unpack_from(message, HEADER_SIZE)
+        session = self._sessions.get(local)
+        if session is None:
+            return PUNT
+        endpoint = self._peers.get(session.peer, (None, None))[0]
+        if not session.confirmed or endpoint is None or message[:HEADER_SIZE] != endpoint:
+            return PUNT
+        drops = self._drops
+        if now - session.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
+            drops[D_EXPIRED] += 1
+            return None
+        out = bytearray(body)
+        status = self._open(session, message[HEADER_SIZE:], out)
+        if status != OPENED:
+            drops[D_REPLAY if status == REPLAYED else D_DECRYPT] += 1
+            return None
+        session.rx_packets += 1
+        session.rx_bytes += size
+        self._touched.setdefault(local, session)
+        found = _inner_source(out)
+        if found is None:
+            drops[D_MALFORMED_INNER] += 1
+            return None
+        length, source = found
+        if self._routes.lookup(source) != session.peer:
+            drops[D_SPOOFED] += 1
+            return None
+        del out[length:]
+        return out
+
+    def inbound(
+        self, source: Ring, workers: Sequence[Ring], limit: int, now: float
+    ) -> tuple[int, int]:
+        """Up to `limit` messages of the UDP ring into the workers' rings by flow; returns
+        (messages taken, DONE or PUNT: the next message is Python's, left in the ring)."""
+        max_inner = min(ring.stride for ring in workers)
+        per_worker: list[list[bytes | bytearray]] = [[] for _ in workers]
+        taken, stop = self._inbound(source, limit, now, max_inner, per_worker)
+        for ring, packets in zip(workers, per_worker, strict=True):
+            if packets:
+                self._drops[D_RING_FULL] += len(packets) - ring.send_many(packets)
+        return taken, stop
+
+    def inbound_packets(
+        self, source: Ring, limit: int, now: float, max_inner: int
+    ) -> tuple[int, int, list[bytes]]:
+        """As `inbound`, but the inner packets come back (for the firewall)."""
+        found: list[list[bytes | bytearray]] = [[]]
+        taken, stop = self._inbound(source, limit, now, max_inner, found)
+        return taken, stop, [bytes(p) for p in found[0]]
+
+    def _inbound(
+        self,
+        source: Ring,
+        limit: int,
+        now: float,
+        max_inner: int,
+        sinks: list[list[bytes | bytearray]],
+    ) -> tuple[int, int]:
+        if source.spanning_pending():
+            return 0, _punt_if_any(source)
+        batch = source.recv_many(limit)
+        stride, taken, stop, workers = source.stride, 0, DONE, len(sinks)
+        for message in batch:
+            if not 0 < len(message) <= stride:
+                stop = PUNT
+                break
+            inner = self._inbound_one(message, now, max_inner)
+            if inner is PUNT:
+                stop = PUNT
+                break
+            if isinstance(inner, bytearray):
+                sinks[flow_worker(inner, workers)].append(inner)
+            taken += 1
+        del batch
+        source.release(taken)
+        return taken, stop
+
+    def _outbound_one(
+        self,
+        packet: bytes | bytearray | memoryview,
+        now: float,
+        mtu: int,
+        room: int,
+    ) -> bytearray | None:
+        size = len(packet)
+        version = packet[0] >> 4 if size else 0
+        if version == _IPV4 and size >= _IPV4_HEADER:
+            peer = self._routes.lookup(packet[16:20])
+        elif version == _IPV6 and size >= _IPV6_HEADER:
+            peer = self._routes.lookup(packet[24:40])
+        else:
+            return None
+        endpoint, local = self._peers.get(peer, (None, None)) if peer is not None else (None, None)
+        session = None if local is None else self._sessions.get(local)
+        if endpoint is None or local is None or session is None:
+            return None
+        if (
+            now - session.created >= REJECT_AFTER_TIME
+            or session.send_counter >= REJECT_AFTER_MESSAGES
+        ):
+            return None
+        padded = (size + 15) & ~15
+        if mtu and padded > mtu:
+            padded = max(mtu, size)
+        total = HEADER_SIZE + TRANSPORT_OVERHEAD + padded
+        if total > room:
+            return None
+        out = bytearray(total)
+        out[:HEADER_SIZE] = endpoint
+        plain = bytes(packet) + bytes(padded - size) if padded != size else packet
+        self._seal(session, plain, memoryview(out)[HEADER_SIZE:])
+        session.tx_packets += 1
+        session.tx_bytes += total - HEADER_SIZE
+        self._touched.setdefault(local, session)
+        return out
+
+    def outbound(
+        self, source: Ring, dest: Ring, limit: int, now: float, mtu: int
+    ) -> tuple[int, int]:
+        """Up to `limit` packets of a worker ring sealed into the UDP ring; returns (packets
+        taken, DONE, PUNT: the next is Python's, or FULL: no room in `dest`)."""
+        if source.spanning_pending():
+            return 0, _punt_if_any(source)
+        batch = source.recv_many(limit)
+        stride = source.stride
+        sealed: list[bytes | bytearray] = []
+        taken, stop = self._seal_many(batch, dest, now=now, mtu=mtu, sealed=sealed, stride=stride)
+        del batch
+        source.release(taken)
+        if sealed:
+            dest.send_many(sealed)
+        return taken, stop
+
+    def outbound_packets(
+        self, packets: Sequence[bytes | bytearray | memoryview], dest: Ring, now: float, mtu: int
+    ) -> tuple[int, int]:
+        """Packets (the firewall's) sealed into the UDP ring until one is Python's or the
+        ring is full; returns (packets taken, stop code as `outbound`)."""
+        sealed: list[bytes | bytearray] = []
+        taken, stop = self._seal_many(packets, dest, now=now, mtu=mtu, sealed=sealed, stride=None)
+        if sealed:
+            dest.send_many(sealed)
+        return taken, stop
+
+    def _seal_many(  # noqa: PLR0913 - one loop for both outbound calls, keyword-only
+        self,
+        packets: Sequence[bytes | bytearray | memoryview],
+        dest: Ring,
+        *,
+        now: float,
+        mtu: int,
+        sealed: list[bytes | bytearray],
+        stride: int | None,
+    ) -> tuple[int, int]:
+        room, dest_stride = dest.free_slots(), dest.stride
+        for taken, packet in enumerate(packets):
+            if stride is not None and not 0 < len(packet) <= stride:
+                return taken, PUNT
+            if len(sealed) == room:
+                return taken, FULL
+            out = self._outbound_one(packet, now, mtu, dest_stride)
+            if out is None:
+                return taken, PUNT
+            sealed.append(out)
+        return len(packets), DONE
+
+    # ---- what Python reads once per turn ---------------------------------------------------
+
+    def take_activity(self) -> list[tuple[int, int, int, int, int]]:
+        out = []
+        for local, s in self._touched.items():
+            out.append((local, s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes))
+            s.rx_packets = s.rx_bytes = s.tx_packets = s.tx_bytes = 0
+        self._touched.clear()
+        return out
+
+    def take_drops(self) -> list[int]:
+        drops, self._drops = self._drops, [0] * 6
+        return drops
