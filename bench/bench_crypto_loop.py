@@ -35,9 +35,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench.bench_policy import GRANTS_PER_PEER, RESOURCES, resources
-from gateway.dataplane.cryptoproc import BATCH, CryptoLoop, CryptoRings
+from gateway.dataplane.cryptoproc import BATCH, CryptoLoop
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.framing import HEADER_SIZE, encode_endpoint
+from gateway.dataplane.rings import CryptoRings
 from gateway.keys import generate_private_key, public_key
 from gateway.policy import Policy
 from gateway.telemetry import stats as st

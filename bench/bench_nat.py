@@ -16,8 +16,8 @@ from pathlib import Path
 from bench.micro import report, wall_us_per_call
 from gateway.ipnet import parse_network
 from gateway.nat.handler import ProxyHandler, Target, sources_by_key
-from gateway.policy.filters import parse_filter
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.filters import parse_filter
+from gateway.resources.resource import Resource, parse_resource_address
 from ippacket import IpPacket, build
 
 COUNT = 50_000

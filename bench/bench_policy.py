@@ -28,7 +28,9 @@ from pathlib import Path
 
 from gateway.dataplane.firewall import Firewall
 from gateway.keys import generate_private_key, public_key
-from gateway.policy import Filter, IcmpErrorLimiter, Policy, PortRange, Protocol, Resource
+from gateway.policy import IcmpErrorLimiter, Policy
+from gateway.resources.filters import Filter, PortRange, Protocol
+from gateway.resources.resource import Resource
 from gateway.wireguard.device import Device
 from ippacket import build
 

@@ -18,7 +18,6 @@ import msgspec
 import tomli
 
 from gateway import keys
-from gateway.dns.proxy import proxy_range_holding
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
 from gateway.ipnet import (
@@ -29,7 +28,9 @@ from gateway.ipnet import (
     parse_interface,
     parse_network,
 )
-from gateway.policy import MAX_NAME_LENGTH, Resource, parse_filter, parse_resource_address
+from gateway.resources.filters import parse_filter
+from gateway.resources.proxy_ranges import proxy_range_holding
+from gateway.resources.resource import MAX_NAME_LENGTH, Resource, parse_resource_address
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820

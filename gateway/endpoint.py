@@ -30,17 +30,14 @@ class StickyEndpoint(tuple[str, int]):
     becomes the source of its latest authenticated datagram) carries the local address along.
     An endpoint set by the config or `wg` is a plain tuple: setting one forgets the address.
     `local` is the packed address (4 bytes for IPv4, also when it arrived IPv4-mapped on a
-    dual-stack socket; 16 for IPv6). `ring_header` is the ring framing's encoding of it
-    (gateway/dataplane/framing.py), made at first use so sending to it costs no lookup.
+    dual-stack socket; 16 for IPv6).
     """
 
     local: bytes
-    ring_header: bytes | None
 
     def __new__(cls, host: str, port: int, local: bytes) -> StickyEndpoint:
         endpoint = super().__new__(cls, (host, port))
         endpoint.local = local
-        endpoint.ring_header = None
         return endpoint
 
 

@@ -8,16 +8,23 @@ POISON, so a packet used after release shows up as corrupted instead of passing 
 `LoopGateway` is one gateway's crypto loop on such rings; `shuttle` is the network between
 two of them (it carries datagrams from one's UDP ring into the other's, with the sender's
 endpoint as the source, as the UDP process would).
+
+`FakeUdpSocket` is the UDP process's socket (gateway.udp_io.UdpIo's `recv_batch` and
+`send_batch`) with a send buffer of a size the test sets.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.dataplane.cryptoproc import CryptoLoop, CryptoRings
-from gateway.dataplane.framing import HEADER_SIZE, Endpoint, decode_endpoint, encode_endpoint
+from gateway.dataplane.cryptoproc import CryptoLoop
+from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint, encode_endpoint
+from gateway.dataplane.rings import CryptoRings
+from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
+from gateway.udp_io import Datagram, SendStats, UdpCounters
 from gateway.wireguard.device import Device
 
 POISON = 0xEE
@@ -189,3 +196,36 @@ class KeyBoard:
     """Where the crypto process publishes the interface's public key (the stats header)."""
 
     public_key: bytes | None = None
+
+
+class FakeUdpSocket:
+    """A UDP socket in memory: `arrive()` plays the network, `sent` is what left.
+
+    `room` is how many more datagrams the send buffer takes (None: unbounded); a send
+    beyond it stops there, blocked, as a full socket buffer does.
+    """
+
+    def __init__(self, room: int | None = None) -> None:
+        self.room = room
+        self.counters = UdpCounters()
+        self.sent: list[tuple[Endpoint, bytes]] = []
+        self._arrived: deque[tuple[memoryview, Endpoint]] = deque()
+
+    def arrive(self, datagram: bytes, src: Endpoint) -> None:
+        self._arrived.append((memoryview(datagram), src))
+
+    def waiting(self) -> int:
+        """Datagrams not yet read (still in the socket's receive buffer)."""
+        return len(self._arrived)
+
+    def recv_batch(self, max_datagrams: int) -> list[tuple[memoryview, Endpoint]]:
+        count = min(max_datagrams, len(self._arrived))
+        return [self._arrived.popleft() for _ in range(count)]
+
+    def send_batch(self, items: Sequence[tuple[Endpoint, Datagram]]) -> SendStats:
+        fits = len(items) if self.room is None else min(self.room, len(items))
+        for dest, data in items[:fits]:
+            self.sent.append((dest, bytes(data)))
+        if self.room is not None:
+            self.room -= fits
+        return SendStats(consumed=fits, sent=fits, syscalls=1, blocked=fits < len(items))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gateway import keys
 from gateway.config import ConfigError, GatewayConfig, parse_config_text
-from gateway.dataplane.cryptoproc import apply_peers, build_device
+from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.framing import decode_endpoint, encode_endpoint
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dns.forwarder import Forwarder

@@ -9,7 +9,7 @@ import pytest
 
 from gateway import config as config_module
 from gateway.cli import summary_lines
-from gateway.policy import Protocol
+from gateway.resources.filters import Protocol
 from tests.test_config import (
     PEER1,
     PEER2,

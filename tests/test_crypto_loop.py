@@ -16,7 +16,7 @@ from gateway.endpoint import StickyEndpoint, local_address
 from gateway.keys import generate_private_key, public_key
 from gateway.nat.handler import ProxyHandler, Target
 from gateway.policy import Policy
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.resource import Resource, parse_resource_address
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
 from gateway.wireguard.device import Device

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from gateway.dataplane.cryptoproc import PeerStatsSync
+from gateway.dataplane.crypto_telemetry import PeerStatsSync
 from gateway.keys import generate_private_key, public_key
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT

@@ -14,11 +14,8 @@ from hypothesis import strategies as hs
 
 from gateway.config import GatewayConfig, parse_config_text
 from gateway.dataplane import framing
-from gateway.dataplane.cryptoproc import (
-    CounterSync,
-    apply_peers,
-    build_device,
-)
+from gateway.dataplane.crypto_telemetry import CounterSync
+from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.flow import flow_key, flow_worker, key_worker
 from gateway.endpoint import StickyEndpoint
 from gateway.keys import encode_key, generate_private_key, public_key
@@ -50,8 +47,8 @@ def test_a_local_address_rides_in_the_header_and_back(remote: tuple[str, int], l
     packed = ipaddress.ip_address(local).packed
     received = framing.encode_endpoint(StickyEndpoint(*remote, packed))
     assert len(received) == framing.HEADER_SIZE
-    # The remote sits where the handshake gate and the crypto loop read it (bytes 4..20).
-    assert received[4 : 4 + len(packed)] == ipaddress.ip_address(remote[0]).packed
+    # framing.remote_address reads the remote back (the handshake gate's and crypto loop's key).
+    assert framing.remote_address(received) == ipaddress.ip_address(remote[0]).packed
     sender = framing.decode_endpoint(received + b"payload")
     assert sender == remote
     assert isinstance(sender, StickyEndpoint)
@@ -66,12 +63,33 @@ def test_a_local_address_rides_in_the_header_and_back(remote: tuple[str, int], l
     assert type(framing.decode_endpoint(plain)) is tuple
 
 
+def test_one_sender_at_two_local_addresses_gets_two_headers() -> None:
+    # Equal (and equally hashed) as endpoints, so the header cache must tell them apart.
+    first = StickyEndpoint("198.51.100.7", 20000, bytes([10, 0, 0, 1]))
+    second = StickyEndpoint("198.51.100.7", 20000, bytes([10, 0, 0, 2]))
+    assert first == second
+    assert framing.encode_endpoint(first) != framing.encode_endpoint(second)
+    assert framing.decode_endpoint(framing.encode_endpoint(second)).local == second.local
+
+
+def test_a_ring_message_splits_into_sender_and_datagram() -> None:
+    message = framing.encode_message(("2001:db8::7", 443), b"\x01rest")
+    assert framing.carries_handshake(message)
+    assert not framing.carries_handshake(framing.encode_message(("2001:db8::7", 443), b"\x04"))
+    assert not framing.carries_handshake(message[: framing.HEADER_SIZE])
+    sender, datagram = framing.decode_message(memoryview(message))
+    assert (sender, bytes(datagram)) == (("2001:db8::7", 443), b"\x01rest")
+
+
 def test_endpoint_caches_stay_bounded() -> None:
     for i in range(framing._CACHE_MAX + 10):
+        host = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        framing.decode_endpoint(framing.encode_endpoint((host, 1)))
         framing.decode_endpoint(
-            framing.encode_endpoint((f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1))
+            framing.encode_endpoint(StickyEndpoint(host, 2, bytes(3) + b"\x01"))
         )
     assert len(framing._encoded) <= framing._CACHE_MAX
+    assert len(framing._encoded_sticky) <= framing._CACHE_MAX
     assert len(framing._decoded) <= framing._CACHE_MAX
 
 

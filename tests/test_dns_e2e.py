@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
     GATEWAY_TUNNEL_ADDR,
     GATEWAY_TUNNEL_ADDR6,

@@ -7,8 +7,9 @@ import ipaddress
 import dns.name
 import pytest
 
-from gateway.dns.names import parse_name_pattern
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE, ProxyAddresses
+from gateway.dns.proxy import ProxyAddresses
+from gateway.resources.names import parse_name_pattern
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 
 
 def name(text: str) -> dns.name.Name:

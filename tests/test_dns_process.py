@@ -9,9 +9,9 @@ from pathlib import Path
 import dns.message
 
 from gateway.config import parse_config_text
+from gateway.dataplane.dnsmain import DnsCounterSync, HeartbeatSelector, build_server
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dns.forwarder import Client, Forwarder, Transport
-from gateway.dns.process import DnsCounterSync, HeartbeatSelector, build_server
 from gateway.dns.server import DnsServer
 from gateway.keys import encode_key, generate_private_key
 from gateway.telemetry import stats as st

@@ -12,9 +12,9 @@ import dns.rdatatype
 import dns.rrset
 
 from gateway.dns.forwarder import Client, Forwarder, ToClient, ToUpstream, Transport
-from gateway.dns.names import parse_name_pattern
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from gateway.dns.resources import ProxyMapping, ResourceAnswers
+from gateway.resources.names import parse_name_pattern
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 
 UP = ("10.98.0.2", 53)
 ALICE = Client(Transport.UDP, "100.64.0.2", 40000)

@@ -15,9 +15,9 @@ import dns.rcode
 import dns.rrset
 
 from gateway.dns.forwarder import Forwarder
-from gateway.dns.names import parse_name_pattern
 from gateway.dns.resources import ProxyMapping, ResourceAnswers
 from gateway.dns.server import DnsServer
+from gateway.resources.names import parse_name_pattern
 
 ANSWERS = {"a.test.": "192.0.2.1", "b.test.": "192.0.2.2", "big.test.": "192.0.2.3"}
 

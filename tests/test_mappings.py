@@ -18,7 +18,7 @@ from gateway.dataplane.mappings import (
 from gateway.dns.proxy import ProxyPair
 from gateway.dns.resources import ProxyMapping
 from gateway.nat.handler import ProxyHandler
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.resource import Resource, parse_resource_address
 from ippacket.build import udp_packet
 
 PROXY = ProxyPair(

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dataplane.firewall import NOT_MINE
 from gateway.nat import handler as handler_module
 from gateway.nat.handler import ProxyHandler, Target, grants_by_key, sources_by_key
+from gateway.nat.stage import NOT_MINE
 from gateway.nat.table import UNCONFIRMED_TTL
-from gateway.policy.filters import parse_filter
-from gateway.policy.resources import Resource, parse_resource_address
+from gateway.resources.filters import parse_filter
+from gateway.resources.resource import Resource, parse_resource_address
 from ippacket import IpPacket, PacketError
 from ippacket.build import icmp_echo_reply, icmp_echo_request, tcp_packet, udp_packet
 from ippacket.headers import TcpHeader

@@ -8,18 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.policy import (
-    ALLOW_UNCOUNTED,
-    DROP,
-    Action,
-    IcmpErrorLimiter,
-    Policy,
-    Resource,
+from gateway.policy import ALLOW_UNCOUNTED, DROP, Action, IcmpErrorLimiter, Policy
+from gateway.resources.filters import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     parse_filter,
     parse_ports,
-    parse_resource_address,
 )
-from gateway.policy.filters import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+from gateway.resources.resource import Resource, parse_resource_address
 
 GRE = 47
 ALICE, BOB = b"A" * 32, b"B" * 32

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig, PeerConfig
-from gateway.dns.proxy import IPV4_RANGE, IPV6_RANGE
 from gateway.ipnet import IPNetwork
 from gateway.keys import encode_key
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 
 
 class ClientConfigError(ValueError):

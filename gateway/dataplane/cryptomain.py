@@ -23,21 +23,16 @@ from typing import Protocol
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
-from gateway.dataplane.cryptoproc import (
-    CryptoLoop,
-    CryptoRings,
-    apply_peers,
-    build_device,
-    run_crypto,
-)
-from gateway.dataplane.firewall import Firewall, ProxyHandler, build_policy
+from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
+from gateway.dataplane.device_config import apply_peers, build_device
+from gateway.dataplane.firewall import Firewall, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.restore import restore
+from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.uapi_backend import DeviceBackend
-from gateway.nat import handler as nat
-from gateway.nat.handler import PeerSources, grants_by_key, sources_by_key
+from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
 from gateway.telemetry import stats as st
 from gateway.uapi import UapiServer, format_set
 from shm_ring.ring import Ring
@@ -98,9 +93,9 @@ class CryptoControl:
             on_change=self._save_state,
         )
         self.firewall = Firewall(build_policy(config), self.device)
-        self.proxy: nat.ProxyHandler | None = None  # DNS resources' NAT, if any
+        self.proxy: ProxyHandler | None = None  # DNS resources' NAT, if any
         if any(r.pattern is not None for r in config.resources):
-            self.proxy = nat.ProxyHandler(
+            self.proxy = ProxyHandler(
                 config.resources,
                 _grants(config),
                 self.firewall.reply,
@@ -115,10 +110,6 @@ class CryptoControl:
     def attach_loop(self, loop: CryptoLoop[Ring]) -> None:
         """The loop to give the firewall to while it has work (resources or DNS proxies)."""
         self._loop = loop
-        self._update_loop()
-
-    def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
-        self.firewall.set_proxy_handler(handler)
         self._update_loop()
 
     def _update_loop(self) -> None:

@@ -13,8 +13,8 @@ exist (otherwise `CryptoLoop.firewall` is None and packets never reach this modu
 * `take_replies`: the ICMP errors generated meanwhile, for the loop to encrypt to their peer
   (they route by their destination, the peer's address).
 
-`ProxyHandler` is where DNS resources plug in (proxy addresses, NAT): the firewall asks it
-first, and its decision is final for its flows.
+A `ProxyStage` (gateway/nat/stage.py) is where DNS resources plug in (proxy addresses,
+NAT): the firewall asks it first, and its decision is final for its flows.
 
 Counting: plain ints here (`counts`, per-resource `take_resource_counts`), copied into the
 stats segment by the loop once a second, so the hot path never touches shared memory. The
@@ -41,10 +41,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 from gateway.config import GatewayConfig
 from gateway.dataplane.flow import FlowKey, flow_key
+from gateway.nat.stage import NotMine, ProxyStage
 from gateway.policy import Action, Decision, IcmpErrorLimiter, Policy
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket
 from ippacket.icmp_errors import Unreachable, destination_unreachable
@@ -67,37 +68,6 @@ class PeerRoutes(Protocol):
 
     def peer_key_for(self, address: bytes) -> bytes | None:
         """The public key of the peer whose allowed IPs contain a raw 4/16-byte address."""
-        ...
-
-
-class NotMine:
-    """Type of `NOT_MINE`: a packet from the TUN that is not a translated (proxied) flow."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NOT_MINE"
-
-
-NOT_MINE: Final = NotMine()
-
-
-class ProxyHandler(Protocol):
-    """DNS resources reached through proxy addresses (implemented in the DNS/NAT work)."""
-
-    def is_proxy(self, destination: bytes) -> bool:
-        """`destination` (4 or 16 raw bytes) is a proxy address (100.96.0.0/11 or
-        fd00:2021:1111:8000::/107)."""
-        ...
-
-    def from_peer(self, peer_key: bytes, packet: IpPacket, now: float) -> bytearray | None:
-        """A packet to a proxy address: the translated packet to forward, or None (an ICMP
-        error was queued through the handler's `reply` callable, or it dropped and counted)."""
-        ...
-
-    def to_peer(self, packet: IpPacket, now: float) -> bytearray | NotMine | None:
-        """A packet from the TUN: reverse-translated if it belongs to a NAT entry (None:
-        drop), else NOT_MINE so the policy's return-path check runs."""
         ...
 
 
@@ -142,7 +112,7 @@ class Firewall:
         self._routes_version = routes.routes_version
         self._peer_for = routes.peer_key_for
         self._limiter = IcmpErrorLimiter() if limiter is None else limiter
-        self._proxy: ProxyHandler | None = None
+        self._proxy: ProxyStage | None = None
         self._replies: list[bytearray] = []
         self.counts = FirewallCounts()
         # Counts of resources that a reload removed or renumbered, until the next take.
@@ -175,7 +145,7 @@ class Firewall:
             for table in tables.values():
                 table.clear()
 
-    def set_proxy_handler(self, handler: ProxyHandler | None) -> None:
+    def set_proxy_handler(self, handler: ProxyStage | None) -> None:
         self._proxy = handler
 
     def reply(self, packet: bytearray) -> None:

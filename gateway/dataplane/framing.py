@@ -9,6 +9,10 @@ address, also on the dual-stack socket. A header with a local address decodes to
 `StickyEndpoint`, and a `StickyEndpoint` encodes to the header it came in with, so replies
 leave from the address their request arrived at.
 
+This module is the one owner of the layout: the processes on either side of the rings frame
+and unframe with `encode_message` / `decode_message`, ask `carries_handshake` and
+`remote_address`, and never slice a header themselves.
+
 Encodings are cached because a gateway talks to a few endpoints many times; the caches are
 bounded so a flood of spoofed sources cannot grow them.
 """
@@ -17,17 +21,26 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import TypeVar
 
 from gateway.endpoint import Endpoint, StickyEndpoint
+from gateway.wireguard.constants import HANDSHAKE_MESSAGES
 
 HEADER_SIZE = 36
 _HEADER = struct.Struct("!BxH16s16s")
 _CACHE_MAX = 4096
-_IPV4 = 4
-_IPV6 = 6
+# The header's family byte (not an IP version field, though the values match).
+_FAMILY_IPV4 = 4
+_FAMILY_IPV6 = 6
+_REMOTE = slice(4, 20)  # the remote address's 16 bytes
+_REMOTE_IPV4 = slice(4, 8)
 
 _encoded: dict[Endpoint, bytes] = {}
+# A StickyEndpoint hashes as its (host, port), so its headers are keyed with the local address.
+_encoded_sticky: dict[tuple[Endpoint, bytes], bytes] = {}
 _decoded: dict[bytes, Endpoint] = {}
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class FramingError(ValueError):
@@ -37,24 +50,51 @@ class FramingError(ValueError):
 def encode_endpoint(endpoint: Endpoint) -> bytes:
     """The header for `endpoint`, with its local address when it is a StickyEndpoint."""
     if type(endpoint) is StickyEndpoint:
-        header = endpoint.ring_header
+        key = (endpoint, endpoint.local)
+        header = _encoded_sticky.get(key)
         if header is None:
-            header = endpoint.ring_header = _pack(endpoint, endpoint.local)
+            header = _remember(_encoded_sticky, key, _pack(endpoint, endpoint.local))
         return header
     header = _encoded.get(endpoint)
     if header is None:
-        header = _pack(endpoint, b"")
-        if len(_encoded) >= _CACHE_MAX:
-            _encoded.clear()
-        _encoded[endpoint] = header
+        header = _remember(_encoded, endpoint, _pack(endpoint, b""))
     return header
+
+
+def encode_message(endpoint: Endpoint, datagram: bytes | bytearray | memoryview) -> bytes:
+    """A ring message: the header for `endpoint`, then `datagram`."""
+    return encode_endpoint(endpoint) + datagram
+
+
+def decode_message(message: memoryview) -> tuple[Endpoint, memoryview]:
+    """A ring message's endpoint (see decode_endpoint) and the datagram after the header."""
+    return decode_endpoint(message), message[HEADER_SIZE:]
+
+
+def carries_handshake(message: bytes | memoryview) -> bool:
+    """Whether the datagram in a ring message is a handshake message (initiation, response
+    or cookie reply), by its type byte alone."""
+    return len(message) > HEADER_SIZE and message[HEADER_SIZE] in HANDSHAKE_MESSAGES
+
+
+def remote_address(header: bytes | memoryview) -> bytes:
+    """The remote's raw address (4 or 16 bytes) in a ring message's header."""
+    return bytes(header[_REMOTE_IPV4] if header[0] == _FAMILY_IPV4 else header[_REMOTE])
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Cache `value` under `key`; a full cache starts over (bounded under a flood)."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _pack(endpoint: Endpoint, local: bytes) -> bytes:
     host, port = endpoint
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return _HEADER.pack(
-        _IPV6 if family == socket.AF_INET6 else _IPV4,
+        _FAMILY_IPV6 if family == socket.AF_INET6 else _FAMILY_IPV4,
         port,
         socket.inet_pton(family, host),
         local,  # struct pads an IPv4 address (or b"": none) with zeros to 16 bytes
@@ -70,19 +110,17 @@ def decode_endpoint(message: bytes | memoryview) -> Endpoint:
         if len(key) < HEADER_SIZE:
             raise FramingError(f"ring message of {len(key)} bytes has no endpoint header")
         family, port, raw, local = _HEADER.unpack(key)
-        if family == _IPV4:
+        if family == _FAMILY_IPV4:
             host = socket.inet_ntop(socket.AF_INET, raw[:4])
             local = local[:4]
-        elif family == _IPV6:
+        elif family == _FAMILY_IPV6:
             host = socket.inet_ntop(socket.AF_INET6, raw)
         else:
             raise FramingError(f"unknown address family {family} in ring message")
         if any(local):
             endpoint = StickyEndpoint(host, port, local)
-            endpoint.ring_header = key
+            _remember(_encoded_sticky, (endpoint, local), key)  # replies reuse these bytes
         else:
             endpoint = (host, port)
-        if len(_decoded) >= _CACHE_MAX:
-            _decoded.clear()
-        _decoded[key] = endpoint
+        _remember(_decoded, key, endpoint)
     return endpoint

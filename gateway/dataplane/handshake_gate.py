@@ -6,8 +6,8 @@ Under load means more than DEFAULT_UNDER_LOAD_THRESHOLD handshake messages withi
 gets 20 a second with a burst of 5 (gateway/wireguard/ratelimiter.py, the kernel's figures).
 A flooding host's excess is then dropped before it costs a ring slot, a copy and the crypto
 process's time, so the UDP process keeps reading the socket and sessions' datagrams are not
-lost in an overflowing socket buffer. Sans-I/O: the caller passes the ring message header
-and the time.
+lost in an overflowing socket buffer. Sans-I/O: the caller passes the source address (raw,
+as framing.remote_address reads it) and the time.
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from gateway.wireguard.constants import DEFAULT_UNDER_LOAD_THRESHOLD
 from gateway.wireguard.cookie import LoadMonitor
 from gateway.wireguard.ratelimiter import RateLimiter
 
-HANDSHAKE_TYPES = frozenset((1, 2, 3))
-_IPV4 = 4  # the endpoint header's family byte (gateway/dataplane/framing.py)
-
 
 class HandshakeGate:
     def __init__(self, under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD) -> None:
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
 
-    def admit(self, header: bytes, now: float) -> bool:
-        """Whether a handshake message from the endpoint in `header` (framing.py's
-        ring header) goes on to the crypto process."""
+    def admit(self, source: bytes, now: float) -> bool:
+        """Whether a handshake message from the raw address `source` goes on to the crypto
+        process."""
         if not self._load.record(now):
             return True
-        return self._limiter.allow(header[4:8] if header[0] == _IPV4 else header[4:20], now)
+        return self._limiter.allow(source, now)

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 
 from gateway.dataplane.framing import encode_endpoint
-from gateway.dns.proxy import proxy_range_holding
 from gateway.endpoint import Endpoint
 from gateway.keys import public_key
+from gateway.resources.proxy_ranges import proxy_range_holding
 from gateway.uapi import (
     ERR_INVALID,
     ERR_PORT_IN_USE,

@@ -3,6 +3,10 @@
 Each received datagram goes to the crypto process with its sender and the local address it
 arrived at (the ring header, framing.py); a datagram coming back for a sender the crypto
 process remembers with that address leaves from it (udp_io.py: sticky source addresses).
+
+`UdpLoop.turn` is that work, one pass that never waits, on any `UdpSocket` and any rings
+with the `PacketRing` methods (tests drive it with a fake socket and in-memory rings);
+`run_udp` only turns it and sleeps in epoll.
 """
 
 from __future__ import annotations
@@ -10,14 +14,24 @@ from __future__ import annotations
 import logging
 import select
 import time
+from collections.abc import Sequence
+from typing import Generic, Protocol
 
-from gateway.dataplane.framing import HEADER_SIZE, FramingError, decode_endpoint, encode_endpoint
-from gateway.dataplane.handshake_gate import HANDSHAKE_TYPES, HandshakeGate
+from gateway.dataplane.framing import (
+    HEADER_SIZE,
+    FramingError,
+    decode_message,
+    encode_message,
+    remote_address,
+)
+from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.rings import RingT
 from gateway.dataplane.sleeper import Sleeper
 from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
-from gateway.udp_io import UdpIo
+from gateway.udp_io import Datagram, SendStats, UdpCounters, UdpIo
+from gateway.wireguard.constants import HANDSHAKE_MESSAGES
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -27,6 +41,88 @@ Outgoing = list[tuple[Endpoint, bytes | memoryview]]
 MAX_UNSENT = 1000  # datagrams held while the socket buffer is full (one ring's worth)
 
 
+class UdpSocket(Protocol):
+    """What the UDP loop uses of a socket: gateway.udp_io.UdpIo, or a fake in tests."""
+
+    @property
+    def counters(self) -> UdpCounters: ...
+
+    def recv_batch(self, max_datagrams: int) -> list[tuple[memoryview, Endpoint]]: ...
+
+    def send_batch(self, items: Sequence[tuple[Endpoint, Datagram]]) -> SendStats: ...
+
+
+class UdpLoop(Generic[RingT]):
+    """The socket and its two rings, one turn at a time, with the clock passed in.
+
+    Datagrams the full socket buffer did not take wait in `unsent` (at most MAX_UNSENT, the
+    rest dropped and counted); while any wait, nothing more is read from the crypto ring.
+    """
+
+    def __init__(self, udp: UdpSocket, to_crypto: RingT, from_crypto: RingT, counters: memoryview):
+        self.udp = udp
+        self.to_crypto = to_crypto
+        self.from_crypto = from_crypto
+        self.counters = counters
+        self.unsent: Outgoing = []
+        self.gate = HandshakeGate()
+        self._max_payload = to_crypto.max_message - HEADER_SIZE  # a long one spans slots
+
+    def turn(self, now: float) -> bool:
+        """socket -> to_crypto (only as much as it has room for), from_crypto (or what
+        waits unsent) -> socket; True if anything moved (then more may wait)."""
+        received = self._receive(now)
+        sent = self._send_unsent()
+        if not self.unsent and self._send_from_crypto():
+            sent = True
+        return received or sent
+
+    def inbound_blocked(self) -> bool:
+        """Whether the ring to the crypto process is full (then leave the socket unread)."""
+        return not self.to_crypto.send_ready()
+
+    def _receive(self, now: float) -> bool:
+        room = self.to_crypto.free_slots()
+        if not room:
+            return False
+        # Never read more than fits: the rest waits in the socket buffer (backpressure).
+        received = self.udp.recv_batch(min(BATCH, room))
+        if not received:
+            return False
+        c = self.counters
+        messages = frame_received(received, self.gate, self._max_payload, c, now)
+        taken = self.to_crypto.send_many(messages)
+        if taken < len(messages):
+            c[st.DROP_RING_FULL] += len(messages) - taken
+        return True
+
+    def _send_unsent(self) -> bool:
+        """Try what waits again; True once all of it has left."""
+        if not self.unsent:
+            return False
+        self.unsent = _send(self.udp, self.unsent, self.counters)
+        return not self.unsent
+
+    def _send_from_crypto(self) -> bool:
+        batch = self.from_crypto.recv_many(BATCH)
+        if not batch:
+            return False
+        c = self.counters
+        items: Outgoing = []
+        for message in batch:
+            try:
+                items.append(decode_message(message))
+            except FramingError:
+                c[st.DROP_MALFORMED] += 1
+        left = _send(self.udp, items, c)
+        # Keep what the full socket did not take; the ring slots are freed now.
+        self.unsent = [(dest, bytes(data)) for dest, data in left[:MAX_UNSENT]]
+        if len(left) > MAX_UNSENT:
+            c[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
+        self.from_crypto.release()
+        return True
+
+
 def run_udp(
     udp: UdpIo,
     to_crypto: Ring,
@@ -34,54 +130,25 @@ def run_udp(
     counters: memoryview,
     heartbeat: Heartbeat | None = None,
 ) -> None:
-    """Forever: socket -> to_crypto (while it has room), from_crypto -> socket."""
+    """Forever: turn the loop while it finds work, else sleep in epoll on the socket (for
+    reading unless the ring to crypto is full, for writing while datagrams wait) and the
+    rings."""
+    loop = UdpLoop(udp, to_crypto, from_crypto, counters)
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     sock_fd = udp.fileno()
-    max_payload = to_crypto.max_message - HEADER_SIZE  # a long datagram spans several slots
-    c = counters
-    unsent: Outgoing = []
-    gate = HandshakeGate()
+    turn = loop.turn
+    monotonic = time.monotonic
     while True:
         beat()
-        busy = False
-        room = to_crypto.free_slots()
-        if room:
-            # Never read more than fits: the rest waits in the socket buffer (backpressure).
-            received = udp.recv_batch(min(BATCH, room))
-            if received:
-                busy = True
-                messages = frame_received(received, gate, max_payload, c, time.monotonic())
-                taken = to_crypto.send_many(messages)
-                if taken < len(messages):
-                    c[st.DROP_RING_FULL] += len(messages) - taken
-        if unsent:
-            unsent = _send(udp, unsent, c)
-            busy = busy or not unsent
-        if not unsent:
-            batch = from_crypto.recv_many(BATCH)
-            if batch:
-                busy = True
-                items: Outgoing = []
-                for message in batch:
-                    try:
-                        items.append((decode_endpoint(message), message[HEADER_SIZE:]))
-                    except FramingError:
-                        c[st.DROP_MALFORMED] += 1
-                left = _send(udp, items, c)
-                # Keep what the full socket did not take; the ring slots are freed now.
-                unsent = [(dest, bytes(data)) for dest, data in left[:MAX_UNSENT]]
-                if len(left) > MAX_UNSENT:
-                    c[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
-                from_crypto.release()
-        if busy:
+        if turn(monotonic()):
             continue
-        blocked_in = not to_crypto.send_ready()
+        blocked_in = loop.inbound_blocked()
         events = 0 if blocked_in else select.EPOLLIN
-        if unsent:
+        if loop.unsent:
             events |= select.EPOLLOUT
         sleeper.watch(sock_fd, events)
-        sleeper.sleep([] if unsent else [from_crypto], [to_crypto] if blocked_in else [])
+        sleeper.sleep([] if loop.unsent else [from_crypto], [to_crypto] if blocked_in else [])
 
 
 def frame_received(
@@ -98,17 +165,17 @@ def frame_received(
         if len(data) > max_payload:
             c[st.DROP_TOO_BIG] += 1
             continue
-        header = encode_endpoint(endpoint)
-        if data and data[0] in HANDSHAKE_TYPES and not gate.admit(header, now):
+        message = encode_message(endpoint, data)
+        if data and data[0] in HANDSHAKE_MESSAGES and not gate.admit(remote_address(message), now):
             c[st.DROP_RATE_LIMITED] += 1
             continue
-        messages.append(header + data)
+        messages.append(message)
         c[st.UDP_RX_BYTES] += len(data)
     c[st.UDP_RX_PACKETS] += len(received)
     return messages
 
 
-def _send(udp: UdpIo, items: Outgoing, c: memoryview) -> Outgoing:
+def _send(udp: UdpSocket, items: Outgoing, c: memoryview) -> Outgoing:
     """Send items in order; returns those the full socket buffer did not take."""
     gso_before = udp.counters.tx_gso_datagrams
     fallbacks_before = udp.counters.tx_source_fallbacks

@@ -24,8 +24,8 @@ import dns.rdatatype
 import dns.rrset
 
 from gateway.dns.forwarder import Client, Forwarder, Lookup, Output, ToClient, error_response
-from gateway.dns.names import NamePattern
 from gateway.dns.proxy import ProxyAddresses, ProxyPair
+from gateway.resources.names import NamePattern
 
 ANSWER_TTL = 60
 REFRESH_AFTER = 30.0

@@ -30,14 +30,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from gateway.dataplane.firewall import NOT_MINE, NotMine
-from gateway.dns.proxy import DEFAULT_CAPACITY, IPV4_RANGE, IPV6_RANGE
+from gateway.dns.proxy import DEFAULT_CAPACITY
 from gateway.ipnet import IPNetwork
+from gateway.nat.stage import NOT_MINE, NotMine
 from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
-from gateway.policy.filters import FilterSet
 from gateway.policy.icmp_limit import IcmpErrorLimiter
-from gateway.policy.resources import Resource
+from gateway.resources.filters import FilterSet
+from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
+from gateway.resources.resource import Resource
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket, checksum
 from ippacket.headers import ICMP, ICMPV6, IPV4, IPV6, TCP, UDP
 from ippacket.icmp_errors import Unreachable, destination_unreachable

@@ -13,23 +13,13 @@ from gateway.policy.engine import (
     Decision,
     Policy,
 )
-from gateway.policy.filters import Filter, PortRange, Protocol, parse_filter, parse_ports
 from gateway.policy.icmp_limit import IcmpErrorLimiter
-from gateway.policy.resources import MAX_NAME_LENGTH, Resource, parse_resource_address
 
 __all__ = [
     "ALLOW_UNCOUNTED",
     "DROP",
-    "MAX_NAME_LENGTH",
     "Action",
     "Decision",
-    "Filter",
     "IcmpErrorLimiter",
     "Policy",
-    "PortRange",
-    "Protocol",
-    "Resource",
-    "parse_filter",
-    "parse_ports",
-    "parse_resource_address",
 ]

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from gateway.ipnet import IPNetwork
-from gateway.policy.filters import IPPROTO_ICMP, IPPROTO_ICMPV6, Filter, FilterSet
-from gateway.policy.resources import Resource
+from gateway.resources.filters import IPPROTO_ICMP, IPPROTO_ICMPV6, Filter, FilterSet
+from gateway.resources.resource import Resource
 
 CACHE_MAX_ENTRIES = 16384
 _V4_MULTICAST = int(ipaddress.IPv4Address("224.0.0.0")) >> 28  # 224.0.0.0/4

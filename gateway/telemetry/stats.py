@@ -42,7 +42,9 @@ from typing import Self
 
 import psutil
 
+from gateway import topology
 from gateway.telemetry import runtime_dir
+from gateway.topology import ring_names, stats_roles
 from gateway.wireguard.constants import KEY_SIZE
 from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
@@ -220,10 +222,6 @@ if (
     raise RuntimeError("stats layout: counter ranges overlap")
 
 
-def process_roles(workers: int) -> tuple[str, ...]:
-    return ("supervisor", *(f"worker{i}" for i in range(workers)), "crypto", "udp", "dns")
-
-
 def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
     """The supervisor's once-a-second copy of a ring's own counters into its ring block
     (the wake-up counts let bench_profile show eventfd writes per ring)."""
@@ -233,14 +231,6 @@ def copy_ring_counters(block: memoryview, ring: RingHeader) -> None:
     block[RING_PACKETS] = ring.packets
     block[RING_CONSUMER_WAKEUPS] = ring.consumer_wakeups
     block[RING_PRODUCER_WAKEUPS] = ring.producer_wakeups
-
-
-def ring_names(workers: int) -> tuple[str, ...]:
-    """Rings in layout order: each worker's pair, then crypto<->udp."""
-    names: list[str] = []
-    for i in range(workers):
-        names += [f"worker{i}_to_crypto", f"crypto_to_worker{i}"]
-    return (*names, "crypto_to_udp", "udp_to_crypto")
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +340,7 @@ class StatsSnapshot:
 
     @property
     def crypto_busy_fraction(self) -> float | None:
-        return self.process("crypto").busy_fraction
+        return self.process(topology.CRYPTO).busy_fraction
 
 
 class PeerTable:
@@ -577,7 +567,7 @@ class StatsRegion:
         self.workers = int(words[2])
         self.max_peers = int(words[3])
         self.max_resources = MAX_RESOURCES
-        self.roles = process_roles(self.workers)
+        self.roles = stats_roles(self.workers)
         self.ring_names = ring_names(self.workers)
         self._words = words
         key_at = HEADER_PUBLIC_KEY * 8
@@ -604,7 +594,7 @@ class StatsRegion:
 
     @staticmethod
     def size_for(workers: int, max_peers: int) -> int:
-        roles = len(process_roles(workers))
+        roles = len(stats_roles(workers))
         rings = len(ring_names(workers))
         words = HEADER_SLOTS + roles * PROC_SLOTS + rings * RING_SLOTS
         words += MAX_RESOURCES * RESOURCE_SLOT_WORDS
@@ -740,9 +730,9 @@ class StatsRegion:
             start = self._proc_base + index * PROC_SLOTS
             values = self._words[start : start + PROC_SLOTS].tolist()
             counters = values[: len(COUNTER_NAMES)]
-            if role == "crypto":
+            if role == topology.CRYPTO:
                 nat = dict(zip(NAT_COUNTER_NAMES, values[NAT_BASE:], strict=False))
-            if role == "dns":
+            if role == topology.DNS:
                 if values[PID]:  # a DNS server ran
                     dns = dict(zip(DNS_COUNTER_NAMES, values[DNS_BASE:], strict=False))
                 values[DROP_BASE : DROP_BASE + len(DROP_REASONS)] = [0] * len(DROP_REASONS)

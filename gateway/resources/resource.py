@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.dns.names import NamePattern, parse_name_pattern
 from gateway.ipnet import HostBitsSet, IPNetwork, NetworkError, parse_network
-from gateway.policy.filters import Filter
+from gateway.resources.filters import Filter
+from gateway.resources.names import NamePattern, parse_name_pattern
 
 MAX_NAME_LENGTH = 64
 

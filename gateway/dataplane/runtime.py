@@ -1,0 +1,198 @@
+"""Everything the supervisor owns and forks its children with, opened and closed as one.
+
+The TUN device and its queues, the rings, the stats segment, the UDP socket, the control
+socketpair to the crypto process, the `wg` control socket, the run-state memfds and (with a
+DNS server) the mapping socketpair from the DNS process. All of it belongs to the
+supervisor, so a restarted child is forked from the same objects: a TUN worker or the UDP
+process can die without losing a session (the keys live in the crypto process), and the UDP
+socket's kernel queue keeps datagrams while the UDP process restarts.
+
+`Runtime.open` opens all of it or nothing (what was opened before a failure is closed);
+`close` is the teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from gateway import topology
+from gateway.config import GatewayConfig
+from gateway.dataplane.mappings import MappingPair
+from gateway.dataplane.rings import RingTopology
+from gateway.dataplane.runstate import RunState
+from gateway.telemetry import stats as st
+from gateway.telemetry.show import remove_dead_segments, stats_segment_name
+from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
+from gateway.udp_io import UdpIo
+from tunio.device_state import queue_device_name
+from tunio.errors import TunError
+from tunio.linkwatch import LinkWatch
+from tunio.linux import TunQueue, open_multiqueue
+from tunio.netlink import TunDeviceManager
+
+log = logging.getLogger(__name__)
+
+# Merge TCP segments into one TUN write (tunio.offload): one forwarded packet, not dozens.
+TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
+
+
+class SupervisorError(Exception):
+    """Setup failed in a way the operator must fix (message says what)."""
+
+
+class _NoBackend:
+    """The supervisor never serves the control socket; the crypto process does."""
+
+    def get_snapshot(self) -> DeviceState:
+        return DeviceState()
+
+    def apply(self, request: SetRequest) -> int:
+        return ERR_IO
+
+
+@dataclass
+class Tun:
+    """The multi-queue TUN device: one queue per worker, configured over netlink."""
+
+    name: str
+    queues: list[TunQueue]
+    manager: TunDeviceManager
+    link_watch: LinkWatch  # MTU changes made with `ip link`
+
+    def device_name(self) -> str | None:
+        """The device's current name, asked through our own queue fd, so a device moved to
+        another network namespace still counts; None once it was deleted."""
+        try:
+            return queue_device_name(self.queues[0].fileno())
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self.link_watch.close()
+        here = self.device_name() == self.name
+        for queue in self.queues:
+            queue.close()
+        # A non-persistent TUN device disappears with its last queue; make sure, unless it
+        # was deleted or moved away (a device of that name here now is not ours).
+        if here and self.manager.exists():
+            with contextlib.suppress(TunError, OSError):
+                self.manager.delete()
+
+
+@dataclass
+class Runtime:
+    """What the supervisor owns; children are forked with it."""
+
+    tun: Tun
+    rings: RingTopology
+    stats: st.StatsRegion
+    udp: UdpIo  # replaced when the listen port moves
+    control: socket.socket  # the supervisor's end of the socketpair to the crypto process
+    control_child: socket.socket  # the crypto process's end
+    uapi: UapiServer  # the `wg` control socket, served by the crypto process
+    runstate: RunState | None  # None in a child that must not hold key material
+    mappings: MappingPair | None  # DNS process -> crypto process, only with a DNS server
+
+    @classmethod
+    def open(cls, config: GatewayConfig, workers: int) -> Runtime:
+        """Open everything for `config` with `workers` TUN queues; SupervisorError says
+        what failed (everything opened before it is closed again)."""
+        interface = config.interface
+        with ExitStack() as opened:
+            tun = _open_tun(interface.name, workers, config)
+            opened.callback(tun.close)
+            rings = RingTopology.create(workers, interface.mtu)
+            opened.callback(rings.close)
+            stats = _create_stats(interface.name, workers, len(config.peers))
+            opened.callback(_close_stats, stats)
+            stats.attach_process(topology.SUPERVISOR)  # its pid, for CPU and RSS in /metrics
+            stats.mtu = interface.mtu
+            udp = _bind_udp(interface.listen_port, config)
+            opened.callback(udp.close)
+            stats.listen_port = udp.port
+            control, control_child = _socketpair()
+            opened.callback(control.close)
+            opened.callback(control_child.close)
+            runstate = RunState()
+            opened.callback(runstate.close)
+            uapi = _open_uapi(interface.name)
+            opened.callback(uapi.close)
+            mappings = None if config.dns is None else MappingPair.create()
+            opened.pop_all()
+        return cls(tun, rings, stats, udp, control, control_child, uapi, runstate, mappings)
+
+    def close(self) -> None:
+        self.uapi.close()  # removes the socket file only if it is still ours
+        self.udp.close()
+        self.tun.close()
+        self.rings.close()
+        _close_stats(self.stats)
+        self.control.close()
+        self.control_child.close()
+        if self.mappings is not None:
+            self.mappings.close()
+        if self.runstate is not None:
+            self.runstate.close()
+
+
+def bind_udp(port: int, config: GatewayConfig) -> UdpIo:
+    """The UDP socket on `port` with the config's buffer sizes; OSError if it cannot bind."""
+    return UdpIo(port, config.udp.receive_buffer, config.udp.send_buffer)
+
+
+def _bind_udp(port: int, config: GatewayConfig) -> UdpIo:
+    try:
+        return bind_udp(port, config)
+    except OSError as exc:
+        raise SupervisorError(f"cannot bind UDP port {port}: {exc.strerror}") from exc
+
+
+def _open_tun(name: str, workers: int, config: GatewayConfig) -> Tun:
+    try:
+        queues = open_multiqueue(name, workers, vnet_hdr=TUN_GRO)
+    except TunError as exc:
+        raise SupervisorError(str(exc)) from exc
+    manager = TunDeviceManager(name)
+    tun = Tun(name, queues, manager, LinkWatch(queues[0].fileno()))
+    try:
+        manager.configure(mtu=config.interface.mtu, addresses=config.interface.addresses)
+    except TunError as exc:
+        tun.close()
+        raise SupervisorError(str(exc)) from exc
+    return tun
+
+
+def _create_stats(name: str, workers: int, peers: int) -> st.StatsRegion:
+    try:
+        for dead in remove_dead_segments(name):
+            log.info("removed %s, left by a gateway that is gone", dead)
+        return st.StatsRegion.create(
+            stats_segment_name(name, os.getpid()), workers=workers, max_peers=max(1024, peers)
+        )
+    except (OSError, ValueError) as exc:
+        raise SupervisorError(f"cannot create the stats segment: {exc}") from exc
+
+
+def _close_stats(stats: st.StatsRegion) -> None:
+    with contextlib.suppress(OSError):
+        stats.close()
+        stats.unlink()
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent.setblocking(False)
+    child.setblocking(False)
+    return parent, child
+
+
+def _open_uapi(name: str) -> UapiServer:
+    try:
+        return UapiServer.for_interface(name, _NoBackend())
+    except OSError as exc:
+        raise SupervisorError(f"cannot create the control socket for {name}: {exc}") from exc
