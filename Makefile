@@ -78,6 +78,20 @@ bench: deps venv
 bench-ring: venv
 	$(BIN)/python -m bench.bench_ring
 
+# Coverage-guided fuzzing of every native entry point (cargo fuzz, nightly toolchain) and of
+# the transport through its Python API, native against the fallback (atheris), FUZZ_RUNS
+# inputs each. Not part of make test. E.g. make fuzz FUZZ_RUNS=100000.
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS := inbound outbound ring table
+FUZZ_TOOLCHAIN ?= +nightly
+fuzz: venv
+	$(BIN)/pip install -q 'atheris>=2.3'
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd $(NATIVE) && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) $(FUZZ_TOOLCHAIN) fuzz run $$t -- -runs=$(FUZZ_RUNS) || exit 1; \
+	done
+	$(BIN)/python tests/atheris_transport.py -runs=$(FUZZ_RUNS)
+
 # Run the gateway in the foreground with the shipped config (root: it creates a TUN device).
 # On first start it creates config/private.key (mode 0600) and logs the public key.
 RUN_ARGS ?=

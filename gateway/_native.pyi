@@ -1,4 +1,4 @@
-"""Type stub of the extension built from gateway/native (see gateway/wireguard/transport.py)."""
+"""Type stub of the extension built from gateway/native (see gateway/dataplane/transport.py)."""
 
 from collections.abc import Sequence
 

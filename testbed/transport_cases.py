@@ -1,5 +1,5 @@
 """Transport backends fed the same ring batches: the differential tests', the fuzz
-harness's and the benchmarks' common ground (gateway/wireguard/transport.py).
+harness's and the benchmarks' common ground (gateway/dataplane/transport.py).
 
 `Scenario` is a gateway-side transport with a few sessions from fixed keys (so two
 backends given the same scenario hold the same state) and a client-side `PyTransport` that
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.wireguard.transport import Transport, new_transport
-from gateway.wireguard.transport_py import PUNT, PyTransport
+from gateway.dataplane.transport import Transport, new_transport
+from gateway.dataplane.transport_py import PUNT, PyTransport
 from shm_ring import layout as L
 from shm_ring.ring import Ring
 

@@ -1,4 +1,4 @@
-"""The transport backends (gateway/wireguard/transport.py) one by one: each test runs on the
+"""The transport backends (gateway/dataplane/transport.py) one by one: each test runs on the
 native extension and on the pure-Python fallback. The two compared byte for byte under
 hostile input: tests/test_transport_differential.py."""
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from gateway.wireguard import transport as tr
-from gateway.wireguard.transport_py import (
+from gateway.dataplane import transport as tr
+from gateway.dataplane.transport_py import (
     D_DECRYPT,
     D_EXPIRED,
     D_MALFORMED_INNER,
@@ -68,7 +68,7 @@ def test_the_extension_is_built_where_cargo_is() -> None:
 
 
 def test_backend_choice_follows_the_environment() -> None:
-    code = "from gateway.wireguard import transport as t; print(t.BACKEND, t.new_transport().name)"
+    code = "from gateway.dataplane import transport as t; print(t.BACKEND, t.new_transport().name)"
     env = {**os.environ, tr.NO_EXTENSIONS_ENV: "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

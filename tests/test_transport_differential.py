@@ -1,6 +1,6 @@
 """The native transport and the pure-Python fallback, fed the same batches (hostile ones
 included), must produce the same bytes: ring contents and header words, the messages left to
-Python, drops and per-session figures (gateway/wireguard/transport.py)."""
+Python, drops and per-session figures (gateway/dataplane/transport.py)."""
 
 from __future__ import annotations
 

@@ -59,9 +59,8 @@ from gateway.wireguard.messages import (
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
 from gateway.wireguard.peer import Peer
 from gateway.wireguard.ratelimiter import RateLimiter
+from gateway.wireguard.sessions import OPENED, REPLAYED, PySessions, Sessions
 from gateway.wireguard.timers import TimerQueue, expired
-from gateway.wireguard.transport import Transport, new_transport
-from gateway.wireguard.transport_py import OPENED, REPLAYED
 
 Datagram = bytes | bytearray
 Packet = bytes | bytearray | memoryview
@@ -111,13 +110,14 @@ class Device:
         under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
         max_staged_per_peer: int = MAX_STAGED_PACKETS,
         max_outbox: int = MAX_OUTBOX,
-        transport: Transport | None = None,
+        transport: Sessions | None = None,
     ) -> None:
         """`unix_time_offset` maps `now` to Unix time for handshake timestamps (TAI64N):
         drivers pass `time.time() - time.monotonic()` so timestamps keep increasing across
         restarts, as peers require. `transport` holds the sessions' keys, counters and
-        replay windows (default: the backend gateway/wireguard/transport.py chose)."""
-        self.transport = new_transport() if transport is None else transport
+        replay windows: the crypto process passes its Transport (native or Python,
+        gateway/dataplane/transport.py); the default is the pure-Python sessions."""
+        self.transport: Sessions = PySessions() if transport is None else transport
         # Peers whose send state (current session, endpoint, staged packets) or existence
         # changed since the driver last pushed them into the transport's peer table.
         self._transport_dirty: set[Peer] = set()

@@ -8,13 +8,14 @@ from gateway.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from gateway.wireguard.noise import SessionKeys
 
 if TYPE_CHECKING:
-    from gateway.wireguard.transport import Transport
+    from gateway.wireguard.sessions import Sessions
 
 
 class Keypair:
     """One direction pair of transport keys. The keys, the send counter and the replay
     window live in the Device's `Transport` (native or Python), installed under our
-    receiver index: the per-packet path and the Device's own packets share one counter."""
+    receiver index: the per-packet path and the Device's own packets share one counter
+    (gateway/wireguard/sessions.py)."""
 
     __slots__ = (
         "created",
@@ -25,7 +26,7 @@ class Keypair:
     )
 
     def __init__(
-        self, keys: SessionKeys, created: float, transport: Transport, peer_id: int = 0
+        self, keys: SessionKeys, created: float, transport: Sessions, peer_id: int = 0
     ) -> None:
         self.transport = transport
         self.created = created

@@ -330,7 +330,7 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::{bytes, new_ring};
+    use crate::ring::testing::Owned;
 
     const ENDPOINT: [u8; HEADER_SIZE] = {
         let mut h = [0u8; HEADER_SIZE];
@@ -375,12 +375,12 @@ mod tests {
     #[test]
     fn a_packet_goes_through_rings_both_ways() {
         let (mut a, mut b) = pair();
-        let mut udp = new_ring(8, 1400);
-        let mut w0 = new_ring(8, 1280);
-        let mut w1 = new_ring(8, 1280);
-        let mut tun = new_ring(8, 1280);
-        let udp = RingMem::from_slice(bytes(&mut udp)).unwrap();
-        let tun = RingMem::from_slice(bytes(&mut tun)).unwrap();
+        let mut udp = Owned::new(8, 1400).unwrap();
+        let mut w0 = Owned::new(8, 1280).unwrap();
+        let mut w1 = Owned::new(8, 1280).unwrap();
+        let mut tun = Owned::new(8, 1280).unwrap();
+        let udp = RingMem::from_slice(udp.mem()).unwrap();
+        let tun = RingMem::from_slice(tun.mem()).unwrap();
         let original = packet([100, 64, 0, 2], [10, 0, 0, 5], 1000);
         let mut writer = tun.writer();
         writer.reserve().unwrap()[..1000].copy_from_slice(&original);
@@ -390,8 +390,8 @@ mod tests {
         assert_eq!(b.outbound(&tun, &mut dest, 100, 1.0, 1420), (1, Stop::Done));
         dest.publish();
         let (w0, w1) = (
-            RingMem::from_slice(bytes(&mut w0)).unwrap(),
-            RingMem::from_slice(bytes(&mut w1)).unwrap(),
+            RingMem::from_slice(w0.mem()).unwrap(),
+            RingMem::from_slice(w1.mem()).unwrap(),
         );
         let mut workers = [w0.writer(), w1.writer()];
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod ring;
 pub mod routes;
 pub mod table;
+pub mod testing;
 
 #[cfg(feature = "python")]
 mod python;

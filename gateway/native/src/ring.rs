@@ -261,32 +261,71 @@ impl Writer<'_, '_> {
     }
 }
 
+/// Rings in ordinary memory, for tests and fuzz targets (the gateway's are shared mappings).
+pub mod testing {
+    use crate::layout as l;
+
+    /// An 8-aligned, zeroed ring of `slots` x `slot_size` with its header written.
+    pub struct Owned {
+        buf: Vec<u8>,
+        off: usize,
+        size: usize,
+    }
+
+    impl Owned {
+        pub fn new(slots: u64, slot_size: u64) -> Option<Self> {
+            let size = l::segment_size(slots, slot_size)?;
+            let buf = vec![0u8; size + 8];
+            let off = buf.as_ptr().align_offset(8);
+            let mut ring = Owned { buf, off, size };
+            let stride = l::stride_for(slot_size as usize) as u64;
+            for (word, value) in [
+                (l::W_SLOTS, slots),
+                (l::W_SLOT_SIZE, slot_size),
+                (l::W_STRIDE, stride),
+                (l::W_VERSION, l::VERSION),
+                (l::W_MAGIC, l::MAGIC),
+            ] {
+                ring.set_word(word, value);
+            }
+            Some(ring)
+        }
+
+        pub fn mem(&mut self) -> &mut [u8] {
+            &mut self.buf[self.off..self.off + self.size]
+        }
+
+        pub fn word(&self, index: usize) -> u64 {
+            let at = self.off + index * 8;
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&self.buf[at..at + 8]);
+            u64::from_ne_bytes(raw)
+        }
+
+        pub fn set_word(&mut self, index: usize, value: u64) {
+            let at = self.off + index * 8;
+            self.buf[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+        }
+
+        /// Overwrite the length entry of `slot` (what a broken writer could leave).
+        pub fn set_length(&mut self, slot: usize, value: u32) {
+            let at = self.off + l::HEADER_BYTES + 4 * slot;
+            if at + 4 <= self.off + self.size {
+                self.buf[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
-pub mod tests {
+mod tests {
+    use super::testing::Owned;
     use super::*;
-
-    /// A zeroed, 8-aligned ring of `slots` x `slot_size` with its header written.
-    pub fn new_ring(slots: u64, slot_size: u64) -> Vec<u64> {
-        let size = l::segment_size(slots, slot_size).unwrap();
-        let mut words = vec![0u64; size / 8];
-        words[l::W_SLOTS] = slots;
-        words[l::W_SLOT_SIZE] = slot_size;
-        words[l::W_STRIDE] = l::stride_for(slot_size as usize) as u64;
-        words[l::W_VERSION] = l::VERSION;
-        words[l::W_MAGIC] = l::MAGIC;
-        words
-    }
-
-    pub fn bytes(words: &mut [u64]) -> &mut [u8] {
-        let len = words.len() * 8;
-        // SAFETY: a u64 slice is valid as bytes of 8x its length, same lifetime and borrow.
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, len) }
-    }
 
     #[test]
     fn messages_go_round_and_wrap() {
-        let mut words = new_ring(3, 100);
-        let ring = RingMem::from_slice(bytes(&mut words)).unwrap();
+        let mut owned = Owned::new(3, 100).unwrap();
+        let ring = RingMem::from_slice(owned.mem()).unwrap();
         for round in 0..5u8 {
             let mut writer = ring.writer();
             for i in 0..3u8 {
@@ -308,25 +347,24 @@ pub mod tests {
             assert!(matches!(reader.peek(), Next::Empty));
             assert_eq!(reader.release(), 3);
         }
-        assert_eq!(words[l::W_FULL], 5);
-        assert_eq!(words[l::W_MESSAGES], 15);
-        assert_eq!(words[l::W_RELEASED], 15);
+        assert_eq!(owned.word(l::W_FULL), 5);
+        assert_eq!(owned.word(l::W_MESSAGES), 15);
+        assert_eq!(owned.word(l::W_RELEASED), 15);
     }
 
     #[test]
     fn bad_lengths_and_headers_are_foreign_or_refused() {
-        let mut words = new_ring(4, 64);
-        words[l::W_HEAD] = 1;
-        let lens_word = l::HEADER_BYTES / 8;
-        words[lens_word] = 65; // slot 0 claims more than its stride
-        let ring = RingMem::from_slice(bytes(&mut words)).unwrap();
+        let mut owned = Owned::new(4, 64).unwrap();
+        owned.set_word(l::W_HEAD, 1);
+        owned.set_length(0, 65); // slot 0 claims more than its stride
+        let ring = RingMem::from_slice(owned.mem()).unwrap();
         assert!(matches!(ring.reader().peek(), Next::Foreign));
-        let mut words = new_ring(4, 64);
-        words[l::W_HEAD] = 1_000; // more than the ring holds: read nothing
-        let ring = RingMem::from_slice(bytes(&mut words)).unwrap();
+        let mut owned = Owned::new(4, 64).unwrap();
+        owned.set_word(l::W_HEAD, 1_000); // more than the ring holds: read nothing
+        let ring = RingMem::from_slice(owned.mem()).unwrap();
         assert!(matches!(ring.reader().peek(), Next::Empty));
-        let mut words = new_ring(4, 64);
-        words[l::W_SLOTS] = 5;
-        assert!(RingMem::from_slice(bytes(&mut words)).is_none());
+        let mut owned = Owned::new(4, 64).unwrap();
+        owned.set_word(l::W_SLOTS, 5);
+        assert!(RingMem::from_slice(owned.mem()).is_none());
     }
 }

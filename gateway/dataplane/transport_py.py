@@ -3,7 +3,7 @@
 
 It holds what Python installs (sessions by our receiver index, each peer's endpoint header
 and the session it may send on, the allowed-IPs routes) and works on shm_ring rings. See
-`gateway/wireguard/transport.py` for the contract both implement;
+`gateway/dataplane/transport.py` for the contract both implement;
 `tests/test_transport_differential.py` feeds both the same batches and compares them.
 """
 
@@ -12,63 +12,26 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from gateway.dataplane.flow import flow_worker
 from gateway.wireguard.allowedips import _FamilyTable
 from gateway.wireguard.constants import (
-    KEY_SIZE,
     MAX_TRANSPORT_SIZE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
-    TRANSPORT_HEADER_SIZE,
     TRANSPORT_OVERHEAD,
 )
-from gateway.wireguard.replay import ReplayFilter
+from gateway.wireguard.sessions import OPENED, REPLAYED, PySessions
 from shm_ring.ring import Ring
 
 HEADER_SIZE = 36  # the endpoint header (gateway/dataplane/framing.py)
 DONE, PUNT, FULL = 0, 1, 2
-OPENED, UNKNOWN, DECRYPT_FAILED, REPLAYED = 0, 1, 2, 3
 # Indices of take_drops().
 D_DECRYPT, D_REPLAY, D_EXPIRED, D_MALFORMED_INNER, D_SPOOFED, D_RING_FULL = range(6)
-_NONCE = struct.Struct("<4xQ")
 _TRANSPORT = struct.Struct("<IIQ")
 _TRANSPORT_TYPE = b"\x04\x00\x00\x00"
 _IPV4, _IPV6 = 4, 6
 _IPV4_HEADER, _IPV6_HEADER = 20, 40
 _V4_BITS, _V6_BITS = 32, 128
-
-
-class _Session:
-    __slots__ = (
-        "confirmed",
-        "created",
-        "peer",
-        "recv",
-        "remote",
-        "replay",
-        "rx_bytes",
-        "rx_packets",
-        "send",
-        "send_counter",
-        "tx_bytes",
-        "tx_packets",
-    )
-
-    def __init__(  # noqa: PLR0913 - the session's fields, keyword-only
-        self, *, remote: int, send: bytes, recv: bytes, created: float, peer: int, confirmed: bool
-    ) -> None:
-        self.remote = remote
-        self.send = ChaCha20Poly1305(send)
-        self.recv = ChaCha20Poly1305(recv)
-        self.send_counter = 0
-        self.replay = ReplayFilter()
-        self.created = created
-        self.peer = peer
-        self.confirmed = confirmed
-        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
 
 
 class _Routes:
@@ -110,52 +73,18 @@ def _punt_if_any(source: Ring) -> int:
     return PUNT if waiting else DONE
 
 
-class PyTransport:
+class PyTransport(PySessions):
     """Sessions, peers' send state and routes, and the batches over rings (see module doc)."""
 
     name = "python"
 
     def __init__(self) -> None:
-        self._sessions: dict[int, _Session] = {}
+        super().__init__()
         self._peers: dict[int, tuple[bytes | None, int | None]] = {}
         self._routes = _Routes()
-        self._touched: dict[int, _Session] = {}  # in the order first touched
         self._drops = [0] * 6
 
     # ---- what Python installs -------------------------------------------------------------
-
-    def install(  # noqa: PLR0913 - the session's fields, keyword-only
-        self,
-        local: int,
-        *,
-        remote: int,
-        send_key: bytes,
-        recv_key: bytes,
-        created: float,
-        peer: int,
-        confirmed: bool,
-    ) -> None:
-        if len(send_key) != KEY_SIZE or len(recv_key) != KEY_SIZE:
-            raise ValueError("session keys must be 32 bytes")
-        self._sessions[local] = _Session(
-            remote=remote,
-            send=send_key,
-            recv=recv_key,
-            created=created,
-            peer=peer,
-            confirmed=confirmed,
-        )
-        self._touched.pop(local, None)
-
-    def confirm(self, local: int) -> bool:
-        session = self._sessions.get(local)
-        if session is not None:
-            session.confirmed = True
-        return session is not None
-
-    def remove(self, local: int) -> bool:
-        self._touched.pop(local, None)
-        return self._sessions.pop(local, None) is not None
 
     def set_peer(self, peer: int, endpoint: bytes | None, send_index: int | None) -> None:
         if endpoint is not None and len(endpoint) != HEADER_SIZE:
@@ -171,58 +100,6 @@ class PyTransport:
             if not table.insert(address, plen, peer):
                 raise ValueError("a route is a 4- or 16-byte address and its prefix length")
         self._routes = table
-
-    def send_counter(self, local: int) -> int | None:
-        session = self._sessions.get(local)
-        return None if session is None else session.send_counter
-
-    def advance_send_counter(self, local: int, counter: int) -> bool:
-        session = self._sessions.get(local)
-        if session is None or counter < session.send_counter:
-            return False
-        session.send_counter = counter
-        return True
-
-    # ---- one packet (the Device's own path) ----------------------------------------------
-
-    def seal(self, local: int, plaintext: bytes | bytearray | memoryview, out: bytearray) -> bool:
-        session = self._sessions.get(local)
-        if session is None or len(out) != len(plaintext) + TRANSPORT_OVERHEAD:
-            return False
-        return self._seal(session, plaintext, out)
-
-    @staticmethod
-    def _seal(
-        session: _Session, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview
-    ) -> bool:
-        counter = session.send_counter
-        if counter >= REJECT_AFTER_MESSAGES:
-            return False
-        session.send_counter = counter + 1  # before sealing: a counter is never used twice
-        _TRANSPORT.pack_into(out, 0, 4, session.remote, counter)
-        view = memoryview(out)[TRANSPORT_HEADER_SIZE:]
-        session.send.encrypt_into(_NONCE.pack(counter), plaintext, None, view)
-        return True
-
-    def open(self, local: int, message: bytes | bytearray | memoryview, out: bytearray) -> int:
-        session = self._sessions.get(local)
-        if session is None:
-            return UNKNOWN
-        return self._open(session, message, out)
-
-    @staticmethod
-    def _open(session: _Session, message: bytes | bytearray | memoryview, out: bytearray) -> int:
-        size = len(message)
-        if not TRANSPORT_OVERHEAD <= size <= MAX_TRANSPORT_SIZE or len(out) < size - 32:
-            return DECRYPT_FAILED
-        (counter,) = _NONCE.unpack_from(message, 4)
-        try:
-            session.recv.decrypt_into(
-                _NONCE.pack(counter), memoryview(message)[TRANSPORT_HEADER_SIZE:], None, out
-            )
-        except InvalidTag:
-            return DECRYPT_FAILED
-        return OPENED if session.replay.validate(counter) else REPLAYED
 
     # ---- batches ---------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from gateway.wireguard.transport_py import PyTransport
+from gateway.dataplane.transport_py import PyTransport
+from gateway.wireguard.sessions import Buffer, Sessions
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -32,40 +33,16 @@ log = logging.getLogger(__name__)
 NO_EXTENSIONS_ENV = "FIREZONE_GW_NO_EXTENSIONS"
 
 
-class Transport(Protocol):
+class Transport(Sessions, Protocol):
+    """Sessions (what the Device uses) plus the peers' send state, routes and batches."""
+
     name: str
-
-    def install(  # noqa: PLR0913 - the session's fields, keyword-only
-        self,
-        local: int,
-        *,
-        remote: int,
-        send_key: bytes,
-        recv_key: bytes,
-        created: float,
-        peer: int,
-        confirmed: bool,
-    ) -> None: ...
-
-    def confirm(self, local: int) -> bool: ...
-
-    def remove(self, local: int) -> bool: ...
 
     def set_peer(self, peer: int, endpoint: bytes | None, send_index: int | None) -> None: ...
 
     def remove_peer(self, peer: int) -> bool: ...
 
     def set_routes(self, routes: Sequence[tuple[bytes, int, int]]) -> None: ...
-
-    def send_counter(self, local: int) -> int | None: ...
-
-    def advance_send_counter(self, local: int, counter: int) -> bool: ...
-
-    def seal(
-        self, local: int, plaintext: bytes | bytearray | memoryview, out: bytearray
-    ) -> bool: ...
-
-    def open(self, local: int, message: bytes | bytearray | memoryview, out: bytearray) -> int: ...
 
     def inbound(
         self, source: Ring, workers: Sequence[Ring], limit: int, now: float
@@ -80,7 +57,7 @@ class Transport(Protocol):
     ) -> tuple[int, int]: ...
 
     def outbound_packets(
-        self, packets: Sequence[bytes | bytearray | memoryview], dest: Ring, now: float, mtu: int
+        self, packets: Sequence[Buffer], dest: Ring, now: float, mtu: int
     ) -> tuple[int, int]: ...
 
     def take_activity(self) -> list[tuple[int, int, int, int, int]]: ...
