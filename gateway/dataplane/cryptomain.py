@@ -31,6 +31,7 @@ from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
+from gateway.dataplane.transport import log_backend
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
 from gateway.telemetry import stats as st
@@ -86,6 +87,7 @@ class CryptoControl:
         self._key_board = key_board
         self._restoring = False
         self.device = build_device(config, now)
+        log_backend()
         self.backend = DeviceBackend(
             self.device,
             listen_port=listen_port,

@@ -125,6 +125,12 @@ class NativeTransport:
         return taken, stop
 
 
+def batches_for(sessions: object) -> Transport | None:
+    """The Transport behind a Device's sessions when it runs batches (None: a Device built
+    with the Python sessions alone, as unit tests do)."""
+    return sessions if isinstance(sessions, NativeTransport | PyTransport) else None
+
+
 def _choose() -> tuple[str, str]:
     """(backend name, why) for this process."""
     if os.environ.get(NO_EXTENSIONS_ENV, "") not in ("", "0"):

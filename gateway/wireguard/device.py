@@ -461,7 +461,7 @@ class Device:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
-        if peer.endpoint != src:
+        if peer.endpoint is not src:  # by identity: a StickyEndpoint equals its (host, port)
             self._transport_dirty.add(peer)
         peer.endpoint = src  # roaming: follow the latest authenticated source
         self._changed.add(peer)  # and its rx figures or handshake, which the callers update
