@@ -31,7 +31,7 @@ from gateway.dataplane.mappings import apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
-from gateway.dataplane.transport import log_backend
+from gateway.dataplane.transport import BACKEND, log_backend
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
 from gateway.telemetry import stats as st
@@ -205,6 +205,7 @@ def _sources(config: GatewayConfig) -> dict[bytes, PeerSources]:
 def crypto_main(inputs: CryptoInputs) -> None:
     """The crypto child's whole life: set up, report ready, run the loop (never returns)."""
     block = inputs.stats.attach_process("crypto")
+    inputs.stats.transport = BACKEND  # for `show` and /metrics
     crypto = CryptoControl(
         inputs.config,
         config_path=inputs.config_path,

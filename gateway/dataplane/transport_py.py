@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 
 from gateway.dataplane.flow import flow_worker
-from gateway.wireguard.allowedips import _FamilyTable
+from gateway.wireguard.allowedips import CACHE_MAX_ENTRIES, _FamilyTable
 from gateway.wireguard.constants import (
     MAX_TRANSPORT_SIZE,
     REJECT_AFTER_MESSAGES,
@@ -35,11 +35,13 @@ _V4_BITS, _V6_BITS = 32, 128
 
 
 class _Routes:
-    """allowedips' per-length tables, keyed by raw address bytes."""
+    """allowedips' per-length tables, keyed by raw address bytes, with its bounded cache of
+    results (a few busy addresses are most lookups)."""
 
     def __init__(self) -> None:
         self.v4: _FamilyTable[int] = _FamilyTable(_V4_BITS)
         self.v6: _FamilyTable[int] = _FamilyTable(_V6_BITS)
+        self._cache: dict[bytes, int | None] = {}
 
     def insert(self, address: bytes, plen: int, peer: int) -> bool:
         table = {4: self.v4, 16: self.v6}.get(len(address))
@@ -49,8 +51,16 @@ class _Routes:
         return True
 
     def lookup(self, address: bytes | bytearray | memoryview) -> int | None:
-        table = {4: self.v4, 16: self.v6}.get(len(address))
-        return None if table is None else table.lookup(int.from_bytes(address, "big"))
+        key = bytes(address)
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        table = {4: self.v4, 16: self.v6}.get(len(key))
+        found = None if table is None else table.lookup(int.from_bytes(key, "big"))
+        if len(cache) >= CACHE_MAX_ENTRIES:
+            cache.clear()
+        cache[key] = found
+        return found
 
 
 def _inner_source(inner: bytearray) -> tuple[int, bytes] | None:

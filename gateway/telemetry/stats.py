@@ -4,7 +4,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned):
 
     header     HEADER_SLOTS words: magic, version, workers, max_peers, created wall ns,
                the UDP listen port and the TUN device's MTU (both written by the supervisor;
-               `wg` and `ip link` can change them at run time),
+               `wg` and `ip link` can change them at run time), in word 7 the crypto
+               process's per-packet path (TRANSPORT_BACKENDS),
                the interface's public key in words 8-11 (written by the crypto process;
                `wg set private-key` can change it)
     processes  one block of PROC_SLOTS words per process: supervisor, worker0..N-1, crypto, udp,
@@ -54,6 +55,9 @@ VERSION = 4
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
+HEADER_TRANSPORT = 7  # header word: the crypto process's per-packet path (TRANSPORT_BACKENDS)
+# Its values: 0 before the crypto process started; gateway/dataplane/transport.py's names.
+TRANSPORT_BACKENDS = ("", "python", "native")
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
 PROC_SLOTS = 64
 RING_SLOTS = 8
@@ -322,6 +326,7 @@ class StatsSnapshot:
     workers: int
     max_peers: int
     mtu: int  # of the TUN device; 0 = not known yet
+    transport: str  # the per-packet path, "native" or "python" ("" = not started yet)
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
@@ -672,6 +677,16 @@ class StatsRegion:
         self._words[HEADER_MTU] = mtu
 
     @property
+    def transport(self) -> str:
+        """The crypto process's per-packet path ("" until it started)."""
+        value = int(self._words[HEADER_TRANSPORT])
+        return TRANSPORT_BACKENDS[value] if value < len(TRANSPORT_BACKENDS) else ""
+
+    @transport.setter
+    def transport(self, name: str) -> None:
+        self._words[HEADER_TRANSPORT] = TRANSPORT_BACKENDS.index(name)
+
+    @property
     def public_key(self) -> bytes | None:
         """The interface's public key as the crypto process last wrote it; None if unset."""
         key = bytes(self._public_key)
@@ -772,6 +787,7 @@ class StatsRegion:
             workers=self.workers,
             max_peers=self.max_peers,
             mtu=self.mtu,
+            transport=self.transport,
             totals=Totals(*sums),
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),
