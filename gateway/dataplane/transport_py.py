@@ -20,6 +20,7 @@ from gateway.wireguard.constants import (
     REJECT_AFTER_TIME,
     TRANSPORT_OVERHEAD,
 )
+from gateway.wireguard.device import inner_source, padded_size
 from gateway.wireguard.sessions import OPENED, REPLAYED, PySessions
 from shm_ring.ring import Ring
 
@@ -61,18 +62,6 @@ class _Routes:
             cache.clear()
         cache[key] = found
         return found
-
-
-def _inner_source(inner: bytearray) -> tuple[int, bytes] | None:
-    """(real length, source address) of a decrypted packet, None if it is not whole."""
-    version = inner[0] >> 4 if inner else 0
-    if version == _IPV4 and len(inner) >= _IPV4_HEADER:
-        length, source = inner[2] << 8 | inner[3], bytes(inner[12:16])
-    elif version == _IPV6 and len(inner) >= _IPV6_HEADER:
-        length, source = _IPV6_HEADER + (inner[4] << 8 | inner[5]), bytes(inner[8:24])
-    else:
-        return None
-    return (length, source) if _IPV4_HEADER <= length <= len(inner) else None
 
 
 def _punt_if_any(source: Ring) -> int:
@@ -144,7 +133,7 @@ class PyTransport(PySessions):
         session.rx_packets += 1
         session.rx_bytes += size
         self._touched.setdefault(local, session)
-        found = _inner_source(out)
+        found = inner_source(out)
         if found is None:
             drops[D_MALFORMED_INNER] += 1
             return None
@@ -227,9 +216,7 @@ class PyTransport(PySessions):
             or session.send_counter >= REJECT_AFTER_MESSAGES
         ):
             return None
-        padded = (size + 15) & ~15
-        if mtu and padded > mtu:
-            padded = max(mtu, size)
+        padded = padded_size(size, mtu)
         total = HEADER_SIZE + TRANSPORT_OVERHEAD + padded
         if total > room:
             return None

@@ -84,6 +84,26 @@ _LAST_MINUTE = REJECT_AFTER_TIME - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
 _JITTER_MS = 334
 
 
+def padded_size(size: int, mtu: int) -> int:
+    """A packet's length padded to 16 for encryption, but not past the MTU (0: none)."""
+    padded = (size + 15) & ~15
+    return max(mtu, size) if mtu and padded > mtu else padded
+
+
+def inner_source(inner: bytearray) -> tuple[int, bytes] | None:
+    """(real length, source address) of a decrypted packet; None if it is not a whole IPv4 or
+    IPv6 packet (its header's length past the end, or shorter than a header)."""
+    version = inner[0] >> 4 if inner else 0
+    # Lengths from single bytes: int.from_bytes of a slice costs an allocation per packet.
+    if version == _IPV4 and len(inner) >= _IPV4_HEADER:
+        length, source = inner[2] << 8 | inner[3], bytes(inner[12:16])
+    elif version == _IPV6 and len(inner) >= _IPV6_HEADER:
+        length, source = _IPV6_HEADER + (inner[4] << 8 | inner[5]), bytes(inner[8:24])
+    else:
+        return None
+    return (length, source) if _IPV4_HEADER <= length <= len(inner) else None
+
+
 def _source_bytes(src: Endpoint) -> tuple[bytes, bytes]:
     """(ip, ip+port) of a datagram source: the rate-limit key and the cookie input."""
     try:
@@ -344,9 +364,7 @@ class Device:
             self.drops[Drop.NO_ENDPOINT] += 1
             return None
         size = len(packet)
-        padded = (size + 15) & ~15
-        if self.mtu and padded > self.mtu:
-            padded = max(self.mtu, size)
+        padded = padded_size(size, self.mtu)
         out = bytearray(TRANSPORT_HEADER_SIZE + padded + TAG_SIZE)
         if padded == size:
             plaintext = packet
@@ -542,20 +560,11 @@ class Device:
 
     def _check_inner(self, peer: Peer, out: bytearray) -> bytearray | None:
         """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
-        version = out[0] >> 4
-        # Lengths from single bytes: int.from_bytes of a slice costs an allocation per packet.
-        if version == _IPV4 and len(out) >= _IPV4_HEADER:
-            length = out[2] << 8 | out[3]
-            source = out[12:16]
-        elif version == _IPV6 and len(out) >= _IPV6_HEADER:
-            length = _IPV6_HEADER + (out[4] << 8 | out[5])
-            source = out[8:24]
-        else:
+        found = inner_source(out)
+        if found is None:
             self.drops[Drop.MALFORMED_INNER] += 1
             return None
-        if length > len(out) or length < _IPV4_HEADER:
-            self.drops[Drop.MALFORMED_INNER] += 1
-            return None
+        length, source = found
         if self._allowed.lookup(source) is not peer:
             self.drops[Drop.SPOOFED_SOURCE] += 1
             return None
