@@ -48,7 +48,7 @@ lint: venv lint-native
 # The crate's gates; clippy also checks the PyO3 bindings (feature "python", against the venv's
 # Python). cargo test runs the core without them (no libpython to link).
 lint-native: venv
-	cd $(NATIVE) && $(CARGO) fmt --check
+	cd $(NATIVE) && $(CARGO) fmt --check && $(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	cd $(NATIVE) && PYO3_PYTHON=$(CURDIR)/$(BIN)/python $(CARGO) clippy --all-targets --features python -- -D warnings
 	cd $(NATIVE) && $(CARGO) clippy --all-targets -- -D warnings
 	cd $(NATIVE) && $(CARGO) test --quiet

@@ -35,15 +35,24 @@ impl Held {
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: the buffer is contiguous, `len_bytes` long and exported (so neither freed
-        // nor resized) while `self` lives; the GIL is held, so no Python code writes it.
-        unsafe { std::slice::from_raw_parts(self.0.buf_ptr() as *const u8, self.0.len_bytes()) }
+        let (ptr, len) = (self.0.buf_ptr() as *const u8, self.0.len_bytes());
+        if len == 0 || ptr.is_null() {
+            return &[]; // an empty export may carry any pointer, even null
+        }
+        // SAFETY: the buffer is contiguous, `len` bytes at a non-null `ptr`, and exported (so
+        // neither freed nor resized) while `self` lives; the GIL is held, so no Python code
+        // writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
+        let (ptr, len) = (self.0.buf_ptr() as *mut u8, self.0.len_bytes());
+        if len == 0 || ptr.is_null() {
+            return &mut [];
+        }
         // SAFETY: as `bytes`, and the export is writable (checked in `writable`); `&mut self`
         // makes this the only slice of it in this call.
-        unsafe { std::slice::from_raw_parts_mut(self.0.buf_ptr() as *mut u8, self.0.len_bytes()) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 
     fn ring(&self) -> PyResult<RingMem<'_>> {
