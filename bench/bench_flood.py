@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from gateway.keys import decode_key
 from testbed.addresses import LISTEN_PORT, RESOURCE_ADDR
+from testbed.flood import flood
 from testbed.gateways import (
     BackendUnavailable,
     FirezoneGateway,
@@ -36,34 +36,12 @@ from testbed.gateways import (
     WireGuardGoGateway,
 )
 from testbed.topology import Topology, tool_version, topology
-from testbed.wire import flood_initiation
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_DOC = ROOT / "docs" / "BENCHMARKS.md"
 BEGIN = "<!-- bench:flood begin (written by python -m bench.bench_flood) -->"
 END = "<!-- bench:flood end -->"
-DISTINCT_MESSAGES = 1024
 _RECEIVED = re.compile(r"(\d+) received")
-
-
-def flood(target: tuple[str, int], gateway_public_key: bytes, rate: int, seconds: float) -> int:
-    """Send `rate` initiations a second (0: as fast as possible) for `seconds`; how many."""
-    messages = [flood_initiation(gateway_public_key) for _ in range(DISTINCT_MESSAGES)]
-    sent = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        start = time.monotonic()
-        while (elapsed := time.monotonic() - start) < seconds:
-            due = int(elapsed * rate) if rate else sent + 256
-            while sent < due:
-                try:
-                    sock.sendto(messages[sent % DISTINCT_MESSAGES], target)
-                except BlockingIOError:
-                    break  # the socket buffer is full: the next round goes on
-                sent += 1
-            if rate:
-                time.sleep(0.005)
-    return sent
 
 
 @dataclass
@@ -82,14 +60,11 @@ def pings_during_flood(topo: Topology[GatewayBackend], rate: int, pings: int) ->
     flooder = topo.client_ns(1).popen(
         sys.executable,
         "-m",
-        "bench.bench_flood",
-        "--send-to",
+        "testbed.flood",
         spec.gateway_underlay_addr,
-        "--key",
+        str(LISTEN_PORT),
         topo.backend.public_key,
-        "--rate",
         str(rate),
-        "--seconds",
         str(seconds),
         stdout=subprocess.PIPE,
         cwd=str(ROOT),

@@ -174,6 +174,11 @@ class IpPacket:
         return self._fragment
 
     @property
+    def is_source_routed(self) -> bool:
+        """An IPv6 Routing header with segments left: the destination is not the final one."""
+        return self._routed
+
+    @property
     def l4_offset(self) -> int | None:
         """Where the transport header starts; None for a non-first fragment."""
         return self._l4 if self._l4 >= 0 else None

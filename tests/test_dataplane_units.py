@@ -253,6 +253,7 @@ EXPORTED_LABELS = (
     "too_big",
     "tun_write_failed",
     "udp_send_failed",
+    "routing_header",
 )
 # The core's reasons and the label each is exported under, as before they became an enum.
 CORE_REASON_LABELS = {

@@ -15,106 +15,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gateway.resources.proxy_ranges import IPV4_RANGE, IPV6_RANGE
 from testbed.addresses import (
-    GATEWAY_TUNNEL_ADDR,
     GATEWAY_TUNNEL_ADDR6,
     RESOURCE_ADDR,
     RESOURCE_ADDR6,
-    RESOURCE_NET,
-    RESOURCE_NET6,
-    TUNNEL_NET,
-    TUNNEL_NET6,
-    client_specs,
 )
-from testbed.gateways import FirezoneGateway
 from testbed.netns import wait_for
-from testbed.topology import Topology
-
-UPSTREAM = Path(__file__).resolve().parent / "dns_upstream.py"
-DNS_CONFIG = f"""
-[dns]
-port = 53
-upstreams = ["{RESOURCE_ADDR}:53"]
-
-[[resources]]
-name = "app"
-address = "app.corp.test"
-
-[[resources]]
-name = "v6app"
-address = "v6only.corp.test"
-"""
-# Asks the gateway's DNS server through the tunnel: prints the answer's addresses as JSON.
-ASK = """
-import json, sys
-import dns.message, dns.query
-query = dns.message.make_query(sys.argv[1], sys.argv[2])
-ask = dns.query.tcp if sys.argv[3] == "tcp" else dns.query.udp
-response = ask(query, sys.argv[4], timeout=3)
-print(json.dumps([item.to_text() for rrset in response.answer for item in rrset]))
-"""
-
-Lab = Topology[FirezoneGateway]
+from tests.dns_lab import DNS_CONFIG, Lab, ask, dns_lab
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    topo: Lab = Topology(FirezoneGateway(workers=1), client_specs(2))
-    try:
-        upstream = topo.resource.popen(
-            sys.executable, str(UPSTREAM), RESOURCE_ADDR, "53", stdout=subprocess.PIPE
-        )
-        assert upstream.stdout is not None and upstream.stdout.readline() == b"ready\n"
-        granted = dataclasses.replace(topo.peer(0), resources=["app", "v6app"])
-        topo.backend.write_config([granted, topo.peer(1)], extra_toml=DNS_CONFIG)
-        topo.backend.launch(topo.gateway_ns)
-        topo.backend.wait_ready()
-        for index in (0, 1):
-            topo.connect_client(index)
-            wg = topo.clients[index]
-            wg.set(
-                "peer",
-                topo.backend.public_key,
-                "allowed-ips",
-                ",".join(
-                    (
-                        TUNNEL_NET,
-                        RESOURCE_NET,
-                        TUNNEL_NET6,
-                        RESOURCE_NET6,
-                        str(IPV4_RANGE),
-                        str(IPV6_RANGE),
-                    )
-                ),
-            )
-            wg.ns.ip("route", "add", str(IPV4_RANGE), "dev", wg.ifname)
-            wg.ns.ip("-6", "route", "add", str(IPV6_RANGE), "dev", wg.ifname)
-            topo.wait_ping(index, dest=GATEWAY_TUNNEL_ADDR)
+    with dns_lab([["app", "v6app"], None]) as topo:
         yield topo
-    finally:
-        topo.close()
-
-
-def ask(
-    lab: Lab,
-    client: int,
-    name: str,
-    kind: str,
-    transport: str = "udp",
-    *,
-    server: str = GATEWAY_TUNNEL_ADDR,
-) -> list[str]:
-    out = lab.client_ns(client).run(sys.executable, "-c", ASK, name, kind, transport, server)
-    result: list[str] = json.loads(out)
-    return result
 
 
 def test_a_granted_peer_resolves_the_resource_to_proxy_addresses(lab: Lab) -> None:

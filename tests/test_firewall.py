@@ -24,8 +24,8 @@ from gateway.telemetry import stats as st
 from gateway.telemetry.metrics import render
 from gateway.wireguard.device import Device
 from ippacket import IpPacket
-from ippacket.build import icmp_echo_request, tcp_packet, udp_packet
-from ippacket.icmp_errors import Unreachable, destination_unreachable
+from ippacket.build import icmp_echo_request, icmp_packet, tcp_packet, udp_packet
+from ippacket.icmp_errors import Unreachable, destination_unreachable, packet_too_big
 from testbed.wire import A_ENDPOINT, B_ENDPOINT
 from tests.dataplane_fakes import KeyBoard, LoopGateway, run_until_quiet
 
@@ -245,15 +245,74 @@ def test_the_return_path_passes_granted_sources_only(setup: Setup) -> None:
 
 
 def test_an_icmp_error_about_the_peers_own_flow_passes_back(setup: Setup) -> None:
-    setup.send(_syn(DB, 5432))  # a session, so the gateway can send
+    syn = _syn(DB, 5432)
+    setup.send(syn)
     setup.at_resources()
-    probe = udp_packet(CLIENT, ELSEWHERE, 40000, 33434, b"trace")
-    error = destination_unreachable(probe, Unreachable.PORT, source=ELSEWHERE)
+    router = ELSEWHERE  # any host behind the gateway may report on a flow the peer sent
+    error = packet_too_big(syn, 1200, source=router)
     foreign = udp_packet(OTHER_CLIENT, ELSEWHERE, 40000, 33434, b"trace")
     not_ours = destination_unreachable(foreign, Unreachable.PORT, source=ELSEWHERE)
     not_ours.set_destination(CLIENT)
     setup.reply(error, not_ours)
     assert setup.at_client() == [bytes(error.data)]
+
+
+def test_an_icmp_error_quoting_a_flow_the_peer_never_sent_is_dropped(setup: Setup) -> None:
+    setup.send(_syn(DB, 5432))
+    setup.at_resources()
+    # The quotes claim to be the peer's packets, but of no flow it opened: forged.
+    forged = [
+        destination_unreachable(_syn(DB, 5433), Unreachable.PORT, source=ELSEWHERE),
+        destination_unreachable(
+            udp_packet(CLIENT, ELSEWHERE, 40000, 33434, b"trace"), Unreachable.PORT, source=DB
+        ),
+        destination_unreachable(_syn(V6_HOST, 443), Unreachable.ADDRESS, source=V6_HOST),
+    ]
+    setup.reply(*forged)
+    assert setup.at_client() == []
+    assert setup.gateway.counters[st.DROP_POLICY] == len(forged)
+
+
+def test_icmp_redirects_never_pass(setup: Setup) -> None:
+    syn = _syn(DB, 5432)
+    setup.send(syn, icmp_echo_request(CLIENT6, V6_HOST, 9, 1, b"ping6"))
+    assert len(setup.at_resources()) == 2
+    quote = bytes(syn.data)[:28]
+    redirect = icmp_packet(DB, CLIENT, 5, 1, rest_of_header=int(ELSEWHERE), payload=quote)
+    quote6 = bytes(icmp_echo_request(CLIENT6, V6_HOST, 9, 1, b"ping6").data)
+    target = ipaddress.ip_address("fd00:98::66").packed
+    redirect6 = icmp_packet(V6_HOST, CLIENT6, 137, 0, payload=target + V6_HOST.packed + quote6)
+    setup.reply(redirect, redirect6)
+    assert setup.at_client() == []
+    assert setup.gateway.counters[st.DROP_POLICY] == 2
+    # from a peer too
+    setup.send(icmp_packet(CLIENT6, V6_HOST, 137, 0, payload=target + V6_HOST.packed))
+    assert setup.at_resources() == []
+
+
+def _source_routed(segments_left: int) -> bytes:
+    """An ICMPv6 echo request to V6_HOST (granted) with a Routing header naming a further
+    hop (fd00:99::1, in no resource)."""
+    echo = bytes(icmp_echo_request(CLIENT6, V6_HOST, 9, 1, b"x").data)
+    routing = bytes([58, 2, 0, segments_left]) + bytes(4)
+    routing += ipaddress.ip_address("fd00:99::1").packed
+    payload = routing + echo[40:]
+    header = bytearray(echo[:40])
+    header[4:6] = len(payload).to_bytes(2, "big")
+    header[6] = 43  # next header: Routing
+    return bytes(header) + payload
+
+
+def test_a_routing_header_with_segments_left_is_dropped_and_counted(setup: Setup) -> None:
+    setup.send(IpPacket(bytearray(_source_routed(1))))
+    assert setup.at_resources() == []
+    setup.gateway.loop.turn(NOW + 2)
+    assert setup.gateway.counters[st.DROP_ROUTING_HEADER] == 1
+    text = render(setup.region.snapshot(sample_processes=False), device="fzfw0")
+    assert 'firezone_gw_drops_total{reason="routing_header"} 1' in text
+    finished = _source_routed(0)  # no segments left: V6_HOST is the final destination
+    setup.send(IpPacket(bytearray(finished)))
+    assert setup.at_resources() == [finished]
 
 
 def test_packets_to_the_gateways_own_address_pass(setup: Setup) -> None:

@@ -10,56 +10,45 @@ import struct
 import pytest
 
 from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
-from gateway.keys import generate_private_key, public_key
+from gateway.keys import generate_private_key
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import (
+    COOKIE_REPLIES_BURST,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
 from gateway.wireguard.device import Device, Packet
 from gateway.wireguard.drops import Drop
-from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
+from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, flood_initiation, ipv4_packet
-from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
+from tests.dataplane_fakes import Endpoint, LoopGateway, established
 
 START = 1000.0
 
 
-def test_cookie_replies_under_load_are_rate_limited_per_source() -> None:
+def test_under_load_cookies_are_limited_per_flow_never_per_address() -> None:
+    # A flooder behind a client's NAT must not spend the client's cookie (issue 19): cookie
+    # replies are limited per flow (address and port) and by the link's budget.
     gateway = Device(generate_private_key(), under_load_threshold=0)  # under load at once
     assert gateway.public_key is not None
     flooder = ("203.0.113.9", 40000)
-    for _ in range(50):
-        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START)
+    for i in range(50):
+        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + i / 1000)
     assert gateway.counters["cookie_replies_sent"] == PACKETS_BURSTABLE
-    assert gateway.drops[Drop.RATE_LIMITED] == 50 - PACKETS_BURSTABLE
-    for i in range(50):  # one second more, spread over it
-        gateway.handle_datagram(flood_initiation(gateway.public_key), flooder, START + i / 50)
-    assert gateway.counters["cookie_replies_sent"] <= PACKETS_BURSTABLE + PACKETS_PER_SECOND
-    other = ("203.0.113.10", 40000)  # another source still gets its cookie
-    gateway.handle_datagram(flood_initiation(gateway.public_key), other, START + 1)
-    assert len([d for d, _ in gateway.take_transmits() if d == other]) == 1
+    assert gateway.drops[Drop.UNDER_LOAD_COOKIE] == 50
+    assert gateway.drops[Drop.RATE_LIMITED] == 0  # no mac2: the per-address budget is unspent
+    client = ("203.0.113.9", 51820)  # the same address, its own port
+    gateway.handle_datagram(flood_initiation(gateway.public_key), client, START + 0.1)
+    assert len([d for d, _ in gateway.take_transmits() if d == client]) == 1
+    sources = [("203.0.113.9", 1000 + i) for i in range(COOKIE_REPLIES_BURST + 10)]
+    before = gateway.counters["cookie_replies_sent"]
+    for source in sources:  # one instant, many flows: the link's burst, then none
+        gateway.handle_datagram(flood_initiation(gateway.public_key), source, START + 1)
+    assert gateway.counters["cookie_replies_sent"] - before == COOKIE_REPLIES_BURST
 
 
 def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:
-    """A client (A) with a session to the gateway (B), whose UDP ring has `slots` slots."""
-    key_a, key_b = generate_private_key(), generate_private_key()
-    client, gateway = Device(key_a), Device(key_b)
-    client.upsert_peer(
-        public_key(key_b),
-        endpoint=B_ENDPOINT,
-        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
-        now=START,
-    )
-    gateway.upsert_peer(
-        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
-    )
-    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
-    first = ipv4_packet(A_INNER, B_INNER, b"hello")
-    a.rings.from_workers[0].send(first)
-    run_until_quiet(a, b, START)
-    assert [p for w in b.tun_out() for p in w] == [first]
-    return a, b
+    return established(START, slots)
 
 
 def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
@@ -84,10 +73,12 @@ def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
     handled: list[int] = []  # handshake messages the Device worked on, per turn
     handle_datagram = b.device.handle_datagram
 
-    def counting(data: Packet, src: Endpoint, now: float) -> bytes | bytearray | None:
+    def counting(
+        data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytes | bytearray | None:
         if data[0] != MESSAGE_TRANSPORT:
             handled[-1] += 1
-        return handle_datagram(data, src, now)
+        return handle_datagram(data, src, now, arrived=arrived)
 
     monkeypatch.setattr(b.device, "handle_datagram", counting)
     delivered: list[bytes] = []

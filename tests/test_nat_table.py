@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 from gateway.nat.table import (
+    DEFAULT_MAX_ENTRIES,
     FIN_TTL,
+    FIRST_RANDOM_PORT,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    PORT_TRIES,
     TCP_FIN,
     TCP_RST,
     TCP_TTL,
@@ -19,6 +23,7 @@ from gateway.nat.table import (
     Inside,
     NatTable,
     Outside,
+    Refused,
 )
 
 PEER_A, PEER_B = "alice", "bob"
@@ -47,7 +52,7 @@ def out(table: NatTable, inside: Inside, now: float, flags: int = 0, *, real: IP
         now=now,
         tcp_flags=flags,
     )
-    assert entry is not None
+    assert isinstance(entry, Entry), entry
     return entry
 
 
@@ -72,14 +77,47 @@ def test_two_proxies_to_one_real_host_get_different_ports() -> None:
     first = out(table, tcp(proxy=PROXY1), 0.0)
     second = out(table, tcp(proxy=PROXY2), 0.0)
     assert first.outside.source_port == 5555
-    assert second.outside.source_port == 5556
+    assert FIRST_RANDOM_PORT <= second.outside.source_port <= 65535
+    assert second.outside.source_port != 5555
     assert reply(table, second.outside, 0.1).inside.proxy == PROXY2
 
 
-def test_port_search_wraps_past_65535_to_1() -> None:
-    table = NatTable()
-    out(table, tcp(sport=65535, proxy=PROXY1), 0.0)
-    assert out(table, tcp(sport=65535, proxy=PROXY2), 0.0).outside.source_port == 1
+class _ScriptedPorts(random.Random):
+    """A random source that returns the given ports in turn and counts the draws."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__()
+        self.ports = ports
+        self.draws = 0
+
+    def randint(self, a: int, b: int) -> int:
+        assert (a, b) == (FIRST_RANDOM_PORT, 65535)
+        self.draws += 1
+        return self.ports[(self.draws - 1) % len(self.ports)]
+
+
+def test_a_taken_port_costs_a_few_random_tries_not_a_scan() -> None:
+    # A peer that took ports 1..3000 toward a host: its next flow from port 1 (NAT64 from
+    # the same outside source) tries random ports, never the next port up.
+    rng = _ScriptedPorts([2000, 2999, 40000])
+    table = NatTable(peer_quota=4000, rng=rng)
+    for port in range(1, 3001):
+        out(table, tcp(sport=port), 0.0)
+    entry = out(table, tcp(sport=1, proxy=PROXY2), 0.0)
+    assert entry.outside.source_port == 40000
+    assert rng.draws == 3
+
+
+def test_a_flow_is_refused_after_port_tries_taken_ports() -> None:
+    rng = _ScriptedPorts([1500])
+    table = NatTable(rng=rng)
+    out(table, tcp(sport=1500), 0.0)
+    refused = table.outbound(
+        tcp(sport=1500, proxy=PROXY2), REAL, outside_protocol=IPPROTO_TCP, outside_source=A_IP,
+        now=0.0,
+    )  # fmt: skip
+    assert refused is Refused.NO_PORT
+    assert rng.draws == PORT_TRIES
 
 
 def test_nat64_entry_uses_the_outside_protocol_and_source() -> None:
@@ -91,7 +129,7 @@ def test_nat64_entry_uses_the_outside_protocol_and_source() -> None:
     entry = table.outbound(
         inside, REAL, outside_protocol=IPPROTO_ICMP, outside_source=A_IP, now=0.0
     )
-    assert entry is not None
+    assert isinstance(entry, Entry)
     assert entry.outside == Outside(IPPROTO_ICMP, REAL, 0, A_IP, 77)
     assert table.inbound(Outside(IPPROTO_ICMP, REAL, 0, A_IP, 77), 1.0) is entry
 
@@ -150,16 +188,69 @@ def test_peers_are_kept_apart() -> None:
     assert reply(table, b.outside, 0.1).inside.peer == PEER_B
 
 
-def test_full_table_refuses_new_flows() -> None:
-    table = NatTable(max_entries=2)
-    assert out(table, tcp(sport=1), 0.0) is not None
-    assert out(table, tcp(sport=2), 0.0) is not None
-    refused = table.outbound(
-        tcp(sport=3), REAL, outside_protocol=IPPROTO_TCP, outside_source=A_IP, now=0.0
+def _new(table: NatTable, inside: Inside, now: float = 0.0) -> Entry | Refused:
+    return table.outbound(
+        inside, REAL, outside_protocol=inside.protocol, outside_source=inside.source, now=now
     )
-    assert refused is None
+
+
+def test_full_table_of_answered_flows_refuses_new_flows() -> None:
+    table = NatTable(max_entries=2, peer_quota=2)
+    for port in (1, 2):
+        reply(table, out(table, tcp(sport=port), 0.0).outside, 0.1)
+    assert _new(table, tcp(PEER_B, B_IP, sport=3)) is Refused.TABLE_FULL
+    table.expire(0.1 + TCP_TTL)
+    assert out(table, tcp(PEER_B, B_IP, sport=3), 0.1 + TCP_TTL) is not None
+
+
+def test_a_peer_at_its_quota_evicts_its_own_oldest_unanswered_entry() -> None:
+    table = NatTable(max_entries=8, peer_quota=3)
+    answered = out(table, tcp(sport=1), 0.0)
+    reply(table, answered.outside, 0.1)
+    for port in range(2, 12):  # unanswered: each new one pushes out the oldest
+        out(table, tcp(sport=port), float(port))
+    assert table.entries_of(PEER_A) == 3
+    assert table.evicted == 8
+    assert table.inbound(answered.outside, 20.0) is answered  # never evicted
+    assert table.find(Outside(IPPROTO_TCP, REAL, 443, A_IP, 11)) is not None
+    assert table.find(Outside(IPPROTO_TCP, REAL, 443, A_IP, 9)) is None
+    assert out(table, tcp(PEER_B, B_IP), 20.0) is not None  # room kept for others
+
+
+def test_a_peer_whose_entries_are_all_answered_is_refused_at_its_quota() -> None:
+    table = NatTable(max_entries=8, peer_quota=2)
+    for port in (1, 2):
+        reply(table, out(table, tcp(sport=port), 0.0).outside, 0.1)
+    assert _new(table, tcp(sport=3)) is Refused.PEER_QUOTA
+    assert out(table, tcp(PEER_B, B_IP), 0.2) is not None
+
+
+def test_a_full_table_evicts_the_oldest_unanswered_entry_for_another_peer() -> None:
+    # A filled the whole table (its quota allows it here); B's new flow still gets in.
+    table = NatTable(max_entries=4, peer_quota=4)
+    for port in range(1, 5):
+        out(table, tcp(sport=port), float(port))
+    b = out(table, tcp(PEER_B, B_IP), 5.0)
+    assert reply(table, b.outside, 5.1) is b
+    assert table.find(Outside(IPPROTO_TCP, REAL, 443, A_IP, 1)) is None  # A's oldest went
+    assert (len(table), table.evicted) == (4, 1)
+
+
+def test_the_default_quota_keeps_most_of_the_table_for_others() -> None:
+    table = NatTable()
+    assert table.peer_quota == DEFAULT_MAX_ENTRIES // 8
+
+
+def test_removal_keeps_the_per_peer_books() -> None:
+    table = NatTable(max_entries=4, peer_quota=2)
+    entry = out(table, tcp(sport=1), 0.0)
+    out(table, tcp(sport=2), 0.0, TCP_RST)  # made and ended by its own RST
+    table.inbound(entry.outside, 0.1, TCP_RST)
+    assert table.entries_of(PEER_A) == 0
     table.expire(UNCONFIRMED_TTL)
-    assert out(table, tcp(sport=3), UNCONFIRMED_TTL) is not None
+    for port in range(3, 5):
+        out(table, tcp(sport=port), UNCONFIRMED_TTL)
+    assert (table.entries_of(PEER_A), table.evicted) == (2, 0)
 
 
 def test_a_new_real_address_for_the_same_flow_starts_over() -> None:

@@ -101,10 +101,39 @@ def test_multicast_and_icmp_errors_from_peers_are_dropped_silently() -> None:
     assert p.inbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 2) is DROP  # packet too big
 
 
-def test_gateway_addresses_always_reachable_and_always_answer() -> None:
+def test_gateway_addresses_answer_dns_and_echo_and_always_answer() -> None:
     p = policy({ALICE: []})
-    assert p.inbound(ALICE, ip("100.64.0.1"), IPPROTO_UDP, 53) is ALLOW_UNCOUNTED
-    assert p.outbound(ALICE, ip("100.64.0.1"), IPPROTO_UDP, 53) is ALLOW_UNCOUNTED
+    gateway = ip("100.64.0.1")
+    assert p.inbound(ALICE, gateway, IPPROTO_UDP, 53) is ALLOW_UNCOUNTED
+    assert p.inbound(ALICE, gateway, IPPROTO_TCP, 53) is ALLOW_UNCOUNTED
+    assert p.inbound(ALICE, gateway, IPPROTO_ICMP, 8) is ALLOW_UNCOUNTED
+    assert p.outbound(ALICE, gateway, IPPROTO_UDP, 53) is ALLOW_UNCOUNTED
+
+
+@pytest.mark.parametrize(
+    ("protocol", "port_or_type"),
+    [(IPPROTO_TCP, 22), (IPPROTO_TCP, 9100), (IPPROTO_UDP, 123), (IPPROTO_ICMP, 13), (GRE, 0)],
+)
+def test_no_other_service_of_the_gateway_host_is_reachable(
+    protocol: int, port_or_type: int
+) -> None:
+    p = policy({ALICE: ["db"]})
+    decision = p.inbound(ALICE, ip("100.64.0.1"), protocol, port_or_type)
+    assert (decision.action, decision.resource) == (Action.PROHIBIT, None)
+
+
+def test_the_gateway_address_is_reachable_where_a_resource_grants_it() -> None:
+    own = [ipaddress.ip_address("10.99.0.1"), ipaddress.ip_address("fd00:98::1")]
+    p = Policy([OPEN, V6], {ALICE: ["open", "v6"]}, own, dns_port=None)
+    assert p.inbound(ALICE, ip("10.99.0.1"), IPPROTO_TCP, 22).action is Action.ALLOW
+    assert p.inbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 128).action is Action.ALLOW
+    assert p.inbound(ALICE, ip("fd00:98::1"), IPPROTO_UDP, 53).action is Action.PROHIBIT
+
+
+def test_without_a_dns_server_the_gateway_address_answers_only_echo() -> None:
+    p = Policy([OPEN], {ALICE: []}, [ipaddress.ip_address("fd00:64::1")], dns_port=None)
+    assert p.inbound(ALICE, ip("fd00:64::1"), IPPROTO_ICMPV6, 128) is ALLOW_UNCOUNTED
+    assert p.inbound(ALICE, ip("fd00:64::1"), IPPROTO_UDP, 53).action is Action.PROHIBIT
 
 
 def test_return_path_checks_source_resource_and_source_port() -> None:
@@ -121,12 +150,20 @@ def test_return_path_checks_source_resource_and_source_port() -> None:
 def test_return_path_icmp_errors_pass_only_about_the_peers_own_flows() -> None:
     p = policy({ALICE: ["db"]})
     router = ip("192.0.2.254")  # a router outside every resource
-    ours = p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_source_is_peer=True)
+    ours = p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_flow_is_peers=True)
     assert ours is ALLOW_UNCOUNTED
-    assert p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_source_is_peer=False) is DROP
-    assert p.outbound(ALICE, router, IPPROTO_ICMPV6, 2, quoted_source_is_peer=True).action is (
+    assert p.outbound(ALICE, router, IPPROTO_ICMP, 3, quoted_flow_is_peers=False) is DROP
+    assert p.outbound(ALICE, router, IPPROTO_ICMPV6, 2, quoted_flow_is_peers=True).action is (
         Action.ALLOW
     )
+
+
+def test_redirects_never_pass_in_either_direction() -> None:
+    p = policy({ALICE: ["db", "v6", "open"]})
+    assert p.outbound(ALICE, ip("10.98.0.5"), IPPROTO_ICMP, 5, quoted_flow_is_peers=True) is DROP
+    assert p.outbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 137) is DROP
+    assert p.inbound(ALICE, ip("fd00:98::1"), IPPROTO_ICMPV6, 137) is DROP
+    assert p.inbound(ALICE, ip("10.99.0.1"), IPPROTO_ICMP, 5) is DROP
 
 
 def test_granted_lists_names_most_specific_first() -> None:

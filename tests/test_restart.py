@@ -71,7 +71,7 @@ def _start(path: Path, crypto_end: socket.socket, runstate: RunState) -> CryptoC
         key_board=KeyBoard(),
         now=START,
     )
-    crypto.restore_state()
+    crypto.restore_state(START)
     return crypto
 
 
@@ -266,3 +266,67 @@ def test_an_initiation_captured_before_a_restart_is_refused_after_it(
     fresh = _initiation(second, client_key, START + 30)  # the real client still gets in
     assert _deliver(restarted, fresh, A_ENDPOINT, START + 30)
     assert peer.endpoint == A_ENDPOINT
+
+
+def test_a_restarted_crypto_process_continues_every_session_without_a_handshake(
+    config: Path,
+    crypto_end: socket.socket,
+    runstate: RunState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = _start(config, crypto_end, runstate)
+    (client_key,) = _wg_peers(first, 1)
+    client, gateway = _client(first, client_key), _gateway(first)
+    inner = "10.7.0.1"
+    client.rings.from_workers[0].send(ipv4_packet(inner, B_INNER))
+    run_until_quiet(client, gateway, START)
+    assert len([p for w in gateway.tun_out() for p in w]) == 1
+    completed = first.device.counters["handshakes_completed"]
+    assert completed == 1
+    secrets = [kp.send_key.hex() for p in first.device.peers() for kp in p.keypairs.all()]
+
+    with caplog.at_level(logging.DEBUG):
+        second = _start(config, crypto_end, runstate)  # kill -9 and a new crypto process
+    assert "restored 1 sessions" in caplog.text
+    for secret in secrets + _secrets(second):
+        assert secret not in caplog.text
+    restarted = _gateway(second)
+    packet = ipv4_packet(inner, B_INNER, b"after the restart")
+    client.rings.from_workers[0].send(packet)
+    run_until_quiet(client, restarted, START + 1)
+    assert [p for w in restarted.tun_out() for p in w] == [packet]
+    reply = ipv4_packet(B_INNER, inner, b"reply")
+    restarted.rings.from_workers[0].send(reply)
+    run_until_quiet(client, restarted, START + 1)
+    assert [p for w in client.tun_out() for p in w] == [reply]
+    assert second.device.counters["handshakes_completed"] == 0  # no new handshake
+    assert client.device.counters["handshakes_initiated"] == 1
+
+
+def test_a_session_that_could_not_be_kept_costs_one_round_trip(
+    config: Path, crypto_end: socket.socket, runstate: RunState
+) -> None:
+    first = _start(config, crypto_end, runstate)
+    (client_key,) = _wg_peers(first, 1)
+    known = PeerChange(public_key(client_key), endpoint=A_ENDPOINT)  # `wg set ... endpoint`
+    assert first.backend.apply(SetRequest(peers=(known,))) == 0
+    client, gateway = _client(first, client_key), _gateway(first)
+    inner = "10.7.0.1"
+    client.rings.from_workers[0].send(ipv4_packet(inner, B_INNER))
+    run_until_quiet(client, gateway, START)
+    assert len([p for w in gateway.tun_out() for p in w]) == 1
+    size = os.fstat(runstate.sessions_fd).st_size
+    os.ftruncate(runstate.sessions_fd, 0)  # the sessions are lost (zeroed)
+    os.ftruncate(runstate.sessions_fd, size)
+
+    second = _start(config, crypto_end, runstate)
+    restarted = _gateway(second)
+    client.rings.from_workers[0].send(ipv4_packet(inner, B_INNER, b"lost"))
+    run_until_quiet(client, restarted, START + 1)  # unknown index: the gateway initiates
+    assert second.device.counters["lost_session_handshakes"] == 1
+    assert second.device.counters["handshakes_completed"] == 1
+    packet = ipv4_packet(inner, B_INNER, b"one round trip later")
+    client.rings.from_workers[0].send(packet)
+    run_until_quiet(client, restarted, START + 1)
+    assert [p for w in restarted.tun_out() for p in w] == [packet]
+    assert client.device.counters["handshakes_initiated"] == 1  # the client waited for nothing

@@ -1,4 +1,5 @@
-"""Process supervision end to end (issue 11): names, fd hygiene, hung children, backoff.
+"""Process supervision end to end (issue 11): names, fd hygiene, hung children, backoff;
+and (issue 22) a killed crypto process's successor continues the client's session.
 
 Each test runs the real `firezone-gw` between a wireguard-go client and a resource host
 (tests/gateway_lab.py) and looks at its processes from outside, through /proc.
@@ -7,6 +8,7 @@ Each test runs the real `firezone-gw` between a wireguard-go client and a resour
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import signal
@@ -242,7 +244,7 @@ def test_a_stopped_child_under_traffic_is_restarted(lab: Lab) -> None:
         old, took = stop_and_wait_restart(lab, "crypto")
         print(f"crypto restarted {took:.1f} s after SIGSTOP")
         assert f"crypto (pid {old}) is hung: work waiting and no progress" in lab.backend.log_text()
-        # Sessions died with the crypto process: wireguard-go re-handshakes (up to ~15 s).
+        # The successor continues the session (issue 22; see the last test for the gap).
         lab.wait_ping(0, timeout=30)
         assert lab.backend.readyz() == (200, "ready\n")
     finally:
@@ -299,3 +301,52 @@ def test_repeated_crashes_back_off_instead_of_ending_the_gateway(lab: Lab) -> No
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2], lab.backend.log_text()
     wait_for(lambda: lab.backend.readyz()[0] == 200, timeout=5)
     lab.wait_ping(0, timeout=5)
+
+
+# ---- issue 22: a killed crypto process keeps the sessions ----
+# `kill -9` of the crypto process while a wireguard-go client is the only one talking (a
+# ping every 50 ms): the successor continues the session from the run-state memfd, so no
+# new handshake on the client and at most 1 s between replies (before: the client's own
+# timers, keepalive 10 s + rekey timeout 5 s, then a new handshake).
+
+MAX_GAP = 1.0
+_REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", re.MULTILINE)
+
+
+def _longest_gap(output: bytes, end: float) -> tuple[float, int]:
+    """The longest time without a reply (ping -D timestamps) until `end` (wall clock), and
+    how many replies came."""
+    times = [float(m.group(1)) for m in _REPLY.finditer(output)]
+    assert times, output[-500:]
+    return max(b - a for a, b in itertools.pairwise([*times, end])), len(times)
+
+
+def test_a_killed_crypto_process_keeps_the_clients_session(lab: Lab) -> None:
+    client = lab.clients[0]
+    gateway_key = lab.backend.public_key
+    handshake = client.peers()[gateway_key].latest_handshake
+    assert handshake > 0
+    ping = subprocess.Popen(
+        client.ns.exec_argv("ping", "-D", "-i", "0.05", "-W", "1", "-w", "10", RESOURCE_ADDR),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(2)
+        old = lab.backend.child_pid("crypto")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: lab.backend.child_pid("crypto") not in (0, old), timeout=10)
+        time.sleep(6)
+        end = time.time()
+        ping.send_signal(signal.SIGINT)
+        output, _ = ping.communicate(timeout=30)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    gap, replies = _longest_gap(output, end)
+    print(f"longest gap between replies {gap:.2f} s ({replies} replies)")
+    assert f"crypto (pid {old}) died" in lab.backend.log_text()
+    assert "restored 1 sessions" in lab.backend.log_text()
+    assert client.peers()[gateway_key].latest_handshake == handshake  # no new handshake
+    assert gap <= MAX_GAP

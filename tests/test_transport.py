@@ -220,3 +220,29 @@ def test_send_counters_are_never_reused(backend: str) -> None:
     assert gateway.advance_send_counter(101, 2**64 - 2**13 - 1)
     assert not gateway.seal(101, bytes(16), out)
     assert run_outbound(gateway, [packet], now=NOW).punted == [packet]
+
+
+def test_a_kept_sessions_limit_and_window_carry_over(backend: str) -> None:
+    """The session table's needs (gateway/wireguard/sessions.py): no counter at or past the
+    persisted limit is used, natively or not; a window exported and loaded into a successor
+    rejects what the predecessor accepted."""
+    gateway, clients = gateway_transport(backend), client_transport()
+    assert gateway.set_send_limit(101, 2)
+    packet = ipv4_packet(resource_address(), client_address(1), 60)
+    out = run_outbound(gateway, [packet] * 3, now=NOW)
+    assert len(out.rings[0]) == 2
+    assert out.punted == [packet]  # the Device persists the next block, then sends it
+    sealed = bytearray(16 + 32)
+    assert not gateway.seal(101, bytes(16), sealed)
+    assert gateway.set_send_limit(101, 4096)
+    assert gateway.seal(101, bytes(16), sealed)
+    message = CLIENT_ENDPOINT + seal(clients, 1, ipv4_packet(client_address(1), bytes(4), 40))
+    assert len(run_inbound(gateway, [message], now=NOW).rings[0] + []) <= 1
+    window = gateway.replay_window(101)
+    assert window is not None
+    successor = gateway_transport(backend)
+    assert successor.load_replay_window(101, window)
+    assert successor.replay_window(101) == window
+    replayed = run_inbound(successor, [message], now=NOW)
+    assert replayed.drops[D_REPLAY] == 1
+    assert not successor.load_replay_window(101, window[:-8])

@@ -208,6 +208,7 @@ def tun_packets(draw: st.DrawFn) -> list[bytes]:
     lengths=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5000)), max_size=2),
     as_list=st.booleans(),
     staged=st.integers(0, SESSIONS),
+    send_limit=st.integers(0, 50),
 )
 def test_outbound_batches_match(
     packets: list[bytes],
@@ -218,12 +219,14 @@ def test_outbound_batches_match(
     lengths: list[tuple[int, int]],
     as_list: bool,
     staged: int,
+    send_limit: int,
 ) -> None:
     outcomes = []
     for backend in ("native", "python"):
         gateway = gateway_transport(backend)
         if staged:
             gateway.set_peer(staged, CLIENT_ENDPOINT, None)
+        gateway.set_send_limit(101, send_limit)  # a kept session's block of counters
         outcomes.append(
             run_outbound(
                 gateway,

@@ -21,9 +21,10 @@ import pytest
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.telemetry.stats import PeerStats
 from gateway.uapi import SOCKET_DIR, UapiServer
+from gateway.uapi.server import EVICT_IDLE, MAX_CONNECTIONS, REPLIES_PER_TURN
 from gateway.wireguard.crypto import clamp
 from gateway.wireguard.device import Device as WgDevice
-from testbed.netns import unique_name
+from testbed.netns import unique_name, wait_for
 from testbed.uapi_model import UapiModel
 
 
@@ -283,6 +284,80 @@ def test_connection_limit(device: Device) -> None:
                 break
         time.sleep(0.02)
     assert reply == b"errno=0\n\n"
+
+
+def _idle_connections(path: Path, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        socks.append(sock)
+    return socks
+
+
+def test_idle_connections_cannot_lock_out_wg(device: Device) -> None:
+    # Issue 19: 16 idle connections used to lock `wg` out for as long as they stayed open.
+    idle = _idle_connections(device.server.path, MAX_CONNECTIONS)
+    try:
+        time.sleep(EVICT_IDLE + 0.2)
+        started = time.monotonic()
+        assert "listening port" not in device.wg("show", device.ifname)  # it answers
+        assert time.monotonic() - started < 5
+        closed = 0
+        for sock in idle:  # the one idle longest gave its place
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(1) == b""
+        assert closed >= 1
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_connection_idle_for_the_timeout_is_closed(tmp_path: Path) -> None:
+    server = UapiServer(tmp_path / "idle.sock", UapiModel(), idle_timeout=0.3)
+    loop = Loop(server)
+    try:
+        (idle,) = _idle_connections(server.path, 1)
+        with idle:
+            idle.settimeout(5)
+            time.sleep(0.5)
+            assert _raw(server.path, b"get=1\n\n").endswith(b"errno=0\n\n")  # an event
+            assert idle.recv(1) == b""  # closed by the server
+            wait_for(lambda: server.connections == 0, timeout=5)
+    finally:
+        loop.stop()
+        server.close()
+
+
+def test_a_pipelining_client_gets_a_few_replies_a_turn_and_others_are_served(
+    tmp_path: Path,
+) -> None:
+    server = UapiServer(tmp_path / "fair.sock", UapiModel())  # driven by hand: no loop
+    try:
+        greedy, polite = _idle_connections(server.path, 2)
+        with greedy, polite:
+            server.handle_events()  # accepts both
+            assert server.connections == 2
+            greedy.sendall(b"get=1\n\n" * 100)
+            polite.sendall(b"get=1\n\n")
+            server.handle_events()
+            polite.settimeout(5)
+            assert polite.recv(4096).endswith(b"errno=0\n\n")
+            got = b""
+            greedy.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                while chunk := greedy.recv(65536):
+                    got += chunk
+            assert got.count(b"errno=0") == REPLIES_PER_TURN
+            for _ in range(100 // REPLIES_PER_TURN):  # the rest comes over the next turns
+                server.handle_events()
+                with contextlib.suppress(TimeoutError):
+                    while chunk := greedy.recv(65536):
+                        got += chunk
+            assert got.count(b"errno=0") == 100
+    finally:
+        server.close()
 
 
 def test_socket_file_ownership(tmp_path: Path) -> None:

@@ -50,8 +50,13 @@ class ListenPortRequest(msgspec.Struct, frozen=True, tag="listen_port_request"):
     port: Port
 
 
+class Reloaded(msgspec.Struct, frozen=True, tag="reloaded"):
+    """Crypto -> supervisor: a Reload is applied and the peer figures copied to the stats
+    segment (the supervisor's READY=1 and STATUS= line then count the new peers)."""
+
+
 ToCrypto = Reload | ListenPortChanged | MtuChanged
-ToSupervisor = ListenPortRequest
+ToSupervisor = ListenPortRequest | Reloaded
 ControlMessage = ToCrypto | ToSupervisor
 
 T = TypeVar("T")

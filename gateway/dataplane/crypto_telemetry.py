@@ -172,6 +172,7 @@ class FirewallSync:
 _FIREWALL_SLOTS = (
     ("policy_drops", st.DROP_POLICY),
     ("malformed", st.DROP_MALFORMED),
+    ("routing_header", st.DROP_ROUTING_HEADER),
     ("icmp_errors_sent", st.ICMP_ERRORS_SENT),
     ("icmp_errors_rate_limited", st.ICMP_ERRORS_RATE_LIMITED),
 )

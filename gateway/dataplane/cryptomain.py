@@ -27,7 +27,7 @@ from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
 from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, build_policy
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import apply_message, receive_mappings
+from gateway.dataplane.mappings import PeerAnnouncer, apply_message, receive_mappings
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
@@ -118,9 +118,10 @@ class CryptoControl:
         if self._loop is not None:
             self._loop.firewall = self.firewall if self.firewall.active else None
 
-    def restore_state(self) -> None:
+    def restore_state(self, now: float | None = None) -> None:
         """In a restarted crypto process: bring back what `wg` and reloads had set, entry by
-        entry (gateway/dataplane/restore.py), and the peers' handshake timestamps."""
+        entry (gateway/dataplane/restore.py), the peers' handshake timestamps and their
+        sessions (kept from now on)."""
         if self._runstate is not None:
             self._restoring = True  # save once at the end, not after every entry
             restored = restore(self.backend.apply, self._runstate)
@@ -130,6 +131,10 @@ class CryptoControl:
                 log.info("restored run-time state: %d peers", len(list(self.device.peers())))
             for key, timestamp in self._runstate.timestamps.load().items():
                 self.device.restore_timestamp(key, timestamp)
+            table = self._runstate.session_table()
+            now = time.monotonic() if now is None else now
+            if kept := self.device.restore_sessions(table, now):
+                log.info("restored %d sessions", kept)
         self._key_board.public_key = self.device.public_key
 
     def keep_timestamps(self, timestamps: Mapping[bytes, bytes]) -> None:
@@ -153,11 +158,22 @@ class CryptoControl:
 
     def _reload(self, now: float) -> None:
         try:
+            self._apply_config(now)
+        finally:  # the supervisor waits for this to report the reload done
+            try:
+                control.send_message(self._control, control.Reloaded())
+            except OSError as exc:
+                log.error("reload: cannot tell the supervisor it is applied: %s", exc)
+
+    def _apply_config(self, now: float) -> None:
+        try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload: config became invalid, keeping the old one:\n%s", exc)
             return
         apply_peers(self.device, config, now)
+        if self._loop is not None:
+            self._loop.sync_peer_stats()
         # Grants and resources apply from the next packet; sessions stay (they are the Device's).
         self.firewall.set_policy(build_policy(config))
         self._update_loop()
@@ -230,6 +246,8 @@ def crypto_main(inputs: CryptoInputs) -> None:
             receive_mappings(mappings, lambda message: apply_message(proxy, message))
 
         handlers[mappings.fileno()] = on_mappings
+    if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
+        handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
     report_ready()
     run_crypto(
         crypto.device,

@@ -23,6 +23,7 @@ def build_device(config: GatewayConfig, now: float) -> Device:
             mtu=config.interface.mtu,
             unix_time_offset=time.time() - time.monotonic(),
             transport=new_transport(),  # native unless FIREZONE_GW_NO_EXTENSIONS or not built
+            under_load_threshold=None,  # the UDP process's gate judges load (one cookie secret)
         )
         apply_peers(device, config, now)
     return device

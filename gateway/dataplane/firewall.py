@@ -47,6 +47,8 @@ from gateway.config import GatewayConfig
 from gateway.dataplane.flow import FlowKey, flow_key
 from gateway.nat.stage import NotMine, ProxyStage
 from gateway.policy import Action, Decision, IcmpErrorLimiter, Policy
+from gateway.policy.engine import is_icmp_redirect
+from gateway.policy.recent_flows import RecentFlows, flow_of, quoted_flow
 from ippacket import ImpossiblePacket, IpPacket, MalformedPacket
 from ippacket.icmp_errors import Unreachable, destination_unreachable
 
@@ -77,6 +79,7 @@ class FirewallCounts:
 
     policy_drops: int = 0
     malformed: int = 0
+    routing_header: int = 0  # IPv6 Routing header with segments left (either direction)
     icmp_errors_sent: int = 0
     icmp_errors_rate_limited: int = 0
     replies_dropped: int = 0  # replies beyond MAX_REPLIES between two loop turns
@@ -91,11 +94,12 @@ _FlowTables = dict[int, dict[bytes, ResourceCounts]]
 
 def build_policy(config: GatewayConfig) -> Policy:
     """The config's resources and each peer's grants (by public key); the gateway's own
-    tunnel addresses are always reachable."""
+    tunnel addresses answer its DNS server's port and ICMP echo."""
     return Policy(
         config.resources,
         {peer.public_key: peer.resources for peer in config.peers},
         own_addresses=[address.ip for address in config.interface.addresses],
+        dns_port=None if config.dns is None else config.dns.port,
     )
 
 
@@ -122,6 +126,7 @@ class Firewall:
         self._uncounted: ResourceCounts = [0, 0, 0]  # allowed flows of no resource count here
         self._inbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
         self._outbound_flows: _FlowTables = {_TCP: {}, _UDP: {}}
+        self._recent = RecentFlows()  # what ICMP errors toward each peer may quote
 
     @property
     def policy(self) -> Policy:
@@ -201,10 +206,8 @@ class Firewall:
 
     def _from_peer(self, packet: bytearray, flow: FlowKey | None, now: float) -> bytearray | None:
         """A packet of no known flow: parsed and decided."""
-        try:
-            parsed = IpPacket(packet)
-        except MalformedPacket:
-            self.counts.malformed += 1
+        parsed = self._parse(packet)
+        if parsed is None:
             return None
         if parsed.version == _IPV4:
             source, destination = bytes(packet[12:16]), bytes(packet[16:20])
@@ -223,6 +226,7 @@ class Firewall:
             port = parsed.icmp_type or 0
         decision = self._policy.inbound(peer_key, destination, protocol, port)
         if self._count(decision, len(packet), self._inbound_flows, flow):
+            self._recent.add(peer_key, flow_of(parsed))
             return packet
         if decision.action is Action.PROHIBIT:
             self._prohibit(peer_key, parsed, now)
@@ -280,10 +284,11 @@ class Firewall:
         self, packet: memoryview, flow: FlowKey | None, now: float
     ) -> bytes | bytearray | memoryview | None:
         """A packet of no known flow: parsed and decided."""
-        try:
-            parsed = IpPacket(packet)
-        except MalformedPacket:
-            self.counts.malformed += 1
+        parsed = self._parse(packet)
+        if parsed is None:
+            return None
+        if is_icmp_redirect(parsed.protocol, parsed.icmp_type):
+            self.counts.policy_drops += 1  # before the proxy handler: never translated either
             return None
         proxy = self._proxy
         if proxy is not None:
@@ -298,13 +303,13 @@ class Firewall:
         if peer is None:
             return packet  # no peer: the core drops and counts it (no_route)
         protocol = parsed.protocol
-        quoted_from_peer = False
+        quoted_flow_open = False
         port = parsed.source_port
         if port is None:
             port = parsed.icmp_type or 0
             if parsed.is_icmp_error:
-                quoted_from_peer = self._quoted_source_is(peer, parsed)
-        decision = self._policy.outbound(peer, source, protocol, port, quoted_from_peer)
+                quoted_flow_open = self._quotes_open_flow(peer, parsed)
+        decision = self._policy.outbound(peer, source, protocol, port, quoted_flow_open)
         if self._count(decision, len(packet), self._outbound_flows, flow):
             return packet
         return None
@@ -328,23 +333,35 @@ class Firewall:
             counted[2] += 1
         return False
 
-    def _quoted_source_is(self, peer: bytes, error: IpPacket) -> bool:
-        """Whether the packet an ICMP error quotes was sent by `peer` (its source lies in
-        the peer's allowed IPs)."""
+    def _parse(self, packet: bytearray | memoryview) -> IpPacket | None:
+        """The parsed packet, or None after counting why not (malformed, source-routed)."""
+        try:
+            parsed = IpPacket(packet)
+        except MalformedPacket:
+            self.counts.malformed += 1
+            return None
+        if parsed.is_source_routed:  # decided on a destination that is not the final one
+            self.counts.routing_header += 1
+            return None
+        return parsed
+
+    def _quotes_open_flow(self, peer: bytes, error: IpPacket) -> bool:
+        """Whether the packet an ICMP error quotes is of a flow `peer` has open: one it sent
+        lately (RecentFlows), or one in the flow cache whose source is the peer's."""
         offset = error.l4_offset
         if offset is None:
             return False
         quote = error.data[offset + _ICMP_ERROR_QUOTE :]
-        if len(quote) < 20:  # noqa: PLR2004 - shortest IPv4 header
+        flow = quoted_flow(quote)
+        if flow is None:
             return False
-        version = quote[0] >> 4
-        if version == _IPV4:
-            source = bytes(quote[12:16])
-        elif len(quote) >= 40:  # noqa: PLR2004 - IPv6 header
-            source = bytes(quote[8:24])
-        else:
+        if self._recent.has(peer, flow):
+            return True
+        cached = self._inbound_flows.get(flow[0])
+        if cached is None or flow[1] not in cached:
             return False
-        return self._peer_for(source) == peer
+        size = len(flow[1]) // 2 - 2  # the key: two addresses, then the two ports
+        return self._peer_for(flow[1][:size]) == peer
 
 
 def _remember(table: dict[bytes, ResourceCounts], key: bytes, counts: ResourceCounts) -> None:

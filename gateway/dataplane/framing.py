@@ -34,6 +34,7 @@ _FAMILY_IPV4 = 4
 _FAMILY_IPV6 = 6
 _REMOTE = slice(4, 20)  # the remote address's 16 bytes
 _REMOTE_IPV4 = slice(4, 8)
+_PORT = slice(2, 4)
 
 _encoded: dict[Endpoint, bytes] = {}
 # A StickyEndpoint hashes as its (host, port), so its headers are keyed with the local address.
@@ -80,6 +81,12 @@ def carries_handshake(message: bytes | memoryview) -> bool:
 def remote_address(header: bytes | memoryview) -> bytes:
     """The remote's raw address (4 or 16 bytes) in a ring message's header."""
     return bytes(header[_REMOTE_IPV4] if header[0] == _FAMILY_IPV4 else header[_REMOTE])
+
+
+def remote_port(header: bytes | memoryview) -> bytes:
+    """The remote's port (2 bytes, network order) in a ring message's header: with
+    remote_address, one flow's key."""
+    return bytes(header[_PORT])
 
 
 def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:

@@ -45,22 +45,24 @@ class ConfigReload:
         self._move_port = move_port  # bind the new port and move the UDP process onto it
         self._follow_mtu = follow_mtu  # the device's MTU changed: report and pad to it
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """True when the crypto process was told (it answers Reloaded once applied)."""
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
-            return
+            return False
         old, self.running.config = self.running.config, config
         self._reload_interface(old.interface, config.interface)
         try:
             send_message(self.runtime.control, Reload())
         except OSError as exc:
             log.error("reload: cannot reach the crypto process: %s", exc)
-            return
+            return False
         # After the crypto process was told: its mappings follow the resources first.
         self._reload_dns(old, config)
         log.info("reloaded %s: %d peers", self.config_path, len(config.peers))
+        return True
 
     def _reload_dns(self, old: GatewayConfig, new: GatewayConfig) -> None:
         """A DNS server whose inputs changed starts over with them (pending queries are

@@ -1,6 +1,6 @@
 """The device's run-time state, kept where a restarted crypto process finds it.
 
-Two memfds that the supervisor creates before forking and that only the crypto process
+Three memfds that the supervisor creates before forking and that only the crypto process
 reads or writes; they have no path (the keys in them are never on a file system) and
 disappear with the gateway.
 
@@ -17,14 +17,23 @@ disappear with the gateway.
   initiation captured earlier and move the peer's endpoint to whoever replayed it. Layout:
   fixed 44-byte records (public key, timestamp), each written by one pwrite, so a crash never
   leaves half a record.
+- The sessions: keys, indices, replay windows and reserved send counters of every
+  transport session (gateway/wireguard/sessions.py), so a restarted crypto process
+  continues them without a handshake. Only the crypto process maps it (`session_table`,
+  after fork: a mapping made before would be inherited by every child); records are
+  written in place, so nothing is lost when the process dies, and a record is zeroed when
+  its session ends.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 import zlib
+
+from gateway.wireguard.sessions import HEADER_SIZE, RECORD_SIZE, SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +46,23 @@ KEY_SIZE = 32
 TIMESTAMP_SIZE = 12
 _RECORD = KEY_SIZE + TIMESTAMP_SIZE
 MAX_TIMESTAMPS = 1 << 16  # peers remembered (2.9 MB); more peers than that get none kept
+# Sessions kept (three keypairs a peer at most): 57 MB of address space, memory only for
+# records in use. Sessions past it are not kept (their peers handshake again).
+MAX_SESSIONS = 3 << 14
 
 
 class RunState:
     def __init__(self) -> None:
         self.fd = os.memfd_create("firezone-gw-state", os.MFD_CLOEXEC)
         self.timestamps = HandshakeTimestamps()
+        self.sessions_fd = os.memfd_create("firezone-gw-sessions", os.MFD_CLOEXEC)
+        os.ftruncate(self.sessions_fd, HEADER_SIZE + MAX_SESSIONS * RECORD_SIZE)
+
+    def session_table(self) -> SessionTable:
+        """The sessions, mapped into this process (call it in the crypto process only)."""
+        size = os.fstat(self.sessions_fd).st_size
+        mapping = mmap.mmap(self.sessions_fd, size, mmap.MAP_SHARED)
+        return SessionTable(memoryview(mapping))
 
     def save(self, text: str) -> None:
         """Replace the saved state (this also ends a restore: the entry mark is cleared)."""
@@ -79,10 +99,11 @@ class RunState:
 
     def fds(self) -> list[int]:
         """Every fd the state lives in: what a process that uses it must keep open."""
-        return [self.fd, self.timestamps.fd]
+        return [self.fd, self.timestamps.fd, self.sessions_fd]
 
     def close(self) -> None:
         os.close(self.fd)
+        os.close(self.sessions_fd)
         self.timestamps.close()
 
 

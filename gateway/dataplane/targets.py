@@ -158,10 +158,12 @@ class ChildTargets:
         self._drop_keys(keep_peers=False)
         block = self.runtime.stats.attach_process(topology.UDP)
         report_ready()
+        stats = self.runtime.stats
         run_udp(
             self.runtime.udp,
             self.runtime.rings.udp_to_crypto,
             self.runtime.rings.crypto_to_udp,
             block,
             self._heartbeats[topology.UDP],
+            public_key=lambda: stats.public_key,  # the crypto process publishes it
         )

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.dataplane.transport_py import PyTransport
-from gateway.wireguard.sessions import Buffer, Sessions
+from gateway.wireguard.session_crypto import Buffer, Sessions
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class NativeTransport:
         self.set_routes = t.set_routes
         self.send_counter = t.send_counter
         self.advance_send_counter = t.advance_send_counter
+        self.set_send_limit = t.set_send_limit
+        self.replay_window = t.replay_window
+        self.load_replay_window = t.load_replay_window
         self.seal = t.seal
         self.open = t.open
         self.take_activity = t.take_activity

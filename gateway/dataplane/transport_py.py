@@ -21,7 +21,7 @@ from gateway.wireguard.constants import (
     TRANSPORT_OVERHEAD,
 )
 from gateway.wireguard.device import inner_source, padded_size
-from gateway.wireguard.sessions import OPENED, REPLAYED, PySessions
+from gateway.wireguard.session_crypto import OPENED, REPLAYED, PySessions
 from shm_ring.ring import Ring
 
 HEADER_SIZE = 36  # the endpoint header (gateway/dataplane/framing.py)
@@ -214,6 +214,7 @@ class PyTransport(PySessions):
         if (
             now - session.created >= REJECT_AFTER_TIME
             or session.send_counter >= REJECT_AFTER_MESSAGES
+            or session.send_counter >= session.send_limit  # the Device persists the next block
         ):
             return None
         padded = padded_size(size, mtu)
@@ -223,7 +224,8 @@ class PyTransport(PySessions):
         out = bytearray(total)
         out[:HEADER_SIZE] = endpoint
         plain = bytes(packet) + bytes(padded - size) if padded != size else packet
-        self._seal(session, plain, memoryview(out)[HEADER_SIZE:])
+        if not self._seal(session, plain, memoryview(out)[HEADER_SIZE:]):
+            return None  # not reached: the checks above are _seal's
         session.tx_packets += 1
         session.tx_bytes += total - HEADER_SIZE
         self._touched.setdefault(local, session)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol
 
 from gateway.dataplane.framing import (
@@ -22,7 +22,6 @@ from gateway.dataplane.framing import (
     FramingError,
     decode_message,
     encode_message,
-    remote_address,
 )
 from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
@@ -32,6 +31,7 @@ from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
 from gateway.udp_io import Datagram, SendStats, UdpCounters, UdpIo
 from gateway.wireguard.constants import HANDSHAKE_MESSAGES
+from gateway.wireguard.cookie import Admission
 from shm_ring.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,21 @@ class UdpLoop(Generic[RingT]):
     rest dropped and counted); while any wait, nothing more is read from the crypto ring.
     """
 
-    def __init__(self, udp: UdpSocket, to_crypto: RingT, from_crypto: RingT, counters: memoryview):
+    def __init__(
+        self,
+        udp: UdpSocket,
+        to_crypto: RingT,
+        from_crypto: RingT,
+        counters: memoryview,
+        public_key: Callable[[], bytes | None] = lambda: None,
+    ):
+        """`public_key` is the interface's, for the handshake gate's MACs and cookies."""
         self.udp = udp
         self.to_crypto = to_crypto
         self.from_crypto = from_crypto
         self.counters = counters
         self.unsent: Outgoing = []
-        self.gate = HandshakeGate()
+        self.gate = HandshakeGate(public_key)
         self._max_payload = to_crypto.max_message - HEADER_SIZE  # a long one spans slots
 
     def turn(self, now: float) -> bool:
@@ -90,10 +98,18 @@ class UdpLoop(Generic[RingT]):
         if not received:
             return False
         c = self.counters
-        messages = frame_received(received, self.gate, self._max_payload, c, now)
+        replies: Outgoing = []
+        messages = frame_received(
+            received, self.gate, self._max_payload, c, now=now, replies=replies
+        )
         taken = self.to_crypto.send_many(messages)
         if taken < len(messages):
             c[st.DROP_RING_FULL] += len(messages) - taken
+        if replies:  # the gate's cookie replies, sent with what waits (_send_unsent)
+            room = MAX_UNSENT - len(self.unsent)
+            self.unsent += replies[:room]
+            if len(replies) > room:
+                c[st.DROP_UDP_SEND_FAILED] += len(replies) - room
         return True
 
     def _send_unsent(self) -> bool:
@@ -123,17 +139,19 @@ class UdpLoop(Generic[RingT]):
         return True
 
 
-def run_udp(
+def run_udp(  # noqa: PLR0913 # the process's resources; the key keyword-only
     udp: UdpIo,
     to_crypto: Ring,
     from_crypto: Ring,
     counters: memoryview,
     heartbeat: Heartbeat | None = None,
+    *,
+    public_key: Callable[[], bytes | None] = lambda: None,
 ) -> None:
     """Forever: turn the loop while it finds work, else sleep in epoll on the socket (for
     reading unless the ring to crypto is full, for writing while datagrams wait) and the
-    rings."""
-    loop = UdpLoop(udp, to_crypto, from_crypto, counters)
+    rings. `public_key` is the interface's, for the handshake gate."""
+    loop = UdpLoop(udp, to_crypto, from_crypto, counters, public_key)
     sleeper = Sleeper(consumers=[from_crypto], producers=[to_crypto], heartbeat=heartbeat)
     beat = sleeper.heartbeat.beat
     sock_fd = udp.fileno()
@@ -151,24 +169,41 @@ def run_udp(
         sleeper.sleep([] if loop.unsent else [from_crypto], [to_crypto] if blocked_in else [])
 
 
-def frame_received(
+_GATE_DROPS = {
+    Admission.MALFORMED: st.DROP_MALFORMED,
+    Admission.BAD_MAC1: st.DROP_MAC1_INVALID,
+    Admission.COOKIE: st.DROP_COOKIE_REQUIRED,
+    Admission.COOKIE_LIMITED: st.DROP_COOKIE_REQUIRED,
+    Admission.RATE_LIMITED: st.DROP_RATE_LIMITED,
+}
+
+
+def frame_received(  # noqa: PLR0913 # the batch, the gate, and where results go
     received: list[tuple[memoryview, tuple[str, int]]],
     gate: HandshakeGate,
     max_payload: int,
     c: memoryview,
+    *,
     now: float,
+    replies: Outgoing,
 ) -> list[bytes]:
     """Datagrams read from the socket as ring messages (endpoint header + datagram), without
-    those too big for a slot and the handshake messages the gate turns away (both counted)."""
+    those too big for a slot and the handshake messages the gate turns away (both counted);
+    the gate's cookie replies go to `replies`."""
     messages = []
     for data, endpoint in received:
         if len(data) > max_payload:
             c[st.DROP_TOO_BIG] += 1
             continue
         message = encode_message(endpoint, data)
-        if data and data[0] in HANDSHAKE_MESSAGES and not gate.admit(remote_address(message), now):
-            c[st.DROP_RATE_LIMITED] += 1
-            continue
+        if data and data[0] in HANDSHAKE_MESSAGES:
+            verdict = gate.admit(message, data, now)
+            if verdict is not Admission.ADMIT:
+                c[_GATE_DROPS[verdict]] += 1
+                if gate.reply is not None:
+                    replies.append((endpoint, gate.reply))
+                    c[st.COOKIE_REPLIES_SENT] += 1
+                continue
         messages.append(message)
         c[st.UDP_RX_BYTES] += len(data)
     c[st.UDP_RX_PACKETS] += len(received)

@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address
 from gateway.dns.proxy import DEFAULT_CAPACITY
 from gateway.ipnet import IPNetwork
 from gateway.nat.stage import NOT_MINE, NotMine
-from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside
+from gateway.nat.table import TCP_RST, Entry, Inside, NatTable, Outside, Refused
 from gateway.nat.translate import Untranslatable, ipv4_to_ipv6, ipv6_to_ipv4
 from gateway.policy.icmp_limit import IcmpErrorLimiter
 from gateway.resources.filters import FilterSet
@@ -65,7 +65,7 @@ _REFUSALS = frozenset(
         "protocol",
         "filtered",
         "no_address_of_family",
-        "nat_table_full",
+        *Refused,
         "untranslatable",
     }
 )
@@ -187,8 +187,8 @@ class ProxyHandler:
             now=now,
             tcp_flags=flags,
         )
-        if entry is None:
-            self._refuse(packet, Unreachable.ADDRESS, "nat_table_full", peer_key, now)
+        if isinstance(entry, Refused):
+            self._refuse(packet, Unreachable.ADDRESS, entry.value, peer_key, now)
             return None
         if same_family:
             out = bytearray(packet.data)
@@ -309,6 +309,8 @@ class ProxyHandler:
             "dropped": dropped - c["closed_by_rst"],
             "expired": c["expired"],
             "entries": len(self.table),
+            "evicted": self.table.evicted,
+            "refused_no_room": sum(c[reason] for reason in Refused),
         }
 
     # ---- timers ---------------------------------------------------------------------------

@@ -3,13 +3,25 @@
 A peer sends to a proxy address (`inside`); the gateway sends the same flow to a real address
 of the name (`outside`), from `outside_source` (the peer's own address of that family, or the
 gateway's when the families differ) and, when that (address, port) pair is already taken
-toward that real address, another port. Replies match the outside key and go back to the
-peer as coming from the proxy address. Flows are TCP/UDP ports or ICMP echo identifiers.
+toward that real address, another port: a random one, at most `PORT_TRIES` tries (O(1) a
+flow; a scan cost up to 65,535 tries once one peer had sprayed the ports). The peer quota keeps
+the ports taken toward one (real address, port, protocol) from one outside source below
+`peer_quota` of the 64,512 tried, so at the default quota eight tries all fail with odds below
+1e-7; a free-port set per key would cost memory per key and buy nothing at these odds. Random
+ports also keep the peer's other outside ports unguessable. Replies match the outside key and
+go back to the peer as coming from the proxy address. Flows are TCP/UDP ports or ICMP echo
+identifiers.
 
 Lifetimes (Firezone's, after RFC 5382 for TCP): an entry nothing has answered yet lives 60 s;
 once answered, TCP lives 2 h 4 min after its last packet, UDP and ICMP 2 min; a FIN seen in
-both directions leaves 5 s; an RST ends the entry at once. Bounded: at most `max_entries`;
-a new flow beyond that is refused (the caller answers with ICMP unreachable and counts it).
+both directions leaves 5 s; an RST ends the entry at once.
+
+Shared fairly: at most `max_entries` in all and `peer_quota` per peer (an eighth of the table
+by default, so one peer never takes it all). A peer at its quota makes room by evicting its
+own oldest unanswered entry; a full table evicts the oldest unanswered entry of any peer (the
+peers at their quota have none: they evicted their own). Answered flows are never evicted: a
+new flow that finds none to evict is refused (`Refused`; the caller answers with ICMP
+unreachable and counts the reason); `evicted` counts the evictions.
 No clock inside: every call takes `now`, and `expire(now)` removes what is due.
 
 Deadlines: a packet only moves `Entry.expires`; the heap holds one deadline per entry (and
@@ -22,9 +34,11 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections import Counter
+import random
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -39,7 +53,10 @@ UDP_TTL = 120.0
 ICMP_TTL = 120.0
 FIN_TTL = 5.0
 DEFAULT_MAX_ENTRIES = 65536
+DEFAULT_PEER_QUOTA = DEFAULT_MAX_ENTRIES // 8
+FIRST_RANDOM_PORT = 1024  # another port is chosen above the well-known ones
 MAX_PORT = 65535
+PORT_TRIES = 8  # random ports tried after the peer's own; all taken: refused
 COMPACT_SLACK = 1024  # stale heap deadlines tolerated beyond twice the live entries
 
 TCP_FIN = 0x01
@@ -48,6 +65,14 @@ TCP_RST = 0x04
 
 def _is_icmp(protocol: int) -> bool:
     return protocol in (IPPROTO_ICMP, IPPROTO_ICMPV6)
+
+
+class Refused(StrEnum):
+    """Why `NatTable.outbound` made no entry (the handler's counter names)."""
+
+    TABLE_FULL = "nat_table_full"  # every entry answered: nothing to evict
+    PEER_QUOTA = "nat_peer_quota"  # the peer's entries all answered, at its quota
+    NO_PORT = "nat_no_port"  # PORT_TRIES random ports all taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +85,14 @@ class Inside:
     source_port: int  # or the echo identifier
     proxy: IPAddress
     destination_port: int  # 0 for ICMP
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.peer, self.protocol, self.source, self.source_port, self.proxy)
+        object.__setattr__(self, "_hash", hash((*fields, self.destination_port)))
+
+    def __hash__(self) -> int:  # a key of several dicts: hashed once, not at every lookup
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +104,14 @@ class Outside:
     real_port: int  # 0 for ICMP
     source: IPAddress
     source_port: int  # or the echo identifier
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.protocol, self.real, self.real_port, self.source)
+        object.__setattr__(self, "_hash", hash((*fields, self.source_port)))
+
+    def __hash__(self) -> int:  # as Inside's
+        return self._hash
 
 
 @dataclass(slots=True)
@@ -86,9 +127,23 @@ class Entry:
 
 
 class NatTable:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        peer_quota: int | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         self.max_entries = max_entries
+        self.peer_quota = min(max_entries, peer_quota or DEFAULT_PEER_QUOTA)
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - ports, not keys
+        self.evicted = 0  # unanswered entries removed to make room
         self._by_inside: dict[Inside, Entry] = {}
+        self._per_peer: Counter[Hashable] = Counter()
+        # Unanswered entries, oldest first: all, and per peer. OrderedDict: taking the oldest
+        # is O(1) (a dict's first item after many deletions at its front is a scan).
+        self._unanswered: OrderedDict[Inside, Entry] = OrderedDict()
+        self._unanswered_of: dict[Hashable, OrderedDict[Inside, Entry]] = {}
         self._by_outside: dict[Outside, Entry] = {}
         self._deadlines: list[tuple[float, int, Outside]] = []
         self._generation = 0
@@ -108,16 +163,17 @@ class NatTable:
         outside_source: IPAddress,
         now: float,
         tcp_flags: int = 0,
-    ) -> Entry | None:
-        """The entry for a packet from the peer, made if new; None when the table is full
-        or no port toward `real` is free."""
+    ) -> Entry | Refused:
+        """The entry for a packet from the peer, made if new (evicting an unanswered one
+        when the peer or the table is full); why not when no entry could be made."""
         entry = self._by_inside.get(inside)
         if entry is None or entry.outside.real != real:
             if entry is not None:  # the name now resolves elsewhere: start over
                 self._remove(entry)
-            entry = self._create(inside, real, outside_protocol, outside_source, now)
-            if entry is None:
-                return None
+            made = self._create(inside, real, outside_protocol, outside_source, now)
+            if isinstance(made, Refused):
+                return made
+            entry = made
         if tcp_flags & TCP_RST:
             self._remove(entry)
             return entry
@@ -131,7 +187,9 @@ class NatTable:
         entry = self._by_outside.get(outside)
         if entry is None:
             return None
-        entry.confirmed = True
+        if not entry.confirmed:
+            entry.confirmed = True
+            self._forget_unanswered(entry)
         if tcp_flags & TCP_RST:
             self._remove(entry)
             return entry
@@ -147,23 +205,58 @@ class NatTable:
         protocol: int,
         source: IPAddress,
         now: float,
-    ) -> Entry | None:
-        if len(self._by_inside) >= self.max_entries:
-            return None
+    ) -> Entry | Refused:
+        room = self._make_room(inside.peer)
+        if room is not None:
+            return room
         real_port = 0 if _is_icmp(protocol) else inside.destination_port
-        port = inside.source_port
-        for _ in range(MAX_PORT):
-            outside = Outside(protocol, real, real_port, source, port)
-            if outside not in self._by_outside:
-                break
-            port = port % MAX_PORT + 1  # the next port, wrapping past 65535 to 1
-        else:
-            return None
+        outside = Outside(protocol, real, real_port, source, inside.source_port)
+        if outside in self._by_outside:
+            for _ in range(PORT_TRIES):
+                port = self._rng.randint(FIRST_RANDOM_PORT, MAX_PORT)
+                outside = Outside(protocol, real, real_port, source, port)
+                if outside not in self._by_outside:
+                    break
+            else:
+                return Refused.NO_PORT
         entry = Entry(inside, outside, expires=now + UNCONFIRMED_TTL)
         self._by_inside[inside] = entry
         self._by_outside[outside] = entry
         self._reals[real.packed] += 1
+        self._per_peer[inside.peer] += 1
+        self._unanswered[inside] = entry
+        own = self._unanswered_of.get(inside.peer)
+        if own is None:
+            own = self._unanswered_of[inside.peer] = OrderedDict()
+        own[inside] = entry
         return entry
+
+    def _make_room(self, peer: Hashable) -> Refused | None:
+        """Room for one more entry of `peer`: its own oldest unanswered entry goes when it is
+        at its quota, the oldest unanswered one of all when the table is full."""
+        if self._per_peer[peer] >= self.peer_quota:
+            own = self._unanswered_of.get(peer)
+            if not own:
+                return Refused.PEER_QUOTA
+            self._evict(next(iter(own.values())))
+        if len(self._by_inside) >= self.max_entries:
+            if not self._unanswered:
+                return Refused.TABLE_FULL
+            self._evict(next(iter(self._unanswered.values())))
+        return None
+
+    def _evict(self, entry: Entry) -> None:
+        self._remove(entry)
+        self.evicted += 1
+
+    def _forget_unanswered(self, entry: Entry) -> None:
+        inside = entry.inside
+        if self._unanswered.pop(inside, None) is None:
+            return
+        own = self._unanswered_of[inside.peer]
+        del own[inside]
+        if not own:
+            del self._unanswered_of[inside.peer]
 
     def _ttl(self, entry: Entry) -> float:
         if entry.fin_in and entry.fin_out:
@@ -198,12 +291,22 @@ class NatTable:
         return self._by_outside.get(outside)
 
     def _remove(self, entry: Entry) -> None:
-        self._by_inside.pop(entry.inside, None)
+        if self._by_inside.get(entry.inside) is entry:
+            del self._by_inside[entry.inside]
+            peer = entry.inside.peer
+            self._per_peer[peer] -= 1
+            if not self._per_peer[peer]:
+                del self._per_peer[peer]
+            if not entry.confirmed:
+                self._forget_unanswered(entry)
         if self._by_outside.pop(entry.outside, None) is not None:
             real = entry.outside.real.packed
             self._reals[real] -= 1
             if not self._reals[real]:
                 del self._reals[real]
+
+    def entries_of(self, peer: Hashable) -> int:
+        return self._per_peer[peer]
 
     def has_real(self, address: bytes) -> bool:
         """Some entry translates toward this real address (4 or 16 raw bytes)."""

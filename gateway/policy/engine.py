@@ -5,13 +5,17 @@ checked against its allowed IPs by the WireGuard core):
 
 - No resources configured: everything passes (a plain WireGuard router), uncounted.
 - Peer to resource (`inbound`): multicast destinations and ICMP errors sent by peers are
-  dropped; the gateway's own tunnel addresses are always reachable; otherwise, among the
+  dropped; the gateway's own tunnel addresses answer DNS (UDP and TCP on the DNS server's
+  port, when it runs) and ICMP echo, nothing else of the host unless a granted resource
+  holds the address (a peer must not reach every service the gateway host listens on);
+  otherwise, among the
   granted resources whose network contains the destination, the most specific one whose
   filters permit the packet decides (a permitting filter beats a longer prefix that does
   not). None permits: "administratively prohibited" (counted against the most specific
   containing resource, if any).
-- Resource to peer (`outbound`): packets from the gateway's own addresses pass; an ICMP error
-  passes when the packet it quotes came from this peer; otherwise the source must lie in a
+- Resource to peer (`outbound`): ICMP redirects never pass; packets from the gateway's own
+  addresses pass; an ICMP error passes when the packet it quotes is of a flow this peer has
+  open (`recent_flows`); otherwise the source must lie in a
   granted resource whose filters permit the source port (stateless return-path filtering).
 
 Decisions are cached per (peer, address, protocol, port); the cache is bounded and belongs to
@@ -36,6 +40,10 @@ _V6_MULTICAST = 0xFF  # ff00::/8
 # parameter problem. ICMPv6 errors are the types below 128 (RFC 4443).
 _ICMPV4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMPV6_FIRST_INFO = 128
+_REDIRECTS = frozenset({(IPPROTO_ICMP, 5), (IPPROTO_ICMPV6, 137)})
+_IPPROTO_TCP, _IPPROTO_UDP = 6, 17
+_ECHO_REQUEST = {IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 128}
+DEFAULT_DNS_PORT = 53
 
 
 class Action(Enum):
@@ -60,6 +68,12 @@ def is_icmp_error(protocol: int, icmp_type: int) -> bool:
     if protocol == IPPROTO_ICMP:
         return icmp_type in _ICMPV4_ERRORS
     return protocol == IPPROTO_ICMPV6 and icmp_type < _ICMPV6_FIRST_INFO
+
+
+def is_icmp_redirect(protocol: int, icmp_type: int | None) -> bool:
+    """ICMPv4 redirect (5) or ICMPv6 redirect (137): never passed in either direction (a
+    route change by anyone behind the gateway, or by a peer, is never wanted)."""
+    return (protocol, icmp_type) in _REDIRECTS
 
 
 def _is_multicast(address: bytes) -> bool:
@@ -93,7 +107,10 @@ class Policy:
         resources: Iterable[Resource],
         grants: Mapping[Hashable, Iterable[str]],
         own_addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        dns_port: int | None = DEFAULT_DNS_PORT,
     ) -> None:
+        """`own_addresses`: the gateway's tunnel addresses; `dns_port`: where its DNS server
+        answers on them (None: no DNS server, only ICMP echo reaches them)."""
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.enabled = bool(self.resources)
         index_of = {r.name: i for i, r in enumerate(self.resources)}
@@ -118,6 +135,7 @@ class Policy:
             for peer, names in grants.items()
         }
         self._own = frozenset(a.packed for a in own_addresses)
+        self._dns_port = dns_port
         self._cache: dict[tuple[Hashable, bytes, int, int, bool], Decision] = {}
 
     def _specificity(self, index: int) -> int:
@@ -159,11 +177,21 @@ class Policy:
         return decision
 
     def _inbound(self, peer: Hashable, dst: bytes, protocol: int, port_or_type: int) -> Decision:
-        if _is_multicast(dst) or is_icmp_error(protocol, port_or_type):
+        if (
+            _is_multicast(dst)
+            or is_icmp_error(protocol, port_or_type)
+            or is_icmp_redirect(protocol, port_or_type)
+        ):
             return DROP
-        if dst in self._own:
+        if dst in self._own and self._served_on_own(protocol, port_or_type):
             return ALLOW_UNCOUNTED
         return self._best(peer, dst, protocol, port_or_type, _PROHIBIT_UNMATCHED)
+
+    def _served_on_own(self, protocol: int, port_or_type: int) -> bool:
+        """What the gateway serves peers on its tunnel addresses: DNS and ICMP echo."""
+        if protocol in (_IPPROTO_UDP, _IPPROTO_TCP):
+            return port_or_type == self._dns_port
+        return _ECHO_REQUEST.get(protocol) == port_or_type
 
     def outbound(
         self,
@@ -171,20 +199,23 @@ class Policy:
         source: bytes,
         protocol: int,
         port_or_type: int,
-        quoted_source_is_peer: bool = False,
+        quoted_flow_is_peers: bool = False,
     ) -> Decision:
         """A packet from `source` behind the gateway to `peer`.
 
         `port_or_type`: the TCP/UDP source port, or the ICMP/ICMPv6 type.
-        `quoted_source_is_peer`: for an ICMP error, whether the packet it quotes was sent by
-        this peer (the caller parses the quote and checks it against the peer's allowed IPs).
+        `quoted_flow_is_peers`: for an ICMP error, whether the packet it quotes is of a flow
+        this peer has open (the caller parses the quote and looks it up: RecentFlows).
+        Redirects never pass.
         """
         if not self.enabled:
             return ALLOW_UNCOUNTED
+        if is_icmp_redirect(protocol, port_or_type):
+            return DROP
         if source in self._own:
             return ALLOW_UNCOUNTED
         if is_icmp_error(protocol, port_or_type):
-            return ALLOW_UNCOUNTED if quoted_source_is_peer else DROP
+            return ALLOW_UNCOUNTED if quoted_flow_is_peers else DROP
         key = (peer, source, protocol, port_or_type, False)
         decision = self._cache.get(key)
         if decision is None:

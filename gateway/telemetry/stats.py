@@ -51,7 +51,7 @@ from gateway.wireguard.drops import Drop, DropLabel
 from shm_ring.layout import RingStats as RingHeader
 
 MAGIC = 0x46_5A_47_57_53_54_41_54  # "FZGWSTAT"
-VERSION = 4
+VERSION = 5
 HEADER_SLOTS = 16
 HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens on
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
@@ -112,7 +112,7 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 # --- process block: drops by reason ---
-DROP_BASE = 28  # after COUNTER_NAMES (19) and the crypto block's NAT words (7)
+DROP_BASE = 30  # after COUNTER_NAMES (20) and the crypto block's NAT words (9)
 # One slot per metric label, in DropLabel's order (the core owns the list).
 DROP_REASONS: tuple[str, ...] = tuple(DropLabel)
 
@@ -136,6 +136,7 @@ DROP_RING_FULL = drop_slot(DropLabel.RING_FULL)
 DROP_TOO_BIG = drop_slot(DropLabel.TOO_BIG)
 DROP_TUN_WRITE_FAILED = drop_slot(DropLabel.TUN_WRITE_FAILED)
 DROP_UDP_SEND_FAILED = drop_slot(DropLabel.UDP_SEND_FAILED)
+DROP_ROUTING_HEADER = drop_slot(DropLabel.ROUTING_HEADER)
 # Where the crypto process adds each of the core's drop counts.
 CORE_DROP_SLOTS: dict[Drop, int] = {reason: drop_slot(reason.label) for reason in Drop}
 
@@ -149,6 +150,8 @@ NAT_COUNTER_NAMES: tuple[str, ...] = (
     "dropped",  # fragments, untranslatable replies, bad mappings
     "expired",  # NAT entries
     "entries",  # a gauge: NAT entries now
+    "evicted",  # unanswered entries removed to make room (a peer's quota, or a full table)
+    "refused_no_room",  # of `refused`: no entry to evict (all answered) or no free port
 )
 NAT_GAUGES = frozenset({"entries"})
 
@@ -171,6 +174,11 @@ DNS_COUNTER_NAMES: tuple[str, ...] = (
     "proxy_mappings",
     "proxy_mapping_unacknowledged",
     "in_flight",  # a gauge: queries waiting for an upstream now
+    "servfail_client_quota",  # one client (peer) over its share of in-flight queries
+    "truncated",  # answers cut to the UDP client's size (TC)
+    "dropped_not_peer",  # queries from no peer's address, or not through the tunnel
+    "mappings_let_go",  # a peer over its bound of mappings let go of its oldest
+    "mappings_freed",  # mappings nobody holds or asked for in a long time
 )
 DNS_GAUGES = frozenset({"in_flight"})
 

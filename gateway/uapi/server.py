@@ -1,7 +1,14 @@
 """The userspace API's unix socket, `/var/run/wireguard/<ifname>.sock`: a nonblocking
 server for an epoll loop (`UapiServer.fileno()` is an epoll fd; call `handle_events()` when it
 is readable) that feeds each client's bytes to a `UapiConnection` and the events to the
-`UapiBackend`."""
+`UapiBackend`.
+
+Connections are bounded (16) and none can hold its place: one idle (no byte read or
+written) for IDLE_TIMEOUT is closed at the server's next event, and when every place is
+taken a new connection takes the place of the one idle longest, if that one has been idle
+for EVICT_IDLE (so `wg` is never locked out for longer). Each connection gets at most
+REPLIES_PER_TURN replies per `handle_events`; pipelined requests past that wait for the
+next call, so one client cannot hold up the others or the loop that serves them."""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import os
 import select
 import socket
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +38,19 @@ log = logging.getLogger(__name__)
 
 MAX_DRAIN_BYTES = 64 << 20  # input discarded after a session ends, before the socket closes
 SOCKET_DIR = Path("/var/run/wireguard")
+MAX_CONNECTIONS = 16
+IDLE_TIMEOUT = 10.0  # seconds; `wg` finishes in milliseconds
+EVICT_IDLE = 1.0  # seconds idle before a new connection may take a full table's place
+REPLIES_PER_TURN = 4
+# Under systemd the socket is bound elsewhere and root links it into SOCKET_DIR (see link.py).
+CONTROL_DIR_ENV = "FIREZONE_GW_CONTROL_SOCKET_DIR"
+
+
+def control_socket_dir() -> Path:
+    """Where the gateway binds its control socket: $FIREZONE_GW_CONTROL_SOCKET_DIR, else
+    /var/run/wireguard as wireguard-go."""
+    return Path(os.environ.get(CONTROL_DIR_ENV) or SOCKET_DIR)
+
 
 # ---- the socket server ----
 
@@ -40,6 +62,7 @@ class _Client:
     out: bytearray = field(default_factory=bytearray)
     events: int = 0  # epoll mask currently registered
     drained: int = 0  # bytes discarded after the reply to a request that ended the session
+    active: float = 0.0  # when a byte was last read or written (the server's clock)
 
 
 class UapiServer:
@@ -50,15 +73,19 @@ class UapiServer:
     if it is still the one this server created.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 # the socket and the backend; bounds keyword-only
         self,
         path: str | os.PathLike[str],
         backend: UapiBackend,
         *,
-        max_connections: int = 16,
+        max_connections: int = MAX_CONNECTIONS,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        idle_timeout: float = IDLE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
+        self._idle_timeout = idle_timeout
+        self._clock = clock
         self._backend = backend
         self._max_connections = max_connections
         self._max_request = max_request_bytes
@@ -71,11 +98,12 @@ class UapiServer:
 
     @classmethod
     def for_interface(
-        cls, ifname: str, backend: UapiBackend, *, directory: str | os.PathLike[str] = SOCKET_DIR
+        cls, ifname: str, backend: UapiBackend, *, directory: str | os.PathLike[str] | None = None
     ) -> UapiServer:
+        """The socket `<ifname>.sock` in `directory` (default: control_socket_dir())."""
         if not ifname or "/" in ifname or len(ifname.encode()) > 15:  # noqa: PLR2004 (IFNAMSIZ-1)
             raise ValueError(f"bad interface name {ifname!r}")
-        folder = Path(directory)
+        folder = Path(directory) if directory is not None else control_socket_dir()
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         return cls(folder / f"{ifname}.sock", backend)
 
@@ -100,12 +128,19 @@ class UapiServer:
         return len(self._clients)
 
     def handle_events(self, max_events: int = 64) -> None:
-        """Serve whatever is ready now; returns without waiting."""
+        """Serve whatever is ready now, then close idle connections; never waits."""
         for fd, mask in self._epoll.poll(0, max_events):
             if fd == self._listener.fileno():
                 self._accept()
             elif (client := self._clients.get(fd)) is not None:
                 self._service(client, mask)
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        now = self._clock()
+        for client in [c for c in self._clients.values() if now - c.active >= self._idle_timeout]:
+            log.info("uapi: closing a connection idle for %.0f s", now - client.active)
+            self._drop(client)
 
     def owns_socket(self) -> bool:
         """Whether the socket file is still this server's. wireguard-go shuts its device
@@ -130,23 +165,36 @@ class UapiServer:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
                 return
-            if len(self._clients) >= self._max_connections:
+            now = self._clock()
+            if len(self._clients) >= self._max_connections and not self._evict_idlest(now):
                 log.warning("uapi: too many connections, refusing one")
                 sock.close()
                 continue
             sock.setblocking(False)
             client = _Client(sock, UapiConnection(max_request_bytes=self._max_request))
+            client.active = now
             self._clients[sock.fileno()] = client
             client.events = select.EPOLLIN
             self._epoll.register(sock.fileno(), client.events)
 
+    def _evict_idlest(self, now: float) -> bool:
+        """Make room for a new connection by closing the one idle longest, if it has been
+        idle for EVICT_IDLE; False if every connection is busy."""
+        idlest = min(self._clients.values(), key=lambda c: c.active)
+        if now - idlest.active < EVICT_IDLE:
+            return False
+        log.info("uapi: all places taken; closing the connection idle longest")
+        self._drop(idlest)
+        return True
+
     def _service(self, client: _Client, mask: int) -> None:
+        client.active = self._clock()
         if client.drained:
             self._drain(client)
             return
         if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not client.out:
             self._read(client)
-        while True:
+        for _ in range(REPLIES_PER_TURN):
             self._process(client)  # stops after one reply: pipelined requests wait for it
             if not client.out:
                 break
@@ -155,6 +203,9 @@ class UapiServer:
             if client.out:
                 self._watch(client, select.EPOLLOUT)
                 return
+        else:  # the turn's budget is spent: writable wakes us again for the rest
+            self._watch(client, select.EPOLLOUT)
+            return
         if client.proto.wants_input:
             self._watch(client, select.EPOLLIN)
         else:
@@ -258,7 +309,7 @@ class UapiServer:
         client.sock.close()
 
 
-def _remove_if_stale(path: Path) -> None:
+def remove_if_stale(path: Path) -> None:
     """Remove a socket nobody listens on (left by a crashed run), as wireguard-go does.
 
     A live socket (someone accepts) or any other kind of file is never touched.
@@ -279,7 +330,7 @@ def _remove_if_stale(path: Path) -> None:
 def _bind_unix(path: Path) -> socket.socket:
     """Bind a listening socket at `path` with mode 0600; replaces only a stale socket."""
     if path.is_socket():
-        _remove_if_stale(path)
+        remove_if_stale(path)
     if path.exists() or path.is_symlink():
         kind = "a socket" if stat.S_ISSOCK(path.lstat().st_mode) else "a file"
         raise FileExistsError(

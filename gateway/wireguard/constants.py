@@ -50,6 +50,12 @@ HANDSHAKE_INITIATION_RATE: Final = 0.020
 UNDER_LOAD_AFTER_TIME: Final = 1.0
 # wireguard-go: under load when its 1024-deep handshake queue is 1/8 full.
 DEFAULT_UNDER_LOAD_THRESHOLD: Final = 128
+# Under load, all cookie replies together are limited to protect the outgoing link (64 bytes
+# each: 20,000 a second is 10 Mbit/s); besides, each flow (address and port) gets them at the
+# rate limiter's 20/s. Never per address: a flooder sharing a client's address (one NAT)
+# must not spend the client's cookies. wireguard-go does not limit them at all.
+COOKIE_REPLIES_PER_SECOND: Final = 20_000
+COOKIE_REPLIES_BURST: Final = 1_000
 
 MAX_STAGED_PACKETS: Final = 128
 MAX_OUTBOX: Final = 4096

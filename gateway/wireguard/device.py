@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -43,7 +42,7 @@ from gateway.wireguard.constants import (
     TRANSPORT_OVERHEAD,
     ZERO_KEYS_AFTER,
 )
-from gateway.wireguard.cookie import CookieChecker, LoadMonitor
+from gateway.wireguard.cookie import Admission, CookieChecker, UnderLoad
 from gateway.wireguard.crypto import CryptoFailure, tai64n
 from gateway.wireguard.drops import Drop
 from gateway.wireguard.indextable import IndexEntry
@@ -58,8 +57,8 @@ from gateway.wireguard.messages import (
 )
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
 from gateway.wireguard.peer import Peer
-from gateway.wireguard.ratelimiter import RateLimiter
-from gateway.wireguard.sessions import OPENED, REPLAYED, PySessions, Sessions
+from gateway.wireguard.session_crypto import OPENED, REPLAYED, PySessions, Sessions
+from gateway.wireguard.sessions import POSITIONS, SessionTable
 from gateway.wireguard.timers import TimerQueue, expired
 
 Datagram = bytes | bytearray
@@ -74,7 +73,6 @@ class _Unchanged:
 UNCHANGED = _Unchanged()
 """Sentinel for `upsert_peer`: leave this setting as it is."""
 
-_SENDER = struct.Struct("<4xI")
 _ZEROS = bytes(16)
 _IPV4 = 4
 _IPV6 = 6
@@ -82,6 +80,12 @@ _IPV4_HEADER = 20
 _IPV6_HEADER = 40
 _LAST_MINUTE = REJECT_AFTER_TIME - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
 _JITTER_MS = 334
+_ADMISSION_DROPS = {
+    Admission.BAD_MAC1: Drop.BAD_MAC1,
+    Admission.COOKIE: Drop.UNDER_LOAD_COOKIE,
+    Admission.COOKIE_LIMITED: Drop.UNDER_LOAD_COOKIE,
+    Admission.RATE_LIMITED: Drop.RATE_LIMITED,
+}
 
 
 def padded_size(size: int, mtu: int) -> int:
@@ -127,7 +131,7 @@ class Device:
         rng: Callable[[int], bytes] = os.urandom,
         mtu: int = 1420,
         unix_time_offset: float = 0.0,
-        under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
+        under_load_threshold: int | None = DEFAULT_UNDER_LOAD_THRESHOLD,
         max_staged_per_peer: int = MAX_STAGED_PACKETS,
         max_outbox: int = MAX_OUTBOX,
         transport: Sessions | None = None,
@@ -157,16 +161,17 @@ class Device:
         self._changed: set[Peer] = set()
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, IndexEntry] = {}  # our receiver indices
+        self._endpoint_peers: dict[Endpoint, Peer] = {}  # the peer each endpoint is of
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
-        self._load = LoadMonitor(under_load_threshold)
-        self._limiter = RateLimiter()
-        # Cookie replies cost an XChaCha20-Poly1305 seal each: under a flood, each source
-        # gets them at the rate the limiter lets its handshakes through (20/s, burst 5).
-        self._cookie_limiter = RateLimiter()
+        self._handshake_arrived: float | None = None  # while a held-back handshake is handled
+        self._under_load = UnderLoad(under_load_threshold)
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
         self._identity: Identity | None = None
         self._checker: CookieChecker | None = None
+        # Where sessions are kept for a successor process (None: nowhere); restore_sessions
+        # sets it.
+        self.sessions: SessionTable | None = None
         self.set_private_key(private_key)
 
     # ---- configuration -------------------------------------------------------------------
@@ -180,12 +185,12 @@ class Device:
         return None if self._identity is None else self._identity.public_key
 
     @property
-    def under_load_threshold(self) -> int:
-        return self._load.threshold
+    def under_load_threshold(self) -> int | None:
+        return self._under_load.load.threshold
 
     @under_load_threshold.setter
-    def under_load_threshold(self, value: int) -> None:
-        self._load.threshold = value
+    def under_load_threshold(self, value: int | None) -> None:
+        self._under_load.load.threshold = value
 
     def set_private_key(self, key: bytes | None) -> None:
         """Change our static key; every session ends (peers must handshake again)."""
@@ -256,7 +261,8 @@ class Device:
         if not isinstance(preshared_key, _Unchanged):
             peer.preshared_key = preshared_key
         if not isinstance(endpoint, _Unchanged):
-            peer.endpoint = endpoint
+            self._set_endpoint(peer, endpoint)
+            peer.endpoint_arrival = now
         self._changed.add(peer)
         self._transport_dirty.add(peer)
         if replace_allowed_ips:
@@ -300,6 +306,7 @@ class Device:
         if peer is None:
             return False
         self._end_sessions(peer)
+        self._set_endpoint(peer, None)
         self._allowed.remove_value(peer)
         self._new_timestamps.pop(public_key, None)
         peer.staged.clear()
@@ -316,9 +323,54 @@ class Device:
         self._transport_dirty.add(peer)
         self._forget_handshake(peer)
 
+    def _set_endpoint(self, peer: Peer, endpoint: Endpoint | None) -> None:
+        old = peer.endpoint
+        if old is not None and self._endpoint_peers.get(old) is peer:
+            del self._endpoint_peers[old]
+        peer.endpoint = endpoint
+        if endpoint is not None:
+            self._endpoint_peers[endpoint] = peer
+
     def _drop_keypair(self, kp: Keypair) -> None:
         self._index.pop(kp.local_index, None)
         self.transport.remove(kp.local_index)
+        if self.sessions is not None:
+            self.sessions.forget(kp)
+
+    def _reserve(self, kp: Keypair) -> None:
+        if self.sessions is not None:
+            self.sessions.reserve(kp)
+        else:
+            kp.send_limit = REJECT_AFTER_MESSAGES
+
+    def restore_sessions(self, table: SessionTable, now: float) -> int:
+        """Continue the sessions a previous process kept in `table`, and keep new ones
+        there from now on; returns how many came back. A record whose peer is gone, that
+        expired, or that clashes with one already restored is freed."""
+        restored = 0
+        for slot, record in table.records():
+            peer = self._peers.get(record.peer)
+            position = POSITIONS[record.position] if record.position < len(POSITIONS) else ""
+            if (
+                peer is None
+                or not position
+                or getattr(peer.keypairs, position) is not None
+                or record.local_index in self._index
+                or not 0 <= now - record.created < REJECT_AFTER_TIME
+            ):
+                table.discard(slot)
+                continue
+            kp = table.adopt(slot, record, self.transport, peer.order)
+            setattr(peer.keypairs, position, kp)
+            self._index[kp.local_index] = IndexEntry(peer, kp)
+            if kp is peer.keypairs.current:
+                peer.last_handshake = max(peer.last_handshake or kp.created, kp.created)
+                peer.timers.zero_key_material = kp.created + ZERO_KEYS_AFTER
+            self._changed.add(peer)
+            self._transport_dirty.add(peer)
+            restored += 1
+        self.sessions = table
+        return restored
 
     def _forget_handshake(self, peer: Peer) -> None:
         self._drop_handshake_index(peer)
@@ -365,6 +417,8 @@ class Device:
             return None
         size = len(packet)
         padded = padded_size(size, self.mtu)
+        if kp.send_counter >= kp.send_limit:  # the reserved block is used up: persist the next
+            self._reserve(kp)
         out = bytearray(TRANSPORT_HEADER_SIZE + padded + TAG_SIZE)
         if padded == size:
             plaintext = packet
@@ -479,9 +533,18 @@ class Device:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
-        if peer.endpoint is not src:  # by identity: a StickyEndpoint equals its (host, port)
-            self._transport_dirty.add(peer)
-        peer.endpoint = src  # roaming: follow the latest authenticated source
+        # Roaming: follow the latest authenticated source (and its local), by arrival. A
+        # handshake the driver held back arrived before transport handled since: it moves
+        # the endpoint only if nothing that arrived later did (a listen-port change must not
+        # be undone by an initiation sent from the old port just before).
+        arrived = self._handshake_arrived
+        if arrived is None or arrived > peer.endpoint_arrival:
+            if peer.endpoint is not src:  # by identity: a StickyEndpoint equals its host/port
+                self._transport_dirty.add(peer)
+            if peer.endpoint != src:
+                self._set_endpoint(peer, src)
+            peer.endpoint = src
+            peer.endpoint_arrival = now if arrived is None else arrived
         self._changed.add(peer)  # and its rx figures or handshake, which the callers update
         peer.timers.new_handshake = None
         if peer.persistent_keepalive:
@@ -489,8 +552,13 @@ class Device:
 
     # ---- inbound ---------------------------------------------------------------------------
 
-    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> bytearray | None:
-        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
+    def handle_datagram(
+        self, data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytearray | None:
+        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None.
+
+        `arrived`: when a handshake message the driver queued came in, if it is handled
+        after transport that came later (see _received_authenticated)."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
             self.drops[Drop.MALFORMED] += 1
@@ -502,11 +570,14 @@ class Device:
                 return None
             return self._receive_transport(data, src, now)
         if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
+            self._handshake_arrived = arrived
             try:
                 self._receive_handshake(bytes(data), kind, src, now)
             except CryptoFailure:
                 self.drops[Drop.HANDSHAKE_FAILED] += 1
                 self.counters["handshakes_rejected"] += 1
+            finally:
+                self._handshake_arrived = None
             return None
         self.drops[Drop.MALFORMED] += 1
         return None
@@ -517,6 +588,8 @@ class Device:
         kp = None if entry is None else entry.keypair
         if entry is None or kp is None:
             self.drops[Drop.UNKNOWN_INDEX] += 1
+            if entry is None:
+                self._lost_session(src, now)
             return None
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self.drops[Drop.EXPIRED_KEYPAIR] += 1
@@ -527,6 +600,7 @@ class Device:
         if status != OPENED:
             self.drops[Drop.REPLAY if status == REPLAYED else Drop.DECRYPT_FAILED] += 1
             return None
+        kp.keep_window()  # a kept session's window, for a successor
         peer = entry.peer
         keypairs = peer.keypairs
         if kp is keypairs.next:
@@ -535,6 +609,8 @@ class Device:
                 self._drop_keypair(dropped)
             self.transport.confirm(kp.local_index)
             self._transport_dirty.add(peer)
+            if self.sessions is not None:
+                self.sessions.arrange(keypairs)
             self._handshake_complete(peer, now)
             self._flush_staged(peer, now)
         else:
@@ -557,6 +633,16 @@ class Device:
             packets -= 1
         if packets:
             timers.need_another_keepalive = True
+
+    def _lost_session(self, src: Endpoint, now: float) -> None:
+        """A transport message for a session we do not have, from a peer's endpoint: the
+        session was lost (a restart that could not keep it), so start a new one at once
+        rather than wait for the peer's timers (15 s). _initiate sends at most one
+        initiation per REKEY_TIMEOUT per peer; a peer with a session is left alone."""
+        peer = self._endpoint_peers.get(src)
+        if peer is not None and peer.keypairs.current is None:
+            self._initiate(peer, now, retry=False)
+            self.counters["lost_session_handshakes"] += 1
 
     def _check_inner(self, peer: Peer, out: bytearray) -> bytearray | None:
         """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
@@ -599,35 +685,18 @@ class Device:
             self._receive_cookie_reply(msg, now)
             return
         mac1_end = INITIATION_MAC1_END if kind == MESSAGE_INITIATION else RESPONSE_MAC1_END
-        if not checker.check_mac1(msg, mac1_end):
-            self.drops[Drop.BAD_MAC1] += 1
-            return
         ip, source = _source_bytes(src)
-        if self._load.record(now):
-            if not checker.check_mac2(msg, mac1_end, source, now):
-                self._reply_cookie(checker, msg, mac1_end, src, now)
-                return
-            if not self._limiter.allow(ip, now):
-                self.drops[Drop.RATE_LIMITED] += 1
-                return
+        verdict, reply = self._under_load.admit(checker, msg, mac1_end, ip, source, now)
+        if verdict is not Admission.ADMIT:
+            if reply is not None:
+                self._transmit(src, reply)
+                self.counters["cookie_replies_sent"] += 1
+            self.drops[_ADMISSION_DROPS[verdict]] += 1
+            return
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(identity, msg, src, now)
         else:
             self._receive_response(identity, msg, src, now)
-
-    def _reply_cookie(
-        self, checker: CookieChecker, msg: bytes, mac1_end: int, src: Endpoint, now: float
-    ) -> None:
-        """Under load, a handshake message without a valid mac2: answer with a cookie (at
-        most as often per source as the rate limiter allows), drop the message."""
-        ip, source = _source_bytes(src)
-        if not self._cookie_limiter.allow(ip, now):
-            self.drops[Drop.RATE_LIMITED] += 1
-            return
-        (sender,) = _SENDER.unpack_from(msg)
-        self._transmit(src, checker.cookie_reply(msg, mac1_end, sender, source, now))
-        self.counters["cookie_replies_sent"] += 1
-        self.drops[Drop.UNDER_LOAD_COOKIE] += 1
 
     def _receive_cookie_reply(self, msg: bytes, now: float) -> None:
         reply = parse_cookie_reply(msg)
@@ -702,6 +771,9 @@ class Device:
             self._drop_keypair(old)
         self._index[kp.local_index] = IndexEntry(peer, kp)
         self._transport_dirty.add(peer)
+        if self.sessions is not None:
+            self.sessions.keep(peer.public_key, kp)
+            self.sessions.arrange(peer.keypairs)
         peer.timers.zero_key_material = now + ZERO_KEYS_AFTER
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
@@ -741,6 +813,7 @@ class Device:
                 continue  # removed since (its figures go with it)
             peer = entry.peer
             if rx_packets:
+                kp.keep_window()  # a kept session's window, once per batch
                 self._keep_key_fresh_receiving(peer, kp, now)
                 if peer.endpoint is not None:
                     self._received_authenticated(peer, peer.endpoint, now)

@@ -3,7 +3,7 @@
 `Device.drops` counts `Drop` members. Each member names the `DropLabel` it is exported
 under (`firezone_gw_drops_total{reason="<label>"}`), so a new reason is one line here and
 mypy refuses it without a label. `DropLabel` lists every label in the order of the stats
-segment's drop slots (gateway/telemetry/stats.py derives them from it); the last five are counted
+segment's drop slots (gateway/telemetry/stats.py derives them from it); the last six are counted
 by the processes of the data plane, not by the core.
 """
 
@@ -29,6 +29,7 @@ class DropLabel(StrEnum):
     TOO_BIG = "too_big"
     TUN_WRITE_FAILED = "tun_write_failed"
     UDP_SEND_FAILED = "udp_send_failed"
+    ROUTING_HEADER = "routing_header"  # IPv6 with segments left (the crypto's firewall)
 
 
 class _Reason(NamedTuple):

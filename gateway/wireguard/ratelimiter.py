@@ -1,4 +1,5 @@
-"""Per-source-address token bucket for handshake messages under load (kernel ratelimiter.c).
+"""Per-source-address token bucket for handshake messages under load (kernel ratelimiter.c),
+and a plain token bucket for what is shared by all sources (cookie replies on the link).
 
 Each source gets 20 packets/s with a burst of 5; IPv6 sources are keyed by their /64 so one
 host cannot dodge the limit by walking its subnet. The table is bounded: when it is full, new
@@ -51,6 +52,10 @@ class RateLimiter:
             key = b"6" + bytes(ip[:_V6_PREFIX_BYTES])
         else:
             return False
+        return self.allow_key(key, now)
+
+    def allow_key(self, key: bytes, now: float) -> bool:
+        """Take one token for any `key` (e.g. an address and port: one flow) at `now`."""
         now_ns = round(now * NSEC_PER_SEC)
         if self._next_gc_ns is None or now_ns >= self._next_gc_ns:
             self.gc(now)
@@ -82,3 +87,25 @@ class RateLimiter:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+class TokenBucket:
+    """One bucket for everyone: `take(now)` passes at most `rate` a second after a burst of
+    `burst`. Guards a shared resource (the outgoing link), not fairness between sources."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate} and {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = float("-inf")
+
+    def take(self, now: float) -> bool:
+        # A clock that steps back refills nothing.
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False

@@ -177,8 +177,11 @@ impl FastPath {
         let Some(session) = table.sessions.get_mut(&local) else {
             return Out::Punt;
         };
-        if session.expired(now) || session.send_counter >= REJECT_AFTER_MESSAGES {
-            return Out::Punt;
+        if session.expired(now)
+            || session.send_counter >= REJECT_AFTER_MESSAGES
+            || session.send_counter >= session.send_limit
+        {
+            return Out::Punt; // Python rekeys, or persists the next block of counters
         }
         let mut padded = (size + 15) & !15;
         if mtu > 0 && padded > mtu {

@@ -9,6 +9,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::fastpath::{FastPath, Stop};
 use crate::layout;
+use crate::replay::Replay;
 use crate::ring::{RingMem, Writer};
 use crate::table::{OpenError, PeerState, HEADER_SIZE};
 
@@ -163,6 +164,40 @@ impl Transport {
         match self.fp.table.sessions.get_mut(&local) {
             Some(s) if counter >= s.send_counter => {
                 s.send_counter = counter;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn set_send_limit(&mut self, local: u32, limit: u64) -> bool {
+        self.fp
+            .table
+            .sessions
+            .get_mut(&local)
+            .map(|s| s.send_limit = limit)
+            .is_some()
+    }
+
+    /// The replay window as `replay.py` stores it (native-endian u64 words).
+    fn replay_window<'py>(&self, py: Python<'py>, local: u32) -> Option<Bound<'py, PyBytes>> {
+        let session = self.fp.table.sessions.get(&local)?;
+        let words = session.replay.export();
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        Some(PyBytes::new(py, &raw))
+    }
+
+    fn load_replay_window(&mut self, local: u32, window: &[u8]) -> bool {
+        let words: Vec<u64> = window
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        match (
+            self.fp.table.sessions.get_mut(&local),
+            Replay::import(&words),
+        ) {
+            (Some(session), Some(replay)) if window.len() % 8 == 0 => {
+                session.replay = replay;
                 true
             }
             _ => false,

@@ -20,7 +20,30 @@ impl Default for Replay {
     }
 }
 
+/// The window as `replay.py` stores it: the highest counter, then the 128 words.
+pub const STORAGE_WORDS: usize = 1 + WORDS;
+
 impl Replay {
+    pub fn export(&self) -> [u64; STORAGE_WORDS] {
+        let mut out = [0u64; STORAGE_WORDS];
+        out[0] = self.highest;
+        out[1..].copy_from_slice(&self.words);
+        out
+    }
+
+    /// A window a predecessor kept (`export`'s layout); None for the wrong length.
+    pub fn import(words: &[u64]) -> Option<Self> {
+        if words.len() != STORAGE_WORDS {
+            return None;
+        }
+        let mut replay = Replay {
+            highest: words[0],
+            ..Replay::default()
+        };
+        replay.words.copy_from_slice(&words[1..]);
+        Some(replay)
+    }
+
     /// Whether `counter` would be accepted now (nothing recorded).
     pub fn check(&self, counter: u64) -> bool {
         if counter >= REJECT_AFTER_MESSAGES {

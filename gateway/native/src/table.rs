@@ -31,7 +31,9 @@ pub struct Session {
     send: LessSafeKey,
     recv: LessSafeKey,
     pub send_counter: u64,
-    replay: Replay,
+    /// Counters from here on wait for Python (the session table persists the next block).
+    pub send_limit: u64,
+    pub replay: Replay,
     pub created: f64,
     /// A responder's session carries data only after Python saw its first packet.
     pub confirmed: bool,
@@ -105,6 +107,7 @@ impl Table {
                 send,
                 recv,
                 send_counter: 0,
+                send_limit: REJECT_AFTER_MESSAGES,
                 replay: Replay::default(),
                 created,
                 confirmed,
@@ -169,7 +172,7 @@ impl Table {
 pub fn seal_into(session: &mut Session, plaintext: &[u8], out: &mut [u8]) -> Option<usize> {
     let total = TRANSPORT_HEADER + plaintext.len() + TAG;
     let counter = session.send_counter;
-    if counter >= REJECT_AFTER_MESSAGES || out.len() < total {
+    if counter >= REJECT_AFTER_MESSAGES || counter >= session.send_limit || out.len() < total {
         return None;
     }
     session.send_counter = counter + 1; // before sealing: a counter is never used twice
