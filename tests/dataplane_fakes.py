@@ -152,7 +152,7 @@ BACKEND = LoopBackend()
 
 def counter_block() -> memoryview:
     """A process's counter block, as gateway.telemetry.stats lays it out, in plain memory."""
-    return memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    return memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
 
 
 def peer_table(max_peers: int = 16) -> st.PeerTable:

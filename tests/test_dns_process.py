@@ -62,7 +62,7 @@ def test_the_server_listens_on_every_tunnel_address_and_knows_peers_by_allowed_i
 
 
 def test_counters_are_copied_as_deltas_and_in_flight_as_a_gauge() -> None:
-    block = memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    block = memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
     names = st.DNS_COUNTER_NAMES
     queries = st.DNS_BASE + names.index("queries")
     in_flight = st.DNS_BASE + names.index("in_flight")

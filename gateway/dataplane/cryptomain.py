@@ -17,10 +17,9 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
@@ -53,7 +52,6 @@ class PublicKeyBoard(Protocol):
 class CryptoInputs:
     """What the supervisor hands the crypto process (all of it made before fork)."""
 
-    config_path: Path  # re-read on Reload
     config: GatewayConfig
     rings: CryptoRings[Ring]
     stats: st.StatsRegion
@@ -74,14 +72,12 @@ class CryptoControl:
         self,
         config: GatewayConfig,
         *,
-        config_path: Path,
         control_socket: socket.socket,
         runstate: RunState | None,
         listen_port: int,
         key_board: PublicKeyBoard,
         now: float,
     ) -> None:
-        self.config_path = config_path
         self._control = control_socket
         self._runstate = runstate
         self._key_board = key_board
@@ -145,32 +141,34 @@ class CryptoControl:
 
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
-        for message in control.receive_messages(self._control, control.decode_to_crypto):
+        for message in control.receive_to_crypto(self._control):
             self._handle(message, now)
 
-    def _handle(self, message: control.ToCrypto, now: float) -> None:
-        if isinstance(message, control.Reload):
-            self._reload(now)
+    def _handle(self, message: control.CryptoEvent, now: float) -> None:
+        if isinstance(message, control.ConfigArrived):
+            self._reload(message, now)
         elif isinstance(message, control.MtuChanged):
             self.device.mtu = message.mtu
         else:
             self.backend.listen_port = message.port
 
-    def _reload(self, now: float) -> None:
+    def _reload(self, arrived: control.ConfigArrived, now: float) -> None:
+        """Apply the config the supervisor parsed, then say so: the supervisor restarts the
+        DNS process only after this process's mappings follow the new resources."""
+        config = arrived.config
         try:
-            self._apply_config(now)
-        finally:  # the supervisor waits for this to report the reload done
+            if config is not None:
+                self._apply(config, now)
+        finally:  # the supervisor waits for this: READY=1, then the DNS process follows
             try:
-                control.send_message(self._control, control.Reloaded())
+                done = control.ReloadDone(arrived.generation, applied=config is not None)
+                control.send_message(self._control, done)
             except OSError as exc:
-                log.error("reload: cannot tell the supervisor it is applied: %s", exc)
+                log.error(
+                    "reload %d: not acknowledged to the supervisor: %s", arrived.generation, exc
+                )
 
-    def _apply_config(self, now: float) -> None:
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload: config became invalid, keeping the old one:\n%s", exc)
-            return
+    def _apply(self, config: GatewayConfig, now: float) -> None:
         apply_peers(self.device, config, now)
         if self._loop is not None:
             self._loop.sync_peer_stats()
@@ -201,7 +199,7 @@ class CryptoControl:
             readable, _, _ = select.select([self._control], [], [], left)
             if not readable:
                 break
-            for message in control.receive_messages(self._control, control.decode_to_crypto):
+            for message in control.receive_to_crypto(self._control):
                 self._handle(message, time.monotonic())
                 if isinstance(message, control.ListenPortChanged) and message.port == port:
                     return
@@ -224,7 +222,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
     inputs.stats.transport = BACKEND  # for `show` and /metrics
     crypto = CryptoControl(
         inputs.config,
-        config_path=inputs.config_path,
         control_socket=inputs.control,
         runstate=inputs.runstate,
         listen_port=inputs.listen_port,
@@ -248,7 +245,12 @@ def crypto_main(inputs: CryptoInputs) -> None:
         handlers[mappings.fileno()] = on_mappings
     if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
         handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
-    report_ready()
+
+    def on_loop(loop: CryptoLoop[Ring]) -> None:
+        crypto.attach_loop(loop)
+        loop.sync_peer_stats()  # the STATUS line sent with READY=1 counts the configured peers
+        report_ready()
+
     run_crypto(
         crypto.device,
         inputs.rings,
@@ -258,6 +260,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
         heartbeat=inputs.heartbeat,
         keep_timestamps=crypto.keep_timestamps,
         resource_table=inputs.stats.resources,
-        on_loop=crypto.attach_loop,
+        on_loop=on_loop,
         proxy=crypto.proxy,
     )

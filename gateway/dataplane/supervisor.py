@@ -26,7 +26,7 @@ from gateway.dataplane.children import EXIT_DEVICE_GONE, Child, stop_all
 from gateway.dataplane.control import (
     ListenPortChanged,
     MtuChanged,
-    Reloaded,
+    ReloadDone,
     decode_to_supervisor,
     receive_messages,
     send_message,
@@ -68,15 +68,14 @@ class Supervisor:
         self.running = running
         self.runtime = runtime
         self.name = running.config.interface.name
-        self.children = ChildTargets(
-            options.config_path, options.workers, runtime, running
-        ).children
+        self.children = ChildTargets(options.workers, runtime, running).children
         self.health = Health(self.children)
         self.status = StatusLine(runtime.stats, options.workers)
         self.reloader = ConfigReload(
             options.config_path,
             running=running,
             runtime=runtime,
+            crypto_child=self.children[topology.CRYPTO],
             dns_child=self.children.get(topology.DNS),
             restart=self._restart,
             move_port=self._move_port,
@@ -163,8 +162,10 @@ class Supervisor:
                 wake_r.recv(4096)
         elif fd == self.runtime.control.fileno():
             for message in receive_messages(self.runtime.control, decode_to_supervisor):
-                if isinstance(message, Reloaded):
-                    self._reload_done()
+                if isinstance(message, ReloadDone):
+                    self.reloader.acknowledged(message)
+                    if message.generation == self.reloader.generation:
+                        self._reload_done()  # READY=1: the newest reload is applied
                 else:
                     self._change_listen_port(message.port, epoll)
         elif fd == link_watch.fileno():
@@ -184,6 +185,8 @@ class Supervisor:
                 options.log_filter, options.log_format, process=child.process_name
             )
         )
+        if child.role == topology.CRYPTO:
+            self.reloader.crypto_started()
 
     def _restart(self, child: Child) -> bool:
         """Kill and fork `child` again on purpose; False before the children started."""

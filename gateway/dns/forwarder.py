@@ -40,6 +40,8 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
+from gateway.endpoint import Endpoint
+
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 DEFAULT_LOOKUP_RESERVE = 200  # in-flight slots clients cannot take: DNS resources' lookups
@@ -52,8 +54,6 @@ _TC = 0x0200
 _RD = 0x0100
 _RA = 0x0080
 _COMPRESSED = 0xC0
-
-Endpoint = tuple[str, int]
 
 
 class Transport(StrEnum):

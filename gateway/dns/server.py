@@ -37,7 +37,6 @@ from typing import Any, Protocol
 
 from gateway.dns.forwarder import (
     Client,
-    Endpoint,
     Forwarder,
     Lookup,
     ToClient,
@@ -45,6 +44,7 @@ from gateway.dns.forwarder import (
     Transport,
 )
 from gateway.dns.resources import Event, ProxyMapping, ResourceAnswers
+from gateway.endpoint import Endpoint
 from gateway.udp_io import SO_RCVBUFFORCE, set_socket_buffer
 
 log = logging.getLogger(__name__)
