@@ -12,7 +12,7 @@ and per-session figures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.dataplane.transport import Transport, new_transport
@@ -157,6 +157,26 @@ def half_write(ring: Ring, data: bytes, length: int) -> None:
         lens[slot] = length
 
 
+def _batches_until_empty(
+    source: Ring, batch: Callable[[], tuple[int, int]]
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Call `batch` until it takes nothing; each message it leaves to Python is taken out as
+    the crypto loop would (recorded as it is). Returns (punted messages, each call's result)."""
+    punted: list[bytes] = []
+    stops: list[tuple[int, int]] = []
+    for _ in range(4 * source.slots + 4):
+        taken, stop = batch()
+        stops.append((taken, stop))
+        if stop == PUNT:
+            view = source.recv_many(1)
+            punted.append(bytes(view[0]))
+            del view
+            source.release()
+        elif not taken:
+            break
+    return punted, stops
+
+
 def run_inbound(
     transport: Transport,
     messages: Sequence[bytes],
@@ -180,23 +200,16 @@ def run_inbound(
             corrupt_lengths(source, lengths)
         if torn is not None:
             half_write(source, torn, len(torn))
-        punted: list[bytes] = []
-        stops: list[tuple[int, int]] = []
         delivered: list[bytes] = []
-        for _ in range(4 * slots + 4):
+
+        def batch() -> tuple[int, int]:
             if packets:
                 taken, stop, found = transport.inbound_packets(source, limit, now, INNER_SLOT)
-                delivered += found
-            else:
-                taken, stop = transport.inbound(source, outputs, limit, now)
-            stops.append((taken, stop))
-            if stop == PUNT:  # what the loop does: Python takes that one message
-                view = source.recv_many(1)
-                punted.append(bytes(view[0]))
-                del view
-                source.release()
-            elif not taken:
-                break
+                delivered.extend(found)
+                return taken, stop
+            return transport.inbound(source, outputs, limit, now)
+
+        punted, stops = _batches_until_empty(source, batch)
         rings = [delivered] if packets else [_drain(r) for r in outputs]
         return Outcome(
             rings=rings,
@@ -243,16 +256,9 @@ def run_outbound(
             source.send_many(list(packets))
             if lengths:
                 corrupt_lengths(source, lengths)
-            for _ in range(4 * slots + 4):
-                taken, stop = transport.outbound(source, dest, limit, now, mtu)
-                stops.append((taken, stop))
-                if stop == PUNT:
-                    view = source.recv_many(1)
-                    punted.append(bytes(view[0]))
-                    del view
-                    source.release()
-                elif not taken:
-                    break
+            punted, stops = _batches_until_empty(
+                source, lambda: transport.outbound(source, dest, limit, now, mtu)
+            )
         return Outcome(
             rings=[_drain(dest)],
             words=[_words(r) for r in (source, dest)],
