@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from gateway.wireguard.constants import KEY_SIZE, REJECT_AFTER_MESSAGES
 from gateway.wireguard.keypair import Keypair, Keypairs
 from gateway.wireguard.noise import SessionKeys
-from gateway.wireguard.replay import STORAGE_WORDS, ReplayFilter
+from gateway.wireguard.replay import STORAGE_WORDS
+from gateway.wireguard.session_crypto import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,10 @@ class SessionTable:
             found.append((slot, record))
         return found
 
-    def adopt(self, slot: int, record: SessionRecord) -> Keypair:
-        """The keypair of a kept record, continuing it: its replay window in place, its
-        counters from the saved limit on (the next send reserves a block first)."""
+    def adopt(self, slot: int, record: SessionRecord, transport: Sessions, peer_id: int) -> Keypair:
+        """The keypair of a kept record, continuing it in `transport`: its replay window
+        from the record, its counters from the saved limit on (the next send reserves a
+        block first)."""
         keys = SessionKeys(
             record.send_key,
             record.recv_key,
@@ -116,10 +118,12 @@ class SessionTable:
             record.local_index,
             record.remote_index,
         )
-        kp = Keypair(keys, record.created)
+        kp = Keypair(keys, record.created, transport, peer_id)
         kp.record = slot
         kp.send_counter = kp.send_limit = record.send_limit
-        kp.replay = ReplayFilter(self._replay_words(slot))
+        words = self._replay_words(slot)
+        transport.load_replay_window(kp.local_index, words.tobytes())
+        kp.replay = words
         return kp
 
     def discard(self, slot: int) -> None:
@@ -165,7 +169,7 @@ class SessionTable:
         _STATE.pack_into(self._buf, base, _KEPT)  # complete: now a successor may use it
         kp.record = slot
         kp.send_limit = limit
-        kp.replay = ReplayFilter(words)
+        kp.replay = words  # zeroed above, as the transport's new window
 
     def reserve(self, kp: Keypair) -> None:
         """The next block of send counters for `kp`, persisted before the Device uses it."""
