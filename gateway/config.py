@@ -20,6 +20,7 @@ import tomli
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
+from gateway.ha.settings import HaConfig, validate_ha
 from gateway.ipnet import (
     HostBitsSet,
     IPInterface,
@@ -119,6 +120,7 @@ class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
     dns: dict[str, Any] | None = None
     udp: dict[str, Any] = msgspec.field(default_factory=dict)
+    ha: dict[str, Any] | None = None
 
 
 # ---- the validated, typed configuration the rest of the code uses ----------------------------
@@ -185,6 +187,8 @@ class GatewayConfig:
     resources: tuple[Resource, ...] = ()
     # None: no DNS server (no [dns] table and no DNS resources).
     dns: DnsConfig | None = None
+    # None: a gateway on its own (no [ha] table); see gateway/ha/settings.py.
+    ha: HaConfig | None = None
 
 
 class ConfigError(Exception):
@@ -260,6 +264,10 @@ def parse_config_text(
     dns = None
     if root.dns is not None or dns_resources:
         dns = _validate_dns(root.dns or {}, interface, errors)
+    ha = None
+    if root.ha is not None:
+        private = interface.private_key if interface else None
+        ha = validate_ha(root.ha, base_dir, private, errors.add)
     metrics_listen = None
     max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
@@ -278,6 +286,7 @@ def parse_config_text(
         udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
         resources=tuple(resources),
         dns=dns,
+        ha=ha,
     )
 
 

@@ -353,6 +353,13 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
             lines.append(f"    endpoint {format_endpoint(peer.endpoint)}")
         if config.resources:
             lines.append(f"    resources {', '.join(peer.resources) or 'none'}")
+    if config.ha is not None:
+        ha = config.ha
+        lines.append(
+            f"ha: {ha.role} until keepalived says otherwise; replication on "
+            f"{format_endpoint(ha.listen)} with {format_endpoint(ha.peer)} "
+            f"(key {keys.encode_key(ha.peer_public_key)}), at most {ha.rate} bytes/s"
+        )
     return lines
 
 
