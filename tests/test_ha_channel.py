@@ -8,7 +8,7 @@ import nacl.public
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.dataplane.mappings import MappingMessage
+from gateway.ha import codec
 from gateway.ha.channel import Channel
 from gateway.ha.codec import (
     Batch,
@@ -25,6 +25,7 @@ from gateway.ha.codec import (
 )
 from gateway.ha.mirror import TAKEOVER_JUMP, Mirror, takeover_limit
 from gateway.ha.outbox import CHANGE_BYTES, Outbox
+from gateway.nat import handler
 
 A_KEY, B_KEY = nacl.public.PrivateKey.generate(), nacl.public.PrivateKey.generate()
 
@@ -83,15 +84,11 @@ changes = st.one_of(
     st.builds(NatGone, keys, st.integers(0, 255), addr, port, addr, port),
     st.builds(
         DnsMapping,
-        st.builds(
-            MappingMessage,
-            st.integers(0, 2**63 - 1),
-            st.integers(0, 2**63 - 1),
-            st.binary(min_size=4, max_size=4),
-            st.binary(min_size=16, max_size=16),
-            st.tuples(st.binary(min_size=4, max_size=4)),
-            st.tuples(),
-        ),
+        st.integers(0, 2**63 - 1),
+        st.binary(min_size=4, max_size=4),
+        st.binary(min_size=16, max_size=16),
+        st.lists(st.binary(min_size=4, max_size=4), max_size=16).map(tuple),
+        st.lists(st.binary(min_size=16, max_size=16), max_size=16).map(tuple),
     ),
     st.just(ResyncDone()),
 )
@@ -183,3 +180,7 @@ def test_resync_replaces_the_mirror() -> None:
 def test_takeover_starts_past_the_reservation() -> None:
     assert takeover_limit(4096, 2**64) == 4096 + TAKEOVER_JUMP
     assert takeover_limit(2**64 - 5, 2**64 - 1) == 2**64 - 1
+
+
+def test_dns_mapping_bound_is_the_nat_handlers() -> None:
+    assert codec.MAX_REAL_ADDRESSES == handler.MAX_REAL_ADDRESSES

@@ -15,8 +15,6 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.dataplane.mappings import MappingMessage
-
 Key = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgpack itself holds no more than 2**64 - 1
@@ -127,13 +125,23 @@ class NatGone(msgspec.Struct, frozen=True, tag="n-", array_like=True):
         )
 
 
-class DnsMapping(msgspec.Struct, frozen=True, tag="d", array_like=True):
-    """A DNS resource's proxy mapping, as the DNS process sends it (dataplane/mappings.py)."""
+V4 = Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]
+V6 = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+MAX_REAL_ADDRESSES = 16  # as gateway.nat.handler's (a test checks they agree)
 
-    mapping: MappingMessage
+
+class DnsMapping(msgspec.Struct, frozen=True, tag="d", array_like=True):
+    """A DNS resource's proxy mapping, as the DNS process sends it (dataplane/mappings.py):
+    the resource's index in the config, the proxy pair and the real addresses."""
+
+    resource: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    proxy_v4: V4
+    proxy_v6: V6
+    real_v4: Annotated[tuple[V4, ...], msgspec.Meta(max_length=MAX_REAL_ADDRESSES)]
+    real_v6: Annotated[tuple[V6, ...], msgspec.Meta(max_length=MAX_REAL_ADDRESSES)]
 
     def key(self) -> tuple[str, bytes]:
-        return ("d", self.mapping.proxy_v4)
+        return ("d", self.proxy_v4)
 
 
 class ResyncDone(msgspec.Struct, frozen=True, tag="r", array_like=True):

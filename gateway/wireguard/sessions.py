@@ -122,6 +122,36 @@ class SessionTable:
         kp.replay = ReplayFilter(self._replay_words(slot))
         return kp
 
+    def insert(self, record: SessionRecord) -> int | None:
+        """Write a session another node kept (gateway/ha: a takeover), to `adopt` next; its
+        slot, or None when the table is full."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        if slot >= self._used:
+            self._used = slot + 1
+            _USED.pack_into(self._header, 0, self._used)
+        base = slot * RECORD_SIZE
+        words = self._replay_words(slot)
+        for i in range(STORAGE_WORDS):
+            words[i] = 0
+        _HEAD.pack_into(
+            self._buf,
+            base,
+            _FREE,
+            record.local_index,
+            record.remote_index,
+            record.is_initiator,
+            record.position,
+            record.peer,
+            record.send_key,
+            record.recv_key,
+            record.created,
+            record.send_limit,
+        )
+        _STATE.pack_into(self._buf, base, _KEPT)
+        return slot
+
     def discard(self, slot: int) -> None:
         """Free a record a successor could not use."""
         self._release(slot)
