@@ -7,6 +7,7 @@ Later commands (`run`, `show`, ...) attach to `main` and read the options with
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
+from gateway.telemetry import ha_status, runtime_dir
 from gateway.telemetry.logsetup import LogDirectiveError, setup_logging
 from gateway.telemetry.metrics import parse_listen
 
@@ -199,10 +201,16 @@ def show(options: GlobalOptions, as_json: bool) -> None:
     finally:
         region.close()
     info = show_mod.InterfaceInfo(name, keys.encode_key(public_key), port)
+    ha = ha_status.read_status() if config.ha is not None else None
     if as_json:
-        click.echo(show_mod.to_json(snapshot, info).decode())
+        text = show_mod.to_json(snapshot, info).decode()
+        if ha is not None:
+            text = text[:-1] + ',"ha":' + json.dumps(ha) + "}"
+        click.echo(text)
     else:
         click.echo(show_mod.format_table(snapshot, device=name, interface=info), nl=False)
+        for line in ha_status.show_lines(ha):
+            click.echo(line)
 
 
 @main.command("client-config")
@@ -300,6 +308,24 @@ def pubkey() -> None:
         problem = "not ASCII" if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise click.UsageError(f"invalid private key on stdin: {problem}") from None
     click.echo(keys.encode_key(keys.public_key(private_key)))
+
+
+@main.command("ha-notify")
+@click.argument("state", type=click.Choice(["MASTER", "BACKUP", "FAULT"], case_sensitive=False))
+def ha_notify(state: str) -> None:
+    """keepalived's notify hook: tell the gateway its HA role (config/keepalived-ha.conf).
+
+    Written to the runtime directory, where the running gateway looks every 0.1 s (and a
+    restarted one finds it)."""
+    from gateway.ha.link import write_role  # noqa: PLC0415 - only this command needs it
+
+    try:
+        runtime_dir.make_dir()
+        role = write_role(state)
+    except OSError as exc:
+        click.echo(f"Error: cannot record the HA role: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"ha: {role}")
 
 
 @main.command("check-config")

@@ -16,7 +16,6 @@ that wakes the loop.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -33,6 +32,7 @@ from gateway.ha.channel import Channel
 from gateway.ha.codec import Batch, DnsMapping
 from gateway.ha.node import KEEPALIVED_STATES, HaNode
 from gateway.ha.settings import HaConfig
+from gateway.telemetry.ha_status import write_status
 from gateway.telemetry.runtime_dir import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ DIAL_TIMEOUT = 1.0
 SEND_TIMEOUT = 2.0  # a peer that takes no bytes for this long is dropped (then dialled again)
 MAX_PENDING = 4  # accepted connections not yet proven
 ROLE_FILE = "ha-role"
-STATUS_FILE = "ha-status.json"
 MAX_QUEUED_BATCHES = 64
 
 
@@ -67,14 +66,6 @@ def read_role(directory: Path | None = None) -> str | None:
     except OSError:
         return None
     return text if text in KEEPALIVED_STATES.values() else None
-
-
-def read_status(directory: Path | None = None) -> dict[str, Any] | None:
-    try:
-        data = json.loads(((directory or runtime_dir()) / STATUS_FILE).read_text()[:4096])
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class _Link(threading.Thread):
@@ -298,10 +289,7 @@ class HaService:
             "takeovers": status.takeovers,
             "drops": status.drops,
         }
-        path = runtime_dir() / STATUS_FILE
-        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(data))
-            tmp.replace(path)
+            write_status(data)
         except OSError as exc:
             log.debug("ha: status not written: %s", exc)
