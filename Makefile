@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # System packages the tests and the gateway need on a fresh Debian machine.
-APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd
+APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd keepalived
 PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
 
