@@ -8,7 +8,7 @@ Both bridges live in a switch namespace; every other host is a namespace with a 
 it, so VRRP's multicast stays on these bridges. Each gateway runs firezone-gw (the same
 WireGuard key, its own replication key and runtime directory) and keepalived (VRRPv3,
 advertisements every ADVERT_INT s, both BACKUP with nopreempt, notify hooks calling
-`firezone-gw ha-notify`). `close()` stops keepalived, the gateways, the client and removes
+gateway.ha.role). `close()` stops keepalived, the gateways, the client and removes
 every namespace, even after a failure.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import sys
 import tempfile
 
 import psutil
@@ -24,7 +25,7 @@ import psutil
 from gateway import keys
 from testbed.addresses import GATEWAY_ADDRESSES, LISTEN_PORT, TUNNEL_NET
 from testbed.gateway_config import GatewayPeer
-from testbed.gateways import FirezoneGateway, firezone_executable
+from testbed.gateways import FirezoneGateway
 from testbed.netns import Hosts, NetNS, run, unique_name, wait_for
 from testbed.wgpeer import WireGuardGo
 
@@ -107,9 +108,9 @@ class Node:
         env = {"FIREZONE_GW_RUNTIME_DIR": str(self.run_dir)}
         self.gateway.launch(self.ns, env=env)
         self.gateway.wait_ready()
-        notify = (
-            f"/usr/bin/env FIREZONE_GW_RUNTIME_DIR={self.run_dir} {firezone_executable()} ha-notify"
-        )
+        # `firezone-gw ha-notify` without the CLI's start-up (config/keepalived-ha.conf).
+        env_dir = f"FIREZONE_GW_RUNTIME_DIR={self.run_dir}"
+        notify = f"/usr/bin/env {env_dir} {sys.executable} -m gateway.ha.role"
         conf = self.gateway.dir / "keepalived.conf"
         conf.write_text(
             keepalived_conf(

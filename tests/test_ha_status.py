@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.ha.link import read_role
+from gateway.ha.role import read_role
 from gateway.telemetry import ha_status
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from gateway.config import GatewayConfig
 from gateway.dataplane.mappings import MappingMessage, apply_message
 from gateway.ha.codec import DnsMapping
-from gateway.ha.link import HaService, read_role
+from gateway.ha.link import HaService
 from gateway.ha.node import HaNode
+from gateway.ha.role import read_role
 from gateway.nat.handler import ProxyHandler
 from gateway.wireguard.device import Device
 

@@ -6,8 +6,8 @@ an accepted one carries the other node's. Each connection has its own Channel (i
 and sequence numbers); an accepted connection becomes the one whose batches count only once
 a batch on it opened (a connection that only sends a replayed HELLO replaces nothing).
 
-Every TICK it reads the role keepalived last gave (`firezone-gw ha-notify` writes it to
-`<runtime dir>/ha-role`, so it survives a crypto restart) and wakes the loop. The loop
+Every TICK it reads the role keepalived last gave (gateway/ha/role.py: the notify hook
+writes it to `<runtime dir>/ha-role`, so it survives a crypto restart) and wakes the loop. The loop
 (`HaService.on_wake`, a handler of the crypto loop) does everything that touches state;
 this thread and the loop exchange events and batches through two queues and a socketpair
 that wakes the loop.
@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import selectors
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import nacl.public
 
 from gateway.ha.channel import Channel
 from gateway.ha.codec import Batch, DnsMapping
-from gateway.ha.node import KEEPALIVED_STATES, HaNode
+from gateway.ha.node import HaNode
+from gateway.ha.role import read_role
 from gateway.ha.settings import HaConfig
 from gateway.telemetry.ha_status import write_status
-from gateway.telemetry.runtime_dir import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +40,7 @@ DIAL_INTERVAL = 1.0
 DIAL_TIMEOUT = 1.0
 SEND_TIMEOUT = 2.0  # a peer that takes no bytes for this long is dropped (then dialled again)
 MAX_PENDING = 4  # accepted connections not yet proven
-ROLE_FILE = "ha-role"
 MAX_QUEUED_BATCHES = 64
-
-
-def role_path(directory: Path | None = None) -> Path:
-    return (directory or runtime_dir()) / ROLE_FILE
-
-
-def write_role(state: str, directory: Path | None = None) -> str:
-    """keepalived's state (MASTER, BACKUP, FAULT) as the role file; the role it names."""
-    role = KEEPALIVED_STATES[state.upper()]
-    path = role_path(directory)
-    tmp = path.with_name(f".{ROLE_FILE}.{os.getpid()}")
-    tmp.write_text(role + "\n")
-    tmp.replace(path)
-    return role
-
-
-def read_role(directory: Path | None = None) -> str | None:
-    try:
-        text = role_path(directory).read_text()[:16].strip()
-    except OSError:
-        return None
-    return text if text in KEEPALIVED_STATES.values() else None
 
 
 class _Link(threading.Thread):

@@ -40,7 +40,7 @@ from gateway.wireguard.sessions import SessionRecord, SessionTable
 log = logging.getLogger(__name__)
 
 ACTIVE, STANDBY, FAULT = "active", "standby", "fault"
-KEEPALIVED_STATES = {"MASTER": ACTIVE, "BACKUP": STANDBY, "FAULT": FAULT}
+SLOW_SCAN = 1.0  # seconds between looks at endpoints, timestamps and mappings
 
 
 def _address(host: str) -> bytes:
@@ -83,7 +83,10 @@ class HaNode:
         self.mirror = Mirror()
         self._apply_mapping = apply_mapping
         self._received: dict[int, float] = {}  # local index -> monotonic time its record came
-        self._sent: dict[Any, Change] = {}  # what the standby has (or will have)
+        self._sent: dict[Any, Change] = {}  # what the standby has of the slow-scanned state
+        self._fingerprints: dict[int, tuple[int, int, int]] = {}  # per slot, as last queued
+        self._slot_index: dict[int, int] = {}  # per slot, the local index last queued
+        self._next_slow_scan = 0.0
         self._timestamps: dict[bytes, bytes] = {}
         self._mappings: dict[bytes, DnsMapping] = {}
         self.status = HaStatus(role)
@@ -105,50 +108,72 @@ class HaNode:
         changes: list[Change] = []
         table = self._table()
         if table is not None:
-            for _, record in table.records():
-                changes.append(
-                    Session(
-                        record.peer,
-                        record.local_index,
-                        record.remote_index,
-                        record.send_key,
-                        record.recv_key,
-                        record.is_initiator,
-                        min(record.position, 2),
-                        max(0.0, now - record.created),
-                        record.send_limit,
-                    )
-                )
+            changes += [_session(record, now) for _, record in table.records()]
+        changes += self._endpoints()
+        changes += [HandshakeTimestamp(k, t) for k, t in self._timestamps.items()]
+        changes += list(self._mappings.values())
+        return changes
+
+    def _endpoints(self) -> list[Change]:
+        changes: list[Change] = []
         for peer in self._device.peers():
             if peer.endpoint is not None:
                 host, port = peer.endpoint
                 changes.append(PeerEndpoint(peer.public_key, _address(host), port))
-        changes += [HandshakeTimestamp(k, t) for k, t in self._timestamps.items()]
-        changes += list(self._mappings.values())
         return changes
 
     def resync(self, now: float) -> None:
         """A standby (re)joined: everything again."""
         changes = self.current(now)
-        self._sent = {c.key(): c for c in changes}
+        self._sent = {c.key(): c for c in changes if not isinstance(c, Session)}
+        table = self._table()
+        self._fingerprints = {}
+        self._slot_index = {}
+        if table is not None:
+            for slot, fingerprint in enumerate(table.fingerprints()):
+                if SessionTable.holds_session(fingerprint):
+                    self._fingerprints[slot] = fingerprint
+                    self._slot_index[slot] = fingerprint[0] >> 32
         self.outbox.resync(changes)
 
     def tick(self, now: float, wall: float) -> Batch | None:
         """Queue what changed since the last tick; the batch the rate allows now."""
         if self.role == ACTIVE:
-            current = {c.key(): c for c in self.current(now)}
-            for key, change in current.items():
-                old = self._sent.get(key)
-                if old is None or not _same(old, change):
-                    self.outbox.put(change)
-            for key, old in self._sent.items():
-                if key not in current and isinstance(old, Session):
-                    self.outbox.put(SessionGone(old.local_index))
-            self._sent = current
+            self._queue_sessions(now)
+            if now >= self._next_slow_scan:  # endpoints, timestamps, mappings: once a second
+                self._next_slow_scan = now + SLOW_SCAN
+                others = self._endpoints()
+                others += [HandshakeTimestamp(k, t) for k, t in self._timestamps.items()]
+                others += list(self._mappings.values())
+                for change in others:
+                    if self._sent.get(change.key()) != change:
+                        self._sent[change.key()] = change
+                        self.outbox.put(change)
         self.status.queued = len(self.outbox)
         batch = self.outbox.take(now, wall) if self.role == ACTIVE else None
         self.status.sent = self.outbox.sent
         return batch
+
+    def _queue_sessions(self, now: float) -> None:
+        """Sessions whose record changed (made, freed, a new block of counters reserved,
+        moved between previous/current/next): three words a slot are compared, and only
+        changed records are read."""
+        table = self._table()
+        if table is None:
+            return
+        known, indices = self._fingerprints, self._slot_index
+        for slot, fingerprint in enumerate(table.fingerprints()):
+            if known.get(slot) == fingerprint:
+                continue
+            old_index = indices.pop(slot, None)
+            known.pop(slot, None)
+            record = table.record(slot) if SessionTable.holds_session(fingerprint) else None
+            if old_index is not None and (record is None or record.local_index != old_index):
+                self.outbox.put(SessionGone(old_index))
+            if record is not None:
+                known[slot] = fingerprint
+                indices[slot] = record.local_index
+                self.outbox.put(_session(record, now))
 
     # ---- the standby's side --------------------------------------------------------------
 
@@ -208,8 +233,15 @@ class HaNode:
         log.warning("ha: took over %d sessions from the other gateway", kept)
 
 
-def _same(old: Change, new: Change) -> bool:
-    """Equal but for a session's age (it grows every tick: not a change)."""
-    if isinstance(old, Session) and isinstance(new, Session):
-        return old.send_limit == new.send_limit and old.position == new.position
-    return old == new
+def _session(record: SessionRecord, now: float) -> Session:
+    return Session(
+        record.peer,
+        record.local_index,
+        record.remote_index,
+        record.send_key,
+        record.recv_key,
+        record.is_initiator,
+        min(record.position, 2),
+        max(0.0, now - record.created),
+        record.send_limit,
+    )

@@ -39,7 +39,7 @@ _FREE, _KEPT = 0, 1
 _HEAD = struct.Struct("<IIIBBxx32s32s32sdQ")
 _STATE = struct.Struct("<I")
 _LIMIT = struct.Struct("<Q")
-_LIMIT_OFFSET = _HEAD.size - _LIMIT.size
+_LIMIT_OFFSET = _HEAD.size - _LIMIT.size  # a whole word (fingerprints reads it as one)
 _POSITION_OFFSET = 13
 RECORD_SIZE = _HEAD.size + STORAGE_WORDS * 8
 # The table's header: how many slots from the first were ever used (a successor scans only
@@ -97,14 +97,42 @@ class SessionTable:
         """Every kept record with its slot."""
         found = []
         for slot in self._kept_slots():
-            _, local, remote, initiator, position, peer, send, recv, created, limit = (
-                _HEAD.unpack_from(self._buf, slot * RECORD_SIZE)
-            )
-            record = SessionRecord(
-                peer, local, remote, send, recv, bool(initiator), position, created, limit
-            )
-            found.append((slot, record))
+            record = self.record(slot)
+            if record is not None:
+                found.append((slot, record))
         return found
+
+    def fingerprints(self) -> list[tuple[int, int, int]]:
+        """Per slot ever used, three words that change whenever its record does: state and
+        local index, remote index and position, send limit (gateway/ha compares them to
+        find the records that changed without reading every record: one strided read of
+        the table each)."""
+        stride, end = RECORD_SIZE // 8, self._used * RECORD_SIZE // 8
+        words = self._words
+        return list(
+            zip(
+                words[0:end:stride].tolist(),
+                words[1:end:stride].tolist(),
+                words[_LIMIT_OFFSET // 8 : end : stride].tolist(),
+                strict=True,
+            )
+        )
+
+    @staticmethod
+    def holds_session(fingerprint: tuple[int, int, int]) -> bool:
+        """Whether the slot of this fingerprint holds a session."""
+        return fingerprint[0] & 0xFFFFFFFF == _KEPT
+
+    def record(self, slot: int) -> SessionRecord | None:
+        """The record in `slot`, or None when it is free."""
+        if self._state(slot) != _KEPT:
+            return None
+        _, local, remote, initiator, position, peer, send, recv, created, limit = _HEAD.unpack_from(
+            self._buf, slot * RECORD_SIZE
+        )
+        return SessionRecord(
+            peer, local, remote, send, recv, bool(initiator), position, created, limit
+        )
 
     def adopt(self, slot: int, record: SessionRecord) -> Keypair:
         """The keypair of a kept record, continuing it: its replay window in place, its
