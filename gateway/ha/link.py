@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -59,6 +60,7 @@ class _Link(threading.Thread):
         self._in: tuple[socket.socket, Channel] | None = None
         self._pending: dict[socket.socket, Channel] = {}
         self._last_dial = 0.0
+        self._connecting: socket.socket | None = None
         self._role: str | None = None
 
     def _channel(self) -> Channel:
@@ -70,6 +72,22 @@ class _Link(threading.Thread):
             self._wake.send(b"\0")
 
     def run(self) -> None:
+        while True:
+            try:
+                self._serve()
+            except Exception:  # replication stops for a second, the gateway never
+                log.exception("ha: replication link failed; starting it again in 1 s")
+                self._reset()
+                time.sleep(DIAL_INTERVAL)
+
+    def _reset(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            sock = key.fileobj
+            if isinstance(sock, socket.socket):
+                self._close(sock)
+        self._connecting = None
+
+    def _serve(self) -> None:
         host, port = self._config.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -87,31 +105,51 @@ class _Link(threading.Thread):
                     self._role = role
                     self._post("role", role)
                 self._post("tick")
-                if self.active and self._out is None and now - self._last_dial >= DIAL_INTERVAL:
+                idle = self._out is None and self._connecting is None
+                if self.active and idle and now - self._last_dial >= DIAL_INTERVAL:
                     self._dial(now)
+                if self._connecting is not None and now - self._last_dial >= DIAL_TIMEOUT:
+                    self._close(self._connecting)  # no answer: try again later
                 if not self.active and self._out is not None:
                     self._close(self._out[0])
             self._send_pending()
-            for key, _ in self._selector.select(max(0.0, next_tick - time.monotonic())):
+            for key, events in self._selector.select(max(0.0, next_tick - time.monotonic())):
                 sock = key.fileobj
                 if not isinstance(sock, socket.socket):
                     continue
                 if sock is listener:
                     self._accept(listener)
+                elif sock is self._connecting and events & selectors.EVENT_WRITE:
+                    self._connected(sock)
                 else:
                     self._read(sock)
 
     def _dial(self, now: float) -> None:
+        """Start a connection to the other node without waiting for it (the loop goes on
+        reading the role and ticking while a dead peer's SYNs go unanswered)."""
         self._last_dial = now
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in self._config.peer[0] else socket.AF_INET, socket.SOCK_STREAM
-        )
-        sock.settimeout(DIAL_TIMEOUT)
+        family = socket.AF_INET6 if ":" in self._config.peer[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
             sock.bind((self._config.listen[0], 0))
-            sock.connect(self._config.peer)
+            sock.connect_ex(self._config.peer)
+        except OSError as exc:
+            log.debug("ha: cannot dial %s: %s", self._config.peer, exc)
+            sock.close()
+            return
+        self._connecting = sock
+        self._selector.register(sock, selectors.EVENT_WRITE)
+
+    def _connected(self, sock: socket.socket) -> None:
+        self._connecting = None
+        self._selector.unregister(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        channel = self._channel()
+        try:
+            if error:
+                raise OSError(error, os.strerror(error))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            channel = self._channel()
             sock.settimeout(SEND_TIMEOUT)
             sock.sendall(channel.hello())
         except OSError as exc:
@@ -188,6 +226,8 @@ class _Link(threading.Thread):
     def _close(self, sock: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(sock)
+        if sock is self._connecting:
+            self._connecting = None
         if self._out is not None and self._out[0] is sock:
             self._out = None
             self._post("disconnected")
