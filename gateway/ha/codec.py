@@ -76,6 +76,22 @@ class HandshakeTimestamp(msgspec.Struct, frozen=True, tag="t", array_like=True):
         return ("t", self.peer)
 
 
+NatKey = tuple[str, bytes, int, bytes, int, bytes, int]
+
+
+def _nat_key(change: NatEntry | NatGone) -> NatKey:
+    """A NAT entry's identity: its inside flow (what NatEntry and NatGone share)."""
+    return (
+        "n",
+        change.peer,
+        change.protocol,
+        change.source,
+        change.source_port,
+        change.proxy,
+        change.destination_port,
+    )
+
+
 class NatEntry(msgspec.Struct, frozen=True, tag="n", array_like=True):
     """One translated flow (gateway/nat/table.py): the inside key and the outside key."""
 
@@ -93,16 +109,8 @@ class NatEntry(msgspec.Struct, frozen=True, tag="n", array_like=True):
     ttl: Age  # seconds left
     confirmed: bool
 
-    def key(self) -> tuple[str, bytes, int, bytes, int, bytes, int]:
-        return (
-            "n",
-            self.peer,
-            self.protocol,
-            self.source,
-            self.source_port,
-            self.proxy,
-            self.destination_port,
-        )
+    def key(self) -> NatKey:
+        return _nat_key(self)
 
 
 class NatGone(msgspec.Struct, frozen=True, tag="n-", array_like=True):
@@ -113,16 +121,8 @@ class NatGone(msgspec.Struct, frozen=True, tag="n-", array_like=True):
     proxy: Address
     destination_port: Port
 
-    def key(self) -> tuple[str, bytes, int, bytes, int, bytes, int]:
-        return (
-            "n",
-            self.peer,
-            self.protocol,
-            self.source,
-            self.source_port,
-            self.proxy,
-            self.destination_port,
-        )
+    def key(self) -> NatKey:
+        return _nat_key(self)
 
 
 V4 = Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]

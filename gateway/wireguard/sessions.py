@@ -156,7 +156,12 @@ class SessionTable:
         if not self._free:
             return None
         slot = self._free.pop()
-        if slot >= self._used:
+        self._write(slot, record)
+        return slot
+
+    def _write(self, slot: int, record: SessionRecord) -> None:
+        """Make `slot` hold `record` with an empty replay window; the state word last."""
+        if slot >= self._used:  # raised before the record exists: a successor scans it
             self._used = slot + 1
             _USED.pack_into(self._header, 0, self._used)
         base = slot * RECORD_SIZE
@@ -177,8 +182,7 @@ class SessionTable:
             record.created,
             record.send_limit,
         )
-        _STATE.pack_into(self._buf, base, _KEPT)
-        return slot
+        _STATE.pack_into(self._buf, base, _KEPT)  # complete: now a successor may use it
 
     def discard(self, slot: int) -> None:
         """Free a record a successor could not use."""
@@ -198,32 +202,22 @@ class SessionTable:
         if len(peer) != KEY_SIZE:
             raise ValueError("a peer's public key is 32 bytes")
         slot = self._free.pop()  # the lowest free one: the used part stays small
-        if slot >= self._used:  # raised before the record exists: a successor scans it
-            self._used = slot + 1
-            _USED.pack_into(self._header, 0, self._used)
-        base = slot * RECORD_SIZE
-        words = self._replay_words(slot)
-        for i in range(STORAGE_WORDS):
-            words[i] = 0
         limit = min(REJECT_AFTER_MESSAGES, kp.send_counter + COUNTER_BLOCK)
-        _HEAD.pack_into(
-            self._buf,
-            base,
-            _FREE,
+        record = SessionRecord(
+            peer,
             kp.local_index,
             kp.remote_index,
-            kp.is_initiator,
-            POSITIONS.index("next"),
-            peer,
             kp.send_key,
             kp.recv_key,
+            kp.is_initiator,
+            POSITIONS.index("next"),
             kp.created,
             limit,
         )
-        _STATE.pack_into(self._buf, base, _KEPT)  # complete: now a successor may use it
+        self._write(slot, record)
         kp.record = slot
         kp.send_limit = limit
-        kp.replay = ReplayFilter(words)
+        kp.replay = ReplayFilter(self._replay_words(slot))
 
     def reserve(self, kp: Keypair) -> None:
         """The next block of send counters for `kp`, persisted before the Device uses it."""
