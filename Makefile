@@ -3,12 +3,19 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make deb`: Debian's python3 and venv for the package's environment, strip, lintian.
+DEB_APT_PACKAGES := python3 python3-venv binutils lintian
+# `make systemd-check` (also in `make test`): a Debian 12 root file system and systemd-nspawn.
+SYSTEMD_CHECK_APT_PACKAGES := debootstrap systemd-container
 # System packages the tests and the gateway need on a fresh Debian machine.
-APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd keepalived
+# zbar-tools: an independent QR decoder for client-config --qr's test; keepalived: the HA
+# pair's namespace test (tests/test_ha_e2e.py).
+APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd \
+	zbar-tools keepalived $(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)
 PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test run demo bench bench-ring netns-suite clean
+.PHONY: all deps venv lint test run demo bench bench-ring netns-suite deb systemd-check clean
 
 all: test
 
@@ -86,5 +93,20 @@ netns-suite: venv
 	if [ $$rc -eq 0 ]; then rm -rf "$$logs"; else echo "netns.sh failed ($$rc); gateway logs: $$logs" >&2; fi; \
 	exit $$rc
 
+# dist/firezone-gw_<version>_amd64.deb (packaging/deb/build.sh): `pip install .` into a venv
+# of Debian's python3 under /opt/firezone-gw, the unit, sysusers.d and tmpfiles.d entries;
+# lintian must find no error. Install: apt install ./dist/firezone-gw_*.deb
+deb:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES)"
+	@deb=$$(bash packaging/deb/build.sh) && echo "built $$deb" && \
+		lintian --fail-on error --suppress-tags no-manual-page "$$deb"
+
+# Debian 12 with systemd as PID 1 in systemd-nspawn: the package installs and the unit works
+# (tests/test_systemd_check.py; about 2 minutes, plus ~2 the first time for debootstrap,
+# whose tree is cached in build/systemd-check).
+systemd-check: venv
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)"
+	$(BIN)/pytest -q tests/test_systemd_check.py
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

@@ -86,7 +86,7 @@ class Bench:
             ],
             to_workers=[Ring.create(f"crypto_to_worker{i}", slot_size=INNER_SLOT) for i in (0, 1)],
         )
-        counters = memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+        counters = memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
         raw = memoryview(bytearray(8 * st.PEER_SLOT_WORDS * peers))
         firewall = None
         if policy:

@@ -20,7 +20,7 @@ import tomli
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
-from gateway.ha.settings import HaConfig, validate_ha
+from gateway.ha.settings import HaConfig, HaDraft, parse_ha, resolve_ha
 from gateway.ipnet import (
     HostBitsSet,
     IPInterface,
@@ -32,6 +32,7 @@ from gateway.ipnet import (
 from gateway.resources.filters import parse_filter
 from gateway.resources.proxy_ranges import proxy_range_holding
 from gateway.resources.resource import MAX_NAME_LENGTH, Resource, parse_resource_address
+from gateway.udp_io import DEFAULT_RCVBUF, DEFAULT_SNDBUF
 
 DEFAULT_CONFIG_PATH = Path("/etc/firezone-gw/gateway.toml")
 DEFAULT_LISTEN_PORT = 51820
@@ -103,13 +104,11 @@ class _MetricsToml(msgspec.Struct, forbid_unknown_fields=True):
 MIN_SOCKET_BUFFER = 64 * 1024
 MAX_SOCKET_BUFFER = 1 << 30
 SocketBuffer = Annotated[int, msgspec.Meta(ge=MIN_SOCKET_BUFFER, le=MAX_SOCKET_BUFFER)]
-DEFAULT_UDP_RECEIVE_BUFFER = 16 * 1024 * 1024  # absorbs bursts while the UDP process is busy
-DEFAULT_UDP_SEND_BUFFER = 2 * 1024 * 1024
 
 
 class _UdpToml(msgspec.Struct, forbid_unknown_fields=True):
-    receive_buffer: SocketBuffer = DEFAULT_UDP_RECEIVE_BUFFER
-    send_buffer: SocketBuffer = DEFAULT_UDP_SEND_BUFFER
+    receive_buffer: SocketBuffer = DEFAULT_RCVBUF
+    send_buffer: SocketBuffer = DEFAULT_SNDBUF
 
 
 class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,8 +171,8 @@ class MetricsConfig:
 class UdpConfig:
     """Socket buffer sizes in bytes (forced past the sysctl limits when running as root)."""
 
-    receive_buffer: int = DEFAULT_UDP_RECEIVE_BUFFER
-    send_buffer: int = DEFAULT_UDP_SEND_BUFFER
+    receive_buffer: int = DEFAULT_RCVBUF
+    send_buffer: int = DEFAULT_SNDBUF
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +202,20 @@ class ConfigError(Exception):
 
 
 def load_config(path: Path, *, create_private_key: bool = False) -> GatewayConfig:
-    """Read and validate the config file at `path`.
+    """Read and validate the config file at `path`: `read_config_file`, `parse_config`,
+    `resolve_config`.
 
     With `create_private_key`, a missing `private_key_file` is created (mode 0600) with a new
     key, as `run` does on first start; otherwise a missing key file is an error.
     """
+    text = read_config_file(path)
+    with gc_paused():  # 100,000 peers are millions of objects: see gcpause.py
+        parsed = parse_config(text, source=str(path))
+        return resolve_config(parsed, base_dir=path.parent, create_private_key=create_private_key)
+
+
+def read_config_file(path: Path) -> str:
+    """The file's text (at most MAX_CONFIG_BYTES, UTF-8); ConfigError naming the file if not."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)
@@ -216,24 +224,27 @@ def load_config(path: Path, *, create_private_key: bool = False) -> GatewayConfi
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}: config file is larger than {MAX_CONFIG_BYTES} bytes"])
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: config file is not UTF-8 (byte {exc.start})"]) from None
-    with gc_paused():  # 100,000 peers are millions of objects: see gcpause.py
-        return parse_config_text(
-            text,
-            base_dir=path.parent,
-            source=str(path),
-            create_private_key=create_private_key,
-        )
 
 
 def parse_config_text(
     text: str, *, base_dir: Path, source: str, create_private_key: bool = False
 ) -> GatewayConfig:
-    """Validate config text; key files are resolved relative to `base_dir`.
+    """Config text not read from a file, parsed and resolved (key files relative to
+    `base_dir`). `source` names the file in error messages."""
+    parsed = parse_config(text, source=source)
+    return resolve_config(parsed, base_dir=base_dir, create_private_key=create_private_key)
 
-    `source` names the file in error messages. Raises ConfigError listing every problem.
+
+def parse_config(text: str, *, source: str) -> ParsedConfig:
+    """Check config text on its own: no file is read, no name resolved (pure).
+
+    What needs the outside world is kept as written: key files, host names of endpoints, the
+    DNS upstreams of /etc/resolv.conf; `resolve_config` fetches them. Raises ConfigError only
+    for text that is not TOML of the right shape; other problems are collected in `errors`
+    so that one run lists them all with those `resolve_config` finds.
     """
     errors = _Errors(source)
     try:
@@ -252,10 +263,8 @@ def parse_config_text(
     peer_tomls = [errors.convert(f"peers[{i}]", p, _PeerToml) for i, p in enumerate(root.peers)]
     resources = _validate_resources(root.resources, errors)
 
-    interface = None
-    if interface_toml is not None:
-        interface = _validate_interface(interface_toml, base_dir, errors, create_private_key)
-    checker = _PeerChecker(base_dir, errors, interface.public_key if interface else None)
+    interface = None if interface_toml is None else _validate_interface(interface_toml, errors)
+    checker = _PeerChecker(errors)
     peers = [None if p is None else checker.check(i, p) for i, p in enumerate(peer_tomls)]
     _check_grants(peer_tomls, {r.name for r in resources}, errors)
     dns_resources = any(r.pattern is not None for r in resources)
@@ -264,30 +273,148 @@ def parse_config_text(
     dns = None
     if root.dns is not None or dns_resources:
         dns = _validate_dns(root.dns or {}, interface, errors)
-    ha = None
-    if root.ha is not None:
-        private = interface.private_key if interface else None
-        ha = validate_ha(root.ha, base_dir, private, errors.add)
+    ha = None if root.ha is None else parse_ha(root.ha, errors.add)
     metrics_listen = None
     max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
         max_peer_series = metrics_toml.max_peer_series
-        metrics_listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
+        listen = _parse_endpoint(metrics_toml.listen, "metrics.listen", errors)
+        metrics_listen = None if listen is None else _Written(listen, metrics_toml.listen)
+    return ParsedConfig(
+        source=source,
+        errors=tuple(errors.lines),
+        interface=interface,
+        peers=tuple(peers),
+        resources=tuple(resources),
+        dns=dns,
+        metrics_listen=metrics_listen,
+        max_peer_series=max_peer_series,
+        udp=None if udp_toml is None else UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
+        ha=ha,
+    )
 
-    if errors.lines or interface is None or metrics_listen is None or udp_toml is None:
+
+def resolve_config(
+    parsed: ParsedConfig, *, base_dir: Path, create_private_key: bool = False
+) -> GatewayConfig:
+    """What `parse_config` left as written, fetched: key files (relative to `base_dir`;
+    with `create_private_key` a missing private key file is made), host names resolved
+    (getaddrinfo), the upstreams of /etc/resolv.conf when [dns] names none.
+
+    Raises ConfigError listing the parse's problems and these.
+    """
+    errors = _Errors(parsed.source)
+    errors.lines.extend(parsed.errors)
+    draft = parsed.interface
+    private_key = None
+    if draft is not None:
+        private_key = _read_secret(
+            errors,
+            "interface",
+            "private_key",
+            draft.private_key,
+            base_dir,
+            create=create_private_key,
+        )
+    own_public_key = None if private_key is None else keys.public_key(private_key)
+    peers = [_resolve_peer(p, base_dir, own_public_key, errors) for p in parsed.peers]
+    dns = None if parsed.dns is None else _resolve_dns(parsed.dns, errors)
+    metrics_listen = None
+    if parsed.metrics_listen is not None:
+        metrics_listen = _resolve(parsed.metrics_listen, "metrics.listen", errors)
+    ha = None if parsed.ha is None else resolve_ha(parsed.ha, base_dir, private_key, errors.add)
+    if (
+        errors.lines
+        or draft is None
+        or private_key is None
+        or metrics_listen is None
+        or parsed.udp is None
+        or None in peers
+        or (parsed.dns is not None and dns is None)
+    ):
         raise ConfigError(errors.lines)
-    if None in peers:
-        raise ConfigError(errors.lines)
+    key_file = draft.private_key
+    interface = InterfaceConfig(
+        name=draft.name,
+        private_key=private_key,
+        listen_port=draft.listen_port,
+        addresses=draft.addresses,
+        mtu=draft.mtu,
+        private_key_file=base_dir / key_file.name if isinstance(key_file, KeyFile) else None,
+    )
     return GatewayConfig(
         interface=interface,
         peers=tuple(p for p in peers if p is not None),
-        metrics=MetricsConfig(metrics_listen, max_peer_series),
-        source=source,
-        udp=UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
-        resources=tuple(resources),
+        metrics=MetricsConfig(metrics_listen, parsed.max_peer_series),
+        source=parsed.source,
+        udp=parsed.udp,
+        resources=parsed.resources,
         dns=dns,
         ha=ha,
     )
+
+
+# ---- what parse_config leaves for resolve_config ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFile:
+    """A key to read from a file: `name` as written, relative to the config file's folder."""
+
+    name: str
+
+
+Secret = bytes | KeyFile  # a key given inline (decoded) or in a file
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """An endpoint as parsed (its host may be a name) and as written (for messages)."""
+
+    endpoint: Endpoint
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceDraft:
+    name: str
+    private_key: Secret
+    listen_port: int
+    addresses: tuple[IPInterface, ...]
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDraft:
+    index: int  # in the file, for messages
+    public_key: bytes
+    preshared_key: Secret | None = field(repr=False)
+    allowed_ips: tuple[IPNetwork, ...]
+    endpoint: _Written | None
+    persistent_keepalive: int | None
+    resources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsDraft:
+    port: int
+    upstreams: tuple[Endpoint, ...] | None  # None: the name servers of /etc/resolv.conf
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedConfig:
+    """Config text checked on its own (`parse_config`); `resolve_config` completes it."""
+
+    source: str
+    errors: tuple[str, ...]  # `<file>: <key path>: <problem>` lines found so far
+    interface: InterfaceDraft | None
+    peers: tuple[PeerDraft | None, ...]  # None: the peer has errors
+    resources: tuple[Resource, ...]
+    dns: DnsDraft | None
+    metrics_listen: _Written | None
+    max_peer_series: int
+    udp: UdpConfig | None
+    ha: HaDraft | None = None  # [ha], its key file not read yet
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -327,9 +454,7 @@ class _Errors:
             return None
 
 
-def _validate_interface(
-    toml: _InterfaceToml, base_dir: Path, errors: _Errors, create_private_key: bool
-) -> InterfaceConfig | None:
+def _validate_interface(toml: _InterfaceToml, errors: _Errors) -> InterfaceDraft | None:
     start = len(errors.lines)
     name_bytes = toml.name.encode()
     if not 0 < len(name_bytes) < IFNAMSIZ:
@@ -339,11 +464,10 @@ def _validate_interface(
     ):
         errors.add("interface.name", f"{toml.name!r} is not a valid interface name")
 
-    key_file = base_dir / toml.private_key_file if toml.private_key_file else None
-    private_key = _secret_key(
-        errors, "interface", "private_key", toml.private_key, key_file, create=create_private_key
+    private_key = _secret(
+        errors, "interface", "private_key", toml.private_key, toml.private_key_file
     )
-    if private_key is None and toml.private_key is None and key_file is None:
+    if private_key is None and toml.private_key is None and toml.private_key_file is None:
         errors.add("interface", "one of private_key or private_key_file is required")
 
     _check_range("interface.listen_port", toml.listen_port, 1, MAX_PORT, errors)
@@ -361,32 +485,30 @@ def _validate_interface(
 
     if len(errors.lines) > start or private_key is None:
         return None
-    return InterfaceConfig(
+    return InterfaceDraft(
         name=toml.name,
         private_key=private_key,
         listen_port=toml.listen_port,
         addresses=tuple(addresses),
         mtu=toml.mtu,
-        private_key_file=key_file,
     )
 
 
 class _PeerChecker:
     """Validates peers one by one, remembering keys and prefixes to catch duplicates."""
 
-    def __init__(self, base_dir: Path, errors: _Errors, own_public_key: bytes | None) -> None:
-        self.base_dir = base_dir
+    def __init__(self, errors: _Errors) -> None:
         self.errors = errors
-        self.own_public_key = own_public_key
         self.key_owner: dict[bytes, int] = {}
         self.prefix_owner: dict[IPNetwork, int] = {}
 
-    def check(self, index: int, toml: _PeerToml) -> PeerConfig | None:
+    def check(self, index: int, toml: _PeerToml) -> PeerDraft | None:
         path = f"peers[{index}]"
         start = len(self.errors.lines)
         public_key = self._public_key(index, toml.public_key)
-        psk_file = self.base_dir / toml.preshared_key_file if toml.preshared_key_file else None
-        psk = _secret_key(self.errors, path, "preshared_key", toml.preshared_key, psk_file)
+        psk = _secret(
+            self.errors, path, "preshared_key", toml.preshared_key, toml.preshared_key_file
+        )
         allowed_ips = [
             network
             for i, text in enumerate(toml.allowed_ips)
@@ -394,7 +516,8 @@ class _PeerChecker:
         ]
         endpoint = None
         if toml.endpoint is not None:
-            endpoint = _parse_endpoint(toml.endpoint, f"{path}.endpoint", self.errors)
+            parsed = _parse_endpoint(toml.endpoint, f"{path}.endpoint", self.errors)
+            endpoint = None if parsed is None else _Written(parsed, toml.endpoint)
         if toml.persistent_keepalive is not None:
             _check_range(
                 f"{path}.persistent_keepalive",
@@ -405,7 +528,8 @@ class _PeerChecker:
             )
         if len(self.errors.lines) > start or public_key is None:
             return None
-        return PeerConfig(
+        return PeerDraft(
+            index=index,
             public_key=public_key,
             preshared_key=psk,
             allowed_ips=tuple(allowed_ips),
@@ -420,9 +544,6 @@ class _PeerChecker:
             key = keys.decode_key(text)
         except keys.KeyFormatError as exc:
             self.errors.add(path, str(exc))
-            return None
-        if key == self.own_public_key:
-            self.errors.add(path, "is the gateway's own public key")
             return None
         owner = self.key_owner.setdefault(key, index)
         if owner != index:
@@ -479,8 +600,8 @@ def _validate_resources(raw: list[dict[str, Any]], errors: _Errors) -> list[Reso
 
 
 def _validate_dns(
-    raw: dict[str, Any], interface: InterfaceConfig | None, errors: _Errors
-) -> DnsConfig | None:
+    raw: dict[str, Any], interface: InterfaceDraft | None, errors: _Errors
+) -> DnsDraft | None:
     toml = errors.convert("dns", raw, _DnsToml)
     if toml is None:
         return None
@@ -488,10 +609,15 @@ def _validate_dns(
     _check_range("dns.port", toml.port, 1, MAX_PORT, errors)
     if interface is not None and not interface.addresses:
         errors.add("dns", "the DNS server listens on the interface addresses, but there are none")
-    if toml.upstreams is None:
-        texts, path = _resolv_conf_nameservers(), f"dns.upstreams (from {RESOLV_CONF})"
-    else:
-        texts, path = toml.upstreams, "dns.upstreams"
+    upstreams = None
+    if toml.upstreams is not None:
+        upstreams = _parse_upstreams(toml.upstreams, "dns.upstreams", errors)
+    if len(errors.lines) > start:
+        return None
+    return DnsDraft(port=toml.port, upstreams=upstreams)
+
+
+def _parse_upstreams(texts: list[str], path: str, errors: _Errors) -> tuple[Endpoint, ...]:
     upstreams = []
     for position, text in enumerate(texts):
         upstream = _parse_upstream(text)
@@ -504,9 +630,7 @@ def _validate_dns(
             upstreams.append(upstream)
     if not texts:
         errors.add(path, "no upstream DNS server: give dns.upstreams")
-    if len(errors.lines) > start:
-        return None
-    return DnsConfig(port=toml.port, upstreams=tuple(upstreams))
+    return tuple(upstreams)
 
 
 def _resolv_conf_nameservers() -> list[str]:
@@ -542,7 +666,7 @@ def _check_grants(peer_tomls: list[_PeerToml | None], names: set[str], errors: _
                 )
 
 
-def _check_proxy_ranges(peers: list[PeerConfig | None], errors: _Errors) -> None:
+def _check_proxy_ranges(peers: list[PeerDraft | None], errors: _Errors) -> None:
     """With DNS resources, proxy addresses stand for names (the crypto process translates
     packets to them): a peer's address there would be taken for a proxy address, so its
     packets would be translated or refused. A network around a range (a peer routed
@@ -566,24 +690,36 @@ def _short_key(key: bytes) -> str:
     return f"{text[:4]}…{text[-5:-1]}"
 
 
-def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared keys
-    errors: _Errors,
-    table: str,
-    key: str,
-    inline: str | None,
-    file: Path | None,
-    *,
-    create: bool = False,
-) -> bytes | None:
+def _secret(
+    errors: _Errors, table: str, key: str, inline: str | None, file: str | None
+) -> Secret | None:
     """A key given either inline (base64) or as `<key>_file`, never both; None if neither."""
     if inline is not None and file is not None:
         errors.add(table, f"give either {key} or {key}_file, not both")
         return None
+    if file is not None:
+        return KeyFile(file)
+    if inline is None:
+        return None
     try:
-        if inline is not None:
-            return keys.decode_key(inline)
-        if file is not None:
-            return keys.ensure_private_key_file(file) if create else keys.read_key_file(file)
+        return keys.decode_key(inline)
+    except keys.KeyFormatError as exc:
+        errors.add(f"{table}.{key}", str(exc))
+        return None
+
+
+# ---- the resolve step: key files, host names, /etc/resolv.conf -------------------------------
+
+
+def _read_secret(  # noqa: PLR0913 - one helper for the private and preshared keys
+    errors: _Errors, table: str, key: str, secret: Secret, base_dir: Path, *, create: bool = False
+) -> bytes | None:
+    """The key itself: `secret` if given inline, else read from its file (made if `create`)."""
+    if isinstance(secret, bytes):
+        return secret
+    file = base_dir / secret.name
+    try:
+        return keys.ensure_private_key_file(file) if create else keys.read_key_file(file)
     except keys.KeyFormatError as exc:
         errors.add(f"{table}.{key}", str(exc))
     except keys.KeyFileMissingError as exc:
@@ -597,6 +733,53 @@ def _secret_key(  # noqa: PLR0913 - one helper for the private and preshared key
     except OSError as exc:  # only when creating the file
         errors.add(f"{table}.{key}_file", f"cannot create key file {file}: {exc.strerror}")
     return None
+
+
+def _resolve_peer(
+    draft: PeerDraft | None, base_dir: Path, own_public_key: bytes | None, errors: _Errors
+) -> PeerConfig | None:
+    if draft is None:
+        return None
+    path = f"peers[{draft.index}]"
+    start = len(errors.lines)
+    if draft.public_key == own_public_key:
+        errors.add(f"{path}.public_key", "is the gateway's own public key")
+    psk = None
+    if draft.preshared_key is not None:
+        psk = _read_secret(errors, path, "preshared_key", draft.preshared_key, base_dir)
+    endpoint = None
+    if draft.endpoint is not None:
+        endpoint = _resolve(draft.endpoint, f"{path}.endpoint", errors)
+    if len(errors.lines) > start:
+        return None
+    return PeerConfig(
+        public_key=draft.public_key,
+        preshared_key=psk,
+        allowed_ips=draft.allowed_ips,
+        endpoint=endpoint,
+        persistent_keepalive=draft.persistent_keepalive,
+        resources=draft.resources,
+    )
+
+
+def _resolve_dns(draft: DnsDraft, errors: _Errors) -> DnsConfig | None:
+    upstreams = draft.upstreams
+    if upstreams is None:
+        start = len(errors.lines)
+        path = f"dns.upstreams (from {RESOLV_CONF})"
+        upstreams = _parse_upstreams(_resolv_conf_nameservers(), path, errors)
+        if len(errors.lines) > start:
+            return None
+    return DnsConfig(port=draft.port, upstreams=upstreams)
+
+
+def _resolve(written: _Written, path: str, errors: _Errors) -> Endpoint | None:
+    """A numeric endpoint: names are resolved here, so only addresses reach the data plane."""
+    try:
+        return resolve_endpoint(written.endpoint)
+    except EndpointError as exc:
+        errors.add(path, f"{exc} (from {written.text!r})")
+        return None
 
 
 def _check_range(path: str, value: int, low: int, high: int, errors: _Errors) -> None:
@@ -615,14 +798,9 @@ def _parse_network(text: str, path: str, errors: _Errors) -> IPNetwork | None:
 
 
 def _parse_endpoint(text: str, path: str, errors: _Errors) -> Endpoint | None:
-    """A numeric endpoint: names are resolved here, so only addresses reach the data plane."""
+    """`host:port` or `[IPv6]:port`; a host name stays a name until `_resolve`."""
     try:
-        endpoint = parse_endpoint(text)
+        return parse_endpoint(text)
     except EndpointError as exc:
         errors.add(path, f"expected host:port or [IPv6]:port, got {text!r} ({exc})")
-        return None
-    try:
-        return resolve_endpoint(endpoint)
-    except EndpointError as exc:
-        errors.add(path, f"{exc} (from {text!r})")
         return None

@@ -2,7 +2,7 @@
 spelled.
 
 The supervisor starts its children by these roles, keeps a heartbeat slot for each, and the
-stats segment (gateway/telemetry/stats.py) lays out one counter block per role and per ring
+stats segment (gateway/telemetry/stats/) lays out one counter block per role and per ring
 in the order given here. Ring names say which way a ring carries: `worker0_to_crypto` is the
 first TUN worker's ring into the crypto process.
 """
@@ -44,10 +44,9 @@ def child_roles(workers: int, *, dns: bool) -> tuple[str, ...]:
     return (*(worker(i) for i in range(workers)), CRYPTO, UDP, *((DNS,) if dns else ()))
 
 
-def stats_roles(workers: int) -> tuple[str, ...]:
-    """The stats segment's process blocks in layout order: every process that may run (the
-    DNS block stays zero while no DNS server runs)."""
-    return (SUPERVISOR, *child_roles(workers, dns=True))
+def stats_roles(workers: int, *, dns: bool) -> tuple[str, ...]:
+    """The stats segment's process blocks in layout order: the supervisor and its children."""
+    return (SUPERVISOR, *child_roles(workers, dns=dns))
 
 
 def ring_names(workers: int) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 IP_PKTINFO = 8
 
-DEFAULT_RCVBUF = 16 * 1024 * 1024
+DEFAULT_RCVBUF = 16 * 1024 * 1024  # absorbs bursts while the UDP process is busy
 DEFAULT_SNDBUF = 2 * 1024 * 1024
 # The kernel's UDP_MAX_SEGMENTS.
 GSO_MAX_SEGMENTS = 64
@@ -267,15 +267,7 @@ class UdpIo:
         return sock
 
     def _set_buffer(self, option: int, force_option: int, size: int) -> int:
-        """Set a socket buffer, beyond the sysctl cap when root; returns the size in force."""
-        if size <= 0:
-            raise ValueError(f"socket buffer size must be positive, got {size}")
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, force_option, size)
-        except PermissionError:  # not root: the kernel caps it at net.core.[rw]mem_max
-            self.sock.setsockopt(socket.SOL_SOCKET, option, size)
-        # The kernel doubles the value for bookkeeping; report the usable half.
-        return self.sock.getsockopt(socket.SOL_SOCKET, option) // 2
+        return set_socket_buffer(self.sock, option, force_option, size)
 
     def _try_enable_gro(self) -> bool:
         try:
@@ -521,3 +513,15 @@ class UdpIo:
                 stats.sent += 1
             stats.consumed += 1
         return True
+
+
+def set_socket_buffer(sock: socket.socket, option: int, force_option: int, size: int) -> int:
+    """Set a socket buffer, beyond the sysctl cap when root; returns the size in force."""
+    if size <= 0:
+        raise ValueError(f"socket buffer size must be positive, got {size}")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_option, size)
+    except PermissionError:  # not root: the kernel caps it at net.core.[rw]mem_max
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+    # The kernel doubles the value for bookkeeping; report the usable half.
+    return sock.getsockopt(socket.SOL_SOCKET, option) // 2

@@ -157,9 +157,6 @@ class Ring:
                 f"ring {self.name!r}: packets from recv_many are still referenced"
             ) from exc
 
-    def unlink(self) -> None:
-        """Nothing to remove: the memory has no name (kept so existing callers need no change)."""
-
     def __enter__(self) -> Self:
         return self
 

@@ -287,7 +287,7 @@ class FirezoneGateway:
         return text
 
     def stats(self) -> StatsRegion:
-        """The supervisor's live stats region (gateway/telemetry/stats.py); the caller closes it."""
+        """The supervisor's live stats region (gateway/telemetry/stats/); the caller closes it."""
         segment = find_stats_segment(self.ifname)
         if segment is None:
             raise FileNotFoundError(f"no live stats segment for {self.ifname}")

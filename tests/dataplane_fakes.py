@@ -15,6 +15,7 @@ endpoint as the source, as the UDP process would).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from gateway.dataplane.cryptoproc import CryptoLoop
 from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint, encode_endpoint
 from gateway.dataplane.rings import CryptoRings
 from gateway.endpoint import Endpoint
+from gateway.keys import generate_private_key, public_key
 from gateway.telemetry import stats as st
 from gateway.udp_io import Datagram, SendStats, UdpCounters
 from gateway.wireguard.device import Device
+from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 
 POISON = 0xEE
 SLOT_SIZE = 1600  # room for a 1500-byte inner packet plus WireGuard's overhead and the header
@@ -107,7 +110,7 @@ class MemoryRing:
 
 def counter_block() -> memoryview:
     """A process's counter block, as gateway.telemetry.stats lays it out, in plain memory."""
-    return memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    return memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
 
 
 def peer_table(max_peers: int = 16) -> st.PeerTable:
@@ -229,3 +232,25 @@ class FakeUdpSocket:
         if self.room is not None:
             self.room -= fits
         return SendStats(consumed=fits, sent=fits, syscalls=1, blocked=fits < len(items))
+
+
+def established(now: float, slots: int = 64) -> tuple[LoopGateway, LoopGateway]:
+    """A client (A, the session's initiator) with a session to the gateway (B), whose UDP
+    ring has `slots` slots: one packet from A got through at `now`."""
+    key_a, key_b = generate_private_key(), generate_private_key()
+    client, gateway = Device(key_a), Device(key_b)
+    client.upsert_peer(
+        public_key(key_b),
+        endpoint=B_ENDPOINT,
+        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
+        now=now,
+    )
+    gateway.upsert_peer(
+        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=now
+    )
+    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
+    first = ipv4_packet(A_INNER, B_INNER, b"hello")
+    a.rings.from_workers[0].send(first)
+    run_until_quiet(a, b, now)
+    assert [p for w in b.tun_out() for p in w] == [first]
+    return a, b

@@ -1,8 +1,9 @@
 """A tiny authoritative DNS server for namespace tests: `python dns_upstream.py HOST PORT`.
 
 Run in the resource namespace as the gateway's upstream. Answers A/AAAA from ZONE over UDP
-and TCP (NXDOMAIN for other names), prints "ready" once both sockets listen, runs until
-killed. Nothing here is the code under test.
+and TCP (NXDOMAIN for other names, none at all for names under `silent.test`: a slow or
+hostile zone), prints "ready" once both sockets listen, runs until killed. Nothing here is
+the code under test.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ ZONE: dict[str, dict[str, str]] = {
 }
 
 
-def answer(wire: bytes) -> bytes:
+def answer(wire: bytes) -> bytes | None:
     query = dns.message.from_wire(wire)
     response = dns.message.make_response(query)
     question = query.question[0]
+    if str(question.name).lower().endswith(".silent.test."):
+        return None
     records = ZONE.get(str(question.name).lower())
     if records is None:
         response.set_rcode(dns.rcode.NXDOMAIN)
@@ -44,14 +47,17 @@ class Udp(asyncio.DatagramProtocol):
         self.transport: Any = transport
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.transport.sendto(answer(data), addr)
+        reply = answer(data)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
 
 
 async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     size = int.from_bytes(await reader.readexactly(2), "big")
     reply = answer(await reader.readexactly(size))
-    writer.write(len(reply).to_bytes(2, "big") + reply)
-    await writer.drain()
+    if reply is not None:
+        writer.write(len(reply).to_bytes(2, "big") + reply)
+        await writer.drain()
     writer.close()
 
 

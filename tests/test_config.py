@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,11 @@ from gateway.config import (
     MAX_CONFIG_BYTES,
     ConfigError,
     GatewayConfig,
+    KeyFile,
     load_config,
+    parse_config,
     parse_config_text,
+    resolve_config,
 )
 from tests.offline_dns import use_offline_dns
 
@@ -496,3 +501,59 @@ def test_shipped_example_peer_block_is_valid(tmp_path: Path) -> None:
     assert peer.endpoint == ("203.0.113.7", 51820)
     assert peer.persistent_keepalive == 25
     assert [str(n) for n in peer.allowed_ips] == ["100.64.0.2/32", "fd00:2021:1111::2/128"]
+
+
+def _no_io(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("parse_config must not read files or resolve names")
+
+
+def test_parsing_is_pure_and_resolving_does_the_io(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key files, host names and /etc/resolv.conf are left as written by parse_config;
+    resolve_config reads and resolves them."""
+    extra = 'preshared_key_file = "peer1.psk"\nendpoint = "localhost:51820"'
+    text = interface_table() + peer_table(extra=extra) + '[metrics]\nlisten = "localhost:9586"\n'
+    text += "[dns]\n"  # upstreams from /etc/resolv.conf
+    with monkeypatch.context() as pure:
+        pure.setattr(builtins, "open", _no_io)
+        pure.setattr(Path, "open", _no_io)
+        pure.setattr(socket, "getaddrinfo", _no_io)
+        parsed = parse_config(text, source="gw.toml")
+    assert parsed.errors == ()
+    assert parsed.interface is not None and parsed.interface.private_key == KeyFile("private.key")
+    peer = parsed.peers[0]
+    assert peer is not None and peer.preshared_key == KeyFile("peer1.psk")
+    assert peer.endpoint is not None and peer.endpoint.endpoint == ("localhost", 51820)
+    assert parsed.dns is not None and parsed.dns.upstreams is None
+
+    resolv_conf = config_dir / "resolv.conf"
+    resolv_conf.write_text("nameserver 10.98.0.2\n")
+    monkeypatch.setattr("gateway.config.RESOLV_CONF", resolv_conf)
+    config = resolve_config(parsed, base_dir=config_dir)
+    assert config.interface.private_key == PRIVATE
+    assert config.interface.private_key_file == config_dir / "private.key"
+    assert config.peers[0].preshared_key == PSK
+    assert config.peers[0].endpoint in {("127.0.0.1", 51820), ("::1", 51820)}
+    assert config.metrics.listen in {("127.0.0.1", 9586), ("::1", 9586)}
+    assert config.dns is not None and config.dns.upstreams == (("10.98.0.2", 53),)
+
+
+def test_resolving_adds_its_errors_to_the_parse_errors(config_dir: Path) -> None:
+    text = interface_table().replace("mtu = 1280", "mtu = 9") + peer_table(
+        extra='preshared_key_file = "missing.psk"\nendpoint = "no-such-host.invalid:1"'
+    )
+    parsed = parse_config(text, source="gw.toml")
+    assert [line.split(": ")[1] for line in parsed.errors] == ["interface.mtu"]
+    with pytest.raises(ConfigError) as info:
+        resolve_config(parsed, base_dir=config_dir)
+    paths = [line.split(": ")[1] for line in info.value.errors]
+    assert paths == ["interface.mtu", "peers[0].preshared_key_file", "peers[0].endpoint"]
+
+
+def test_own_public_key_as_a_peer_is_found_once_the_key_file_is_read(config_dir: Path) -> None:
+    own = keys.encode_key(keys.public_key(PRIVATE))
+    parsed = parse_config(interface_table() + peer_table(own), source="gw.toml")
+    assert parsed.errors == ()  # the key file is not read yet
+    with pytest.raises(ConfigError, match=r"peers\[0\]\.public_key: is the gateway's own"):
+        resolve_config(parsed, base_dir=config_dir)

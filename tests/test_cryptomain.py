@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import select
 import socket
 import threading
@@ -51,7 +52,6 @@ def _crypto(
 ) -> CryptoControl:
     return CryptoControl(
         load_config(path),
-        config_path=path,
         control_socket=crypto_end,
         runstate=runstate,
         listen_port=51820,
@@ -64,18 +64,28 @@ def _peer() -> bytes:
     return public_key(generate_private_key())
 
 
-def test_a_reload_message_applies_the_config_file_and_saves_the_state(
+def _acknowledged(supervisor_end: socket.socket) -> list[control.ToSupervisor]:
+    return list(control.receive_messages(supervisor_end, control.decode_to_supervisor))
+
+
+def test_a_reload_applies_the_config_the_supervisor_parsed_and_saves_the_state(
     tmp_path: Path, control_sockets: tuple[socket.socket, socket.socket], runstate: RunState
 ) -> None:
+    """The config is parsed once, by the supervisor: a file that changes after that read
+    changes neither process, so both run what the supervisor parsed."""
     supervisor_end, crypto_end = control_sockets
-    old, new = _peer(), _peer()
+    old, new, later = _peer(), _peer(), _peer()
     path = _write_config(tmp_path, [old])
     board = KeyBoard()
     crypto = _crypto(path, crypto_end, runstate, board)
     _write_config(tmp_path, [new])
-    control.send_message(supervisor_end, control.Reload())
+    parsed = load_config(path)  # the supervisor's one read
+    control.send_reload(supervisor_end, 7, parsed)
+    _write_config(tmp_path, [later])  # changed between the supervisor's read and the apply
     crypto.on_control(NOW)
+    assert [p.public_key for p in crypto.device.peers()] == [p.public_key for p in parsed.peers]
     assert [p.public_key for p in crypto.device.peers()] == [new]
+    assert _acknowledged(supervisor_end) == [control.ReloadDone(7, applied=True)]
     saved = runstate.load()
     assert saved is not None
     assert f"public_key={new.hex()}" in saved
@@ -83,7 +93,7 @@ def test_a_reload_message_applies_the_config_file_and_saves_the_state(
     assert board.public_key == crypto.device.public_key
 
 
-def test_a_reload_of_a_broken_config_keeps_the_running_peers(
+def test_a_reload_whose_config_does_not_match_its_digest_is_refused(
     tmp_path: Path,
     control_sockets: tuple[socket.socket, socket.socket],
     runstate: RunState,
@@ -93,12 +103,21 @@ def test_a_reload_of_a_broken_config_keeps_the_running_peers(
     peer = _peer()
     path = _write_config(tmp_path, [peer])
     crypto = _crypto(path, crypto_end, runstate, KeyBoard())
-    path.write_text("[interface\n")
-    control.send_message(supervisor_end, control.Reload())
+    fd = os.memfd_create("not-the-config")
+    os.write(fd, b"\x80\x05N.")  # pickled None, not what the digest says
+    message = control.Reload(3, size=4, digest=bytes(32))
+    socket.send_fds(supervisor_end, [control.encode(message)], [fd])
+    os.close(fd)
+    control.send_message(supervisor_end, control.Reload(4, size=0, digest=bytes(32)))  # no fd
     with caplog.at_level(logging.ERROR):
         crypto.on_control(NOW)
     assert [p.public_key for p in crypto.device.peers()] == [peer]
-    assert "config became invalid" in caplog.text
+    assert "reload 3: its config is not what the supervisor sent" in caplog.text
+    assert "reload 4 came without its config" in caplog.text
+    assert _acknowledged(supervisor_end) == [
+        control.ReloadDone(3, applied=False),
+        control.ReloadDone(4, applied=False),
+    ]
 
 
 def test_a_bad_record_is_skipped_and_the_next_message_still_handled(

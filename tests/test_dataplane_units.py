@@ -222,7 +222,7 @@ def test_reload_adds_removes_and_changes_peers_in_place(tmp_path: Path) -> None:
 
 def test_counter_sync_adds_only_deltas(tmp_path: Path) -> None:
     device = build_device(_config(tmp_path, []), time.monotonic())
-    block = memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    block = memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
     sync = CounterSync(block)
     device.drops[Drop.REPLAY] += 2
     device.drops[Drop.SPOOFED_SOURCE] += 1

@@ -82,7 +82,7 @@ def test_same_id_same_upstream_two_clients() -> None:
 
 
 def test_ids_sent_upstream_are_random_not_the_clients() -> None:
-    fwd = Forwarder([UP1])
+    fwd = Forwarder([UP1], max_per_client=200)
     ids = {
         forwarded(fwd.handle_query(ALICE, query("a.example", 5), 0.0)).wire[:2] for _ in range(200)
     }
@@ -126,7 +126,7 @@ def test_timeout_gives_servfail_after_five_seconds() -> None:
 
 
 def test_at_most_max_in_flight_then_servfail() -> None:
-    fwd = Forwarder([UP1], max_in_flight=1000)
+    fwd = Forwarder([UP1], max_in_flight=1000, lookup_reserve=0, max_per_client=1000)
     for i in range(1000):
         forwarded(fwd.handle_query(ALICE, query(f"n{i}.example", i), 0.0))
     refused = to_client(fwd.handle_query(BOB, query("one.more.example", 4242), 0.0))
@@ -134,6 +134,103 @@ def test_at_most_max_in_flight_then_servfail() -> None:
     assert (reply.id, reply.rcode()) == (4242, dns.rcode.SERVFAIL)
     assert fwd.in_flight == 1000
     assert fwd.counters["servfail_overload"] == 1
+
+
+def test_one_client_cannot_take_the_others_slots_nor_the_lookups_reserve() -> None:
+    """Issue 19: 2,000 unanswered queries from A made B's query SERVFAIL at once."""
+    fwd = Forwarder([UP1], rng=random.Random(8))  # the defaults: 1000 slots, 200 reserved
+    refused = 0
+    for i in range(2000):
+        out = fwd.handle_query(ALICE, query(f"n{i}.silent.example", i % 65536), 0.0)
+        refused += isinstance(out, ToClient)
+    assert fwd.in_flight_for(ALICE.owner) == fwd.max_per_client
+    assert refused == 2000 - fwd.max_per_client
+    assert fwd.counters["servfail_client_quota"] == refused
+    forwarded(fwd.handle_query(BOB, query("ordinary.example", 1), 0.0))
+    # Many clients fill the slots clients may use; the gateway's own lookups still go out.
+    for peer in range(20):
+        client = Client(Transport.UDP, f"100.64.1.{peer}", 5000, peer=f"peer{peer}")
+        for i in range(fwd.max_per_client):
+            fwd.handle_query(client, query(f"n{i}.p{peer}.example", i), 0.0)
+    assert fwd.in_flight == fwd.max_in_flight - fwd.lookup_reserve
+    forwarded(fwd.lookup(1, dns.name.from_text("app.corp.test"), dns.rdatatype.A, 0.0))
+    # Answers and timeouts give the slots back.
+    fwd.expire(100.0)
+    assert fwd.in_flight == 0
+    assert fwd.in_flight_for(ALICE.owner) == 0
+    forwarded(fwd.handle_query(ALICE, query("again.example", 2), 100.0))
+
+
+def test_the_quota_follows_the_peer_not_the_address() -> None:
+    fwd = Forwarder([UP1], max_per_client=2)
+    for i in range(2):
+        client = Client(Transport.UDP, f"100.64.0.{i + 10}", 5000, peer="alice")
+        forwarded(fwd.handle_query(client, query(f"n{i}.example", i), 0.0))
+    third = Client(Transport.UDP, "100.64.0.99", 5000, peer="alice")
+    assert isinstance(fwd.handle_query(third, query("n3.example", 3), 0.0), ToClient)
+
+
+def test_the_name_sent_upstream_has_random_case_and_the_answer_must_echo_it() -> None:
+    fwd = Forwarder([UP1], rng=random.Random(9))
+    name = "www.some-long-name.example"
+    sent = forwarded(fwd.handle_query(ALICE, query(name, 12), 0.0))
+    sent_name = str(dns.message.from_wire(sent.wire).question[0].name)
+    assert sent_name.lower() == name + "." and sent_name != name + "."
+    # An off-path forger who got the id right but not the case: dropped, still pending.
+    forged = dns.message.from_wire(answer(sent.wire, "203.0.113.66"))
+    forged.question[0].name = dns.name.from_text(name)
+    forged.answer[0].name = dns.name.from_text(name)
+    assert fwd.handle_response(UP1, Transport.UDP, forged.to_wire(), 0.1) is None
+    assert fwd.counters["unmatched_responses"] == 1
+    real = to_client(fwd.handle_response(UP1, Transport.UDP, answer(sent.wire, "192.0.2.1"), 0.1))
+    reply = dns.message.from_wire(real.wire)
+    assert str(reply.question[0].name) == name + "."  # the client's own spelling back
+    assert addresses(real.wire) == ["192.0.2.1"]
+
+
+def test_large_answers_reach_udp_clients_truncated_to_their_edns_size() -> None:
+    """Issue 19: a 29-byte query bought a 52 KB answer (the TCP retry's, sent over UDP)."""
+    for edns_size, limit in ((None, 512), (1232, 1232)):
+        fwd = Forwarder([UP1], rng=random.Random(10))
+        request = dns.message.make_query("big.example", "TXT")
+        if edns_size is not None:
+            request.use_edns(0, payload=edns_size)
+        sent = forwarded(fwd.handle_query(ALICE, request.to_wire(), 0.0))
+        big = dns.message.make_response(dns.message.from_wire(sent.wire))
+        big.answer.append(
+            dns.rrset.from_text(
+                big.question[0].name, 60, "IN", "TXT", *(f'"{"x" * 200}{i}"' for i in range(50))
+            )
+        )
+        wire = big.to_wire(max_size=65535)
+        assert len(wire) > 10_000
+        out = to_client(fwd.handle_response(UP1, Transport.UDP, wire, 0.1))
+        assert len(out.wire) <= limit
+        reply = dns.message.from_wire(out.wire)
+        assert reply.flags & dns.flags.TC
+        assert reply.id == request.id and not reply.answer
+        assert str(reply.question[0].name) == "big.example."
+    # Over TCP the whole answer goes.
+    fwd = Forwarder([UP1], rng=random.Random(11))
+    tcp = Client(Transport.TCP, "100.64.0.2", 50000, connection=1)
+    sent = forwarded(
+        fwd.handle_query(tcp, dns.message.make_query("big.example", "TXT").to_wire(), 0.0)
+    )
+    big = dns.message.make_response(dns.message.from_wire(sent.wire))
+    big.answer.append(
+        dns.rrset.from_text(
+            big.question[0].name, 60, "IN", "TXT", *(f'"{"x" * 200}{i}"' for i in range(5))
+        )
+    )
+    assert len(to_client(fwd.handle_response(UP1, Transport.TCP, big.to_wire(), 0.1)).wire) > 512
+
+
+def test_a_query_with_many_questions_is_refused_from_its_header() -> None:
+    fwd = Forwarder([UP1])
+    header = b"\x12\x34\x01\x00\x00\x05\x00\x00\x00\x00\x00\x00"
+    reply = to_client(fwd.handle_query(ALICE, header + b"\x01a\x00\x00\x01\x00\x01" * 5, 0.0))
+    assert reply.wire[:2] == b"\x12\x34" and reply.wire[3] & 0xF == dns.rcode.FORMERR
+    assert len(reply.wire) == 12  # no question echoed: nothing was parsed
 
 
 def test_truncated_answer_is_retried_over_tcp() -> None:

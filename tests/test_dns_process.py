@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import dns.message
 from gateway.config import parse_config_text
 from gateway.dataplane.dnsmain import DnsCounterSync, HeartbeatSelector, build_server
 from gateway.dataplane.heartbeat import Heartbeat
+from gateway.dataplane.mappings import MappingPair, MappingSender, PeerAnnouncer
 from gateway.dns.forwarder import Client, Forwarder, Transport
 from gateway.dns.server import DnsServer
 from gateway.keys import encode_key, generate_private_key
 from gateway.telemetry import stats as st
+from gateway.wireguard.device import Device
 
 
 def test_the_event_loop_is_seen_asleep_while_it_waits_and_awake_while_it_works() -> None:
@@ -59,7 +62,7 @@ def test_the_server_listens_on_every_tunnel_address_and_knows_peers_by_allowed_i
 
 
 def test_counters_are_copied_as_deltas_and_in_flight_as_a_gauge() -> None:
-    block = memoryview(bytearray(8 * st.PROC_SLOTS)).cast("Q")
+    block = memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
     names = st.DNS_COUNTER_NAMES
     queries = st.DNS_BASE + names.index("queries")
     in_flight = st.DNS_BASE + names.index("in_flight")
@@ -75,3 +78,34 @@ def test_counters_are_copied_as_deltas_and_in_flight_as_a_gauge() -> None:
     sync.sync(server, None)
     assert (block[queries], block[in_flight]) == (102, 0)
     assert block[st.DNS_BASE + names.index("servfail_timeout")] == 2
+
+
+def test_peers_moved_with_wg_set_are_known_by_their_new_addresses(tmp_path: Path) -> None:
+    """Issue 19: the DNS process knew peers only from the config at start."""
+    key = tmp_path / "private.key"
+    key.write_text(encode_key(generate_private_key()) + "\n")
+    key.chmod(0o600)
+    peer_key = generate_private_key()  # any 32 bytes serve as a peer's public key here
+    config = parse_config_text(
+        '[interface]\nname = "fzdns1"\nprivate_key_file = "private.key"\nlisten_port = 51820\n'
+        'addresses = ["100.90.0.1/24"]\n[metrics]\nlisten = "127.0.0.1:9586"\n'
+        '[dns]\nport = 5353\nupstreams = ["192.0.2.53"]\n'
+        f'[[peers]]\npublic_key = "{encode_key(peer_key)}"\nallowed_ips = ["100.90.0.2/32"]\n',
+        base_dir=tmp_path,
+        source="gateway.toml",
+    )
+    pair = MappingPair.create()
+    try:
+        sender = MappingSender(pair.dns)
+        server = build_server(config, sender)
+        assert server.peer_of is not None
+        assert server.peer_of("100.90.0.2") == peer_key
+        assert server.peer_of("100.90.7.7") is None
+        device = Device(generate_private_key())
+        device.upsert_peer(peer_key, allowed_ips=[ipaddress.ip_network("100.90.7.0/24")], now=0.0)
+        PeerAnnouncer(pair.crypto, device).started()  # a crypto process after `wg set`
+        sender.receive()
+        assert server.peer_of("100.90.7.7") == peer_key
+        assert server.peer_of("100.90.0.2") is None
+    finally:
+        pair.close()

@@ -80,7 +80,6 @@ class Setup:
         self.path.write_text(config_text)
         self.crypto = CryptoControl(
             load_config(self.path),
-            config_path=self.path,
             control_socket=crypto_end,
             runstate=None,
             listen_port=51820,
@@ -332,7 +331,7 @@ def test_a_reload_that_adds_a_grant_applies_at_once_and_keeps_the_session(
     assert peer is not None
     handshake, session = peer.last_handshake, peer.keypairs.current
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["db", "v6", "web"]))
-    control.send_message(control_sockets[0], control.Reload())
+    control.send_reload(control_sockets[0], 1, load_config(setup.path))
     setup.crypto.on_control(NOW + 1)
     setup.send(syn, now=NOW + 1)
     assert setup.at_resources() == [bytes(syn.data)]
@@ -356,13 +355,13 @@ def test_without_resources_the_loop_has_no_firewall_and_logs_it_once(
     assert setup.at_resources() == [bytes(syn.data)]
     # Resources added by a reload switch the firewall on; removing them switches it off.
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["db"]))
-    control.send_message(control_sockets[0], control.Reload())
+    control.send_reload(control_sockets[0], 1, load_config(setup.path))
     setup.crypto.on_control(NOW)
     assert setup.gateway.loop.firewall is setup.crypto.firewall
     setup.send(syn)
     assert setup.at_resources() == []
     setup.path.write_text(text)
-    control.send_message(control_sockets[0], control.Reload())
+    control.send_reload(control_sockets[0], 1, load_config(setup.path))
     setup.crypto.on_control(NOW)
     assert setup.gateway.loop.firewall is None
 
@@ -407,7 +406,7 @@ def test_packets_of_a_known_flow_are_counted_and_a_reload_revoking_it_stops_it(
     (db,) = [r for r in setup.region.resources.read() if r.name == "db"]
     assert (db.allowed_packets, db.allowed_bytes) == (3, 3 * len(packets[0]))
     setup.path.write_text(_config_text(public_key(CLIENT_KEY), ["v6"]))
-    control.send_message(control_sockets[0], control.Reload())
+    control.send_reload(control_sockets[0], 1, load_config(setup.path))
     setup.crypto.on_control(NOW + 2)
     setup.send(packets[0], now=NOW + 2)
     assert setup.at_resources() == []

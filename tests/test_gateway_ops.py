@@ -30,6 +30,7 @@ from testbed.gateways import FirezoneGateway, firezone_executable
 from testbed.netns import unique_name, wait_for
 from testbed.topology import Topology
 from testbed.wgpeer import wg_genkey, wg_pubkey
+from tests.test_systemd_unit import INSTALLED_BINARY
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "firezone-gw.service"
 GATEWAY_TUNNEL = f"{GATEWAY_TUNNEL_ADDR}/24"
@@ -257,7 +258,7 @@ def unit_command(lab: Lab) -> list[str]:
     (line,) = [x for x in UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
     argv = shlex.split(line.removeprefix("ExecStart="))
     replace = {
-        "/usr/local/bin/firezone-gw": firezone_executable(),
+        INSTALLED_BINARY: firezone_executable(),
         "/etc/firezone-gw/gateway.toml": str(lab.backend.config_path),
     }
     return [replace.get(arg, arg) for arg in argv]

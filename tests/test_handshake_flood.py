@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from gateway.dataplane.cryptoproc import HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, UNDER_LOAD_QUEUED
-from gateway.keys import generate_private_key, public_key
+from gateway.keys import generate_private_key
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import (
     COOKIE_REPLIES_BURST,
@@ -21,7 +21,7 @@ from gateway.wireguard.device import Device, Packet
 from gateway.wireguard.drops import Drop
 from gateway.wireguard.ratelimiter import PACKETS_BURSTABLE
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, flood_initiation, ipv4_packet
-from tests.dataplane_fakes import Endpoint, LoopGateway, run_until_quiet
+from tests.dataplane_fakes import Endpoint, LoopGateway, established
 
 START = 1000.0
 
@@ -48,24 +48,7 @@ def test_under_load_cookies_are_limited_per_flow_never_per_address() -> None:
 
 
 def _established(slots: int) -> tuple[LoopGateway, LoopGateway]:
-    """A client (A) with a session to the gateway (B), whose UDP ring has `slots` slots."""
-    key_a, key_b = generate_private_key(), generate_private_key()
-    client, gateway = Device(key_a), Device(key_b)
-    client.upsert_peer(
-        public_key(key_b),
-        endpoint=B_ENDPOINT,
-        allowed_ips=[ipaddress.ip_network(f"{B_INNER}/32")],
-        now=START,
-    )
-    gateway.upsert_peer(
-        public_key(key_a), allowed_ips=[ipaddress.ip_network(f"{A_INNER}/32")], now=START
-    )
-    a, b = LoopGateway(client, A_ENDPOINT), LoopGateway(gateway, B_ENDPOINT, slots=slots)
-    first = ipv4_packet(A_INNER, B_INNER, b"hello")
-    a.rings.from_workers[0].send(first)
-    run_until_quiet(a, b, START)
-    assert [p for w in b.tun_out() for p in w] == [first]
-    return a, b
+    return established(START, slots)
 
 
 def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
@@ -90,10 +73,12 @@ def test_a_flood_of_initiations_never_holds_up_a_sessions_transport_packets(
     handled: list[int] = []  # handshake messages the Device worked on, per turn
     handle_datagram = b.device.handle_datagram
 
-    def counting(data: Packet, src: Endpoint, now: float) -> bytes | bytearray | None:
+    def counting(
+        data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytes | bytearray | None:
         if data[0] != MESSAGE_TRANSPORT:
             handled[-1] += 1
-        return handle_datagram(data, src, now)
+        return handle_datagram(data, src, now, arrived=arrived)
 
     monkeypatch.setattr(b.device, "handle_datagram", counting)
     delivered: list[bytes] = []

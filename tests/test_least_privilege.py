@@ -3,9 +3,10 @@ CAP_NET_BIND_SERVICE (for the DNS server on port 53).
 
 The gateway namespace of the operations lab starts `firezone-gw` through util-linux's
 setpriv with exactly the unit's privileges; a wireguard-go client pings through it and root's
-`wg` and `firezone-gw show` still reach it. The gateway's view of /run/wireguard is a
-directory like the one the unit's ExecStartPre makes (root-owned, group-writable for the
-gateway's group, sticky), bind-mounted in the gateway's own mount namespace (`ip netns exec`
+`wg` and `firezone-gw show` still reach it. As under the unit, the gateway binds its control
+socket in its own runtime directory and root links /run/wireguard/<ifname>.sock to it first
+(`link-control-socket`, the unit's ExecStartPre=+): the gateway's view of /run/wireguard is a
+root-owned 0755 directory bind-mounted in the gateway's own mount namespace (`ip netns exec`
 makes one), so the host's /run/wireguard is never changed; so is a /dev/net/tun with the
 mode udev gives it on a standard host (0666; the unit binds the host's node).
 """
@@ -23,11 +24,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gateway.uapi.server import CONTROL_DIR_ENV
 from testbed.addresses import GATEWAY_TUNNEL_ADDR, RESOURCE_ADDR, client_specs
 from testbed.gateways import FirezoneGateway, firezone_executable
 from testbed.netns import WIREGUARD_RUN_DIR
 from testbed.topology import Topology
-from tests.test_systemd_unit import unit_control_dir_mode, unit_directives
+from tests.test_systemd_unit import unit_directives
 
 pytestmark = pytest.mark.netns
 
@@ -45,9 +47,10 @@ uid=$1 run_dir=$2; shift 2
 mount --bind "$run_dir" /run/wireguard || exit 97
 mount -t tmpfs -o mode=0755,size=16k fzgw-dev-net /dev/net || exit 97
 mknod -m 0666 /dev/net/tun c 10 200 || exit 97
+"$@" link-control-socket || exit 96
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups \
     --inh-caps=+net_admin,+net_bind_service --ambient-caps=+net_admin,+net_bind_service \
-    --bounding-set=-all,+net_admin,+net_bind_service "$@"
+    --bounding-set=-all,+net_admin,+net_bind_service "$@" run
 """
 
 
@@ -107,25 +110,27 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
         == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
     )
     # What the unit sets up: config and key readable by the gateway's user (the key its own,
-    # 0600); /run/wireguard root's with the unit's mode for the gateway's group; a runtime
-    # directory of its own (RuntimeDirectory=firezone-gw).
+    # 0600); /run/wireguard root's (0755, tmpfiles.d); a runtime directory of its own
+    # (RuntimeDirectory=firezone-gw) where it also binds its control socket.
     gw = lab.backend
     # With the DNS server for peers on port 53: the reason the unit holds CAP_NET_BIND_SERVICE.
     gw.write_config([lab.peer(0)], extra_toml=f'[dns]\nupstreams = ["{RESOURCE_ADDR}"]\n')
     run_dir = gw.dir / "run-wireguard"
     runtime_dir = gw.dir / "runtime"
-    run_dir.mkdir()
+    run_dir.mkdir(mode=0o755)
     runtime_dir.mkdir(mode=0o750)
-    os.chown(run_dir, 0, GATEWAY_UID)
-    run_dir.chmod(unit_control_dir_mode()[0])
     for path in (gw.dir, gw.config_path, gw.key_file, runtime_dir):
         os.chown(path, GATEWAY_UID, GATEWAY_UID)
     assert WIREGUARD_RUN_DIR.is_dir()  # the clients' wireguard-go made it: the mount point
 
     python, env = unprivileged_python()
     gateway = [*python, "-m", "gateway", "--config", str(gw.config_path), "--workers", "2"]
-    env |= {"PYTHONDONTWRITEBYTECODE": "1", "FIREZONE_GW_RUNTIME_DIR": str(runtime_dir)}
-    argv = ["sh", "-c", LAUNCH, "launch", str(GATEWAY_UID), str(run_dir), *gateway, "run"]
+    env |= {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "FIREZONE_GW_RUNTIME_DIR": str(runtime_dir),
+        CONTROL_DIR_ENV: str(runtime_dir),
+    }
+    argv = ["sh", "-c", LAUNCH, "launch", str(GATEWAY_UID), str(run_dir), *gateway]
     gw.launch(lab.gateway_ns, argv, env)
     gw.wait_ready()
     lab.connect_client(0)
@@ -149,10 +154,16 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
         for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
             assert int(fields[caps], 16) == UNIT_CAPS, (proc, caps, fields[caps])
 
-    # The control socket is the gateway's, and root's `wg` uses it (in the gateway's view
-    # of /run/wireguard, as every `wg` on a systemd host sees it).
-    sock = run_dir / f"{gw.ifname}.sock"
+    # The control socket is the gateway's, in its own directory; /run/wireguard holds only
+    # root's link to it, and root's `wg` uses it through the link (in the gateway's view of
+    # /run/wireguard, as every `wg` on a systemd host sees it).
+    sock = runtime_dir / f"{gw.ifname}.sock"
+    link = run_dir / f"{gw.ifname}.sock"
     assert (sock.stat().st_uid, sock.stat().st_mode & 0o077) == (GATEWAY_UID, 0)
+    assert link.is_symlink()
+    assert link.readlink() == sock
+    assert (run_dir.stat().st_uid, run_dir.stat().st_mode & 0o7777) == (0, 0o755)
+    assert [p.name for p in run_dir.iterdir()] == [link.name]  # the gateway made nothing here
     shown = subprocess.run(
         ["nsenter", f"--target={gw.proc.pid}", "--mount", "--net", "wg", "show", gw.ifname],
         capture_output=True,
@@ -177,3 +188,16 @@ def test_gateway_forwards_as_non_root_with_only_cap_net_admin(lab: Lab) -> None:
 
     assert gw.stop() == 0, gw.log_text()
     assert not sock.exists()  # removed on the way out, as root's would be
+    # The unit's ExecStopPost=+ removes the link (in the same view of /run/wireguard).
+    unlink = 'mount --bind "$1" /run/wireguard && exec "$2" unlink-control-socket'
+    lab.gateway_ns.run(
+        "env",
+        f"{CONTROL_DIR_ENV}={runtime_dir}",
+        "sh",
+        "-c",
+        unlink,
+        "unlink",
+        str(run_dir),
+        firezone_executable(),
+    )
+    assert list(run_dir.iterdir()) == []

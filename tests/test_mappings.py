@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import select
-import threading
 
 import dns.name
+import msgspec
 
 from gateway.dataplane.mappings import (
+    Applied,
     MappingPair,
     MappingSender,
+    PeerAnnouncer,
     apply_message,
     encode,
     receive_mappings,
 )
 from gateway.dns.proxy import ProxyPair
 from gateway.dns.resources import ProxyMapping
+from gateway.keys import generate_private_key
 from gateway.nat.handler import ProxyHandler
 from gateway.resources.resource import Resource, parse_resource_address
+from gateway.wireguard.device import Device
 from ippacket.build import udp_packet
 
 PROXY = ProxyPair(
@@ -39,39 +43,96 @@ def _handler() -> ProxyHandler:
     return ProxyHandler(resources, {PEER: frozenset({0})}, lambda _packet: None)
 
 
-def test_the_sender_returns_only_after_the_crypto_side_applied_the_mapping() -> None:
+def test_answers_wait_for_the_mappings_sent_before_them_and_the_sender_never_blocks() -> None:
+    """Issue 19: send() blocked the DNS loop up to 0.5 s per mapping (about 60 new names/s)."""
     pair = MappingPair.create()
     handler = _handler()
-    applied = threading.Event()
-
-    def crypto_side() -> None:
-        # Like the crypto loop: wait for the socket, apply, acknowledge.
-        select.select([pair.crypto], [], [], 5)
-        receive_mappings(pair.crypto, lambda m: (apply_message(handler, m), applied.set()))
-
-    thread = threading.Thread(target=crypto_side)
-    thread.start()
+    released: list[int] = []
     try:
-        assert MappingSender(pair.dns, timeout=5).send(MAPPING)
-        assert applied.is_set()  # applied before send() returned
+        sender = MappingSender(pair.dns, timeout=60)
+        sender.when_applied(lambda: released.append(0))  # nothing in flight: at once
+        for index in range(1, 301):  # more than the socket buffer holds: the rest queue
+            mapping = ProxyMapping(
+                MAPPING.name,
+                0,
+                ProxyPair(
+                    ipaddress.IPv4Address(int(PROXY.v4) + index),
+                    ipaddress.IPv6Address(int(PROXY.v6) + index),
+                ),
+                MAPPING.real_v4,
+                (),
+            )
+            sender.send(mapping)
+            sender.when_applied(functools.partial(released.append, index))
+        assert released == [0] and sender.in_flight == 300
+        # The crypto side applies a batch and acknowledges it once; the sender releases the
+        # answers of what was applied, in order, and sends the rest as room frees.
+        while sender.in_flight:
+            applied = receive_mappings(pair.crypto, lambda m: apply_message(handler, m))
+            assert applied > 0
+            sender.receive()
+            sender.flush()
     finally:
-        thread.join()
         pair.close()
-    packet = udp_packet(ipaddress.IPv4Address("100.64.0.2"), PROXY.v4, 1, 53)
+    assert released == list(range(301))
+    assert sender.unacknowledged == 0
+    packet = udp_packet(ipaddress.IPv4Address("100.64.0.2"), PROXY.v4 + 300, 1, 53)
     out = handler.from_peer(PEER, packet, now=0.0)
     assert out is not None and bytes(out[16:20]) == bytes([10, 98, 0, 5])
 
 
-def test_without_an_acknowledgement_the_sender_gives_up_after_its_timeout_and_counts() -> None:
+def test_without_an_acknowledgement_answers_go_after_the_timeout_and_are_counted() -> None:
     pair = MappingPair.create()
+    now = [0.0]
+    released: list[str] = []
     try:
-        sender = MappingSender(pair.dns, timeout=0.05)
-        assert not sender.send(MAPPING)
-        assert sender.unacknowledged == 1
+        sender = MappingSender(pair.dns, timeout=0.5, clock=lambda: now[0])
+        sender.send(MAPPING)
+        sender.when_applied(lambda: released.append("first"))
+        sender.expire(0.4)
+        assert released == []
+        sender.expire(0.6)
+        assert released == ["first"] and sender.unacknowledged == 1
         # The late acknowledgement of the first mapping does not count for the second.
         receive_mappings(pair.crypto, lambda _m: None)
-        assert not sender.send(MAPPING)
-        assert sender.unacknowledged == 2
+        sender.send(MAPPING)
+        sender.when_applied(lambda: released.append("second"))
+        sender.receive()
+        assert released == ["first"]
+    finally:
+        pair.close()
+
+
+def test_a_new_crypto_process_asks_for_the_live_mappings_and_reports_the_peers() -> None:
+    """Issue 19: mappings were lost when the crypto process restarted; peers moved with `wg
+    set` were unknown to the DNS process."""
+    pair = MappingPair.create()
+    device = Device(generate_private_key())
+    device.upsert_peer(PEER, allowed_ips=[ipaddress.ip_network("100.64.0.2/32")], now=0.0)
+    started: list[bool] = []
+    tables: list[object] = []
+    try:
+        sender = MappingSender(pair.dns)
+        sender.on_started = lambda: started.append(True)
+        sender.on_peers = tables.append
+        sender.send(MAPPING)  # before the restart: this one is lost with the old process
+        announcer = PeerAnnouncer(pair.crypto, device)
+        handlers = announcer.started_watching({})
+        assert handlers == {}
+        sender.receive()
+        assert started == [True]
+        assert tables == [[(PEER, [ipaddress.ip_network("100.64.0.2/32")])]]
+        # `wg set` moves the peer: the next look at the `wg` socket tells the DNS process.
+        device.upsert_peer(
+            PEER,
+            allowed_ips=[ipaddress.ip_network("100.64.7.0/24")],
+            replace_allowed_ips=True,
+            now=1.0,
+        )
+        announcer.check()
+        announcer.check()  # nothing changed since: nothing sent
+        sender.receive()
+        assert tables[1:] == [[(PEER, [ipaddress.ip_network("100.64.7.0/24")])]]
     finally:
         pair.close()
 
@@ -84,7 +145,7 @@ def test_malformed_records_are_skipped_and_the_next_mapping_is_applied() -> None
         pair.dns.send(b"\xc1")  # not msgpack at all
         pair.dns.send(encode(7, MAPPING))
         assert receive_mappings(pair.crypto, lambda m: apply_message(handler, m)) == 1
-        assert int.from_bytes(pair.dns.recv(8), "big") == 7
+        assert msgspec.msgpack.decode(pair.dns.recv(64), type=Applied).sequence == 7
     finally:
         pair.close()
 

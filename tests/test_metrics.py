@@ -25,7 +25,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture
 def region() -> Iterator[StatsRegion]:
-    reg = StatsRegion.create(f"fzo-metrics-{os.getpid()}-{uuid.uuid4().hex[:8]}", workers=1)
+    name = f"fzo-metrics-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    reg = StatsRegion.create(name, workers=1, dns=True)
     try:
         yield reg
     finally:

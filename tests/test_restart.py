@@ -64,7 +64,6 @@ def _start(path: Path, crypto_end: socket.socket, runstate: RunState) -> CryptoC
     """A crypto process coming up: built from the config, then the saved state restored."""
     crypto = CryptoControl(
         load_config(path),
-        config_path=path,
         control_socket=crypto_end,
         runstate=runstate,
         listen_port=51820,

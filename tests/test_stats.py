@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import topology
 from gateway.telemetry import stats
 from gateway.telemetry.stats import StatsRegion
 from shm_ring import Ring
@@ -20,7 +21,7 @@ def _unique() -> str:
 
 @pytest.fixture
 def region() -> Iterator[StatsRegion]:
-    reg = StatsRegion.create(_unique(), workers=2, max_peers=4)
+    reg = StatsRegion.create(_unique(), workers=2, max_peers=4, dns=True)
     try:
         yield reg
     finally:
@@ -255,3 +256,37 @@ def test_the_dns_process_block_holds_dns_counters_not_drops(region: StatsRegion)
     assert snap.dns["queries"] == 7
     assert snap.dns["in_flight"] == 2
     assert sum(snap.drops.values()) == 0
+
+
+def test_the_segment_has_a_dns_block_only_when_a_dns_server_runs(region: StatsRegion) -> None:
+    without = StatsRegion.create(_unique(), workers=2, max_peers=4)
+    try:
+        assert topology.DNS not in without.roles
+        assert region.roles == (*without.roles, topology.DNS)
+        with pytest.raises(ValueError, match="not in tuple"):
+            without.process_block(topology.DNS)
+        small = without.path.stat().st_size
+        assert small == region.path.stat().st_size - 8 * stats.PROCESS_BLOCK_WORDS
+        with open(without.path, "rb") as handle:
+            assert not stats.read_header(handle.fileno(), small, without.name).dns
+        for segment in (region, without):
+            segment.process_block("crypto")[stats.UDP_RX_PACKETS] = 3
+        # What a reader gets is the same while no DNS server ran (so is /metrics).
+        a = region.snapshot(sample_processes=False, now_ns=1)
+        b = without.snapshot(sample_processes=False, now_ns=1)
+        assert (a.totals, a.drops, a.dns, a.nat) == (b.totals, b.drops, b.dns, b.nat)
+        assert [p.role for p in a.processes if p.role != "dns"] == [p.role for p in b.processes]
+    finally:
+        without.close()
+        without.unlink()
+
+
+def test_each_process_block_has_its_named_layout_without_overlaps() -> None:
+    layouts = {role: stats.block_layout(role) for role in ("worker0", "crypto", "udp", "dns")}
+    assert layouts["crypto"].nat == stats.NAT and layouts["worker0"].nat is None
+    assert layouts["dns"].drops is None and layouts["dns"].dns == stats.DNS
+    for layout in layouts.values():
+        words = [w for section in layout.sections for w in range(section.base, section.end)]
+        assert len(words) == len(set(words))
+        assert max(words) < stats.PROCESS_BLOCK_WORDS
+    assert stats.COUNTERS.end == len(stats.COUNTER_NAMES) == 20

@@ -52,7 +52,7 @@ def lab() -> Iterator[Lab]:
 
 def children(lab: Lab) -> list[psutil.Process]:
     """The supervisor's children, without multiprocessing's resource tracker, which
-    multiprocessing.shared_memory (gateway/telemetry/stats.py) starts on its own."""
+    multiprocessing.shared_memory (gateway/telemetry/stats/) starts on its own."""
     assert lab.backend.proc is not None
     return [
         child

@@ -3,12 +3,13 @@ the ring topology, health, reload, the children's fds and keys, the status line.
 
 from __future__ import annotations
 
+import pickle
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
@@ -16,7 +17,7 @@ from gateway import keys, topology
 from gateway.config import load_config
 from gateway.dataplane import health as health_module
 from gateway.dataplane.children import Child
-from gateway.dataplane.control import Reload, decode_to_crypto, receive_messages
+from gateway.dataplane.control import ConfigArrived, CryptoEvent, ReloadDone, receive_to_crypto
 from gateway.dataplane.health import HANG_TIMEOUT, Health
 from gateway.dataplane.reload import ConfigReload
 from gateway.dataplane.rings import MIN_INNER_PACKET, RingTopology
@@ -44,7 +45,9 @@ def _config_text(port: int = 51820, *, dns: str = "") -> str:
 def test_children_and_the_stats_layout_share_one_list_of_roles() -> None:
     assert topology.child_roles(2, dns=False) == ("worker0", "worker1", "crypto", "udp")
     assert topology.child_roles(1, dns=True)[-1] == topology.DNS
-    assert topology.stats_roles(2) == (topology.SUPERVISOR, *topology.child_roles(2, dns=True))
+    for dns in (False, True):
+        roles = (topology.SUPERVISOR, *topology.child_roles(2, dns=dns))
+        assert topology.stats_roles(2, dns=dns) == roles
     assert [topology.process_name(r) for r in topology.child_roles(2, dns=True)] == [
         "fzgw-tun0",
         "fzgw-tun1",
@@ -199,10 +202,12 @@ class _Reloaded:
         self.ports: list[int] = []
         runtime = SimpleNamespace(control=self.supervisor_end)
         self.dns_child = Child(topology.DNS, lambda: None) if config.dns else None
+        self.crypto_child = Child(topology.CRYPTO, lambda: None)
         self.reload = ConfigReload(
             self.path,
             running=self.running,
             runtime=cast(Runtime, runtime),
+            crypto_child=self.crypto_child,
             dns_child=self.dns_child,
             restart=self._restart,
             move_port=self.ports.append,
@@ -213,8 +218,15 @@ class _Reloaded:
         self.restarted.append(child.role)
         return True
 
-    def told_crypto(self) -> list[Any]:
-        return list(receive_messages(self.crypto_end, decode_to_crypto))
+    def told_crypto(self) -> list[CryptoEvent]:
+        return list(receive_to_crypto(self.crypto_end))
+
+    def reload_and_acknowledge(self) -> None:
+        """SIGHUP, and the crypto process applies what it was sent."""
+        self.reload.reload()
+        for event in self.told_crypto():
+            if isinstance(event, ConfigArrived):
+                self.reload.acknowledged(ReloadDone(event.generation, applied=True))
 
     def close(self) -> None:
         self.supervisor_end.close()
@@ -227,7 +239,7 @@ def test_a_reload_moves_the_port_and_tells_the_crypto_process(tmp_path: Path) ->
     gateway.reload.reload()
     assert gateway.ports == [51821]
     assert gateway.running.config.interface.listen_port == 51821
-    assert gateway.told_crypto() == [Reload()]
+    assert gateway.told_crypto() == [ConfigArrived(1, gateway.running.config)]
     gateway.close()
 
 
@@ -244,11 +256,50 @@ def test_an_invalid_file_changes_nothing(tmp_path: Path) -> None:
 def test_the_dns_process_restarts_only_when_its_inputs_change(tmp_path: Path) -> None:
     dns = '[dns]\nport = 5353\nupstreams = ["192.0.2.53"]\n'
     gateway = _Reloaded(tmp_path, _config_text(dns=dns))
-    gateway.reload.reload()  # the same file
+    gateway.reload_and_acknowledge()  # the same file
     assert gateway.restarted == []
     gateway.path.write_text(_config_text(dns=dns.replace("192.0.2.53", "192.0.2.54")))
-    gateway.reload.reload()
+    gateway.reload_and_acknowledge()
     assert gateway.restarted == [topology.DNS]
+    gateway.close()
+
+
+def test_the_dns_process_restarts_only_once_the_crypto_process_applied_the_reload(
+    tmp_path: Path,
+) -> None:
+    """Ordered by acknowledgement: the crypto process's mappings follow the new resources
+    before a DNS process built from them hands out answers."""
+    dns = '[dns]\nport = 5353\nupstreams = ["192.0.2.53"]\n'
+    gateway = _Reloaded(tmp_path, _config_text(dns=dns))
+    gateway.path.write_text(_config_text(dns=dns.replace("192.0.2.53", "192.0.2.54")))
+    gateway.reload.reload()
+    gateway.path.write_text(_config_text(dns=dns.replace("192.0.2.53", "192.0.2.55")))
+    gateway.reload.reload()
+    assert gateway.restarted == []  # sent, not yet applied
+    # What waits for the acknowledgement holds no key: children forked meanwhile inherit it.
+    assert PRIVATE not in pickle.dumps(gateway.reload._dns_built_from)
+    first, second = gateway.told_crypto()
+    assert isinstance(first, ConfigArrived) and isinstance(second, ConfigArrived)
+    gateway.reload.acknowledged(ReloadDone(first.generation, applied=True))
+    assert gateway.restarted == []  # an earlier reload's answer
+    gateway.reload.acknowledged(ReloadDone(second.generation, applied=True))
+    assert gateway.restarted == [topology.DNS]
+    gateway.reload.acknowledged(ReloadDone(second.generation, applied=True))
+    assert gateway.restarted == [topology.DNS]  # once
+    gateway.close()
+
+
+def test_a_crypto_process_that_could_not_read_the_reload_is_restarted_then_dns_follows(
+    tmp_path: Path,
+) -> None:
+    dns = '[dns]\nport = 5353\nupstreams = ["192.0.2.53"]\n'
+    gateway = _Reloaded(tmp_path, _config_text(dns=dns))
+    gateway.path.write_text(_config_text(dns=dns.replace("192.0.2.53", "192.0.2.54")))
+    gateway.reload.reload()
+    gateway.reload.acknowledged(ReloadDone(gateway.reload.generation, applied=False))
+    assert gateway.restarted == [topology.CRYPTO]
+    gateway.reload.crypto_started()  # the supervisor forked it from the new config
+    assert gateway.restarted == [topology.CRYPTO, topology.DNS]
     gateway.close()
 
 
@@ -273,7 +324,7 @@ def test_children_keep_only_their_own_fds(tmp_path: Path, rings: RingTopology) -
         runstate=None,
         mappings=None,
     )
-    targets = ChildTargets(path, 2, cast(Runtime, runtime), Running(config, 1280))
+    targets = ChildTargets(2, cast(Runtime, runtime), Running(config, 1280))
     children = targets.children
     assert tuple(children) == topology.child_roles(2, dns=False)
     worker1 = children["worker1"].fds()
@@ -306,7 +357,7 @@ def test_rates_read_in_the_unit_that_fits() -> None:
 def test_stats_blocks_follow_the_roles(tmp_path: Path) -> None:
     region = StatsRegion.create(f"fzo-parts-{tmp_path.name}", workers=2, max_peers=4)
     try:
-        assert region.roles == topology.stats_roles(2)
+        assert region.roles == topology.stats_roles(2, dns=False)
         assert region.ring_names == topology.ring_names(2)
     finally:
         region.close()

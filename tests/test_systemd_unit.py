@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.uapi.server import CONTROL_DIR_ENV
+
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "firezone-gw.service"
 SYSUSERS = UNIT.with_name("firezone-gw.sysusers")
-CONTROL_DIR_SETUP = re.compile(
-    r"\+/usr/bin/install -d -m (1[0-7]{3}) -o root -g (\S+) /run/wireguard"
-)
-INSTALLED_BINARY = "/usr/local/bin/firezone-gw"
+TMPFILES = UNIT.with_name("firezone-gw.tmpfiles")
+INSTALLED_BINARY = "/usr/bin/firezone-gw"
 MAX_EXPOSURE = 2.0
 
 
@@ -99,20 +99,52 @@ def test_required_settings() -> None:
     assert "DynamicUser" not in d  # the key file must belong to a user that exists
 
 
-def unit_control_dir_mode() -> tuple[int, str]:
-    """The mode and group the unit gives /run/wireguard before starting the gateway."""
-    (setup,) = [
-        m for line in unit_directives()["ExecStartPre"] if (m := CONTROL_DIR_SETUP.match(line))
+def unit_control_dir() -> str:
+    """Where the unit has the gateway bind its control socket."""
+    (setting,) = [v for v in unit_directives()["Environment"] if v.startswith(CONTROL_DIR_ENV)]
+    return setting.partition("=")[2]
+
+
+def test_run_wireguard_is_roots_and_the_socket_is_linked_in_by_root() -> None:
+    d = unit_directives()
+    # The gateway binds in its own runtime directory, never in /run/wireguard.
+    assert unit_control_dir() == f"/run/{d['RuntimeDirectory'][0]}"
+    assert not any("/run/wireguard" in v for v in d["ReadWritePaths"])
+    assert not any("/run/wireguard" in v for v in d["BindPaths"])
+    # Root (the "+" prefix) links the name `wg` looks for before the start, removes it after.
+    assert d["ExecStartPre"] == [
+        f"+{INSTALLED_BINARY} --config /etc/firezone-gw/gateway.toml link-control-socket"
     ]
-    return int(setup.group(1), 8), setup.group(2)
+    assert d["ExecStopPost"] == [f"+{INSTALLED_BINARY} unlink-control-socket"]
+    # At boot tmpfiles.d makes /run/wireguard root's and writable by nobody else.
+    (entry,) = [
+        line.split()
+        for line in TMPFILES.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert entry[:5] == ["d", "/run/wireguard", "0755", "root", "root"]
 
 
-def test_control_socket_directory_is_writable_by_the_group_and_sticky() -> None:
-    mode, group = unit_control_dir_mode()
-    assert group == unit_directives()["Group"][0]
-    assert mode & 0o1070 == 0o1070  # group rwx, and sticky: only a socket's owner removes it
-    assert mode & 0o002 == 0  # never world-writable
-    assert "/run/wireguard" in unit_directives()["ReadWritePaths"]
+def test_start_limit_ends_the_retries() -> None:
+    d = unit_directives()
+    interval = float(d["StartLimitIntervalSec"][0].removesuffix("s"))
+    burst = int(d["StartLimitBurst"][0])
+    restart = float(d["RestartSec"][0].removesuffix("s"))
+    assert 1 < burst <= 10
+    assert burst * restart < interval  # failing at once, the tries hit the limit
+
+
+def test_tmpfiles_entry_is_valid(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(TMPFILES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    made = (tmp_path / "run" / "wireguard").stat()
+    assert (made.st_uid, made.st_mode & 0o7777) == (0, 0o755)
 
 
 def test_sysusers_declares_the_units_user_and_group(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from pyroute2.netlink import NLM_F_REQUEST
@@ -149,3 +152,47 @@ def test_link_messages_not_sent_by_the_kernel_are_ignored(netns_hosts: Hosts) ->
     finally:
         watch.close()
         queue.close()
+
+
+# The watch as the unit runs it: CAP_NET_ADMIN without CAP_SYS_ADMIN (setns is refused).
+WATCH_WITHOUT_SYS_ADMIN = """
+import select, sys
+from tunio import open_multiqueue
+from tunio.linkwatch import LinkWatch
+with open("/proc/self/status") as status:
+    caps = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff"))
+print("sys_admin" if caps & (1 << 21) else "no sys_admin", flush=True)
+(queue,) = open_multiqueue(sys.argv[1], 1)
+watch = LinkWatch(queue.fileno())
+print("following" if watch.following else "not following", flush=True)
+epoll = select.epoll()
+epoll.register(watch.fileno(), select.EPOLLIN)
+while epoll.poll(10):
+    if (mtu := watch.read()) is not None:
+        print(mtu, flush=True)
+"""
+
+
+@pytest.mark.netns
+def test_follows_the_mtu_without_cap_sys_admin(netns_hosts: Hosts) -> None:
+    """In the process's own namespace the watch needs no setns (the unit forbids it)."""
+    home = netns_hosts.add("fzmtu")
+    name = unique_name("fzmtu")
+    proc = home.popen(
+        "setpriv",
+        "--bounding-set=-all,+net_admin",
+        "--inh-caps=-all",
+        sys.executable,
+        "-c",
+        WATCH_WITHOUT_SYS_ADMIN,
+        name,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdout is not None
+    lines = iter(proc.stdout.readline, b"")
+    assert next(lines).strip() == b"no sys_admin"
+    assert next(lines).strip() == b"following"
+    assert next(lines).strip() == b"1500"  # the answer to its request
+    home.ip("link", "set", name, "mtu", "1400")
+    assert next(lines).strip() == b"1400"

@@ -35,9 +35,24 @@ def entered_netns(name: str | None) -> Iterator[None]:
         os.close(fd)
 
 
+def is_current_netns(fd: int) -> bool:
+    """Whether `fd` is the network namespace this thread is in (same nsfs inode)."""
+    own = os.stat("/proc/thread-self/ns/net")
+    there = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (there.st_dev, there.st_ino)
+
+
 @contextlib.contextmanager
 def entered_netns_fd(fd: int) -> Iterator[None]:
-    """Switch this thread into the network namespace open at `fd` and back afterwards."""
+    """Switch this thread into the network namespace open at `fd` and back afterwards.
+
+    No switch when it is already there: setns needs CAP_SYS_ADMIN, which the systemd unit
+    does not grant (and RestrictNamespaces= refuses), and the device usually lives in the
+    gateway's own namespace.
+    """
+    if is_current_netns(fd):
+        yield
+        return
     pr_netns.pushns(fd)
     try:
         yield

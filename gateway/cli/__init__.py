@@ -228,15 +228,24 @@ def show(options: GlobalOptions, as_json: bool) -> None:
     multiple=True,
     help="A network behind the gateway for the client to route to it (repeatable).",
 )
+@click.option("--qr", is_flag=True, help="Print the config as a QR code for a phone to scan.")
+@click.option(
+    "--qr-png",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the QR code as a PNG image (mode 0600) to this file.",
+)
 @pass_global_options
-def client_config(
+def client_config(  # noqa: PLR0913, PLR0917 - one parameter per option, as click passes them
     options: GlobalOptions,
     peer_key: str | None,
     new_peer: bool,
     endpoint: str,
     routes: tuple[str, ...],
+    qr: bool,
+    qr_png: Path | None,
 ) -> None:
-    """Print a wg-quick config for a client of this gateway."""
+    """Print a wg-quick config for a client of this gateway (or its QR code, --qr)."""
     from gateway.cli import clientconfig  # noqa: PLC0415 - only this command needs it
 
     if (peer_key is None) == (not new_peer):
@@ -281,7 +290,56 @@ def client_config(
     except clientconfig.ClientConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    if qr or qr_png is not None:
+        from gateway.cli import qr as qr_code  # noqa: PLC0415 - only these options need it
+
+        if qr_png is not None:
+            qr_code.write_png(text, qr_png)
+        if qr:
+            qr_code.print_terminal(text, sys.stdout)
+            return
     click.echo(text, nl=False)
+
+
+@main.command("link-control-socket")
+@pass_global_options
+def link_control_socket(options: GlobalOptions) -> None:
+    """As root before the gateway starts: link /run/wireguard/IFNAME.sock to the socket the
+    gateway binds in $FIREZONE_GW_CONTROL_SOCKET_DIR (the unit's ExecStartPre=+)."""
+    from gateway.uapi import link  # noqa: PLC0415 - only this command needs it
+
+    target = _control_dir_or_exit()
+    try:
+        name = load_config(options.config).interface.name
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        made = link.link_control_socket(name, target)
+    except OSError as exc:
+        click.echo(f"Error: cannot link the control socket of {name}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{made} -> {target / link.socket_name(name)}")
+
+
+@main.command("unlink-control-socket")
+def unlink_control_socket() -> None:
+    """As root after the gateway stopped: remove the links link-control-socket made (the
+    unit's ExecStopPost=+)."""
+    from gateway.uapi import link  # noqa: PLC0415 - only this command needs it
+
+    for path in link.unlink_control_sockets(_control_dir_or_exit()):
+        click.echo(f"removed {path}")
+
+
+def _control_dir_or_exit() -> Path:
+    from gateway.uapi.server import CONTROL_DIR_ENV, SOCKET_DIR, control_socket_dir  # noqa: PLC0415 - only the link commands need it
+
+    target = control_socket_dir()
+    if target == SOCKET_DIR:
+        click.echo(f"Error: {CONTROL_DIR_ENV} is not set: the socket is bound in place", err=True)
+        sys.exit(2)
+    return target
 
 
 @main.command()

@@ -17,10 +17,9 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.dataplane import control
 from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
@@ -28,7 +27,12 @@ from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, build_policy
 from gateway.dataplane.hamain import start_ha, to_change
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import MappingMessage, apply_message, receive_mappings
+from gateway.dataplane.mappings import (
+    MappingMessage,
+    PeerAnnouncer,
+    apply_message,
+    receive_mappings,
+)
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
@@ -54,7 +58,6 @@ class PublicKeyBoard(Protocol):
 class CryptoInputs:
     """What the supervisor hands the crypto process (all of it made before fork)."""
 
-    config_path: Path  # re-read on Reload
     config: GatewayConfig
     rings: CryptoRings[Ring]
     stats: st.StatsRegion
@@ -75,14 +78,12 @@ class CryptoControl:
         self,
         config: GatewayConfig,
         *,
-        config_path: Path,
         control_socket: socket.socket,
         runstate: RunState | None,
         listen_port: int,
         key_board: PublicKeyBoard,
         now: float,
     ) -> None:
-        self.config_path = config_path
         self._control = control_socket
         self._runstate = runstate
         self._key_board = key_board
@@ -148,24 +149,37 @@ class CryptoControl:
 
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
-        for message in control.receive_messages(self._control, control.decode_to_crypto):
+        for message in control.receive_to_crypto(self._control):
             self._handle(message, now)
 
-    def _handle(self, message: control.ToCrypto, now: float) -> None:
-        if isinstance(message, control.Reload):
-            self._reload(now)
+    def _handle(self, message: control.CryptoEvent, now: float) -> None:
+        if isinstance(message, control.ConfigArrived):
+            self._reload(message, now)
         elif isinstance(message, control.MtuChanged):
             self.device.mtu = message.mtu
         else:
             self.backend.listen_port = message.port
 
-    def _reload(self, now: float) -> None:
+    def _reload(self, arrived: control.ConfigArrived, now: float) -> None:
+        """Apply the config the supervisor parsed, then say so: the supervisor restarts the
+        DNS process only after this process's mappings follow the new resources."""
+        config = arrived.config
         try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload: config became invalid, keeping the old one:\n%s", exc)
-            return
+            if config is not None:
+                self._apply(config, now)
+        finally:  # the supervisor waits for this: READY=1, then the DNS process follows
+            try:
+                done = control.ReloadDone(arrived.generation, applied=config is not None)
+                control.send_message(self._control, done)
+            except OSError as exc:
+                log.error(
+                    "reload %d: not acknowledged to the supervisor: %s", arrived.generation, exc
+                )
+
+    def _apply(self, config: GatewayConfig, now: float) -> None:
         apply_peers(self.device, config, now)
+        if self._loop is not None:
+            self._loop.sync_peer_stats()
         # Grants and resources apply from the next packet; sessions stay (they are the Device's).
         self.firewall.set_policy(build_policy(config))
         self._update_loop()
@@ -193,7 +207,7 @@ class CryptoControl:
             readable, _, _ = select.select([self._control], [], [], left)
             if not readable:
                 break
-            for message in control.receive_messages(self._control, control.decode_to_crypto):
+            for message in control.receive_to_crypto(self._control):
                 self._handle(message, time.monotonic())
                 if isinstance(message, control.ListenPortChanged) and message.port == port:
                     return
@@ -215,7 +229,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
     block = inputs.stats.attach_process("crypto")
     crypto = CryptoControl(
         inputs.config,
-        config_path=inputs.config_path,
         control_socket=inputs.control,
         runstate=inputs.runstate,
         listen_port=inputs.listen_port,
@@ -246,7 +259,14 @@ def crypto_main(inputs: CryptoInputs) -> None:
             receive_mappings(mappings, apply)
 
         handlers[mappings.fileno()] = on_mappings
-    report_ready()
+    if mappings is not None:  # the DNS process learns of this start and of the peers' addresses
+        handlers = PeerAnnouncer(mappings, crypto.device).started_watching(handlers)
+
+    def on_loop(loop: CryptoLoop[Ring]) -> None:
+        crypto.attach_loop(loop)
+        loop.sync_peer_stats()  # the STATUS line sent with READY=1 counts the configured peers
+        report_ready()
+
     run_crypto(
         crypto.device,
         inputs.rings,
@@ -256,6 +276,6 @@ def crypto_main(inputs: CryptoInputs) -> None:
         heartbeat=inputs.heartbeat,
         keep_timestamps=crypto.keep_timestamps,
         resource_table=inputs.stats.resources,
-        on_loop=crypto.attach_loop,
+        on_loop=on_loop,
         proxy=crypto.proxy,
     )

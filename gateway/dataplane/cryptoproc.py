@@ -102,7 +102,8 @@ class CryptoLoop(Generic[RingT]):
         self._max_datagram = rings.to_udp.max_message - HEADER_SIZE
         self._per_worker: list[list[bytes | bytearray]] = [[] for _ in self._to_workers]
         self._next_stats = 0.0
-        self.handshakes: deque[bytes] = deque()  # ring messages waiting for a turn's budget
+        # Ring messages waiting for a turn's budget, with when they arrived.
+        self.handshakes: deque[tuple[bytes, float]] = deque()
         self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
         self._source_limiter = RateLimiter()
 
@@ -135,6 +136,10 @@ class CryptoLoop(Generic[RingT]):
                 self._nat.sync(self.proxy.summary())
             self._next_stats = now + STATS_INTERVAL
         return work
+
+    def sync_peer_stats(self) -> None:
+        """Copy the changed peers' figures now (after a reload), not at the next interval."""
+        self._peers.sync(self.device, self.counters)
 
     def _decrypt(self, now: float) -> bool:
         """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
@@ -217,7 +222,7 @@ class CryptoLoop(Generic[RingT]):
         if queued < HANDSHAKE_QUEUE and (
             queued < UNDER_LOAD_QUEUED or self._source_limiter.allow(remote_address(message), now)
         ):
-            self.handshakes.append(bytes(message))
+            self.handshakes.append((bytes(message), now))
         else:
             self.handshakes_dropped += 1
             self.counters[st.DROP_RATE_LIMITED] += 1
@@ -229,14 +234,15 @@ class CryptoLoop(Generic[RingT]):
             return False
         handle_datagram = self.device.handle_datagram
         for _ in range(min(HANDSHAKE_BUDGET, len(handshakes))):
-            message = handshakes.popleft()
+            message, arrived = handshakes.popleft()
             try:
                 src, datagram = decode_message(memoryview(message))
             except FramingError:
                 self.counters[st.DROP_MALFORMED] += 1
                 continue
-            # Answers go to the outbox, never to a worker.
-            handle_datagram(datagram, src, now)
+            # Answers go to the outbox, never to a worker. The arrival time keeps roaming
+            # in arrival order: transport from the same batch was handled first.
+            handle_datagram(datagram, src, now, arrived=arrived)
         return True
 
     def _encrypt(self, now: float, outbound: list[bytes]) -> bool:

@@ -11,17 +11,20 @@ Heartbeat: the event loop's selector marks the process asleep while it waits, an
 beats and copies the counters into the process's stats block (as deltas: the block outlives
 a restarted process). Crash: the supervisor restarts it; pending queries are lost (clients
 retry) and proxy addresses are handed out afresh, overwriting the crypto process's mappings
-as names are asked for again.
+as names are asked for again. A restarted crypto process says so on the mappings socket: the
+live mappings go to it again before any answer from the cache. Only peers are answered (the
+sockets are bound to the TUN device; sources by the peers' allowed IPs, as the crypto process
+reports them after `wg set`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import selectors
 import socket
+import time
 from collections import Counter
 from collections.abc import Hashable, Mapping
 
@@ -30,11 +33,11 @@ from gateway.dataplane.children import report_ready
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.mappings import MappingSender
 from gateway.dns.forwarder import Forwarder
-from gateway.dns.resources import ProxyMapping, ResourceAnswers
+from gateway.dns.peers import PeerDirectory
+from gateway.dns.resources import ResourceAnswers
 from gateway.dns.server import DnsServer
 from gateway.nat.handler import grants_by_key
 from gateway.telemetry import stats as st
-from gateway.wireguard.allowedips import AllowedIPs
 
 log = logging.getLogger(__name__)
 
@@ -56,51 +59,41 @@ class HeartbeatSelector(selectors.EpollSelector):
             self._heartbeat.asleep(False)
 
 
-def build_server(config: GatewayConfig, on_mapping: CountingSender | None) -> DnsServer:
+def build_server(config: GatewayConfig, mappings: MappingSender | None) -> DnsServer:
     """The DnsServer for `config` (which must have a DNS server): listening on each tunnel
-    address at dns.port, DNS resources answered for the peers granted them."""
+    address at dns.port for the peers, DNS resources answered for the peers granted them."""
     dns = config.dns
     if dns is None:
         raise ValueError("the config has no DNS server")
     forwarder = Forwarder(dns.upstreams)
+    peers = PeerDirectory((p.public_key, p.allowed_ips) for p in config.peers)
     patterns = [(i, r.pattern) for i, r in enumerate(config.resources) if r.pattern is not None]
     resources = None
     if patterns:
-        owners: AllowedIPs[bytes] = AllowedIPs()
-        for peer in config.peers:
-            for network in peer.allowed_ips:
-                owners.insert(network, peer.public_key)
-
-        def peer_of(address: str) -> Hashable | None:
-            try:
-                return owners.lookup_ip(ipaddress.ip_address(address))
-            except ValueError:
-                return None
-
         by_key = grants_by_key(
             config.resources, [(p.public_key, p.resources) for p in config.peers]
         )
         grants: Mapping[Hashable, frozenset[int]] = {key: ids for key, ids in by_key.items()}
-        resources = ResourceAnswers(patterns, grants, peer_of, forwarder)
+        resources = ResourceAnswers(patterns, grants, peers.peer_of, forwarder)
+    if mappings is not None:
+        mappings.on_peers = peers.replace
+        if resources is not None:
+            table, sender = resources, mappings
+
+            def resend() -> None:  # a new crypto process has none of them
+                for mapping in table.live_mappings():
+                    sender.send(mapping)
+
+            mappings.on_started = resend
     listen = [(str(address.ip), dns.port) for address in config.interface.addresses]
     return DnsServer(
         forwarder,
         listen,
         resources,
-        on_mapping=None if on_mapping is None else on_mapping.send_mapping,
+        mappings,
+        device=config.interface.name,
+        peer_of=peers.peer_of,
     )
-
-
-class CountingSender:
-    """Counts what it sends; `send_mapping` is the DnsServer's on_mapping callback."""
-
-    def __init__(self, sender: MappingSender) -> None:
-        self.sender = sender
-        self.sent = 0
-
-    def send_mapping(self, mapping: ProxyMapping) -> None:
-        self.sent += 1
-        self.sender.send(mapping)
 
 
 class DnsCounterSync:
@@ -110,11 +103,11 @@ class DnsCounterSync:
         self.block = block
         self._last: Counter[str] = Counter()
 
-    def sync(self, server: DnsServer, mappings: CountingSender | None) -> None:
+    def sync(self, server: DnsServer, mappings: MappingSender | None) -> None:
         now: Counter[str] = Counter(server.forwarder.counters)
         if mappings is not None:
             now["proxy_mappings"] = mappings.sent
-            now["proxy_mapping_unacknowledged"] = mappings.sender.unacknowledged
+            now["proxy_mapping_unacknowledged"] = mappings.unacknowledged
         block = self.block
         for index, name in enumerate(st.DNS_COUNTER_NAMES):
             if name in st.DNS_GAUGES:
@@ -139,8 +132,10 @@ def run_dns(
 async def _serve(
     config: GatewayConfig, mappings: socket.socket | None, block: memoryview, heartbeat: Heartbeat
 ) -> None:
-    sender = None if mappings is None else CountingSender(MappingSender(mappings))
+    sender = None if mappings is None else MappingSender(mappings)
     server = build_server(config, sender)
+    if sender is not None:
+        sender.attach(asyncio.get_running_loop())
     try:
         await server.start()
     except OSError as exc:
@@ -155,4 +150,6 @@ async def _serve(
     while True:
         heartbeat.beat()
         counters.sync(server, sender)
+        if server.resources is not None:
+            server.resources.expire(time.monotonic())
         await asyncio.sleep(STATS_INTERVAL)

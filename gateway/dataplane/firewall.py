@@ -209,10 +209,7 @@ class Firewall:
         parsed = self._parse(packet)
         if parsed is None:
             return None
-        if parsed.version == _IPV4:
-            source, destination = bytes(packet[12:16]), bytes(packet[16:20])
-        else:
-            source, destination = bytes(packet[8:24]), bytes(packet[24:40])
+        source, destination = _addresses(packet, parsed.version)
         peer_key = self._peer_for(source)
         if peer_key is None:  # the core delivers only sources it routed to a peer
             self.counts.policy_drops += 1
@@ -295,10 +292,7 @@ class Firewall:
             translated = proxy.to_peer(parsed, now)
             if not isinstance(translated, NotMine):
                 return translated
-        if parsed.version == _IPV4:
-            source, destination = bytes(packet[12:16]), bytes(packet[16:20])
-        else:
-            source, destination = bytes(packet[8:24]), bytes(packet[24:40])
+        source, destination = _addresses(packet, parsed.version)
         peer = self._peer_for(destination)
         if peer is None:
             return packet  # no peer: the core drops and counts it (no_route)
@@ -362,6 +356,13 @@ class Firewall:
             return False
         size = len(flow[1]) // 2 - 2  # the key: two addresses, then the two ports
         return self._peer_for(flow[1][:size]) == peer
+
+
+def _addresses(packet: bytes | bytearray | memoryview, version: int) -> tuple[bytes, bytes]:
+    """The raw source and destination addresses of a parsed IP packet of `version`."""
+    if version == _IPV4:
+        return bytes(packet[12:16]), bytes(packet[16:20])
+    return bytes(packet[8:24]), bytes(packet[24:40])
 
 
 def _remember(table: dict[bytes, ResourceCounts], key: bytes, counts: ResourceCounts) -> None:

@@ -108,7 +108,9 @@ class Runtime:
             opened.callback(tun.close)
             rings = RingTopology.create(workers, interface.mtu)
             opened.callback(rings.close)
-            stats = _create_stats(interface.name, workers, len(config.peers))
+            stats = _create_stats(
+                interface.name, workers, len(config.peers), dns=config.dns is not None
+            )
             opened.callback(_close_stats, stats)
             stats.attach_process(topology.SUPERVISOR)  # its pid, for CPU and RSS in /metrics
             stats.mtu = interface.mtu
@@ -167,12 +169,15 @@ def _open_tun(name: str, workers: int, config: GatewayConfig) -> Tun:
     return tun
 
 
-def _create_stats(name: str, workers: int, peers: int) -> st.StatsRegion:
+def _create_stats(name: str, workers: int, peers: int, *, dns: bool) -> st.StatsRegion:
     try:
         for dead in remove_dead_segments(name):
             log.info("removed %s, left by a gateway that is gone", dead)
         return st.StatsRegion.create(
-            stats_segment_name(name, os.getpid()), workers=workers, max_peers=max(1024, peers)
+            stats_segment_name(name, os.getpid()),
+            workers=workers,
+            max_peers=max(1024, peers),
+            dns=dns,
         )
     except (OSError, ValueError) as exc:
         raise SupervisorError(f"cannot create the stats segment: {exc}") from exc

@@ -26,6 +26,7 @@ from gateway.dataplane.children import EXIT_DEVICE_GONE, Child, stop_all
 from gateway.dataplane.control import (
     ListenPortChanged,
     MtuChanged,
+    ReloadDone,
     decode_to_supervisor,
     receive_messages,
     send_message,
@@ -49,6 +50,7 @@ TICK = 1.0
 # sooner; otherwise with the tick only.
 BUSY_LOOK_INTERVAL = 0.5
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
+RELOAD_CONFIRM_TIMEOUT = 10.0  # READY=1 after a reload at the latest, applied or not
 
 
 @dataclass
@@ -66,15 +68,14 @@ class Supervisor:
         self.running = running
         self.runtime = runtime
         self.name = running.config.interface.name
-        self.children = ChildTargets(
-            options.config_path, options.workers, runtime, running
-        ).children
+        self.children = ChildTargets(options.workers, runtime, running).children
         self.health = Health(self.children)
         self.status = StatusLine(runtime.stats, options.workers)
         self.reloader = ConfigReload(
             options.config_path,
             running=running,
             runtime=runtime,
+            crypto_child=self.children[topology.CRYPTO],
             dns_child=self.children.get(topology.DNS),
             restart=self._restart,
             move_port=self._move_port,
@@ -87,6 +88,7 @@ class Supervisor:
         self._epoll: select.epoll | None = None  # made once setup-time signals were handled
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
+        self._reload_due: float | None = None  # a reload the crypto process has not applied
         config = running.config
         log.info(
             "interface %s: public key %s, UDP port %d, MTU %d, %d workers, %d peers",
@@ -160,7 +162,12 @@ class Supervisor:
                 wake_r.recv(4096)
         elif fd == self.runtime.control.fileno():
             for message in receive_messages(self.runtime.control, decode_to_supervisor):
-                self._change_listen_port(message.port, epoll)
+                if isinstance(message, ReloadDone):
+                    self.reloader.acknowledged(message)
+                    if message.generation == self.reloader.generation:
+                        self._reload_done()  # READY=1: the newest reload is applied
+                else:
+                    self._change_listen_port(message.port, epoll)
         elif fd == link_watch.fileno():
             mtu = link_watch.read()
             if mtu is not None:
@@ -178,6 +185,8 @@ class Supervisor:
                 options.log_filter, options.log_format, process=child.process_name
             )
         )
+        if child.role == topology.CRYPTO:
+            self.reloader.crypto_started()
 
     def _restart(self, child: Child) -> bool:
         """Kill and fork `child` again on purpose; False before the children started."""
@@ -282,12 +291,19 @@ class Supervisor:
         if sig == signal.SIGHUP:
             if self._announced:  # systemd's reload protocol; READY=1 again when done
                 self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            self.reloader.reload()
-            if self._announced:
-                self.notifier.ready(self.status.line())
+            if self.reloader.reload():  # READY=1 once the crypto process applied it
+                self._reload_due = time.monotonic() + RELOAD_CONFIRM_TIMEOUT
+            else:
+                self._reload_done()
             return
         log.info("received %s, stopping", signal.Signals(sig).name)
         self.stopping = True
+
+    def _reload_done(self) -> None:
+        """READY=1 with a status line that counts the reloaded peers."""
+        self._reload_due = None
+        if self._announced:
+            self.notifier.ready(self.status.line())
 
     # ---- counters, systemd and /metrics ---------------------------------------------------
 
@@ -301,6 +317,9 @@ class Supervisor:
         if not self.health.problems() and self.runtime.tun.device_name() is not None:
             self.notifier.watchdog()
         now = time.monotonic()
+        if self._reload_due is not None and now >= self._reload_due:
+            log.warning("reload: the crypto process did not confirm it in time")
+            self._reload_done()
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             self.notifier.status(self.status.line())

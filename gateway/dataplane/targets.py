@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from gateway import topology
 from gateway.config import GatewayConfig
@@ -39,8 +38,7 @@ class Running:
 class ChildTargets:
     """Builds the children and runs each one's life in the forked process."""
 
-    def __init__(self, config_path: Path, workers: int, runtime: Runtime, running: Running) -> None:
-        self.config_path = config_path
+    def __init__(self, workers: int, runtime: Runtime, running: Running) -> None:
         self.workers = workers
         self.runtime = runtime
         self.running = running
@@ -129,7 +127,6 @@ class ChildTargets:
         rt = self.runtime
         crypto_main(
             CryptoInputs(
-                config_path=self.config_path,
                 config=self.running.config,
                 rings=rt.rings.for_crypto(),
                 stats=rt.stats,

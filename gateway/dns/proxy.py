@@ -36,31 +36,42 @@ class ProxyAddresses:
         if not 0 < capacity <= min(IPV4_RANGE.num_addresses, IPV6_RANGE.num_addresses):
             raise ValueError(f"capacity must be 1..{IPV4_RANGE.num_addresses}, got {capacity}")
         self.capacity = capacity
-        self._by_name: OrderedDict[dns.name.Name, int] = OrderedDict()  # least recent first
+        # Keyed by the name's canonical wire form (bytes hash once; a Name hashes every time).
+        self._by_key: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # LRU first
         self._by_slot: dict[int, dns.name.Name] = {}
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._by_key)
 
-    def assign(self, name: dns.name.Name) -> ProxyPair:
-        """The pair for `name`, assigning one if it has none; marks it as just used."""
-        name = name.canonicalize()
-        slot = self._by_name.get(name)
+    def assign(self, name: dns.name.Name, resource: int = 0) -> ProxyPair:
+        """The pair for `name` under `resource`, assigning one if it has none; marks it as
+        just used."""
+        key = (name.to_digestable(), resource)
+        slot = self._by_key.get(key)
         if slot is None:
-            if len(self._by_name) < self.capacity:
-                slot = self._home_slot(name)
+            if len(self._by_key) < self.capacity:
+                slot = self._home_slot(key)
                 while slot in self._by_slot:
                     slot = (slot + 1) % self.capacity
             else:
-                _, slot = self._by_name.popitem(last=False)
-            self._by_name[name] = slot
-            self._by_slot[slot] = name
+                _, slot = self._by_key.popitem(last=False)
+            self._by_key[key] = slot
+            self._by_slot[slot] = name.canonicalize()
         else:
-            self._by_name.move_to_end(name)
+            self._by_key.move_to_end(key)
         return self.pair(slot)
 
-    def _home_slot(self, name: dns.name.Name) -> int:
-        digest = hashlib.blake2b(name.to_digestable(), digest_size=8).digest()
+    def release(self, name: dns.name.Name, resource: int = 0) -> None:
+        """Free the pair of `name` under `resource` (nobody holds it any more)."""
+        slot = self._by_key.pop((name.to_digestable(), resource), None)
+        if slot is not None:
+            del self._by_slot[slot]
+
+    def _home_slot(self, key: tuple[bytes, int]) -> int:
+        name, resource = key
+        # Resource 0 hashes the name alone: pairs handed out before pairs had a resource stay.
+        salt = resource.to_bytes(4, "big") if resource else b""
+        digest = hashlib.blake2b(name + salt, digest_size=8).digest()
         return int.from_bytes(digest) % self.capacity
 
     @staticmethod

@@ -1,7 +1,8 @@
 """The `[ha]` table: two gateways for one site (see config/gateway.toml for each key).
 
-Validated on its own so the config loader only calls `validate_ha` and keeps the result;
-every error names its key (`ha.<key>`) and the value that was wrong.
+Checked in two steps as the rest of the config: `parse_ha` (pure) and `resolve_ha` (reads
+the key file, checks the listen address is this host's); every error names its key
+(`ha.<key>`) and the value that was wrong.
 """
 
 from __future__ import annotations
@@ -46,9 +47,20 @@ class HaConfig:
 AddError = Callable[[str, str], None]
 
 
-def validate_ha(
-    raw: dict[str, Any], base_dir: Path, wireguard_key: bytes | None, add: AddError
-) -> HaConfig | None:
+@dataclass(frozen=True, slots=True)
+class HaDraft:
+    """`[ha]` checked on its own (`parse_ha`, pure); `resolve_ha` reads the key file and
+    checks the listen address is this host's."""
+
+    listen: Endpoint
+    peer: Endpoint
+    secret_key_file: str
+    peer_public_key: bytes
+    role: str
+    rate: int
+
+
+def parse_ha(raw: dict[str, Any], add: AddError) -> HaDraft | None:
     """`[ha]` as found in the file; None after reporting errors through `add(path, problem)`."""
     try:
         toml = msgspec.convert(raw, HaToml, str_keys=True)
@@ -57,27 +69,38 @@ def validate_ha(
         add(f"ha.{where.rstrip('`')}" if where else "ha", message)
         return None
     listen = _endpoint(toml.listen, "ha.listen", add)
-    if listen is not None and not _is_local(listen[0]):
-        add("ha.listen", f"{listen[0]} is not an address of this host (got {toml.listen!r})")
-        listen = None
     peer = _endpoint(toml.peer, "ha.peer", add)
     if listen is not None and peer is not None and listen == peer:
         add("ha.peer", f"is the same address as ha.listen ({toml.peer!r})")
-    if not MIN_RATE <= toml.rate <= MAX_RATE:
+        peer = None
+    rate_ok = MIN_RATE <= toml.rate <= MAX_RATE
+    if not rate_ok:
         add("ha.rate", f"expected bytes per second in {MIN_RATE}..{MAX_RATE}, got {toml.rate}")
-    secret = _secret(base_dir, toml.secret_key_file, wireguard_key, add)
     peer_key = None
     try:
         peer_key = keys.decode_key(toml.peer_public_key)
     except keys.KeyFormatError as exc:
         add("ha.peer_public_key", f"{exc} (got {toml.peer_public_key[:60]!r})")
-    if secret is not None and peer_key is not None and keys.public_key(secret) == peer_key:
+    if listen is None or peer is None or peer_key is None or not rate_ok:
+        return None
+    return HaDraft(listen, peer, toml.secret_key_file, peer_key, toml.role, toml.rate)
+
+
+def resolve_ha(
+    draft: HaDraft, base_dir: Path, wireguard_key: bytes | None, add: AddError
+) -> HaConfig | None:
+    """The draft with its secret key read (relative to `base_dir`) and its listen address
+    checked against this host's; None after reporting errors."""
+    listen_ok = _is_local(draft.listen[0])
+    if not listen_ok:
+        add("ha.listen", f"{draft.listen[0]} is not an address of this host")
+    secret = _secret(base_dir, draft.secret_key_file, wireguard_key, add)
+    if secret is not None and keys.public_key(secret) == draft.peer_public_key:
         add("ha.peer_public_key", "is this node's own replication key; give the other node's")
-    if listen is None or peer is None or secret is None or peer_key is None:
+        secret = None
+    if secret is None or not listen_ok:
         return None
-    if not MIN_RATE <= toml.rate <= MAX_RATE:
-        return None
-    return HaConfig(listen, peer, secret, peer_key, toml.role, toml.rate)
+    return HaConfig(draft.listen, draft.peer, secret, draft.peer_public_key, draft.role, draft.rate)
 
 
 def _endpoint(text: str, path: str, add: AddError) -> Endpoint | None:

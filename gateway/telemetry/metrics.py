@@ -587,4 +587,13 @@ class MetricsServer:
             "Connections to this server closed unanswered: too many were open.",
         )
         refused.add(self._httpd.refused)
-        return _format_family(refused)
+        ready = _Family(
+            "firezone_gw_ready",
+            "gauge",
+            "1 while the gateway forwards (what /readyz answers 200 for), else 0.",
+        )
+        try:
+            ready.add(1 if self._ready()[0] else 0)
+        except Exception:  # noqa: BLE001 - any failing check means not ready; /readyz logs it
+            ready.add(0)
+        return _format_family(refused) + _format_family(ready)

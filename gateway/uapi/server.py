@@ -42,6 +42,15 @@ MAX_CONNECTIONS = 16
 IDLE_TIMEOUT = 10.0  # seconds; `wg` finishes in milliseconds
 EVICT_IDLE = 1.0  # seconds idle before a new connection may take a full table's place
 REPLIES_PER_TURN = 4
+# Under systemd the socket is bound elsewhere and root links it into SOCKET_DIR (see link.py).
+CONTROL_DIR_ENV = "FIREZONE_GW_CONTROL_SOCKET_DIR"
+
+
+def control_socket_dir() -> Path:
+    """Where the gateway binds its control socket: $FIREZONE_GW_CONTROL_SOCKET_DIR, else
+    /var/run/wireguard as wireguard-go."""
+    return Path(os.environ.get(CONTROL_DIR_ENV) or SOCKET_DIR)
+
 
 # ---- the socket server ----
 
@@ -89,11 +98,12 @@ class UapiServer:
 
     @classmethod
     def for_interface(
-        cls, ifname: str, backend: UapiBackend, *, directory: str | os.PathLike[str] = SOCKET_DIR
+        cls, ifname: str, backend: UapiBackend, *, directory: str | os.PathLike[str] | None = None
     ) -> UapiServer:
+        """The socket `<ifname>.sock` in `directory` (default: control_socket_dir())."""
         if not ifname or "/" in ifname or len(ifname.encode()) > 15:  # noqa: PLR2004 (IFNAMSIZ-1)
             raise ValueError(f"bad interface name {ifname!r}")
-        folder = Path(directory)
+        folder = Path(directory) if directory is not None else control_socket_dir()
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         return cls(folder / f"{ifname}.sock", backend)
 
@@ -299,7 +309,7 @@ class UapiServer:
         client.sock.close()
 
 
-def _remove_if_stale(path: Path) -> None:
+def remove_if_stale(path: Path) -> None:
     """Remove a socket nobody listens on (left by a crashed run), as wireguard-go does.
 
     A live socket (someone accepts) or any other kind of file is never touched.
@@ -320,7 +330,7 @@ def _remove_if_stale(path: Path) -> None:
 def _bind_unix(path: Path) -> socket.socket:
     """Bind a listening socket at `path` with mode 0600; replaces only a stale socket."""
     if path.is_socket():
-        _remove_if_stale(path)
+        remove_if_stale(path)
     if path.exists() or path.is_symlink():
         kind = "a socket" if stat.S_ISSOCK(path.lstat().st_mode) else "a file"
         raise FileExistsError(

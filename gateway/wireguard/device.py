@@ -139,6 +139,7 @@ class Device:
         self._endpoint_peers: dict[Endpoint, Peer] = {}  # the peer each endpoint is of
         self._outbox: deque[tuple[Endpoint, Datagram]] = deque()
         self._new_timestamps: dict[bytes, bytes] = {}  # peer key -> TAI64N, one per peer
+        self._handshake_arrived: float | None = None  # while a held-back handshake is handled
         self._under_load = UnderLoad(under_load_threshold)
         self._scratch = memoryview(bytearray(MAX_TRANSPORT_SIZE))
         self._identity: Identity | None = None
@@ -236,6 +237,7 @@ class Device:
             peer.preshared_key = preshared_key
         if not isinstance(endpoint, _Unchanged):
             self._set_endpoint(peer, endpoint)
+            peer.endpoint_arrival = now
         self._changed.add(peer)
         if replace_allowed_ips:
             self._allowed.remove_value(peer)
@@ -499,9 +501,16 @@ class Device:
             peer.timers.persistent_keepalive = now + peer.persistent_keepalive
 
     def _received_authenticated(self, peer: Peer, src: Endpoint, now: float) -> None:
-        if peer.endpoint != src:
-            self._set_endpoint(peer, src)
-        peer.endpoint = src  # roaming: follow the latest authenticated source (and its local)
+        # Roaming: follow the latest authenticated source (and its local), by arrival. A
+        # handshake the driver held back arrived before transport handled since: it moves
+        # the endpoint only if nothing that arrived later did (a listen-port change must not
+        # be undone by an initiation sent from the old port just before).
+        arrived = self._handshake_arrived
+        if arrived is None or arrived > peer.endpoint_arrival:
+            if peer.endpoint != src:
+                self._set_endpoint(peer, src)
+            peer.endpoint = src
+            peer.endpoint_arrival = now if arrived is None else arrived
         self._changed.add(peer)  # and its rx figures or handshake, which the callers update
         peer.timers.new_handshake = None
         if peer.persistent_keepalive:
@@ -509,8 +518,13 @@ class Device:
 
     # ---- inbound ---------------------------------------------------------------------------
 
-    def handle_datagram(self, data: Packet, src: Endpoint, now: float) -> bytearray | None:
-        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None."""
+    def handle_datagram(
+        self, data: Packet, src: Endpoint, now: float, *, arrived: float | None = None
+    ) -> bytearray | None:
+        """A UDP datagram: the authenticated inner IP packet to write to the TUN, or None.
+
+        `arrived`: when a handshake message the driver queued came in, if it is handled
+        after transport that came later (see _received_authenticated)."""
         size = len(data)
         if size < 4 or data[1] or data[2] or data[3]:  # noqa: PLR2004 # type field
             self.drops[Drop.MALFORMED] += 1
@@ -522,11 +536,14 @@ class Device:
                 return None
             return self._receive_transport(data, src, now)
         if kind in (MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY):
+            self._handshake_arrived = arrived
             try:
                 self._receive_handshake(bytes(data), kind, src, now)
             except CryptoFailure:
                 self.drops[Drop.HANDSHAKE_FAILED] += 1
                 self.counters["handshakes_rejected"] += 1
+            finally:
+                self._handshake_arrived = None
             return None
         self.drops[Drop.MALFORMED] += 1
         return None

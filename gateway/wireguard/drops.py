@@ -3,8 +3,8 @@
 `Device.drops` counts `Drop` members. Each member names the `DropLabel` it is exported
 under (`firezone_gw_drops_total{reason="<label>"}`), so a new reason is one line here and
 mypy refuses it without a label. `DropLabel` lists every label in the order of the stats
-segment's drop slots (gateway/telemetry/stats.py derives them from it); the last six are counted
-by the processes of the data plane, not by the core.
+segment's drop slots (gateway/telemetry/stats/layout.py derives them from it); the last six
+are counted by the processes of the data plane, not by the core.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from gateway.endpoint import Endpoint
@@ -23,6 +24,9 @@ class Peer:
         self.handshake = Handshake(public_key, ZERO_PSK)
         self.preshared_key = preshared_key
         self.endpoint: Endpoint | None = None
+        # When the packet that set `endpoint` arrived: a handshake the driver held back
+        # (queued behind transport) never moves it back to an older source.
+        self.endpoint_arrival = -math.inf
         self.persistent_keepalive = 0
         self._table: AllowedIPs[Peer] | None = None
         self.last_handshake: float | None = None

@@ -12,11 +12,11 @@ successor finds is the one the last accepted packet left.
 
 from __future__ import annotations
 
+from gateway.wireguard.constants import REJECT_AFTER_MESSAGES
+
 WORD_BITS = 64
 COUNTER_BITS_TOTAL = 8192
 COUNTER_WINDOW_SIZE = COUNTER_BITS_TOTAL - WORD_BITS  # 8128
-# The kernel's and wireguard-go's limit since the window grew to 8192 bits.
-REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
 
 _WORDS = COUNTER_BITS_TOTAL // WORD_BITS
 _WORD_SHIFT = WORD_BITS.bit_length() - 1  # log2(64)
