@@ -1,15 +1,18 @@
-"""The HA link in the crypto process (gateway/ha): built from the config, DNS proxy mappings
-converted between the DNS process's messages and the replication's changes."""
+"""The HA link in the crypto process (gateway/ha): built from the config; DNS proxy mappings
+and NAT entries converted between the ProxyHandler's types and the replication's changes."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from gateway.config import GatewayConfig
 from gateway.dataplane.mappings import MappingMessage, apply_message
-from gateway.ha.codec import DnsMapping
+from gateway.ha.codec import DnsMapping, NatEntry
 from gateway.ha.link import HaService
 from gateway.ha.node import HaNode
 from gateway.ha.role import read_role
 from gateway.nat.handler import ProxyHandler
+from gateway.nat.table import Entry, Inside, NatTable, Outside
 from gateway.wireguard.device import Device
 
 
@@ -25,6 +28,68 @@ def to_message(mapping: DnsMapping) -> MappingMessage:
     )
 
 
+class ProxyReplica:
+    """The ProxyHandler's mappings and NAT table as gateway/ha replicates them."""
+
+    def __init__(self, proxy: ProxyHandler) -> None:
+        self._proxy = proxy
+
+    def apply_mapping(self, mapping: DnsMapping) -> None:
+        apply_message(self._proxy, to_message(mapping))
+
+    def nat_entries(self, now: float) -> list[NatEntry]:
+        return [
+            change
+            for entry in self._proxy.table.entries()
+            if (change := nat_change(entry, now)) is not None
+        ]
+
+    def restore_nat(self, change: NatEntry, expires: float) -> bool:
+        return restore_nat(self._proxy.table, change, expires)
+
+
+def nat_change(entry: Entry, now: float) -> NatEntry | None:
+    """A NAT entry as a change (None for one whose peer is not a public key)."""
+    inside, outside = entry.inside, entry.outside
+    if not isinstance(inside.peer, bytes) or len(inside.peer) != 32:  # noqa: PLR2004 - a key
+        return None
+    return NatEntry(
+        inside.peer,
+        inside.protocol,
+        inside.source.packed,
+        inside.source_port,
+        inside.proxy.packed,
+        inside.destination_port,
+        outside.protocol,
+        outside.real.packed,
+        outside.real_port,
+        outside.source.packed,
+        outside.source_port,
+        max(0.0, entry.expires - now),
+        entry.confirmed,
+    )
+
+
+def restore_nat(table: NatTable, change: NatEntry, expires: float) -> bool:
+    address = ipaddress.ip_address
+    inside = Inside(
+        change.peer,
+        change.protocol,
+        address(change.source),
+        change.source_port,
+        address(change.proxy),
+        change.destination_port,
+    )
+    outside = Outside(
+        change.outside_protocol,
+        address(change.real),
+        change.real_port,
+        address(change.outside_source),
+        change.outside_port,
+    )
+    return table.restore(inside, outside, expires, change.confirmed)
+
+
 def start_ha(config: GatewayConfig, device: Device, proxy: ProxyHandler | None) -> HaService | None:
     """The running HA service of a config with `[ha]`, or None."""
     if config.ha is None:
@@ -34,7 +99,7 @@ def start_ha(config: GatewayConfig, device: Device, proxy: ProxyHandler | None) 
         lambda: device.sessions,
         role=read_role() or config.ha.role,
         rate=config.ha.rate,
-        apply_mapping=None if proxy is None else lambda m: apply_message(proxy, to_message(m)),
+        proxy=None if proxy is None else ProxyReplica(proxy),
     )
     service = HaService(node, config.ha)
     service.start()

@@ -20,13 +20,15 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.ha.codec import (
     Batch,
     Change,
     DnsMapping,
     HandshakeTimestamp,
+    NatEntry,
+    NatGone,
     PeerEndpoint,
     Session,
     SessionGone,
@@ -52,6 +54,16 @@ def _host(address: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(address) == 16 else socket.AF_INET, address)  # noqa: PLR2004 - IPv6's size
 
 
+class ProxyState(Protocol):
+    """The DNS resources' state in the crypto process (gateway/dataplane/hamain.py)."""
+
+    def apply_mapping(self, mapping: DnsMapping) -> None: ...
+
+    def nat_entries(self, now: float) -> list[NatEntry]: ...
+
+    def restore_nat(self, change: NatEntry, expires: float) -> bool: ...
+
+
 @dataclass
 class HaStatus:
     """What `show` and /metrics report."""
@@ -75,14 +87,15 @@ class HaNode:
         *,
         role: str,
         rate: int,
-        apply_mapping: Callable[[DnsMapping], None] | None = None,
+        proxy: ProxyState | None = None,
     ) -> None:
         self._device = device
         self._table = table
         self.outbox = Outbox(rate)
         self.mirror = Mirror()
-        self._apply_mapping = apply_mapping
+        self._proxy = proxy
         self._received: dict[int, float] = {}  # local index -> monotonic time its record came
+        self._received_nat: dict[Any, float] = {}  # NAT entry -> monotonic time it came
         self._sent: dict[Any, Change] = {}  # what the standby has of the slow-scanned state
         self._fingerprints: dict[int, tuple[int, int, int]] = {}  # per slot, as last queued
         self._slot_index: dict[int, int] = {}  # per slot, the local index last queued
@@ -112,7 +125,11 @@ class HaNode:
         changes += self._endpoints()
         changes += [HandshakeTimestamp(k, t) for k, t in self._timestamps.items()]
         changes += list(self._mappings.values())
+        changes += self._nat_entries(now)
         return changes
+
+    def _nat_entries(self, now: float) -> list[Change]:
+        return [] if self._proxy is None else list(self._proxy.nat_entries(now))
 
     def _endpoints(self) -> list[Change]:
         changes: list[Change] = []
@@ -145,14 +162,36 @@ class HaNode:
                 others = self._endpoints()
                 others += [HandshakeTimestamp(k, t) for k, t in self._timestamps.items()]
                 others += list(self._mappings.values())
-                for change in others:
-                    if self._sent.get(change.key()) != change:
+                nat = self._nat_entries(now)
+                for change in others + nat:
+                    old = self._sent.get(change.key())
+                    if old is None or not _same(old, change):
                         self._sent[change.key()] = change
                         self.outbox.put(change)
+                self._queue_nat_gone({c.key() for c in nat})
         self.status.queued = len(self.outbox)
         batch = self.outbox.take(now, wall) if self.role == ACTIVE else None
         self.status.sent = self.outbox.sent
         return batch
+
+    def _queue_nat_gone(self, current: set[Any]) -> None:
+        gone = [
+            old
+            for key, old in self._sent.items()
+            if isinstance(old, NatEntry) and key not in current
+        ]
+        for old in gone:
+            del self._sent[old.key()]
+            self.outbox.put(
+                NatGone(
+                    old.peer,
+                    old.protocol,
+                    old.source,
+                    old.source_port,
+                    old.proxy,
+                    old.destination_port,
+                )
+            )
 
     def _queue_sessions(self, now: float) -> None:
         """Sessions whose record changed (made, freed, a new block of counters reserved,
@@ -184,8 +223,10 @@ class HaNode:
         for change in self.mirror.apply(batch, wall):
             if isinstance(change, Session):
                 self._received[change.local_index] = now - change.age
-            elif isinstance(change, DnsMapping) and self._apply_mapping is not None:
-                self._apply_mapping(change)
+            elif isinstance(change, NatEntry):
+                self._received_nat[change.key()] = now
+            elif isinstance(change, DnsMapping) and self._proxy is not None:
+                self._proxy.apply_mapping(change)
                 self._mappings[change.proxy_v4] = change
         self.status.lag = self.mirror.lag
         self.status.last_sync = self.mirror.last_sync
@@ -209,6 +250,10 @@ class HaNode:
         for stamp in self.mirror.timestamps():
             device.restore_timestamp(stamp.peer, stamp.timestamp)
             self._timestamps[stamp.peer] = stamp.timestamp
+        if self._proxy is not None:
+            for change in self.mirror.nat_entries():
+                received = self._received_nat.get(change.key(), now)
+                self._proxy.restore_nat(change, received + change.ttl)
         kept = 0
         if table is not None:
             slots = []
@@ -231,6 +276,14 @@ class HaNode:
             kept = device.restore_sessions(table, now, slots)
         self.status.takeovers += 1
         log.warning("ha: took over %d sessions from the other gateway", kept)
+
+
+def _same(old: Change, new: Change) -> bool:
+    """Equal but for a NAT entry's time left (it moves with every packet: not a change
+    worth a message; its confirmation is)."""
+    if isinstance(old, NatEntry) and isinstance(new, NatEntry):
+        return old.confirmed == new.confirmed and old.outside_port == new.outside_port
+    return old == new
 
 
 def _session(record: SessionRecord, now: float) -> Session:
