@@ -7,8 +7,9 @@ and sequence numbers); an accepted connection becomes the one whose batches coun
 a batch on it opened (a connection that only sends a replayed HELLO replaces nothing).
 
 Every TICK it reads the role keepalived last gave (gateway/ha/role.py: the notify hook
-writes it to `<runtime dir>/ha-role`, so it survives a crypto restart) and wakes the loop. The loop
-(`HaService.on_wake`, a handler of the crypto loop) does everything that touches state;
+writes it to `<runtime dir>/ha-role`, so it survives a crypto restart) and, while active,
+wakes the loop to look for changes (a standby's loop: once a second and for batches). The
+loop (`HaService.on_wake`, a handler of the crypto loop) does everything that touches state;
 this thread and the loop exchange events and batches through two queues and a socketpair
 that wakes the loop.
 """
@@ -36,7 +37,8 @@ from gateway.telemetry.ha_status import write_status
 
 log = logging.getLogger(__name__)
 
-TICK = 0.1  # seconds between looks at the role and the state
+TICK = 0.1  # seconds between looks at the role and (while active) the state
+STATUS_INTERVAL = 1.0  # a standby's loop is woken only this often (and for batches)
 DIAL_INTERVAL = 1.0
 DIAL_TIMEOUT = 1.0
 SEND_TIMEOUT = 2.0  # a peer that takes no bytes for this long is dropped (then dialled again)
@@ -95,7 +97,7 @@ class _Link(threading.Thread):
         listener.bind((host, port))
         listener.listen(8)
         self._selector.register(listener, selectors.EVENT_READ)
-        next_tick = 0.0
+        next_tick = next_status = 0.0
         while True:
             now = time.monotonic()
             if now >= next_tick:
@@ -104,7 +106,9 @@ class _Link(threading.Thread):
                 if role is not None and role != self._role:
                     self._role = role
                     self._post("role", role)
-                self._post("tick")
+                if self.active or now >= next_status:  # a standby has nothing to scan
+                    next_status = now + STATUS_INTERVAL
+                    self._post("tick")
                 idle = self._out is None and self._connecting is None
                 if self.active and idle and now - self._last_dial >= DIAL_INTERVAL:
                     self._dial(now)
