@@ -15,6 +15,7 @@ from gateway.ha.codec import (
     DnsMapping,
     HandshakeTimestamp,
     NatEntry,
+    NatFlow,
     NatGone,
     PeerEndpoint,
     ResyncDone,
@@ -49,6 +50,7 @@ u32 = st.integers(0, 2**32 - 1)
 port = st.integers(0, 65535)
 addr = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16))
 age = st.floats(0, 1e9, allow_nan=False)
+nat_flows = st.builds(NatFlow, keys, st.integers(0, 255), addr, port, addr, port)
 changes = st.one_of(
     st.builds(
         Session,
@@ -67,12 +69,7 @@ changes = st.one_of(
     st.builds(HandshakeTimestamp, keys, st.binary(min_size=12, max_size=12)),
     st.builds(
         NatEntry,
-        keys,
-        st.integers(0, 255),
-        addr,
-        port,
-        addr,
-        port,
+        nat_flows,
         st.integers(0, 255),
         addr,
         port,
@@ -81,7 +78,7 @@ changes = st.one_of(
         age,
         st.booleans(),
     ),
-    st.builds(NatGone, keys, st.integers(0, 255), addr, port, addr, port),
+    st.builds(NatGone, nat_flows),
     st.builds(
         DnsMapping,
         st.integers(0, 2**63 - 1),

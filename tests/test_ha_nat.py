@@ -81,7 +81,7 @@ def test_the_active_streams_made_confirmed_and_removed_entries() -> None:
     batch = node.tick(4.4, 4.4)
     assert batch is not None
     (gone,) = batch.changes
-    assert isinstance(gone, NatGone) and gone.source_port == made_inside.source_port
+    assert isinstance(gone, NatGone) and gone.flow.source_port == made_inside.source_port
 
 
 def test_a_takeover_restores_the_mirrored_entries() -> None:

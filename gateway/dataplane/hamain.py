@@ -7,7 +7,7 @@ import ipaddress
 
 from gateway.config import GatewayConfig
 from gateway.dataplane.mappings import MappingMessage, apply_message
-from gateway.ha.codec import DnsMapping, NatEntry
+from gateway.ha.codec import DnsMapping, NatEntry, NatFlow
 from gateway.ha.link import HaService
 from gateway.ha.node import HaNode
 from gateway.ha.role import read_role
@@ -53,13 +53,16 @@ def nat_change(entry: Entry, now: float) -> NatEntry | None:
     inside, outside = entry.inside, entry.outside
     if not isinstance(inside.peer, bytes) or len(inside.peer) != 32:  # noqa: PLR2004 - a key
         return None
-    return NatEntry(
+    flow = NatFlow(
         inside.peer,
         inside.protocol,
         inside.source.packed,
         inside.source_port,
         inside.proxy.packed,
         inside.destination_port,
+    )
+    return NatEntry(
+        flow,
         outside.protocol,
         outside.real.packed,
         outside.real_port,
@@ -72,13 +75,14 @@ def nat_change(entry: Entry, now: float) -> NatEntry | None:
 
 def restore_nat(table: NatTable, change: NatEntry, expires: float) -> bool:
     address = ipaddress.ip_address
+    flow = change.flow
     inside = Inside(
-        change.peer,
-        change.protocol,
-        address(change.source),
-        change.source_port,
-        address(change.proxy),
-        change.destination_port,
+        flow.peer,
+        flow.protocol,
+        address(flow.source),
+        flow.source_port,
+        address(flow.proxy),
+        flow.destination_port,
     )
     outside = Outside(
         change.outside_protocol,

@@ -76,32 +76,25 @@ class HandshakeTimestamp(msgspec.Struct, frozen=True, tag="t", array_like=True):
         return ("t", self.peer)
 
 
-NatKey = tuple[str, bytes, int, bytes, int, bytes, int]
+Protocol = Annotated[int, msgspec.Meta(ge=0, le=255)]
 
 
-def _nat_key(change: NatEntry | NatGone) -> NatKey:
-    """A NAT entry's identity: its inside flow (what NatEntry and NatGone share)."""
-    return (
-        "n",
-        change.peer,
-        change.protocol,
-        change.source,
-        change.source_port,
-        change.proxy,
-        change.destination_port,
-    )
+class NatFlow(msgspec.Struct, frozen=True, array_like=True):
+    """A translated flow as the peer sees it: the NAT table's inside key."""
+
+    peer: Key
+    protocol: Protocol
+    source: Address
+    source_port: Port
+    proxy: Address
+    destination_port: Port
 
 
 class NatEntry(msgspec.Struct, frozen=True, tag="n", array_like=True):
     """One translated flow (gateway/nat/table.py): the inside key and the outside key."""
 
-    peer: Key
-    protocol: Annotated[int, msgspec.Meta(ge=0, le=255)]
-    source: Address
-    source_port: Port
-    proxy: Address
-    destination_port: Port
-    outside_protocol: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    flow: NatFlow
+    outside_protocol: Protocol
     real: Address
     real_port: Port
     outside_source: Address
@@ -109,20 +102,15 @@ class NatEntry(msgspec.Struct, frozen=True, tag="n", array_like=True):
     ttl: Age  # seconds left
     confirmed: bool
 
-    def key(self) -> NatKey:
-        return _nat_key(self)
+    def key(self) -> tuple[str, NatFlow]:
+        return ("n", self.flow)
 
 
 class NatGone(msgspec.Struct, frozen=True, tag="n-", array_like=True):
-    peer: Key
-    protocol: Annotated[int, msgspec.Meta(ge=0, le=255)]
-    source: Address
-    source_port: Port
-    proxy: Address
-    destination_port: Port
+    flow: NatFlow
 
-    def key(self) -> NatKey:
-        return _nat_key(self)
+    def key(self) -> tuple[str, NatFlow]:
+        return ("n", self.flow)
 
 
 V4 = Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]

@@ -182,16 +182,7 @@ class HaNode:
         ]
         for old in gone:
             del self._sent[old.key()]
-            self.outbox.put(
-                NatGone(
-                    old.peer,
-                    old.protocol,
-                    old.source,
-                    old.source_port,
-                    old.proxy,
-                    old.destination_port,
-                )
-            )
+            self.outbox.put(NatGone(old.flow))
 
     def _queue_sessions(self, now: float) -> None:
         """Sessions whose record changed (made, freed, a new block of counters reserved,
