@@ -14,8 +14,19 @@ APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps
 	zbar-tools keepalived $(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)
 PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
+# The native per-packet path (a Rust crate the package build compiles when cargo exists).
+NATIVE := gateway/native
+CARGO ?= cargo
+NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(wildcard $(NATIVE)/src/*.rs)
+# Run a second time with FIREZONE_GW_NO_EXTENSIONS=1: the data-plane tests on the pure-Python
+# fallback (the unit and differential tests are parametrised over both backends anyway; this
+# runs the Device, the loop and a few end-to-end gateways on the fallback alone).
+FALLBACK_TESTS ?= tests/wireguard tests/test_crypto_loop.py tests/test_transport.py \
+	tests/test_firewall.py tests/test_gateway_e2e.py::test_ping_handshakes_spoofing_and_unknown_key \
+	tests/test_gateway_e2e.py::test_numbered_udp_stream_keeps_order_both_ways
 
-.PHONY: all deps venv lint test run demo bench bench-ring netns-suite deb systemd-check clean
+.PHONY: all deps venv lint lint-native test test-fallback run demo bench bench-ring fuzz netns-suite \
+	deb systemd-check clean
 
 all: test
 
@@ -29,7 +40,7 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -37,17 +48,30 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-lint: venv
+lint: venv lint-native
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(PACKAGES)
+
+# The crate's gates; clippy also checks the PyO3 bindings (feature "python", against the venv's
+# Python). cargo test runs the core without them (no libpython to link).
+lint-native: venv
+	cd $(NATIVE) && $(CARGO) fmt --check && $(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
+	cd $(NATIVE) && PYO3_PYTHON=$(CURDIR)/$(BIN)/python $(CARGO) clippy --all-targets --features python -- -D warnings
+	cd $(NATIVE) && $(CARGO) clippy --all-targets -- -D warnings
+	cd $(NATIVE) && $(CARGO) test --quiet
 
 # pytest exit codes: 0 passed, 1 failures, 2 interrupted, 3 internal error, 4 usage error,
 # 5 no tests collected. Only 0 is a pass: a run that collects nothing proves nothing.
 test: deps venv lint
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
-	exit $$rc
+	[ $$rc -eq 0 ] || exit $$rc
+	$(MAKE) --no-print-directory test-fallback
+
+# The data-plane tests on the pure-Python path (what runs without a Rust toolchain).
+test-fallback: venv
+	FIREZONE_GW_NO_EXTENSIONS=1 $(BIN)/pytest -q $(FALLBACK_TESTS)
 
 # Benchmarks (root): the network benchmark (firezone-gw vs wireguard-go as the gateway) and
 # every other bench/bench_*.py, each in its own process. E.g. BENCH_ARGS="--duration 5".
@@ -61,6 +85,20 @@ bench: deps venv
 # shm_ring vs multiprocessing.Queue vs SOCK_SEQPACKET (a benchmark, not a test).
 bench-ring: venv
 	$(BIN)/python -m bench.bench_ring
+
+# Coverage-guided fuzzing of every native entry point (cargo fuzz, nightly toolchain) and of
+# the transport through its Python API, native against the fallback (atheris), FUZZ_RUNS
+# inputs each. Not part of make test. E.g. make fuzz FUZZ_RUNS=100000.
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS := inbound outbound ring table
+FUZZ_TOOLCHAIN ?= +nightly
+fuzz: venv
+	$(BIN)/pip install -q 'atheris>=2.3'
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd $(NATIVE) && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) $(FUZZ_TOOLCHAIN) fuzz run $$t -- -runs=$(FUZZ_RUNS) || exit 1; \
+	done
+	$(BIN)/python tests/atheris_transport.py -runs=$(FUZZ_RUNS)
 
 # Run the gateway in the foreground with the shipped config (root: it creates a TUN device).
 # On first start it creates config/private.key (mode 0600) and logs the public key.
@@ -109,4 +147,5 @@ systemd-check: venv
 	$(BIN)/pytest -q tests/test_systemd_check.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info $(NATIVE)/target \
+		gateway/_native*.so

@@ -1,6 +1,7 @@
 """CPU time of one crypto-loop turn per packet, in one process, on real shm rings.
 
     python -m bench.bench_crypto_loop [--rounds 300] [--repeats 3] [--peers 1000] [--profile]
+                                      [--backend native|python|device]
 
 No network, no other process: the loop of gateway/dataplane/cryptoproc.py runs between
 `shm_ring` rings this process fills and drains, on a session with a client Device (the
@@ -14,8 +15,10 @@ from one ring, calls the AEAD once per packet and puts the results in the next r
 run's figure is the median of its rounds; the cases alternate run by run and the table
 shows the best run (CPU time, so a busy neighbour costs little, but this VM has phases
 where everything runs 1.5x slower; the best run is outside them). `--profile` prints
-cProfile's top functions of each case instead. Writes bench/results/crypto-loop.json (µs
-per packet).
+cProfile's top functions of each case instead. `--backend`: the per-packet path the
+gateway runs: the transport's batches, "native" (the default when built) or "python" (the
+fallback), or "device" (every packet through the Device, as before the transport existed).
+Writes bench/results/crypto-loop.json (µs per packet).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench.bench_policy import GRANTS_PER_PEER, RESOURCES, resources
+from gateway.dataplane import transport as tr
 from gateway.dataplane.cryptoproc import BATCH, CryptoLoop
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.framing import HEADER_SIZE, encode_endpoint
@@ -57,10 +61,11 @@ NOW = 1000.0
 class Bench:
     """A gateway Device with its loop and rings, and a client with a session to it."""
 
-    def __init__(self, peers: int, *, policy: bool) -> None:
+    def __init__(self, peers: int, *, policy: bool, backend: str = tr.BACKEND) -> None:
         self.client = Device(generate_private_key())
         gateway_key = generate_private_key()
-        self.gateway = Device(gateway_key, unix_time_offset=0.0)
+        transport = None if backend == "device" else tr.new_transport(backend)
+        self.gateway = Device(gateway_key, unix_time_offset=0.0, transport=transport)
         client_key = self.client.public_key
         assert client_key is not None
         rng = random.Random(1)
@@ -244,9 +249,17 @@ def label(case: str, policy: bool) -> str:
     return case if case in FLOORS else f"{case}, policy {'on' if policy else 'off'}"
 
 
-def measure(case: str, peers: int, rounds: int, *, policy: bool, profile: bool) -> float:
+def measure(
+    case: str,
+    peers: int,
+    rounds: int,
+    *,
+    policy: bool,
+    profile: bool,
+    backend: str = tr.BACKEND,
+) -> float:
     """Median CPU µs per packet of the case's turns (or 0.0 after printing a profile)."""
-    bench = Bench(peers, policy=policy)
+    bench = Bench(peers, policy=policy, backend=backend)
     try:
         one = CASES[case](bench, rounds)
         one()  # warm: the first turn of a direction sets up caches
@@ -267,18 +280,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of every case, alternated")
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="cProfile instead of timing")
+    parser.add_argument(
+        "--backend",
+        choices=["native", "python", "device"],
+        default=tr.BACKEND,
+        help="the transport's batches (native, python) or every packet through the Device",
+    )
     args = parser.parse_args()
+    backend: str = args.backend
+    print(f"per-packet path: {backend}")
     if args.profile:
         for case in CASES:
             for policy in variants(case):
-                measure(case, args.peers, args.rounds, policy=policy, profile=True)
+                measure(case, args.peers, args.rounds, policy=policy, profile=True, backend=backend)
         return
     samples: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # alternated, so a slow phase of the machine hits all cases
         for case in CASES:
             for policy in variants(case):
                 name = label(case, policy)
-                value = measure(case, args.peers, args.rounds, policy=policy, profile=False)
+                value = measure(
+                    case, args.peers, args.rounds, policy=policy, profile=False, backend=backend
+                )
                 samples.setdefault(name, []).append(value)
     # The best run: this VM has slow phases (every case 1.5x slower for a while); the
     # alternation gives each case runs outside them.
@@ -292,6 +315,7 @@ def main() -> None:
         print(f"{case}: policy adds {on - off:.2f} us per packet ({on / off:.2f}x)")
     RESULTS.parent.mkdir(exist_ok=True)
     document = {
+        "backend": backend,
         "peers": args.peers,
         "rounds": args.rounds,
         "batch": BATCH,

@@ -395,8 +395,14 @@ class Ring:
         self._pending_messages += len(out)
         return out
 
-    def release(self) -> None:
-        """Free the slots of every message received so far (their views must not be used)."""
+    def release(self, count: int | None = None) -> None:
+        """Free the slots of every message received so far (their views must not be used).
+
+        With `count`, free only the first `count` messages received and give the others
+        back: the next recv_many returns them again (a consumer that stops mid-batch)."""
+        if count is not None and count < self._pending_messages:
+            self._release_first(count)
+            return
         if not self._pending:
             return
         idx = self._idx
@@ -407,6 +413,52 @@ class Ring:
             self._pending_spanning = 0
         self._pending = self._pending_messages = 0
         if idx[L.W_PRODUCER_WAITING]:
+            self._wake(self._space_fd, L.W_PRODUCER_WAKEUPS)
+
+    def _release_first(self, count: int) -> None:
+        idx = self._idx
+        slots = spanning = 0
+        pos = idx[L.W_TAIL]
+        for _ in range(count):  # the slots of the first `count` messages, as recv_many saw them
+            need = self.slots_for(self._lens[pos % self.slots])
+            slots += need
+            spanning += need > 1
+            pos += need
+        self._pending = self._pending_messages = self._pending_spanning = 0
+        if count:
+            idx[L.W_TAIL] += slots
+            idx[L.W_RELEASED] += count
+            if spanning:
+                idx[L.W_SPANNING_RELEASED] += spanning
+            if idx[L.W_PRODUCER_WAITING]:
+                self._wake(self._space_fd, L.W_PRODUCER_WAKEUPS)
+
+    # ----------------------------------------------------------------- native code
+
+    @property
+    def stride(self) -> int:
+        """The largest message one slot holds (slot_size rounded up to a cache line)."""
+        return self._stride
+
+    def memory(self) -> memoryview:
+        """The whole mapping, for native code that produces or consumes through it (the
+        same protocol; see gateway/native/src/ring.rs). No messages may be pending here."""
+        return self._buf
+
+    def spanning_pending(self) -> bool:
+        """Whether a message of several slots may be waiting (native code leaves those to
+        recv_many)."""
+        idx = self._idx
+        return bool(idx[L.W_SPANNING] != idx[L.W_SPANNING_RELEASED] + self._pending_spanning)
+
+    def notify_consumer(self) -> None:
+        """After native code published: wake the consumer if it sleeps (as send_many does)."""
+        if self._idx[L.W_CONSUMER_WAITING]:
+            self._wake(self._data_fd, L.W_CONSUMER_WAKEUPS)
+
+    def notify_producer(self) -> None:
+        """After native code released: wake the producer if it waits (as release does)."""
+        if self._idx[L.W_PRODUCER_WAITING]:
             self._wake(self._space_fd, L.W_PRODUCER_WAKEUPS)
 
     def consumer_fd(self) -> int:

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from gateway.dataplane.cryptoproc import CryptoLoop
 from gateway.dataplane.framing import HEADER_SIZE, decode_endpoint, encode_endpoint
 from gateway.dataplane.rings import CryptoRings
+from gateway.dataplane.transport import new_transport
 from gateway.endpoint import Endpoint
 from gateway.keys import generate_private_key, public_key
 from gateway.telemetry import stats as st
 from gateway.udp_io import Datagram, SendStats, UdpCounters
 from gateway.wireguard.device import Device
+from shm_ring.ring import Ring
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
 
 POISON = 0xEE
@@ -108,6 +110,46 @@ class MemoryRing:
         return packets
 
 
+class ShmTestRing(Ring):
+    """An shm_ring ring with MemoryRing's test conveniences: the transport's batches (native
+    or Python) run only on shm rings."""
+
+    def __len__(self) -> int:
+        return self.stats().occupancy
+
+    def drain(self) -> list[bytes]:
+        packets = [bytes(p) for p in self.recv_many(self.slots)]
+        self.release()
+        return packets
+
+    @property
+    def full_events(self) -> int:
+        return self.stats().full_events
+
+
+@dataclass
+class LoopBackend:
+    """How LoopGateways run: "memory" (in-memory rings, every packet through the Device),
+    or "native" / "python" (shm rings and the transport's batches); tests set `name`."""
+
+    name: str = "memory"
+
+    def device(self, private_key: bytes) -> Device:
+        """A Device whose sessions are this backend's transport (when it has one)."""
+        if self.name == "memory":
+            return Device(private_key)
+        return Device(private_key, transport=new_transport(self.name))
+
+    def ring(self, slots: int) -> MemoryRing:
+        if self.name == "memory":
+            return MemoryRing(slots)
+        # Typed as MemoryRing: the same test methods (drain, len, send) on an shm ring.
+        return ShmTestRing.create("loop-test", slots=slots, slot_size=SLOT_SIZE)  # type: ignore[return-value] # as said above
+
+
+BACKEND = LoopBackend()
+
+
 def counter_block() -> memoryview:
     """A process's counter block, as gateway.telemetry.stats lays it out, in plain memory."""
     return memoryview(bytearray(8 * st.PROCESS_BLOCK_WORDS)).cast("Q")
@@ -133,11 +175,12 @@ class LoopGateway:
     loop: CryptoLoop[MemoryRing] = field(init=False)
 
     def __post_init__(self) -> None:
+        ring = BACKEND.ring
         self.rings = CryptoRings(
-            from_udp=MemoryRing(self.slots),
-            to_udp=MemoryRing(self.slots),
-            from_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
-            to_workers=[MemoryRing(self.slots) for _ in range(self.workers)],
+            from_udp=ring(self.slots),
+            to_udp=ring(self.slots),
+            from_workers=[ring(self.slots) for _ in range(self.workers)],
+            to_workers=[ring(self.slots) for _ in range(self.workers)],
         )
         self.loop = CryptoLoop(
             self.device,

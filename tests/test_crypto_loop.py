@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
+from collections.abc import Iterator
+
+import pytest
 
 from gateway.dataplane.firewall import Firewall
 from gateway.dataplane.flow import flow_worker
@@ -19,19 +22,35 @@ from gateway.policy import Policy
 from gateway.resources.resource import Resource, parse_resource_address
 from gateway.telemetry import stats as st
 from gateway.wireguard.constants import KEEPALIVE_TIMEOUT
-from gateway.wireguard.device import Device
 from ippacket.build import udp_packet
 from testbed.wire import A_ENDPOINT, A_INNER, B_ENDPOINT, B_INNER, ipv4_packet
-from tests.dataplane_fakes import LoopGateway, run_until_quiet, shuttle
+from tests.dataplane_fakes import BACKEND, LoopGateway, run_until_quiet, shuttle
 
 START = 1000.0
+
+
+@pytest.fixture(autouse=True, params=["memory", "native", "python"])
+def loop_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on in-memory rings (each packet through the Device) and on shm rings with
+    the transport's batches, native and pure Python."""
+    name: str = request.param
+    if name == "native":
+        try:
+            from gateway import _native  # noqa: F401, PLC0415 - probing
+        except ImportError:
+            pytest.skip("the native extension is not built")
+    BACKEND.name = name
+    yield name
+    BACKEND.name = "memory"
+
+
 DROP_SLOTS = range(st.DROP_BASE, st.DROP_BASE + len(st.DROP_REASONS))
 
 
 def _gateways(slots: int = 64) -> tuple[LoopGateway, LoopGateway]:
     """A (knows B's endpoint, as a client) and B (learns A's from the handshake)."""
     key_a, key_b = generate_private_key(), generate_private_key()
-    device_a, device_b = Device(key_a), Device(key_b)
+    device_a, device_b = BACKEND.device(key_a), BACKEND.device(key_b)
     device_a.upsert_peer(
         public_key(key_b), endpoint=B_ENDPOINT, allowed_ips=[_net(B_INNER)], now=START
     )
@@ -194,7 +213,7 @@ def test_a_packet_to_a_proxy_address_is_translated_both_ways_and_refusals_reach_
     packet to an unmapped proxy address gets ICMP unreachable, and the NAT entry expires on
     the loop's own timer."""
     key_client, key_gateway = generate_private_key(), generate_private_key()
-    client, gateway_device = Device(key_client), Device(key_gateway)
+    client, gateway_device = BACKEND.device(key_client), BACKEND.device(key_gateway)
     client.upsert_peer(
         public_key(key_gateway),
         endpoint=B_ENDPOINT,
@@ -239,7 +258,7 @@ def test_a_packet_to_a_proxy_address_is_translated_both_ways_and_refusals_reach_
 
 def test_nat_counters_reach_the_crypto_processs_block_once_a_second() -> None:
     key = generate_private_key()
-    device = Device(key)
+    device = BACKEND.device(key)
     gateway = LoopGateway(device, B_ENDPOINT)
     resources = [Resource("app", parse_resource_address("app.corp.test"))]
     proxy = ProxyHandler(resources, {}, lambda _packet: None)

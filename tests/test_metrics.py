@@ -219,6 +219,24 @@ def test_tun_mtu_is_reported_once_known(region: StatsRegion) -> None:
     assert mtu_samples() == [9000]
 
 
+def test_the_per_packet_path_is_reported_once_the_crypto_process_set_it(
+    region: StatsRegion,
+) -> None:
+    def backends() -> list[str]:
+        text = render(region.snapshot(sample_processes=False), device="fzo0")
+        return [
+            sample.labels["backend"]
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "firezone_gw_transport_info"
+        ]
+
+    assert backends() == []
+    for name in ("python", "native"):
+        region.transport = name
+        assert backends() == [name]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

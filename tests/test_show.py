@@ -52,10 +52,12 @@ def test_table_and_json_from_shared_counters() -> None:
             region.peers.set_last_handshake(slot, int(wall * 1e9))
         assert "mtu:" not in format_table(region.snapshot(sample_processes=False), device="x")
         region.mtu = 9000
+        region.transport = "native"
         snap = region.snapshot(sample_processes=False)
         text = format_table(snap, device="fzo0")
         assert "interface: fzo0" in text
         assert "  mtu: 9000\n" in text
+        assert "  per-packet path: native\n" in text
         assert "transfer: 2.00 KiB received, 0 B sent" in text
         # newest handshake first, as wg show sorts
         assert text.index(base64.b64encode(new).decode()) < text.index(

@@ -36,6 +36,7 @@ from gateway.dataplane.mappings import (
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
+from gateway.dataplane.transport import BACKEND, log_backend
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.ha.node import HaNode
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
@@ -89,6 +90,7 @@ class CryptoControl:
         self._key_board = key_board
         self._restoring = False
         self.device = build_device(config, now)
+        log_backend()
         self.backend = DeviceBackend(
             self.device,
             listen_port=listen_port,
@@ -227,6 +229,7 @@ def _sources(config: GatewayConfig) -> dict[bytes, PeerSources]:
 def crypto_main(inputs: CryptoInputs) -> None:
     """The crypto child's whole life: set up, report ready, run the loop (never returns)."""
     block = inputs.stats.attach_process("crypto")
+    inputs.stats.transport = BACKEND  # for `show` and /metrics
     crypto = CryptoControl(
         inputs.config,
         control_socket=inputs.control,

@@ -42,6 +42,9 @@ from gateway.dataplane.framing import (
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.rings import CryptoRings, RingT
 from gateway.dataplane.sleeper import Sleeper
+from gateway.dataplane.transport import batches_for
+from gateway.dataplane.transport_py import PUNT
+from gateway.dataplane.transport_sync import TransportSync
 from gateway.nat.handler import ProxyHandler
 from gateway.telemetry import stats as st
 from gateway.wireguard.device import Device
@@ -106,6 +109,13 @@ class CryptoLoop(Generic[RingT]):
         self.handshakes: deque[tuple[bytes, float]] = deque()
         self.handshakes_dropped = 0  # not queued (counted as rate_limited too)
         self._source_limiter = RateLimiter()
+        # The transport's batches (native or Python) run the per-packet path when the
+        # Device's sessions are a Transport and every ring is an shm ring; otherwise (unit
+        # tests' in-memory rings) every packet goes through the Device as below.
+        transport = batches_for(device.transport)
+        shm = all(isinstance(r, Ring) for r in (rings.from_udp, rings.to_udp, *self._to_workers))
+        shm = shm and all(isinstance(r, Ring) for r in self._from_workers)
+        self._sync = None if transport is None or not shm else TransportSync(device, transport)
 
     def turn(self, now: float) -> bool:
         """Move and transform what the rings allow; True if any packet was taken or any
@@ -143,6 +153,8 @@ class CryptoLoop(Generic[RingT]):
 
     def _decrypt(self, now: float) -> bool:
         """Datagrams from the UDP ring to the workers' rings; True if any was taken."""
+        if self._sync is not None:
+            return self._decrypt_batches(self._sync, now)
         batch = self._take_datagrams()
         if not batch:
             return False
@@ -150,6 +162,54 @@ class CryptoLoop(Generic[RingT]):
         self.rings.from_udp.release()
         self._send_to_workers()
         return True
+
+    def _decrypt_batches(self, sync: TransportSync, now: float) -> bool:
+        """_decrypt through the transport's batches: they stop before any message they leave
+        to the Device, which takes that one as _decrypt would, and go on after it."""
+        to_workers = self._to_workers
+        if not all(r.send_ready() for r in to_workers):
+            return False
+        budget = min(BATCH, *(r.free_slots() for r in to_workers))
+        from_udp = self.rings.from_udp
+        assert isinstance(from_udp, Ring)  # noqa: S101 - _sync exists only for shm rings
+        shm_workers = [r for r in to_workers if isinstance(r, Ring)]
+        transport, firewall = sync.transport, self.firewall
+        work = False
+        sync.push()
+        while budget > 0:
+            if firewall is None:
+                taken, stop = transport.inbound(from_udp, shm_workers, budget, now)
+            else:
+                taken, stop, packets = transport.inbound_packets(
+                    from_udp, budget, now, self._max_inner
+                )
+                self._route_inbound(firewall, packets, now)
+            budget -= taken
+            work = work or taken > 0
+            if stop != PUNT:
+                break
+            self._open_datagrams(from_udp.recv_many(1), now)  # the Device's message
+            from_udp.release()
+            self._send_to_workers()
+            budget -= 1
+            work = True
+            sync.push()
+        sync.pull(now, self.counters)
+        return work
+
+    def _route_inbound(self, firewall: Firewall, packets: list[bytes], now: float) -> None:
+        """Decrypted packets through the firewall into their workers' rings."""
+        per_worker, max_inner = self._per_worker, self._max_inner
+        for inner in packets:
+            passed = self._filter_inbound(firewall, bytearray(inner), now)
+            if passed is None:
+                continue
+            packet, worker = passed
+            if len(packet) > max_inner:
+                self.counters[st.DROP_TOO_BIG] += 1
+            else:
+                per_worker[worker].append(packet)
+        self._send_to_workers()
 
     def _take_datagrams(self) -> list[memoryview]:
         """As many datagrams from the UDP ring as every worker ring has room for (a datagram
@@ -251,6 +311,8 @@ class CryptoLoop(Generic[RingT]):
         room = self.rings.to_udp.free_slots()
         if not room:
             return False
+        if self._sync is not None:
+            return self._encrypt_batches(self._sync, room, now)
         handle_packet = self.device.handle_packet
         firewall = self.firewall
         work = False
@@ -267,6 +329,64 @@ class CryptoLoop(Generic[RingT]):
                     outbound.append(encode_message(*sent))
             ring.release()
         return work
+
+    def _encrypt_batches(self, sync: TransportSync, room: int, now: float) -> bool:
+        """_encrypt through the transport's batches, straight into the UDP ring; a packet
+        they leave to the Device is encrypted by it and sent at once (order holds)."""
+        to_udp = self.rings.to_udp
+        assert isinstance(to_udp, Ring)  # noqa: S101 - _sync exists only for shm rings
+        transport, firewall, mtu = sync.transport, self.firewall, self.device.mtu
+        work = False
+        sync.push()
+        for ring in self._from_workers:
+            assert isinstance(ring, Ring)  # noqa: S101 - as above
+            budget = min(BATCH, room)
+            if firewall is not None:
+                batch = ring.recv_many(budget)
+                packets = firewall.to_peer_many(batch, now) if batch else []
+                done = 0
+                while done < len(packets):
+                    taken, stop = transport.outbound_packets(packets[done:], to_udp, now, mtu)
+                    done += taken
+                    if stop != PUNT:
+                        break
+                    self._encrypt_one(packets[done], now)
+                    done += 1
+                    sync.push()
+                if done < len(packets):  # the UDP ring filled up
+                    self.counters[st.DROP_RING_FULL] += len(packets) - done
+                work = work or bool(batch)
+                del batch, packets
+                ring.release()
+                room -= done
+                if room <= 0:
+                    break
+                continue
+            while budget > 0:
+                taken, stop = transport.outbound(ring, to_udp, budget, now, mtu)
+                budget -= taken
+                room -= taken
+                work = work or taken > 0
+                if stop != PUNT:
+                    break
+                batch = ring.recv_many(1)
+                self._encrypt_one(batch[0], now)
+                del batch
+                ring.release()
+                budget -= 1
+                room -= 1
+                work = True
+                sync.push()
+            if room <= 0:
+                break
+        sync.pull(now, self.counters)
+        return work
+
+    def _encrypt_one(self, packet: bytes | bytearray | memoryview, now: float) -> None:
+        """One packet by the Device; its datagram (if any) into the UDP ring now."""
+        sent = self.device.handle_packet(packet, now)
+        if sent is not None and not self.rings.to_udp.send_many([encode_message(*sent)]):
+            self.counters[st.DROP_RING_FULL] += 1
 
     def _send_replies(self, firewall: Firewall, now: float, outbound: list[bytes]) -> None:
         """The ICMP errors the firewall generated, encrypted to the peers they address."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from gateway.config import GatewayConfig
+from gateway.dataplane.transport import new_transport
 from gateway.gcpause import gc_paused
 from gateway.wireguard.device import Device
 
@@ -21,6 +22,7 @@ def build_device(config: GatewayConfig, now: float) -> Device:
             config.interface.private_key,
             mtu=config.interface.mtu,
             unix_time_offset=time.time() - time.monotonic(),
+            transport=new_transport(),  # native unless FIREZONE_GW_NO_EXTENSIONS or not built
             under_load_threshold=None,  # the UDP process's gate judges load (one cookie secret)
         )
         apply_peers(device, config, now)

@@ -196,6 +196,7 @@ def _families(snap: StatsSnapshot, device: str) -> Iterable[_Family]:
     yield from _dns_and_nat_families(snap)
 
     yield _mtu_family(snap)
+    yield _transport_family(snap)
     occupancy = gauge("firezone_gw_ring_occupancy_packets", "Packets waiting in a ring.")
     capacity = gauge("firezone_gw_ring_capacity_packets", "Slots in a ring.")
     full = counter("firezone_gw_ring_full_events_total", "Sends that found a ring full.")
@@ -338,6 +339,17 @@ def _mtu_family(snap: StatsSnapshot) -> _Family:
     family = _Family("firezone_gw_tun_mtu_bytes", "gauge", "MTU of the TUN device, as it is now.")
     if snap.mtu:  # 0: not known yet
         family.add(snap.mtu)
+    return family
+
+
+def _transport_family(snap: StatsSnapshot) -> _Family:
+    family = _Family(
+        "firezone_gw_transport_info",
+        "gauge",
+        "The crypto process's per-packet path: native (the Rust extension) or python.",
+    )
+    if snap.transport:  # "": the crypto process has not started yet
+        family.add(1, backend=snap.transport)
     return family
 
 

@@ -155,6 +155,8 @@ def format_table(
         ]
     if snapshot.mtu:
         lines.append(f"  mtu: {snapshot.mtu}")
+    if snapshot.transport:
+        lines.append(f"  per-packet path: {snapshot.transport}")
     lines += [
         f"  workers: {snapshot.workers}",
         f"  crypto busy: {'n/a' if busy is None else f'{busy:.1%}'}",

@@ -126,6 +126,10 @@ class AllowedIPs(Generic[T]):
             if not networks:
                 del self._by_value[value]
 
+    def items(self) -> list[tuple[T, set[Network]]]:
+        """Every value with its prefixes (a copy)."""
+        return [(value, set(networks)) for value, networks in self._by_value.items()]
+
     def prefixes_of(self, value: T) -> list[Network]:
         """The prefixes routed to `value`, IPv4 first, then by address and length."""
         return sorted(

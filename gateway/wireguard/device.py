@@ -11,11 +11,8 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-
-from cryptography.exceptions import InvalidTag
 
 from gateway.endpoint import Endpoint
 from gateway.wireguard.allowedips import AllowedIPs, Network
@@ -60,6 +57,7 @@ from gateway.wireguard.messages import (
 )
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
 from gateway.wireguard.peer import Peer
+from gateway.wireguard.session_crypto import OPENED, REPLAYED, PySessions, Sessions
 from gateway.wireguard.sessions import POSITIONS, SessionRecord, SessionTable
 from gateway.wireguard.timers import TimerQueue, expired
 
@@ -75,7 +73,6 @@ class _Unchanged:
 UNCHANGED = _Unchanged()
 """Sentinel for `upsert_peer`: leave this setting as it is."""
 
-_NONCE = struct.Struct("<4xQ")
 _ZEROS = bytes(16)
 _IPV4 = 4
 _IPV6 = 6
@@ -89,6 +86,26 @@ _ADMISSION_DROPS = {
     Admission.COOKIE_LIMITED: Drop.UNDER_LOAD_COOKIE,
     Admission.RATE_LIMITED: Drop.RATE_LIMITED,
 }
+
+
+def padded_size(size: int, mtu: int) -> int:
+    """A packet's length padded to 16 for encryption, but not past the MTU (0: none)."""
+    padded = (size + 15) & ~15
+    return max(mtu, size) if mtu and padded > mtu else padded
+
+
+def inner_source(inner: bytearray) -> tuple[int, bytes] | None:
+    """(real length, source address) of a decrypted packet; None if it is not a whole IPv4 or
+    IPv6 packet (its header's length past the end, or shorter than a header)."""
+    version = inner[0] >> 4 if inner else 0
+    # Lengths from single bytes: int.from_bytes of a slice costs an allocation per packet.
+    if version == _IPV4 and len(inner) >= _IPV4_HEADER:
+        length, source = inner[2] << 8 | inner[3], bytes(inner[12:16])
+    elif version == _IPV6 and len(inner) >= _IPV6_HEADER:
+        length, source = _IPV6_HEADER + (inner[4] << 8 | inner[5]), bytes(inner[8:24])
+    else:
+        return None
+    return (length, source) if _IPV4_HEADER <= length <= len(inner) else None
 
 
 def _source_bytes(src: Endpoint) -> tuple[bytes, bytes]:
@@ -117,10 +134,18 @@ class Device:
         under_load_threshold: int | None = DEFAULT_UNDER_LOAD_THRESHOLD,
         max_staged_per_peer: int = MAX_STAGED_PACKETS,
         max_outbox: int = MAX_OUTBOX,
+        transport: Sessions | None = None,
     ) -> None:
         """`unix_time_offset` maps `now` to Unix time for handshake timestamps (TAI64N):
         drivers pass `time.time() - time.monotonic()` so timestamps keep increasing across
-        restarts, as peers require."""
+        restarts, as peers require. `transport` holds the sessions' keys, counters and
+        replay windows: the crypto process passes its Transport (native or Python,
+        gateway/dataplane/transport.py); the default is the pure-Python sessions."""
+        self.transport: Sessions = PySessions() if transport is None else transport
+        # Peers whose send state (current session, endpoint, staged packets) or existence
+        # changed since the driver last pushed them into the transport's peer table.
+        self._transport_dirty: set[Peer] = set()
+        self._transport_removed: list[int] = []  # orders of peers removed since
         self._rng = rng
         self.mtu = mtu
         self.unix_time_offset = unix_time_offset
@@ -239,6 +264,7 @@ class Device:
             self._set_endpoint(peer, endpoint)
             peer.endpoint_arrival = now
         self._changed.add(peer)
+        self._transport_dirty.add(peer)
         if replace_allowed_ips:
             self._allowed.remove_value(peer)
         for network in allowed_ips or ():
@@ -287,11 +313,14 @@ class Device:
         peer.timers.clear()
         peer.timers.detach()
         self._changed.add(peer)
+        self._transport_dirty.discard(peer)  # holds no removed peer: it must be freed
+        self._transport_removed.append(peer.order)
         return True
 
     def _end_sessions(self, peer: Peer) -> None:
         for kp in peer.keypairs.clear():
             self._drop_keypair(kp)
+        self._transport_dirty.add(peer)
         self._forget_handshake(peer)
 
     def _set_endpoint(self, peer: Peer, endpoint: Endpoint | None) -> None:
@@ -304,6 +333,7 @@ class Device:
 
     def _drop_keypair(self, kp: Keypair) -> None:
         self._index.pop(kp.local_index, None)
+        self.transport.remove(kp.local_index)
         if self.sessions is not None:
             self.sessions.forget(kp)
 
@@ -336,13 +366,14 @@ class Device:
             ):
                 table.discard(slot)
                 continue
-            kp = table.adopt(slot, record)
+            kp = table.adopt(slot, record, self.transport, peer.order)
             setattr(peer.keypairs, position, kp)
             self._index[kp.local_index] = IndexEntry(peer, kp)
             if kp is peer.keypairs.current:
                 peer.last_handshake = max(peer.last_handshake or kp.created, kp.created)
                 peer.timers.zero_key_material = kp.created + ZERO_KEYS_AFTER
             self._changed.add(peer)
+            self._transport_dirty.add(peer)
             restored += 1
         self.sessions = table
         return restored
@@ -391,15 +422,10 @@ class Device:
             self.drops[Drop.NO_ENDPOINT] += 1
             return None
         size = len(packet)
-        padded = (size + 15) & ~15
-        if self.mtu and padded > self.mtu:
-            padded = max(self.mtu, size)
-        counter = kp.send_counter
-        if counter >= kp.send_limit:  # the reserved block is used up: persist the next
+        padded = padded_size(size, self.mtu)
+        if kp.send_counter >= kp.send_limit:  # the reserved block is used up: persist the next
             self._reserve(kp)
-        kp.send_counter = counter + 1
         out = bytearray(TRANSPORT_HEADER_SIZE + padded + TAG_SIZE)
-        TRANSPORT_HEADER.pack_into(out, 0, MESSAGE_TRANSPORT, kp.remote_index, counter)
         if padded == size:
             plaintext = packet
         else:
@@ -407,27 +433,37 @@ class Device:
             scratch[:size] = packet
             scratch[size:padded] = _ZEROS[: padded - size]
             plaintext = scratch[:padded]
-        kp.send.encrypt_into(_NONCE.pack(counter), plaintext, None, memoryview(out)[16:])
-        peer.tx_bytes += len(out)
-        peer.tx_packets += 1
+        if not self.transport.seal(kp.local_index, plaintext, out):  # counters spent
+            self.drops[Drop.EXPIRED_KEYPAIR] += 1
+            return None
+        self._sent_transport(peer, kp, len(out), now, data=size > 0)
+        return endpoint, out
+
+    def _sent_transport(  # noqa: PLR0913 - keyword-only after the time
+        self, peer: Peer, kp: Keypair, nbytes: int, now: float, *, data: bool, packets: int = 1
+    ) -> None:
+        """Figures and timers after `packets` transport messages (`nbytes` in all) went out
+        on `kp` at `now`; `data`: they carried packets (not a keepalive)."""
+        peer.tx_bytes += nbytes
+        peer.tx_packets += packets
         self._changed.add(peer)
         timers = peer.timers
         timers.send_keepalive = None
         if peer.persistent_keepalive:
             timers.persistent_keepalive = now + peer.persistent_keepalive
-        if size and timers.new_handshake is None:
+        if data and timers.new_handshake is None:
             timers.new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         if kp.is_initiator and (
-            counter + 1 > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
+            kp.send_counter > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
         ):
             self._initiate(peer, now, retry=False)
-        return endpoint, out
 
     def _stage(self, peer: Peer, packet: bytes, now: float) -> None:
         if len(peer.staged) >= self.max_staged_per_peer:
             peer.staged.popleft()
             self.drops[Drop.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
+        self._transport_dirty.add(peer)
         self.counters["staged"] += 1
         self._flush_staged(peer, now)
 
@@ -440,10 +476,12 @@ class Device:
             sent = self._encrypt(peer, kp, peer.staged.popleft(), now)
             if sent is not None:
                 self._transmit(*sent)
+        self._transport_dirty.add(peer)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         if not peer.staged:
             peer.staged.append(b"")
+            self._transport_dirty.add(peer)
             self.counters["keepalives_sent"] += 1
         self._flush_staged(peer, now)
 
@@ -507,6 +545,8 @@ class Device:
         # be undone by an initiation sent from the old port just before).
         arrived = self._handshake_arrived
         if arrived is None or arrived > peer.endpoint_arrival:
+            if peer.endpoint is not src:  # by identity: a StickyEndpoint equals its host/port
+                self._transport_dirty.add(peer)
             if peer.endpoint != src:
                 self._set_endpoint(peer, src)
             peer.endpoint = src
@@ -562,20 +602,19 @@ class Device:
             return None
         size = len(data)
         out = bytearray(size - TRANSPORT_OVERHEAD)
-        try:
-            kp.recv.decrypt_into(_NONCE.pack(counter), memoryview(data)[16:], None, out)
-        except InvalidTag:
-            self.drops[Drop.DECRYPT_FAILED] += 1
+        status = self.transport.open(receiver, data, out)
+        if status != OPENED:
+            self.drops[Drop.REPLAY if status == REPLAYED else Drop.DECRYPT_FAILED] += 1
             return None
-        if not kp.replay.validate(counter):
-            self.drops[Drop.REPLAY] += 1
-            return None
+        kp.keep_window()  # a kept session's window, for a successor
         peer = entry.peer
         keypairs = peer.keypairs
         if kp is keypairs.next:
             dropped = keypairs.confirm(kp)
             if dropped is not None:
                 self._drop_keypair(dropped)
+            self.transport.confirm(kp.local_index)
+            self._transport_dirty.add(peer)
             if self.sessions is not None:
                 self.sessions.arrange(keypairs)
             self._handshake_complete(peer, now)
@@ -588,12 +627,18 @@ class Device:
         if not out:
             self.counters["keepalives_received"] += 1
             return None
+        self._received_data(peer, 1, now)
+        return self._check_inner(peer, out)
+
+    @staticmethod
+    def _received_data(peer: Peer, packets: int, now: float) -> None:
+        """Keepalive timers after `packets` data packets arrived at `now`."""
         timers = peer.timers
         if timers.send_keepalive is None:
             timers.send_keepalive = now + KEEPALIVE_TIMEOUT
-        else:
+            packets -= 1
+        if packets:
             timers.need_another_keepalive = True
-        return self._check_inner(peer, out)
 
     def _lost_session(self, src: Endpoint, now: float) -> None:
         """A transport message for a session we do not have, from a peer's endpoint: the
@@ -607,20 +652,11 @@ class Device:
 
     def _check_inner(self, peer: Peer, out: bytearray) -> bytearray | None:
         """Trim the padding and drop an inner packet whose source is not the peer's (crypto-RP)."""
-        version = out[0] >> 4
-        # Lengths from single bytes: int.from_bytes of a slice costs an allocation per packet.
-        if version == _IPV4 and len(out) >= _IPV4_HEADER:
-            length = out[2] << 8 | out[3]
-            source = out[12:16]
-        elif version == _IPV6 and len(out) >= _IPV6_HEADER:
-            length = _IPV6_HEADER + (out[4] << 8 | out[5])
-            source = out[8:24]
-        else:
+        found = inner_source(out)
+        if found is None:
             self.drops[Drop.MALFORMED_INNER] += 1
             return None
-        if length > len(out) or length < _IPV4_HEADER:
-            self.drops[Drop.MALFORMED_INNER] += 1
-            return None
+        length, source = found
         if self._allowed.lookup(source) is not peer:
             self.drops[Drop.SPOOFED_SOURCE] += 1
             return None
@@ -711,7 +747,7 @@ class Device:
         index = self._new_index()
         response, keys = hs.create_response(index, self._rng(KEY_SIZE))
         peer.cookies.add_macs(response, RESPONSE_MAC1_END, now)
-        self._install(peer, Keypair(keys, now), now)
+        self._install(peer, Keypair(keys, now, self.transport, peer.order), now)
         peer.timers.last_sent_handshake = now
         self._sent_handshake(peer, now)
         self._transmit(src, bytes(response))
@@ -732,7 +768,7 @@ class Device:
         del self._index[response.receiver]
         peer.rx_bytes += len(msg)
         self._received_authenticated(peer, src, now)
-        self._install(peer, Keypair(keys, now), now)
+        self._install(peer, Keypair(keys, now, self.transport, peer.order), now)
         self._handshake_complete(peer, now)
         self._send_keepalive(peer, now)  # confirms the session to the responder
 
@@ -740,6 +776,7 @@ class Device:
         for old in peer.keypairs.install(kp):
             self._drop_keypair(old)
         self._index[kp.local_index] = IndexEntry(peer, kp)
+        self._transport_dirty.add(peer)
         if self.sessions is not None:
             self.sessions.keep(peer.public_key, kp)
             self.sessions.arrange(peer.keypairs)
@@ -752,6 +789,45 @@ class Device:
         timers.sent_last_minute_handshake = False
         peer.last_handshake = now
         self.counters["handshakes_completed"] += 1
+
+    # ---- the transport's per-packet path ---------------------------------------------------
+
+    def take_transport_peers(self) -> tuple[set[Peer], list[int]]:
+        """Peers whose send state changed, and the orders of peers removed, since the last
+        call; the driver pushes them into the transport's peer table."""
+        dirty, removed = self._transport_dirty, self._transport_removed
+        self._transport_dirty, self._transport_removed = set(), []
+        return dirty, removed
+
+    def routes(self) -> list[tuple[bytes, int, int]]:
+        """Every allowed-IPs prefix as (raw network address, prefix length, peer order)."""
+        return [
+            (network.network_address.packed, network.prefixlen, peer.order)
+            for peer, networks in self._allowed.items()
+            for network in networks
+        ]
+
+    def apply_transport_activity(
+        self, activity: Sequence[tuple[int, int, int, int, int]], now: float
+    ) -> None:
+        """What the transport's batches did to each session since the last call, applied
+        as the per-packet path here would have: figures, roaming, timers, rekeying."""
+        for local, rx_packets, rx_bytes, tx_packets, tx_bytes in activity:
+            entry = self._index.get(local)
+            kp = None if entry is None else entry.keypair
+            if entry is None or kp is None:
+                continue  # removed since (its figures go with it)
+            peer = entry.peer
+            if rx_packets:
+                kp.keep_window()  # a kept session's window, once per batch
+                self._keep_key_fresh_receiving(peer, kp, now)
+                if peer.endpoint is not None:
+                    self._received_authenticated(peer, peer.endpoint, now)
+                peer.rx_bytes += rx_bytes
+                peer.rx_packets += rx_packets
+                self._received_data(peer, rx_packets, now)
+            if tx_packets:
+                self._sent_transport(peer, kp, tx_bytes, now, data=True, packets=tx_packets)
 
     # ---- timers ----------------------------------------------------------------------------
 

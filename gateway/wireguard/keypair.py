@@ -2,52 +2,97 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from typing import TYPE_CHECKING
 
 from gateway.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from gateway.wireguard.noise import SessionKeys
-from gateway.wireguard.replay import ReplayFilter
+
+if TYPE_CHECKING:
+    from gateway.wireguard.session_crypto import Sessions
 
 
 class Keypair:
-    """One direction pair of transport keys; the AEAD objects are reused for every packet.
+    """One direction pair of transport keys. The AEADs, the send counter and the replay
+    window live in the Device's transport (native or Python, gateway/wireguard/session_crypto.py
+    and gateway/dataplane/transport.py), installed under our receiver index: the per-packet
+    path and the Device's own packets share one counter and one window.
 
-    `send_limit`: counters below it may be sent. Without a session table it is the protocol's
-    limit; with one (gateway/wireguard/sessions.py) it is the end of the block of counters
-    reserved, and persisted, for this keypair: a counter at the limit waits until the next
-    block's end is persisted, so a successor that restores the session starts past every
-    counter this process may have used. `record` is the keypair's place in that table (-1:
-    none). `created` is monotonic time, the same in every process of one boot.
+    `send_limit`: counters below it may be sent (the transport holds it too). Without a
+    session table it is the protocol's limit; with one (gateway/wireguard/sessions.py) it is
+    the end of the block of counters reserved, and persisted, for this keypair: a counter at
+    the limit waits until the next block's end is persisted, so a successor that restores
+    the session starts past every counter this process may have used. `record` is the
+    keypair's place in that table (-1: none) and `replay` its window there (None: not kept),
+    which the Device writes from the transport's after packets were accepted. `created` is
+    monotonic time, the same in every process of one boot.
     """
 
     __slots__ = (
+        "_send_limit",
         "created",
         "is_initiator",
         "local_index",
         "record",
-        "recv",
         "recv_key",
         "remote_index",
         "replay",
-        "send",
-        "send_counter",
         "send_key",
-        "send_limit",
+        "transport",
     )
 
-    def __init__(self, keys: SessionKeys, created: float) -> None:
+    def __init__(
+        self, keys: SessionKeys, created: float, transport: Sessions, peer_id: int = 0
+    ) -> None:
+        self.transport = transport
         self.send_key = keys.send_key
         self.recv_key = keys.recv_key
-        self.send = ChaCha20Poly1305(keys.send_key)
-        self.recv = ChaCha20Poly1305(keys.recv_key)
-        self.send_counter = 0
-        self.send_limit = REJECT_AFTER_MESSAGES
+        self._send_limit = REJECT_AFTER_MESSAGES
         self.record = -1
-        self.replay = ReplayFilter()
+        self.replay: memoryview | None = None
         self.created = created
         self.is_initiator = keys.is_initiator
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
+        # An initiator's session carries data at once; a responder's only once the first
+        # packet on it confirmed it (the Device confirms it then).
+        transport.install(
+            keys.local_index,
+            remote=keys.remote_index,
+            send_key=keys.send_key,
+            recv_key=keys.recv_key,
+            created=created,
+            peer=peer_id,
+            confirmed=keys.is_initiator,
+        )
+
+    @property
+    def send_counter(self) -> int:
+        """The next counter to send with (REJECT_AFTER_MESSAGES once removed)."""
+        counter = self.transport.send_counter(self.local_index)
+        return REJECT_AFTER_MESSAGES if counter is None else counter
+
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        """Move the counter forward (a restored session, tests of the limits); it never
+        goes back."""
+        if not self.transport.advance_send_counter(self.local_index, value):
+            raise ValueError("a send counter only moves forward")
+
+    @property
+    def send_limit(self) -> int:
+        return self._send_limit
+
+    @send_limit.setter
+    def send_limit(self, value: int) -> None:
+        self._send_limit = value
+        self.transport.set_send_limit(self.local_index, value)
+
+    def keep_window(self) -> None:
+        """Write the transport's replay window into the kept record (if kept)."""
+        if self.replay is not None:
+            window = self.transport.replay_window(self.local_index)
+            if window is not None:
+                self.replay[:] = memoryview(window).cast("Q")
 
     def __repr__(self) -> str:  # never the keys
         return f"Keypair(local={self.local_index}, remote={self.remote_index})"

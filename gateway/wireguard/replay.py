@@ -44,6 +44,10 @@ class ReplayFilter:
             self._highest = storage[0]
             self._words = storage[1:]
 
+    def window(self) -> list[int]:
+        """The highest counter, then the ring: the STORAGE_WORDS words `storage` holds."""
+        return [self._highest, *self._words]
+
     def reset(self) -> None:
         """Forget everything (a new keypair starts at counter 0)."""
         self._highest = 0

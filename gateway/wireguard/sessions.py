@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from gateway.wireguard.constants import KEY_SIZE, REJECT_AFTER_MESSAGES
 from gateway.wireguard.keypair import Keypair, Keypairs
 from gateway.wireguard.noise import SessionKeys
-from gateway.wireguard.replay import STORAGE_WORDS, ReplayFilter
+from gateway.wireguard.replay import STORAGE_WORDS
+from gateway.wireguard.session_crypto import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,10 @@ class SessionTable:
             peer, local, remote, send, recv, bool(initiator), position, created, limit
         )
 
-    def adopt(self, slot: int, record: SessionRecord) -> Keypair:
-        """The keypair of a kept record, continuing it: its replay window in place, its
-        counters from the saved limit on (the next send reserves a block first)."""
+    def adopt(self, slot: int, record: SessionRecord, transport: Sessions, peer_id: int) -> Keypair:
+        """The keypair of a kept record, continuing it in `transport`: its replay window
+        from the record, its counters from the saved limit on (the next send reserves a
+        block first)."""
         keys = SessionKeys(
             record.send_key,
             record.recv_key,
@@ -144,10 +146,12 @@ class SessionTable:
             record.local_index,
             record.remote_index,
         )
-        kp = Keypair(keys, record.created)
+        kp = Keypair(keys, record.created, transport, peer_id)
         kp.record = slot
         kp.send_counter = kp.send_limit = record.send_limit
-        kp.replay = ReplayFilter(self._replay_words(slot))
+        words = self._replay_words(slot)
+        transport.load_replay_window(kp.local_index, words.tobytes())
+        kp.replay = words
         return kp
 
     def insert(self, record: SessionRecord) -> int | None:
@@ -217,7 +221,7 @@ class SessionTable:
         self._write(slot, record)
         kp.record = slot
         kp.send_limit = limit
-        kp.replay = ReplayFilter(self._replay_words(slot))
+        kp.replay = self._replay_words(slot)  # zeroed by _write, as the transport's new window
 
     def reserve(self, kp: Keypair) -> None:
         """The next block of send counters for `kp`, persisted before the Device uses it."""

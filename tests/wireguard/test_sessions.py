@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from gateway.wireguard import keypair as keypair_module
+from gateway.wireguard import session_crypto as session_crypto_module
 from gateway.wireguard import sessions as sessions_module
 from gateway.wireguard.constants import REKEY_AFTER_TIME
 from gateway.wireguard.device import Device
@@ -122,7 +122,7 @@ def _recording_nonces() -> Iterator[Counter[tuple[bytes, bytes]]]:
         def decrypt_into(self, nonce: bytes, data: object, aad: object, out: object) -> int:
             return self._aead.decrypt_into(nonce, data, aad, out)  # type: ignore[arg-type]  # delegated as given
 
-    with mock.patch.object(keypair_module, "ChaCha20Poly1305", Recording):
+    with mock.patch.object(session_crypto_module, "ChaCha20Poly1305", Recording):
         yield seen
 
 

@@ -6,7 +6,8 @@ Layout of the segment (all u64, native endianness, 8-byte aligned; `layout.py`):
                the UDP listen port and the TUN device's MTU (both written by the supervisor;
                `wg` and `ip link` can change them at run time), whether there is a DNS block,
                the interface's public key in words 8-11 (written by the crypto process;
-               `wg set private-key` can change it)
+               `wg set private-key` can change it), in word 12 the crypto process's
+               per-packet path (TRANSPORT_BACKENDS)
     processes  one block of PROCESS_BLOCK_WORDS words per process: supervisor,
                worker0..N-1, crypto, udp, and dns only when a DNS server runs; what lies
                where in a block is its process's BlockLayout (`block_layout(role)`)

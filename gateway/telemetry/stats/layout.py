@@ -25,6 +25,9 @@ HEADER_LISTEN_PORT = 5  # header word holding the UDP port the gateway listens o
 HEADER_MTU = 6  # header word holding the TUN device's MTU as the supervisor last saw it
 HEADER_DNS = 7  # header word: 1 if the segment has a block for the DNS process, else 0
 HEADER_PUBLIC_KEY = 8  # first of the 4 header words holding the interface's public key
+HEADER_TRANSPORT = 12  # header word: the crypto process's per-packet path (TRANSPORT_BACKENDS)
+# Its values: 0 before the crypto process started; gateway/dataplane/transport.py's names.
+TRANSPORT_BACKENDS = ("", "python", "native")
 PROCESS_BLOCK_WORDS = 64  # 512 bytes: writers never share a cache line
 RING_BLOCK_WORDS = 8  # words per ring's block (not the ring's slots: dataplane/rings.py)
 MAX_PEERS_LIMIT = 1 << 20

@@ -22,6 +22,7 @@ from gateway.telemetry.stats.layout import (
     HEADER_LISTEN_PORT,
     HEADER_MTU,
     HEADER_PUBLIC_KEY,
+    HEADER_TRANSPORT,
     HEADER_WORDS,
     MAGIC,
     MAX_PEERS_LIMIT,
@@ -33,6 +34,7 @@ from gateway.telemetry.stats.layout import (
     RESOURCE_SLOT_WORDS,
     RING_BLOCK_WORDS,
     STARTED_MONO_NS,
+    TRANSPORT_BACKENDS,
     VERSION,
     Section,
     block_layout,
@@ -174,6 +176,16 @@ class StatsRegion:
         self._words[HEADER_MTU] = mtu
 
     @property
+    def transport(self) -> str:
+        """The crypto process's per-packet path ("" until it started)."""
+        value = int(self._words[HEADER_TRANSPORT])
+        return TRANSPORT_BACKENDS[value] if value < len(TRANSPORT_BACKENDS) else ""
+
+    @transport.setter
+    def transport(self, name: str) -> None:
+        self._words[HEADER_TRANSPORT] = TRANSPORT_BACKENDS.index(name)
+
+    @property
     def public_key(self) -> bytes | None:
         """The interface's public key as the crypto process last wrote it; None if unset."""
         key = bytes(self._public_key)
@@ -275,6 +287,7 @@ class StatsRegion:
             workers=self.workers,
             max_peers=self.max_peers,
             mtu=self.mtu,
+            transport=self.transport,
             totals=Totals(*sums),
             drops=dict(zip(DROP_REASONS, drop_sums, strict=True)),
             processes=tuple(processes),

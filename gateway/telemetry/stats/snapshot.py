@@ -98,6 +98,7 @@ class StatsSnapshot:
     workers: int
     max_peers: int
     mtu: int  # of the TUN device; 0 = not known yet
+    transport: str  # the per-packet path, "native" or "python" ("" = not started yet)
     totals: Totals
     drops: Mapping[str, int]  # summed over processes, every reason present
     processes: tuple[ProcessStats, ...]
