@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.telemetry.runtime_dir import make_dir, runtime_dir
+from gateway.telemetry.runtime_dir import runtime_dir
 
 ROLE_FILE = "ha-role"
 KEEPALIVED_STATES = {"MASTER": "active", "BACKUP": "standby", "FAULT": "fault"}
@@ -45,7 +45,9 @@ def main(argv: list[str]) -> int:
         print("usage: python3 -m gateway.ha.role MASTER|BACKUP|FAULT", file=sys.stderr)
         return 2
     try:
-        os.close(make_dir())
+        # Not make_dir's owner check: under systemd the directory is the gateway user's
+        # (RuntimeDirectory=) and keepalived may run this hook as root or as that user.
+        runtime_dir().mkdir(mode=0o700, exist_ok=True)
         print(f"ha: {write_role(argv[0])}")
     except OSError as exc:
         print(f"Error: cannot record the HA role: {exc}", file=sys.stderr)
