@@ -230,8 +230,8 @@ def test_kill_9_of_the_main_pid_keeps_device_socket_and_sessions(box: Container)
     assert (device(box), udp_inode(box), latest_handshake(box)) == before
     assert show(box, "NFileDescriptorStore")["NFileDescriptorStore"] == "6"  # none twice
     # The pause is systemd's restart: ExecStopPost= and ExecStartPre= (each a Python
-    # process), 100 ms, then Python loading the gateway: 1.6-2.1 s on a 2-core VM (was
-    # 2.5-4 s before the imports were cut), not the ≤ 1 s of a child's restart.
+    # process), 100 ms, then Python loading the gateway: 1.4-2.1 s on a 2-core VM (was
+    # 1.9-4 s before the imports were cut), not the ≤ 1 s of a child's restart.
     assert gap <= MAX_RESTART_GAP
 
 
