@@ -27,6 +27,7 @@ from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.rings import RingT
 from gateway.dataplane.sleeper import Sleeper
+from gateway.dataplane.udp_native import native_sender
 from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
 from gateway.udp_io import Datagram, SendStats, UdpCounters, UdpIo
@@ -59,15 +60,19 @@ class UdpLoop(Generic[RingT]):
     rest dropped and counted); while any wait, nothing more is read from the crypto ring.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 # the process's resources; the backend keyword-only
         self,
         udp: UdpSocket,
         to_crypto: RingT,
         from_crypto: RingT,
         counters: memoryview,
         public_key: Callable[[], bytes | None] = lambda: None,
+        *,
+        backend: str | None = None,
     ):
-        """`public_key` is the interface's, for the handshake gate's MACs and cookies."""
+        """`public_key` is the interface's, for the handshake gate's MACs and cookies;
+        `backend` the send path's ("native" or "python", default transport.py's choice;
+        native needs a real UdpIo and shm ring, else Python sends)."""
         self.udp = udp
         self.to_crypto = to_crypto
         self.from_crypto = from_crypto
@@ -75,6 +80,7 @@ class UdpLoop(Generic[RingT]):
         self.unsent: Outgoing = []
         self.gate = HandshakeGate(public_key)
         self._max_payload = to_crypto.max_message - HEADER_SIZE  # a long one spans slots
+        self._native = native_sender(udp, from_crypto, backend)
 
     def turn(self, now: float) -> bool:
         """socket -> to_crypto (only as much as it has room for), from_crypto (or what
@@ -120,6 +126,12 @@ class UdpLoop(Generic[RingT]):
         return not self.unsent
 
     def _send_from_crypto(self) -> bool:
+        if self._native is not None:
+            found = self._native.send(BATCH, self.counters)
+            if found is not None:  # else the next message spans slots: Python's recv_many
+                taken, left = found
+                self._keep_unsent(left)
+                return taken > 0
         batch = self.from_crypto.recv_many(BATCH)
         if not batch:
             return False
@@ -132,11 +144,14 @@ class UdpLoop(Generic[RingT]):
                 c[st.DROP_MALFORMED] += 1
         left = _send(self.udp, items, c)
         # Keep what the full socket did not take; the ring slots are freed now.
-        self.unsent = [(dest, bytes(data)) for dest, data in left[:MAX_UNSENT]]
-        if len(left) > MAX_UNSENT:
-            c[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
+        self._keep_unsent([(dest, bytes(data)) for dest, data in left])
         self.from_crypto.release()
         return True
+
+    def _keep_unsent(self, left: Outgoing) -> None:
+        self.unsent = left[:MAX_UNSENT]
+        if len(left) > MAX_UNSENT:
+            self.counters[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
 
 
 def run_udp(  # noqa: PLR0913 # the process's resources; the key keyword-only

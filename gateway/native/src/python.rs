@@ -12,6 +12,7 @@ use crate::layout;
 use crate::replay::Replay;
 use crate::ring::{RingMem, Writer};
 use crate::table::{OpenError, PeerState, HEADER_SIZE};
+use crate::udp;
 
 /// A writable, contiguous byte buffer held for the duration of one call.
 struct Held(PyBuffer<u8>);
@@ -355,6 +356,48 @@ impl Transport {
     }
 }
 
+/// Up to `limit` messages of the ring to the UDP process onto the socket `fd` as GSO sends
+/// (`udp::send_from_ring`). Returns (taken, malformed, consumed, sent, dropped, syscalls,
+/// gso_batches, gso_datagrams, source_fallbacks, gso_oversize, gso_fallbacks, bytes,
+/// blocked, foreign, gso still on, the messages a full socket did not take).
+#[pyfunction]
+#[allow(clippy::type_complexity)] // reason: one flat tuple per batch, unpacked by udp_native.py
+fn udp_send_from_ring<'py>(
+    py: Python<'py>,
+    fd: i32,
+    v6_socket: bool,
+    gso: bool,
+    ring: &Bound<'py, PyAny>,
+    limit: usize,
+) -> PyResult<([usize; 12], bool, bool, bool, Vec<Bound<'py, PyBytes>>)> {
+    let held = Held::writable(ring)?;
+    let ring = held.ring()?;
+    let mut sock = udp::Socket { fd, v6: v6_socket };
+    let (mut gso, mut unsent) = (gso, Vec::new());
+    let s = udp::send_from_ring(&mut sock, &ring, limit, &mut gso, v6_socket, &mut unsent);
+    let unsent = unsent.iter().map(|m| PyBytes::new(py, m)).collect();
+    Ok((
+        [
+            s.taken,
+            s.malformed,
+            s.consumed,
+            s.sent,
+            s.dropped,
+            s.syscalls,
+            s.gso_batches,
+            s.gso_datagrams,
+            s.source_fallbacks,
+            s.gso_oversize,
+            s.gso_fallbacks,
+            s.bytes,
+        ],
+        s.blocked,
+        s.foreign,
+        gso,
+        unsent,
+    ))
+}
+
 /// shm_ring/layout.py's constants as this module has them (a test compares the two).
 #[pyfunction]
 fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -369,5 +412,6 @@ fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Transport>()?;
     m.add_function(wrap_pyfunction!(layout_constants, m)?)?;
+    m.add_function(wrap_pyfunction!(udp_send_from_ring, m)?)?;
     Ok(())
 }
