@@ -54,3 +54,9 @@ def udp_send_from_ring(
     bool,
     list[bytes],
 ]: ...
+
+class UdpReceiver:
+    def __init__(self) -> None: ...
+    def receive(
+        self, fd: int, ring: memoryview, limit: int, max_payload: int
+    ) -> tuple[list[int], bytes | None]: ...

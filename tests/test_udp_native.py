@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from gateway.dataplane.framing import encode_message
+from gateway.dataplane.framing import decode_message, encode_message
+from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.transport import BACKEND
 from gateway.dataplane.udpproc import UdpLoop
 from gateway.endpoint import Endpoint, StickyEndpoint
@@ -20,7 +21,11 @@ from tests.test_udp_io import _payloads, _two_address_hosts, _wait_readable, ins
 BACKENDS = [
     "python",
     pytest.param(
-        "native", marks=pytest.mark.skipif(BACKEND != "native", reason="extension not built")
+        "native",
+        marks=pytest.mark.skipif(
+            BACKEND != "native",
+            reason="native backend not chosen (no extension, or FIREZONE_GW_NO_EXTENSIONS=1)",
+        ),
     ),
 ]
 COUNTED = (
@@ -34,8 +39,10 @@ COUNTED = (
 )
 
 
-def _loop(io: UdpIo, backend: str, slot_size: int = 1280) -> UdpLoop[ShmTestRing]:
-    to_crypto = ShmTestRing.create("udpn-in", slots=64, slot_size=1280)
+def _loop(
+    io: UdpIo, backend: str, slot_size: int = 1280, in_slots: int = 64
+) -> UdpLoop[ShmTestRing]:
+    to_crypto = ShmTestRing.create("udpn-in", slots=in_slots, slot_size=1280)
     from_crypto = ShmTestRing.create("udpn-out", slots=64, slot_size=slot_size)
     assert isinstance(to_crypto, ShmTestRing) and isinstance(from_crypto, ShmTestRing)
     loop = UdpLoop(io, to_crypto, from_crypto, counter_block(), backend=backend)
@@ -168,3 +175,88 @@ def test_sticky_sources_and_a_removed_one_from_the_ring(
             assert (c[st.UDP_TX_PACKETS], c[st.GSO_BATCHES]) == (10, 2)
         finally:
             _close(loop)
+
+
+def _loop_with_key(io: UdpIo, backend: str) -> UdpLoop[ShmTestRing]:
+    loop = _loop(io, backend, in_slots=32)  # a message of 40,960 bytes fills it
+    loop.gate = HandshakeGate(lambda: bytes(range(32)))  # MAC1 checked
+    assert (loop._native_rx is not None) == (backend == "native")
+    return loop
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_received_datagrams_reach_the_ring_framed_in_order_with_handshakes_gated(
+    netns_hosts: Hosts, backend: str, host: str
+) -> None:
+    ns = netns_hosts.add("fzxur")
+    with inside(ns), UdpIo(0) as io, UdpIo(0) as sender:
+        loop = _loop_with_key(io, backend)
+        try:
+            burst = [b"\x04" + bytes([i]) * 999 for i in range(10)] + [b"\x04" * 300]
+            # A GSO burst (coalesced by GRO), then one at a time: a transport message, an
+            # initiation with a bad MAC1 (dropped), a cookie reply (admitted, in its place),
+            # one spanning slots, one too big for the ring (dropped), and another.
+            sender.send_batch([((host, io.port), d) for d in burst])
+            singles = [
+                b"\x04" + b"a" * 63,
+                b"\x01" + bytes(147),
+                b"\x03" + bytes(63),
+                b"\x04" * 1300,  # longer than a slot: spans two
+                b"\x04" * (loop.to_crypto.max_message + 1),
+                b"\x04" + b"z" * 63,
+            ]
+            for d in singles:
+                sender.send_batch([((host, io.port), d)])
+            _wait_readable(io.fileno())
+            deadline = 50
+            while loop.counters[st.UDP_RX_PACKETS] < 17 and deadline:
+                loop.turn(1.0)
+                deadline -= 1
+            got = [decode_message(memoryview(m)) for m in loop.to_crypto.drain()]
+            assert [bytes(d) for _, d in got] == [
+                *burst,
+                singles[0],
+                singles[2],
+                singles[3],
+                singles[5],
+            ]
+            assert {(ep[0], ep[1]) for ep, _ in got} == {(host, sender.port)}
+            assert all(isinstance(ep, StickyEndpoint) for ep, _ in got)
+            c = loop.counters
+            assert c[st.UDP_RX_PACKETS] == 17
+            assert c[st.UDP_RX_BYTES] == sum(
+                map(len, [*burst, singles[0], singles[2], singles[3], singles[5]])
+            )
+            assert (c[st.DROP_MAC1_INVALID], c[st.DROP_TOO_BIG]) == (1, 1)
+            assert io.counters.rx_datagrams == 17
+            assert io.counters.rx_coalesced_reads >= 1
+        finally:
+            _close(loop)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reads_no_more_than_the_ring_has_room_for(netns_hosts: Hosts, backend: str) -> None:
+    ns = netns_hosts.add("fzxuf")
+    with inside(ns), UdpIo(0) as io, UdpIo(0) as sender:
+        to_crypto = ShmTestRing.create("udpn-small", slots=4, slot_size=1280)
+        from_crypto = ShmTestRing.create("udpn-out", slots=4, slot_size=1280)
+        assert isinstance(to_crypto, ShmTestRing) and isinstance(from_crypto, ShmTestRing)
+        loop = UdpLoop(io, to_crypto, from_crypto, counter_block(), backend=backend)
+        try:
+            burst = [b"\x04" + bytes([i]) * 99 for i in range(10)]
+            sender.send_batch([(("127.0.0.1", io.port), d) for d in burst])
+            _wait_readable(io.fileno())
+            assert loop.turn(1.0)
+            assert len(to_crypto) == 4
+            assert loop.inbound_blocked()
+            assert not loop.turn(1.0)
+            got = to_crypto.drain()
+            while len(got) < 10 and loop.turn(1.0):
+                got += to_crypto.drain()
+            assert [bytes(decode_message(memoryview(m))[1]) for m in got] == burst
+        finally:
+            for ring in (to_crypto, from_crypto):
+                ring.close()

@@ -1,10 +1,14 @@
-"""The UDP process's send side in native code: `gateway._native.udp_send_from_ring`.
+"""The UDP process's per-batch work in native code: `gateway._native.udp_send_from_ring`
+and `gateway._native.UdpReceiver`.
 
-One call takes a batch of the crypto ring's messages and sends them on the UdpIo's socket as
+Send: one call takes a batch of the crypto ring's messages and sends them on the UdpIo's socket as
 UdpIo.send_batch would (GSO runs, sticky PKTINFO sources, the same fallbacks), straight from
-the ring slots, and returns what a full socket did not take. `native_sender` gives one
-when the transport backend is native (transport.py's choice: FIREZONE_GW_NO_EXTENSIONS=1
-or no extension means the Python path) and the loop runs on a real socket and shm ring.
+the ring slots, and returns what a full socket did not take. Receive: one call reads
+datagrams (GRO super-datagrams cut natively) framed straight into the ring to crypto, up to
+a handshake message, which comes back for the Python gate. `native_sender` and
+`native_receiver` give them when the transport backend is native (transport.py's choice:
+FIREZONE_GW_NO_EXTENSIONS=1 or no extension means the Python path) and the loop runs on a
+real socket and shm ring.
 """
 
 from __future__ import annotations
@@ -65,6 +69,47 @@ class NativeSender:
         for message in unsent:  # some only when the socket buffer was full
             left.append(decode_message(memoryview(message)))
         return taken, left
+
+
+class NativeReceiver:
+    """Receives for `udp` into `ring` in native code, keeping its counters as Python does."""
+
+    def __init__(self, udp: UdpIo, ring: Ring) -> None:
+        from gateway import _native  # noqa: PLC0415 - only when chosen; may be missing
+
+        self._rx = _native.UdpReceiver()
+        self.udp = udp
+        self.ring = ring
+
+    def receive(self, limit: int, max_payload: int, c: memoryview) -> tuple[int, bytes | None]:
+        """Up to `limit` datagrams read; those for the ring framed into it, the too big
+        dropped (counted). Returns how many datagrams were read and the message (header +
+        datagram) that ended the batch, if one did: a handshake (for the gate) or one longer
+        than a slot; it is counted in the first and not in the ring (the caller's)."""
+        figures, message = self._rx.receive(
+            self.udp.fileno(), self.ring.memory(), limit, max_payload
+        )
+        datagrams, framed, framed_bytes, too_big, syscalls, coalesced, errors = figures
+        if framed:
+            self.ring.notify_consumer()
+        u = self.udp.counters
+        u.rx_datagrams += datagrams
+        u.rx_syscalls += syscalls
+        u.rx_coalesced_reads += coalesced
+        u.rx_errors += errors
+        c[st.UDP_RX_PACKETS] += datagrams
+        c[st.UDP_RX_BYTES] += framed_bytes
+        c[st.DROP_TOO_BIG] += too_big
+        return datagrams, message
+
+
+def native_receiver(udp: object, ring: object, backend: str | None = None) -> NativeReceiver | None:
+    """A NativeReceiver on the same terms as `native_sender`."""
+    if (backend or BACKEND) != "native":
+        return None
+    if not isinstance(udp, UdpIo) or not isinstance(ring, Ring):
+        return None
+    return NativeReceiver(udp, ring)
 
 
 def native_sender(udp: object, ring: object, backend: str | None = None) -> NativeSender | None:

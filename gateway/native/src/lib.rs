@@ -16,6 +16,7 @@ pub mod routes;
 pub mod table;
 pub mod testing;
 pub mod udp;
+pub mod udp_recv;
 
 #[cfg(feature = "python")]
 mod python;

@@ -12,7 +12,7 @@ use crate::layout;
 use crate::replay::Replay;
 use crate::ring::{RingMem, Writer};
 use crate::table::{OpenError, PeerState, HEADER_SIZE};
-use crate::udp;
+use crate::{udp, udp_recv};
 
 /// A writable, contiguous byte buffer held for the duration of one call.
 struct Held(PyBuffer<u8>);
@@ -398,6 +398,61 @@ fn udp_send_from_ring<'py>(
     ))
 }
 
+/// The UDP process's receive side (`udp_recv::Receiver`): it keeps the rest of a GRO read
+/// between calls.
+#[pyclass(module = "gateway._native", unsendable)]
+pub struct UdpReceiver {
+    rx: udp_recv::Receiver,
+}
+
+#[pymethods]
+impl UdpReceiver {
+    #[new]
+    fn new() -> Self {
+        UdpReceiver {
+            rx: udp_recv::Receiver::default(),
+        }
+    }
+
+    /// Up to `limit` datagrams read from `fd` and framed into `ring` (the caller leaves that
+    /// many free slots). Returns ([datagrams, framed, framed_bytes, too_big, syscalls,
+    /// coalesced_reads, errors], the message for Python that stopped the batch (a
+    /// handshake, or one longer than a slot) or None);
+    /// raises OSError for a read error that is not a one-shot ICMP report.
+    fn receive<'py>(
+        &mut self,
+        py: Python<'py>,
+        fd: i32,
+        ring: &Bound<'py, PyAny>,
+        limit: usize,
+        max_payload: usize,
+    ) -> PyResult<([usize; 7], Option<Bound<'py, PyBytes>>)> {
+        let held = Held::writable(ring)?;
+        let ring = held.ring()?;
+        let mut writer = ring.writer();
+        let mut stats = udp_recv::RecvStats::default();
+        let mut read = |buf: &mut [u8]| udp_recv::recv_into(fd, buf);
+        let stop = self
+            .rx
+            .receive(&mut read, &mut writer, limit, max_payload, &mut stats);
+        writer.publish();
+        let figures = [
+            stats.datagrams,
+            stats.framed,
+            stats.framed_bytes,
+            stats.too_big,
+            stats.syscalls,
+            stats.coalesced_reads,
+            stats.errors,
+        ];
+        match stop {
+            udp_recv::Stop::Done => Ok((figures, None)),
+            udp_recv::Stop::Python(m) => Ok((figures, Some(PyBytes::new(py, &m)))),
+            udp_recv::Stop::Error(e) => Err(std::io::Error::from_raw_os_error(e).into()),
+        }
+    }
+}
+
 /// shm_ring/layout.py's constants as this module has them (a test compares the two).
 #[pyfunction]
 fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -411,6 +466,7 @@ fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Transport>()?;
+    m.add_class::<UdpReceiver>()?;
     m.add_function(wrap_pyfunction!(layout_constants, m)?)?;
     m.add_function(wrap_pyfunction!(udp_send_from_ring, m)?)?;
     Ok(())
