@@ -8,9 +8,10 @@ DEB_APT_PACKAGES := python3 python3-venv binutils lintian
 # `make systemd-check` (also in `make test`): a Debian 12 root file system and systemd-nspawn.
 SYSTEMD_CHECK_APT_PACKAGES := debootstrap systemd-container
 # System packages the tests and the gateway need on a fresh Debian machine.
-# zbar-tools: an independent QR decoder for client-config --qr's test.
+# zbar-tools: an independent QR decoder for client-config --qr's test; keepalived: the HA
+# pair's namespace test (tests/test_ha_e2e.py).
 APT_PACKAGES := iproute2 wireguard-go wireguard-tools iperf3 iputils-ping procps kmod systemd \
-	zbar-tools $(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)
+	zbar-tools keepalived $(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)
 PACKAGES := gateway shm_ring tunio testbed ippacket bench
 PYTEST_ARGS ?=
 # The native per-packet path (a Rust crate the package build compiles when cargo exists).
@@ -139,11 +140,12 @@ deb:
 		lintian --fail-on error --suppress-tags no-manual-page "$$deb"
 
 # Debian 12 with systemd as PID 1 in systemd-nspawn: the package installs and the unit works
-# (tests/test_systemd_check.py; about 2 minutes, plus ~2 the first time for debootstrap,
+# (tests/test_systemd_check.py), sessions survive kill -9 of the main PID and SIGUSR2 under
+# systemd (tests/test_systemd_handover.py; about 3 minutes, plus ~2 the first time for debootstrap,
 # whose tree is cached in build/systemd-check).
 systemd-check: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)"
-	$(BIN)/pytest -q tests/test_systemd_check.py
+	$(BIN)/pytest -q tests/test_systemd_check.py tests/test_systemd_handover.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info $(NATIVE)/target \

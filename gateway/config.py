@@ -20,6 +20,7 @@ import tomli
 from gateway import keys
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
 from gateway.gcpause import gc_paused
+from gateway.ha.settings import HaConfig, HaDraft, parse_ha, resolve_ha
 from gateway.ipnet import (
     HostBitsSet,
     IPInterface,
@@ -118,6 +119,7 @@ class _RootToml(msgspec.Struct, forbid_unknown_fields=True):
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
     dns: dict[str, Any] | None = None
     udp: dict[str, Any] = msgspec.field(default_factory=dict)
+    ha: dict[str, Any] | None = None
 
 
 # ---- the validated, typed configuration the rest of the code uses ----------------------------
@@ -184,6 +186,8 @@ class GatewayConfig:
     resources: tuple[Resource, ...] = ()
     # None: no DNS server (no [dns] table and no DNS resources).
     dns: DnsConfig | None = None
+    # None: a gateway on its own (no [ha] table); see gateway/ha/settings.py.
+    ha: HaConfig | None = None
 
 
 class ConfigError(Exception):
@@ -269,6 +273,7 @@ def parse_config(text: str, *, source: str) -> ParsedConfig:
     dns = None
     if root.dns is not None or dns_resources:
         dns = _validate_dns(root.dns or {}, interface, errors)
+    ha = None if root.ha is None else parse_ha(root.ha, errors.add)
     metrics_listen = None
     max_peer_series = DEFAULT_MAX_PEER_SERIES
     if metrics_toml is not None:
@@ -285,6 +290,7 @@ def parse_config(text: str, *, source: str) -> ParsedConfig:
         metrics_listen=metrics_listen,
         max_peer_series=max_peer_series,
         udp=None if udp_toml is None else UdpConfig(udp_toml.receive_buffer, udp_toml.send_buffer),
+        ha=ha,
     )
 
 
@@ -316,6 +322,7 @@ def resolve_config(
     metrics_listen = None
     if parsed.metrics_listen is not None:
         metrics_listen = _resolve(parsed.metrics_listen, "metrics.listen", errors)
+    ha = None if parsed.ha is None else resolve_ha(parsed.ha, base_dir, private_key, errors.add)
     if (
         errors.lines
         or draft is None
@@ -343,6 +350,7 @@ def resolve_config(
         udp=parsed.udp,
         resources=parsed.resources,
         dns=dns,
+        ha=ha,
     )
 
 
@@ -406,6 +414,7 @@ class ParsedConfig:
     metrics_listen: _Written | None
     max_peer_series: int
     udp: UdpConfig | None
+    ha: HaDraft | None = None  # [ha], its key file not read yet
 
 
 # ---- validation ------------------------------------------------------------------------------

@@ -217,8 +217,11 @@ class UdpIo:
         bind_host: str | None = None,
         gso: bool = True,
         gro: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        self.sock = self._open(port, bind_host)
+        """`sock`: a bound UDP socket to use instead of binding `port` (one handed over
+        from a previous supervisor; its options are set again)."""
+        self.sock = self._open(port, bind_host) if sock is None else sock
         self.family = socket.AddressFamily(self.sock.family)
         try:
             self.rcvbuf = self._set_buffer(socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)

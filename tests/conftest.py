@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +27,17 @@ def control_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield supervisor_end, crypto_end
     supervisor_end.close()
     crypto_end.close()
+
+
+@pytest.fixture
+def notify_path() -> Iterator[tuple[str, socket.socket]]:
+    """($NOTIFY_SOCKET value, the socket bound there): a stand-in for systemd's."""
+    with tempfile.TemporaryDirectory(prefix="fzo-notify-") as tmp:
+        path = str(Path(tmp) / "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(5)
+        try:
+            yield path, sock
+        finally:
+            sock.close()

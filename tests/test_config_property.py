@@ -11,12 +11,17 @@ the metrics server bound on a free port when the listen address is loopback.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import ipaddress
 import json
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 from typing import TypeVar
 
+import nacl.public
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -28,6 +33,8 @@ from gateway.dataplane.framing import decode_endpoint, encode_endpoint
 from gateway.dataplane.uapi_backend import DeviceBackend
 from gateway.dns.forwarder import Forwarder
 from gateway.dns.resources import ResourceAnswers
+from gateway.ha.channel import Channel
+from gateway.ha.outbox import Outbox
 from gateway.policy import Policy
 from gateway.telemetry.metrics import MetricsServer
 from gateway.uapi import format_get, format_set, parse_set
@@ -38,6 +45,18 @@ from tests.offline_dns import use_offline_dns
 T = TypeVar("T")
 PRIVATE = keys.generate_private_key()
 KEYS = [keys.public_key(keys.generate_private_key()) for _ in range(3)]
+# Key files the [ha] table names: its own replication key, a malformed one, and the
+# WireGuard key (refused: replication has its own).
+KEY_DIR = Path(tempfile.mkdtemp(prefix="fzgw-config-property-"))
+atexit.register(shutil.rmtree, KEY_DIR, ignore_errors=True)
+HA_KEY = keys.generate_private_key()
+for _name, _text_value in (
+    ("ha.key", keys.encode_key(HA_KEY)),
+    ("bad.key", "not a key"),
+    ("wg.key", keys.encode_key(PRIVATE)),
+):
+    (KEY_DIR / _name).write_text(_text_value + "\n")
+    (KEY_DIR / _name).chmod(0o600)
 
 
 def _b64(data: bytes) -> str:
@@ -107,6 +126,18 @@ PROTOCOL = mostly(st.sampled_from(["tcp", "udp", "icmp"]), _text("sctp", "TCP", 
 UPSTREAM = mostly(
     st.sampled_from(["10.98.0.2:53", "10.98.0.3", "[fd00::53]:5353"]),
     _text("dns.corp.test:53", "[fe80::1%lo]:53", "10.0.0.1:0"),
+)
+HA_LISTEN = mostly(  # this host's addresses; 192.0.2.10 is not
+    st.sampled_from(["127.0.0.1:51821", "127.0.0.2:51822", "[::1]:51821"]),
+    _text("192.0.2.10:51821", "0.0.0.0:51821", "[::]:1", "localhost:51821", "127.0.0.1:0"),
+)
+HA_PEER = mostly(
+    st.sampled_from(["192.0.2.11:51821", "[2001:db8::11]:51821", "127.0.0.3:51821"]),
+    _text("127.0.0.1:51821", "peer.invalid:51821", "127.0.0.1:70000"),
+)
+HA_PEER_KEY = mostly(
+    st.just(keys.encode_key(keys.public_key(keys.generate_private_key()))),
+    BAD_KEY | st.just(keys.encode_key(keys.public_key(HA_KEY))),
 )
 BUFFER = mostly(st.integers(64 * 1024, 64 << 20), st.integers(0, 1 << 31))
 
@@ -179,6 +210,21 @@ def config_texts(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         lines.append(f"[metrics]\nlisten = {_toml_string(draw(METRICS))}")
     if draw(st.booleans()):
+        key_file = draw(mostly(st.just("ha.key"), st.sampled_from(["bad.key", "wg.key", "none"])))
+        lines += [
+            "[ha]",
+            f"listen = {_toml_string(draw(HA_LISTEN))}",
+            f"peer = {_toml_string(draw(HA_PEER))}",
+            f"secret_key_file = {_toml_string(key_file)}",
+            f"peer_public_key = {_toml_string(draw(HA_PEER_KEY))}",
+        ]
+        if draw(st.booleans()):
+            role = mostly(st.sampled_from(["active", "standby"]), _text("primary"))
+            lines.append(f"role = {_toml_string(draw(role))}")
+        if draw(st.booleans()):
+            rate = mostly(st.integers(16384, 1 << 30), st.integers(-1, 1 << 31))
+            lines.append(f"rate = {draw(rate)}")
+    if draw(st.booleans()):
         lines.append(f"[udp]\nreceive_buffer = {draw(BUFFER)}\nsend_buffer = {draw(BUFFER)}")
     return "\n".join(lines) + "\n"
 
@@ -247,6 +293,15 @@ def _run_data_plane(config: GatewayConfig) -> None:
         )
         server.close()
 
+    if config.ha is not None:  # the replication channel's keys, outbox and socket
+        own = nacl.public.PrivateKey(config.ha.secret_key)
+        Channel(own, nacl.public.PublicKey(config.ha.peer_public_key)).hello()
+        Outbox(config.ha.rate)
+        host, _ = config.ha.listen  # check-config made sure it is this host's
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((host, 0))
+
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=config_texts())
@@ -254,7 +309,7 @@ def test_what_check_config_accepts_runs(text: str) -> None:
     with pytest.MonkeyPatch.context() as patch:
         use_offline_dns(patch)
         try:
-            config = parse_config_text(text, base_dir=Path("/nonexistent"), source="gw.toml")
+            config = parse_config_text(text, base_dir=KEY_DIR, source="gw.toml")
         except ConfigError as exc:
             event("refused")
             assert exc.errors, text
@@ -265,6 +320,8 @@ def test_what_check_config_accepts_runs(text: str) -> None:
         event("accepted with resources")
     if config.dns is not None:
         event("accepted with a DNS server")
+    if config.ha is not None:
+        event("accepted with [ha]")
     _run_data_plane(config)
 
 
@@ -280,10 +337,13 @@ def test_the_generator_reaches_accepted_configs() -> None:
         '[[resources]]\nname = "app"\naddress = "*.corp.test"\n'
         '[dns]\nupstreams = ["10.98.0.2"]\n'
         '[metrics]\nlisten = "localhost:9586"\n'
+        '[ha]\nlisten = "127.0.0.1:51821"\npeer = "127.0.0.2:51821"\nsecret_key_file = "ha.key"\n'
+        f'peer_public_key = "{keys.encode_key(KEYS[1])}"\n'
     )
     with pytest.MonkeyPatch.context() as patch:
         use_offline_dns(patch)
-        config = parse_config_text(text, base_dir=Path("/nonexistent"), source="gw.toml")
+        config = parse_config_text(text, base_dir=KEY_DIR, source="gw.toml")
+    assert config.ha is not None
     assert config.peers[0].endpoint == ("127.0.0.1", 51820)
     assert [r.name for r in config.resources] == ["db", "app"]
     assert config.dns is not None

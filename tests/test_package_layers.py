@@ -16,6 +16,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     ),
     frozenset({"gateway.wireguard", "gateway.resources", "gateway.udp_io"}),
     frozenset({"gateway.keys", "gateway.uapi", "gateway.telemetry"}),
+    frozenset({"gateway.ha"}),  # two gateways for one site: replication, sans-I/O but its link
     frozenset({"gateway.config"}),
     frozenset({"gateway.policy", "gateway.dns"}),  # decisions, sans-I/O
     frozenset({"gateway.nat"}),  # translations for DNS resources (their policy and proxies)

@@ -2,26 +2,10 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gateway.telemetry.sdnotify import Notifier, socket_address, watchdog_interval
-
-
-@pytest.fixture
-def notify_path() -> Iterator[tuple[str, socket.socket]]:
-    with tempfile.TemporaryDirectory(prefix="fzo-notify-") as tmp:
-        path = str(Path(tmp) / "notify.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(5)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
 
 
 def _recv_all(sock: socket.socket, count: int) -> list[str]:

@@ -8,7 +8,6 @@ Each test runs the real `firezone-gw` between a wireguard-go client and a resour
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 import re
 import signal
@@ -21,16 +20,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.addresses import LISTEN_PORT, RESOURCE_ADDR, client_specs
-from testbed.gateways import FirezoneGateway
+from testbed.addresses import LISTEN_PORT, RESOURCE_ADDR
 from testbed.netns import wait_for
-from testbed.topology import Topology
-
-Lab = Topology[FirezoneGateway]
+from tests.gateway_lab import MAX_GAP, ROLES, Lab, open_lab, ping_during
 
 pytestmark = pytest.mark.netns
 
-ROLES = ("worker0", "worker1", "crypto", "udp")
 NAMES = {"worker0": "fzgw-tun0", "worker1": "fzgw-tun1", "crypto": "fzgw-crypto", "udp": "fzgw-udp"}
 RESTART_LIMIT = 5.0  # seconds from SIGSTOP to the replacement process (the issue's bound)
 MAX_READ = 64 << 20  # bytes read from any one fd (rings are ~1.5 MiB, the stats segment less)
@@ -38,16 +33,7 @@ MAX_READ = 64 << 20  # bytes read from any one fd (rings are ~1.5 MiB, the stats
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Topology(FirezoneGateway(workers=2), client_specs(1))
-    try:
-        lab.backend.write_config([lab.peer(0)])
-        lab.backend.launch(lab.gateway_ns)
-        lab.backend.wait_ready()
-        lab.connect_client(0)
-        lab.wait_ping(0)
-        yield lab
-    finally:
-        lab.close()
+    yield from open_lab()
 
 
 def children(lab: Lab) -> list[psutil.Process]:
@@ -309,42 +295,19 @@ def test_repeated_crashes_back_off_instead_of_ending_the_gateway(lab: Lab) -> No
 # new handshake on the client and at most 1 s between replies (before: the client's own
 # timers, keepalive 10 s + rekey timeout 5 s, then a new handshake).
 
-MAX_GAP = 1.0
-_REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", re.MULTILINE)
-
-
-def _longest_gap(output: bytes, end: float) -> tuple[float, int]:
-    """The longest time without a reply (ping -D timestamps) until `end` (wall clock), and
-    how many replies came."""
-    times = [float(m.group(1)) for m in _REPLY.finditer(output)]
-    assert times, output[-500:]
-    return max(b - a for a, b in itertools.pairwise([*times, end])), len(times)
-
 
 def test_a_killed_crypto_process_keeps_the_clients_session(lab: Lab) -> None:
     client = lab.clients[0]
     gateway_key = lab.backend.public_key
     handshake = client.peers()[gateway_key].latest_handshake
     assert handshake > 0
-    ping = subprocess.Popen(
-        client.ns.exec_argv("ping", "-D", "-i", "0.05", "-W", "1", "-w", "10", RESOURCE_ADDR),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(2)
-        old = lab.backend.child_pid("crypto")
+    old = lab.backend.child_pid("crypto")
+
+    def kill() -> None:
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: lab.backend.child_pid("crypto") not in (0, old), timeout=10)
-        time.sleep(6)
-        end = time.time()
-        ping.send_signal(signal.SIGINT)
-        output, _ = ping.communicate(timeout=30)
-    finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
-    gap, replies = _longest_gap(output, end)
+
+    gap, replies = ping_during(lab, kill, after=6)
     print(f"longest gap between replies {gap:.2f} s ({replies} replies)")
     assert f"crypto (pid {old}) died" in lab.backend.log_text()
     assert "restored 1 sessions" in lab.backend.log_text()

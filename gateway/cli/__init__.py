@@ -7,6 +7,7 @@ Later commands (`run`, `show`, ...) attach to `main` and read the options with
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
+from gateway.telemetry import ha_status
 from gateway.telemetry.logsetup import LogDirectiveError, setup_logging
 from gateway.telemetry.metrics import parse_listen
 
@@ -199,10 +201,16 @@ def show(options: GlobalOptions, as_json: bool) -> None:
     finally:
         region.close()
     info = show_mod.InterfaceInfo(name, keys.encode_key(public_key), port)
+    ha = ha_status.read_status() if config.ha is not None else None
     if as_json:
-        click.echo(show_mod.to_json(snapshot, info).decode())
+        text = show_mod.to_json(snapshot, info).decode()
+        if ha is not None:
+            text = text[:-1] + ',"ha":' + json.dumps(ha) + "}"
+        click.echo(text)
     else:
         click.echo(show_mod.format_table(snapshot, device=name, interface=info), nl=False)
+        for line in ha_status.show_lines(ha):
+            click.echo(line)
 
 
 @main.command("client-config")
@@ -360,6 +368,31 @@ def pubkey() -> None:
     click.echo(keys.encode_key(keys.public_key(private_key)))
 
 
+def _import_everything() -> None:
+    """Import every module the gateway ships (a broken file fails here, not mid-upgrade)."""
+    import importlib  # noqa: PLC0415 - only the upgrade check needs it
+    import pkgutil  # noqa: PLC0415 - only the upgrade check needs it
+
+    for package in ("gateway", "tunio", "shm_ring", "ippacket"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+
+
+@main.command("ha-notify")
+@click.argument("state", type=click.Choice(["MASTER", "BACKUP", "FAULT"], case_sensitive=False))
+def ha_notify(state: str) -> None:
+    """keepalived's notify hook: tell the gateway its HA role (config/keepalived-ha.conf).
+
+    Written to the runtime directory, where the running gateway looks every 0.1 s (and a
+    restarted one finds it). `python3 -m gateway.ha.role STATE` does the same without
+    starting the whole CLI (faster failover on a busy host)."""
+    from gateway.ha import role  # noqa: PLC0415 - only this command needs it
+
+    sys.exit(role.main([state]))
+
+
 @main.command("check-config")
 @click.option(
     "--config",
@@ -369,9 +402,18 @@ def pubkey() -> None:
     show_default="the global --config",
     help="Configuration file to check.",
 )
+@click.option(
+    "--import-all",
+    is_flag=True,
+    hidden=True,
+    help="Also import every module: a running gateway's check of this version before it "
+    "upgrades in place to it (SIGUSR2).",
+)
 @pass_global_options
-def check_config(options: GlobalOptions, config_path: Path | None) -> None:
+def check_config(options: GlobalOptions, config_path: Path | None, import_all: bool) -> None:
     """Validate the configuration and print a summary; exit 1 listing every error."""
+    if import_all:
+        _import_everything()
     path = config_path if config_path is not None else options.config
     try:
         config = load_config(path)
@@ -411,6 +453,13 @@ def summary_lines(config: GatewayConfig) -> Sequence[str]:
             lines.append(f"    endpoint {format_endpoint(peer.endpoint)}")
         if config.resources:
             lines.append(f"    resources {', '.join(peer.resources) or 'none'}")
+    if config.ha is not None:
+        ha = config.ha
+        lines.append(
+            f"ha: {ha.role} until keepalived says otherwise; replication on "
+            f"{format_endpoint(ha.listen)} with {format_endpoint(ha.peer)} "
+            f"(key {keys.encode_key(ha.peer_public_key)}), at most {ha.rate} bytes/s"
+        )
     return lines
 
 

@@ -141,7 +141,8 @@ class Child:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+                for sig in (signal.SIGINT, signal.SIGUSR2):  # the supervisor decides
+                    signal.signal(sig, signal.SIG_IGN)
                 _die_with_parent()
                 if self.process_name:
                     set_process_name(self.process_name)

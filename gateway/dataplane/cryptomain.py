@@ -25,13 +25,20 @@ from gateway.dataplane.children import report_ready
 from gateway.dataplane.cryptoproc import CryptoLoop, run_crypto
 from gateway.dataplane.device_config import apply_peers, build_device
 from gateway.dataplane.firewall import Firewall, build_policy
+from gateway.dataplane.hamain import start_ha, to_change
 from gateway.dataplane.heartbeat import Heartbeat
-from gateway.dataplane.mappings import PeerAnnouncer, apply_message, receive_mappings
+from gateway.dataplane.mappings import (
+    MappingMessage,
+    PeerAnnouncer,
+    apply_message,
+    receive_mappings,
+)
 from gateway.dataplane.restore import restore
 from gateway.dataplane.rings import CryptoRings
 from gateway.dataplane.runstate import RunState
 from gateway.dataplane.transport import BACKEND, log_backend
 from gateway.dataplane.uapi_backend import DeviceBackend
+from gateway.ha.node import HaNode
 from gateway.nat.handler import PeerSources, ProxyHandler, grants_by_key, sources_by_key
 from gateway.telemetry import stats as st
 from gateway.uapi import UapiServer, format_set
@@ -102,6 +109,7 @@ class CryptoControl:
             self.firewall.set_proxy_handler(self.proxy)
             self.backend.refuse_proxy_ranges = True
         self._loop: CryptoLoop[Ring] | None = None
+        self.ha: HaNode | None = None  # one of an HA pair ([ha], gateway/ha)
         if not config.resources:
             log.info("no [[resources]] configured: no policy, peers reach everything routed here")
 
@@ -138,6 +146,8 @@ class CryptoControl:
         if self._runstate is not None:
             for key, timestamp in timestamps.items():
                 self._runstate.timestamps.save(key, timestamp)
+        if self.ha is not None:
+            self.ha.keep_timestamps(dict(timestamps))
 
     def on_control(self, now: float) -> None:
         """The supervisor's messages waiting on the control socket."""
@@ -232,6 +242,10 @@ def crypto_main(inputs: CryptoInputs) -> None:
         crypto.device.mtu = inputs.mtu
     crypto.restore_state()
     handlers: dict[int, Callable[[float], None]] = {inputs.control.fileno(): crypto.on_control}
+    ha = start_ha(inputs.config, crypto.device, crypto.proxy)
+    if ha is not None:
+        handlers[ha.fileno()] = ha.on_wake
+        crypto.ha = ha.node
     uapi = inputs.uapi
     if uapi is not None:
         uapi.backend = crypto.backend
@@ -240,7 +254,12 @@ def crypto_main(inputs: CryptoInputs) -> None:
     if mappings is not None and proxy is not None:
 
         def on_mappings(_now: float) -> None:
-            receive_mappings(mappings, lambda message: apply_message(proxy, message))
+            def apply(message: MappingMessage) -> None:
+                apply_message(proxy, message)
+                if ha is not None:
+                    ha.keep_mapping(to_change(message))
+
+            receive_mappings(mappings, apply)
 
         handlers[mappings.fileno()] = on_mappings
     if mappings is not None:  # the DNS process learns of this start and of the peers' addresses

@@ -32,6 +32,7 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 
 from gateway.wireguard.sessions import HEADER_SIZE, RECORD_SIZE, SessionTable
 
@@ -49,14 +50,33 @@ MAX_TIMESTAMPS = 1 << 16  # peers remembered (2.9 MB); more peers than that get 
 # Sessions kept (three keypairs a peer at most): 57 MB of address space, memory only for
 # records in use. Sessions past it are not kept (their peers handshake again).
 MAX_SESSIONS = 3 << 14
+SESSIONS_BYTES = HEADER_SIZE + MAX_SESSIONS * RECORD_SIZE  # another size: another layout
+# Each memfd's name in a hand-over to the next supervisor (dataplane/handover.py), and the
+# name it was made with (what /proc shows, checked when it is taken back).
+STATE, TIMESTAMPS, SESSIONS = "state", "timestamps", "sessions"
+MEMFD_NAMES = {
+    STATE: "firezone-gw-state",
+    TIMESTAMPS: "firezone-gw-timestamps",
+    SESSIONS: "firezone-gw-sessions",
+}
 
 
 class RunState:
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("firezone-gw-state", os.MFD_CLOEXEC)
-        self.timestamps = HandshakeTimestamps()
-        self.sessions_fd = os.memfd_create("firezone-gw-sessions", os.MFD_CLOEXEC)
-        os.ftruncate(self.sessions_fd, HEADER_SIZE + MAX_SESSIONS * RECORD_SIZE)
+    def __init__(self, kept: Mapping[str, int] | None = None) -> None:
+        """New memfds, or those in `kept` (name -> fd, already checked: a previous
+        supervisor's, handed over)."""
+        kept = kept or {}
+        self.fd = kept.get(STATE) or _memfd(STATE)
+        self.timestamps = HandshakeTimestamps(kept.get(TIMESTAMPS))
+        sessions = kept.get(SESSIONS)
+        if sessions is None:
+            sessions = _memfd(SESSIONS)
+            os.ftruncate(sessions, SESSIONS_BYTES)
+        self.sessions_fd = sessions
+
+    def named_fds(self) -> dict[str, int]:
+        """The memfds under their hand-over names."""
+        return {STATE: self.fd, TIMESTAMPS: self.timestamps.fd, SESSIONS: self.sessions_fd}
 
     def session_table(self) -> SessionTable:
         """The sessions, mapped into this process (call it in the crypto process only)."""
@@ -115,8 +135,8 @@ class HandshakeTimestamps:
     protection), and when MAX_TIMESTAMPS peers have one, new peers' are not kept.
     """
 
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("firezone-gw-timestamps", os.MFD_CLOEXEC)
+    def __init__(self, fd: int | None = None) -> None:
+        self.fd = _memfd(TIMESTAMPS) if fd is None else fd
         self._slots: dict[bytes, int] | None = None
         self._full_logged = False
 
@@ -155,3 +175,7 @@ class HandshakeTimestamps:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _memfd(name: str) -> int:
+    return os.memfd_create(MEMFD_NAMES[name], os.MFD_CLOEXEC)

@@ -8,7 +8,10 @@ process can die without losing a session (the keys live in the crypto process), 
 socket's kernel queue keeps datagrams while the UDP process restarts.
 
 `Runtime.open` opens all of it or nothing (what was opened before a failure is closed);
-`close` is the teardown.
+`close` is the teardown. The TUN queues, the UDP socket and the run-state memfds may come
+from a previous supervisor instead (`handover.Inherited`: systemd's fd store after a crash,
+or an upgrade in place): the same device, socket and sessions; `handover_fds` names them
+for the next one.
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 from gateway import topology
 from gateway.config import GatewayConfig
+from gateway.dataplane.handover import UDP, Inherited, tun_queue_name
 from gateway.dataplane.mappings import MappingPair
 from gateway.dataplane.rings import RingTopology
-from gateway.dataplane.runstate import RunState
+from gateway.dataplane.runstate import MEMFD_NAMES, SESSIONS, SESSIONS_BYTES, RunState
 from gateway.telemetry import stats as st
 from gateway.telemetry.show import remove_dead_segments, stats_segment_name
 from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from tunio.device_state import queue_device_name
-from tunio.errors import TunError
+from tunio.errors import DeviceInUseError, TunError
 from tunio.linkwatch import LinkWatch
 from tunio.linux import TunQueue, open_multiqueue
 from tunio.netlink import TunDeviceManager
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Merge TCP segments into one TUN write (tunio.offload): one forwarded packet, not dozens.
 TUN_GRO = os.environ.get("FIREZONE_GW_TUN_GRO", "1") != "0"
+IN_USE_WAIT = 1.0  # seconds a device still held elsewhere is tried again (_open_queues)
 
 
 class SupervisorError(Exception):
@@ -99,12 +105,16 @@ class Runtime:
     mappings: MappingPair | None  # DNS process -> crypto process, only with a DNS server
 
     @classmethod
-    def open(cls, config: GatewayConfig, workers: int) -> Runtime:
-        """Open everything for `config` with `workers` TUN queues; SupervisorError says
-        what failed (everything opened before it is closed again)."""
+    def open(
+        cls, config: GatewayConfig, workers: int, inherited: Inherited | None = None
+    ) -> Runtime:
+        """Open everything for `config` with `workers` TUN queues, taking what `inherited`
+        holds; SupervisorError says what failed (everything opened before it is closed
+        again)."""
+        inherited = inherited or Inherited({})
         interface = config.interface
         with ExitStack() as opened:
-            tun = _open_tun(interface.name, workers, config)
+            tun = _open_tun(interface.name, workers, config, inherited)
             opened.callback(tun.close)
             rings = RingTopology.create(workers, interface.mtu)
             opened.callback(rings.close)
@@ -114,19 +124,27 @@ class Runtime:
             opened.callback(_close_stats, stats)
             stats.attach_process(topology.SUPERVISOR)  # its pid, for CPU and RSS in /metrics
             stats.mtu = interface.mtu
-            udp = _bind_udp(interface.listen_port, config)
+            udp = _bind_udp(interface.listen_port, config, inherited)
             opened.callback(udp.close)
             stats.listen_port = udp.port
             control, control_child = _socketpair()
             opened.callback(control.close)
             opened.callback(control_child.close)
-            runstate = RunState()
+            runstate = RunState(_kept_memfds(inherited))
             opened.callback(runstate.close)
             uapi = _open_uapi(interface.name)
             opened.callback(uapi.close)
             mappings = None if config.dns is None else MappingPair.create()
             opened.pop_all()
         return cls(tun, rings, stats, udp, control, control_child, uapi, runstate, mappings)
+
+    def handover_fds(self) -> dict[str, int]:
+        """What the next supervisor takes back (handover.py), by name."""
+        fds = {tun_queue_name(i): q.fileno() for i, q in enumerate(self.tun.queues)}
+        fds[UDP] = self.udp.fileno()
+        if self.runstate is not None:
+            fds.update(self.runstate.named_fds())
+        return fds
 
     def close(self) -> None:
         self.uapi.close()  # removes the socket file only if it is still ours
@@ -147,18 +165,40 @@ def bind_udp(port: int, config: GatewayConfig) -> UdpIo:
     return UdpIo(port, config.udp.receive_buffer, config.udp.send_buffer)
 
 
-def _bind_udp(port: int, config: GatewayConfig) -> UdpIo:
+def _bind_udp(port: int, config: GatewayConfig, inherited: Inherited) -> UdpIo:
+    sock = inherited.take_udp()
+    if sock is not None:
+        try:
+            udp = UdpIo(0, config.udp.receive_buffer, config.udp.send_buffer, sock=sock)
+        except OSError as exc:  # UdpIo closed it
+            inherited.refuse([UDP], f"setting its options: {exc.strerror}")
+        else:
+            log.info("kept UDP socket on port %d", udp.port)
+            return udp
     try:
         return bind_udp(port, config)
     except OSError as exc:
         raise SupervisorError(f"cannot bind UDP port {port}: {exc.strerror}") from exc
 
 
-def _open_tun(name: str, workers: int, config: GatewayConfig) -> Tun:
-    try:
-        queues = open_multiqueue(name, workers, vnet_hdr=TUN_GRO)
-    except TunError as exc:
-        raise SupervisorError(str(exc)) from exc
+def _kept_memfds(inherited: Inherited) -> dict[str, int]:
+    kept = {}
+    for name, memfd_name in MEMFD_NAMES.items():
+        size = SESSIONS_BYTES if name == SESSIONS else None
+        fd = inherited.take_memfd(name, memfd_name, size)
+        if fd is not None:
+            kept[name] = fd
+    if kept:
+        log.info("kept run-time state: %s", ", ".join(sorted(kept)))
+    return kept
+
+
+def _open_tun(name: str, workers: int, config: GatewayConfig, inherited: Inherited) -> Tun:
+    queues = inherited.take_tun_queues(name, workers, vnet_hdr=TUN_GRO)
+    if queues is not None:
+        log.info("kept TUN device %s with its %d queues", name, len(queues))
+    else:
+        queues = _open_queues(name, workers)
     manager = TunDeviceManager(name)
     tun = Tun(name, queues, manager, LinkWatch(queues[0].fileno()))
     try:
@@ -167,6 +207,21 @@ def _open_tun(name: str, workers: int, config: GatewayConfig) -> Tun:
         tun.close()
         raise SupervisorError(str(exc)) from exc
     return tun
+
+
+def _open_queues(name: str, workers: int) -> list[TunQueue]:
+    """A fresh device. Queues refused from systemd's fd store are still held there until it
+    handled FDSTOREREMOVE (asynchronously): a device in use is tried again for a second."""
+    deadline = time.monotonic() + IN_USE_WAIT
+    while True:
+        try:
+            return open_multiqueue(name, workers, vnet_hdr=TUN_GRO)
+        except DeviceInUseError as exc:
+            if time.monotonic() >= deadline:
+                raise SupervisorError(str(exc)) from exc
+            time.sleep(0.1)
+        except TunError as exc:
+            raise SupervisorError(str(exc)) from exc
 
 
 def _create_stats(name: str, workers: int, peers: int, *, dns: bool) -> st.StatsRegion:

@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,19 @@ from gateway.dataplane.control import (
     receive_messages,
     send_message,
 )
+from gateway.dataplane.handover import (
+    CONTROL,
+    UDP,
+    FdStore,
+    Inherited,
+    exec_handover,
+)
 from gateway.dataplane.health import Health
 from gateway.dataplane.reload import ConfigReload
 from gateway.dataplane.runtime import Runtime, SupervisorError, bind_udp
 from gateway.dataplane.status import StatusLine
 from gateway.dataplane.targets import ChildTargets, Running
+from gateway.dataplane.upgrade import UpgradeCheck
 from gateway.keys import encode_key
 from gateway.telemetry import stats as st
 from gateway.telemetry.logsetup import setup_logging
@@ -50,6 +59,7 @@ TICK = 1.0
 # sooner; otherwise with the tick only.
 BUSY_LOOK_INTERVAL = 0.5
 STATUS_INTERVAL = 2.0  # seconds between STATUS= lines to systemd
+_IGNORED_ACROSS_EXEC = (signal.SIGHUP, signal.SIGUSR2)
 RELOAD_CONFIRM_TIMEOUT = 10.0  # READY=1 after a reload at the latest, applied or not
 
 
@@ -63,7 +73,13 @@ class Options:
 
 
 class Supervisor:
-    def __init__(self, options: Options, running: Running, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        options: Options,
+        running: Running,
+        runtime: Runtime,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.options = options
         self.running = running
         self.runtime = runtime
@@ -83,11 +99,13 @@ class Supervisor:
         )
         self.stopping = False
         self.exit_code = 0
-        self.notifier = Notifier()
+        self.notifier = Notifier() if notifier is None else notifier
+        self.fdstore = FdStore(self.notifier)
         self.metrics: MetricsServer | None = None
         self._epoll: select.epoll | None = None  # made once setup-time signals were handled
         self._announced = False  # READY=1 sent
         self._next_status = 0.0
+        self._upgrade_check: UpgradeCheck | None = None  # SIGUSR2: the new version's check
         self._reload_due: float | None = None  # a reload the crypto process has not applied
         config = running.config
         log.info(
@@ -111,13 +129,18 @@ class Supervisor:
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         epoll.register(self.runtime.control.fileno(), select.EPOLLIN)
         epoll.register(self.runtime.tun.link_watch.fileno(), select.EPOLLIN)
+        # From now on a successor (systemd's restart after a crash) finds them.
+        self.fdstore.keep(self.runtime.handover_fds())
         try:
             if not self.stopping:
                 self._start_children(epoll)
             self._loop(epoll, wake_r, signals)
         finally:
             self.notifier.stopping(f"stopping {self.name}")
+            if self._upgrade_check is not None:  # stopped while checking: no upgrade
+                self._upgrade_check.finish()
             self.stop_children()
+            self.fdstore.forget(list(self.runtime.handover_fds()))  # a clean stop
             self.teardown()
             epoll.close()
         return self.exit_code
@@ -134,13 +157,16 @@ class Supervisor:
         next_tick = next_look = time.monotonic()
         working = False
         while not self.stopping:
-            wake_at = min([next_tick, next_look, *self._restarts_due()])
+            wake_at = min([next_tick, next_look, *self._restarts_due(), *self._check_due()])
             timeout = max(0.0, wake_at - time.monotonic())
             for fd, _ in epoll.poll(timeout):
                 self._event(fd, epoll, wake_r)
             while signals:
                 self._signal(signals.pop(0))
             self._restart_due_children(epoll)
+            check = self._upgrade_check
+            if check is not None and (check.exited() or check.deadline <= time.monotonic()):
+                self._upgrade_checked(check)
             if not self._announced and not self.stopping and self.readiness()[0]:
                 self._announced = True
                 self.notifier.ready(self.status.line())
@@ -168,6 +194,8 @@ class Supervisor:
                         self._reload_done()  # READY=1: the newest reload is applied
                 else:
                     self._change_listen_port(message.port, epoll)
+        elif self._upgrade_check is not None and fd == self._upgrade_check.fileno():
+            pass  # the check exited: the loop finishes it
         elif fd == link_watch.fileno():
             mtu = link_watch.read()
             if mtu is not None:
@@ -196,6 +224,9 @@ class Supervisor:
         self._spawn(child)
         child.watch(self._epoll)
         return True
+
+    def _check_due(self) -> list[float]:
+        return [] if self._upgrade_check is None else [self._upgrade_check.deadline]
 
     def _restarts_due(self) -> list[float]:
         return [c.restart_at for c in self.children.values() if c.restart_at is not None]
@@ -269,6 +300,7 @@ class Supervisor:
         child.kill(epoll)
         old, rt.udp = rt.udp, new
         rt.stats.listen_port = new.port
+        self.fdstore.replace({UDP: new.fileno()})
         old.close()
         self._spawn(child)
         child.watch(epoll)
@@ -296,6 +328,9 @@ class Supervisor:
             else:
                 self._reload_done()
             return
+        if sig == signal.SIGUSR2:
+            self._upgrade()
+            return
         log.info("received %s, stopping", signal.Signals(sig).name)
         self.stopping = True
 
@@ -304,6 +339,57 @@ class Supervisor:
         self._reload_due = None
         if self._announced:
             self.notifier.ready(self.status.line())
+
+    # ---- upgrade in place (SIGUSR2) --------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        """SIGUSR2: start the installed version's check (the loop goes on meanwhile)."""
+        if self._upgrade_check is not None:
+            log.warning("SIGUSR2: an upgrade is already being checked")
+            return
+        log.info("SIGUSR2: checking %s before upgrading in place to it", sys.argv[0])
+        try:
+            check = UpgradeCheck.start(sys.argv[0], self.options.config_path)
+        except OSError as exc:
+            log.error("upgrade refused: cannot run %s: %s", sys.argv[0], exc.strerror)
+            return
+        self._upgrade_check = check
+        if self._epoll is not None:
+            self._epoll.register(check.fileno(), select.EPOLLIN)
+
+    def _upgrade_checked(self, check: UpgradeCheck) -> None:
+        """The check ended (or took too long): exec the new version, or stay."""
+        self._upgrade_check = None
+        if self._epoll is not None:
+            self._epoll.unregister(check.fileno())
+        problem = check.finish()
+        if problem is not None:
+            log.error("upgrade refused, this version keeps running: %s", problem)
+            return
+        self._exec_new_version()
+
+    def _exec_new_version(self) -> None:
+        """Exec the installed firezone-gw with the device, socket and state handed over
+        (handover.py); the children keep forwarding until the new code forks its own. An
+        exec that fails leaves this version running."""
+        command = [sys.argv[0], *sys.argv[1:]]
+        log.info("upgrading in place: exec %s", command[0])
+        self.notifier.status(f"upgrading {self.name} in place")
+        if self.metrics is not None:  # its port is bound again by the new code
+            self.metrics.close()
+            self.metrics = None
+        fds = {**self.runtime.handover_fds(), CONTROL: self.runtime.control.fileno()}
+        pids = [child.pid for child in self.children.values() if child.pid]
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # Until the new code catches them, SIGHUP and SIGUSR2 would end the process (their
+        # default); ignored, they are lost instead (an ignored disposition survives exec).
+        caught = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _IGNORED_ACROSS_EXEC}
+        error = exec_handover(command, fds, pids)
+        for sig, previous in caught.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        log.error("upgrade: exec %s failed: %s; this version keeps running", command[0], error)
+        self._start_metrics()
 
     # ---- counters, systemd and /metrics ---------------------------------------------------
 
@@ -362,14 +448,14 @@ class Supervisor:
 
 
 def _catch_signals(signals: list[int]) -> tuple[socket.socket, socket.socket, int]:
-    """Record SIGTERM/SIGINT/SIGHUP in `signals` and wake a socket for each one.
+    """Record SIGTERM/SIGINT/SIGHUP/SIGUSR2 in `signals` and wake a socket for each one.
 
     Returns (read end, write end, previous wakeup fd) for the main loop's epoll.
     """
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(sig, lambda s, _f: signals.append(s))
     return wake_r, wake_w, signal.set_wakeup_fd(wake_w.fileno())
 
@@ -391,13 +477,23 @@ def run_gateway(options: Options) -> int:
     # setup would otherwise kill us by default, leaving the TUN device behind.
     signals: list[int] = []
     wake_r, wake_w, old_wakeup = _catch_signals(signals)
+    notifier = Notifier()
+    inherited = Inherited.from_environment(forget=FdStore(notifier).forget)
+    # An upgrade in place: the old code's children still forward; end them now, so that
+    # only ours use the device, the socket and the sessions (and its `wg` socket is free).
+    inherited.end_old_children()
+    old_control = inherited.take_fd(CONTROL)  # kept open until then: no EOF spin
+    if old_control is not None:
+        os.close(old_control)
     try:
         try:
-            runtime = Runtime.open(running.config, options.workers)
+            runtime = Runtime.open(running.config, options.workers, inherited)
         except SupervisorError as exc:
             log.error("%s", exc)
             return 1
-        return Supervisor(options, running, runtime).run(wake_r, signals)
+        finally:
+            inherited.close_rest()
+        return Supervisor(options, running, runtime, notifier).run(wake_r, signals)
     finally:
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()

@@ -286,6 +286,29 @@ class NatTable:
             ]
             heapq.heapify(self._deadlines)
 
+    def entries(self) -> list[Entry]:
+        """Every entry (gateway/ha replicates them to a standby)."""
+        return list(self._by_inside.values())
+
+    def restore(self, inside: Inside, outside: Outside, expires: float, confirmed: bool) -> bool:
+        """An entry another gateway made (gateway/ha, a takeover), kept as it was: the same
+        outside port, so the real host's flow goes on. False when its inside or outside key
+        is taken here or the peer or the table has no room."""
+        if inside in self._by_inside or outside in self._by_outside:
+            return False
+        if self._make_room(inside.peer) is not None:
+            return False
+        entry = Entry(inside, outside, expires=expires, confirmed=confirmed)
+        self._by_inside[inside] = entry
+        self._by_outside[outside] = entry
+        self._reals[outside.real.packed] += 1
+        self._per_peer[inside.peer] += 1
+        if not confirmed:
+            self._unanswered[inside] = entry
+            self._unanswered_of.setdefault(inside.peer, OrderedDict())[inside] = entry
+        self._schedule(entry)
+        return True
+
     def find(self, outside: Outside) -> Entry | None:
         """The entry of `outside` without touching its lifetime (for ICMP errors about it)."""
         return self._by_outside.get(outside)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.endpoint import Endpoint, EndpointError, parse_endpoint, resolve_endpoint
+from gateway.telemetry import ha_status
 from gateway.telemetry import stats as st
 from gateway.telemetry.stats import StatsSnapshot
 
@@ -572,6 +573,7 @@ class MetricsServer:
         if route == "/metrics":
             try:
                 text = render(self._snapshot(), device=self._device) + self._server_families()
+                text += ha_status.metrics_text(ha_status.read_status())
             except Exception:
                 log.exception("metrics scrape failed")
                 return 500, "text/plain; charset=utf-8", b"scrape failed\n"

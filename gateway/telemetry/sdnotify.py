@@ -3,16 +3,20 @@
 A message is one datagram of newline-separated `KEY=value` lines sent to the unix socket
 named by $NOTIFY_SOCKET: a filesystem path, or an abstract name written with a leading '@'.
 Without $NOTIFY_SOCKET (not started by systemd as Type=notify) every call is a no-op.
+A message may carry fds (SCM_RIGHTS): `FDSTORE=1` keeps them in the service's fd store
+(`FileDescriptorStoreMax=`), which systemd hands back to the next start in $LISTEN_FDS.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 # A STATUS= line is shown by `systemctl status`; keep it short and on one line.
 MAX_STATUS_CHARS = 200
+MAX_FD_NAME = 255
 
 
 def socket_address(notify_socket: str) -> str | bytes:
@@ -55,15 +59,25 @@ class Notifier:
     def enabled(self) -> bool:
         return self._sock is not None
 
-    def notify(self, message: str) -> bool:
-        """Send one raw message; True if it was handed to the socket."""
+    def notify(self, message: str, fds: Sequence[int] = ()) -> bool:
+        """Send one raw message (with `fds` attached); True if it was handed to the socket."""
         if self._sock is None or self._address is None:
             return False
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
-            self._sock.sendto(message.encode(), self._address)
+            self._sock.sendmsg([message.encode()], rights, 0, self._address)
         except OSError:
             return False
         return True
+
+    def store_fd(self, name: str, fd: int) -> bool:
+        """Keep `fd` in systemd's fd store under `name`. FDPOLL=0: systemd must not drop it
+        on POLLHUP/POLLERR (a UDP socket with an error queued is still the socket)."""
+        return self.notify(f"FDSTORE=1\nFDNAME={check_fd_name(name)}\nFDPOLL=0", [fd])
+
+    def remove_stored(self, name: str) -> bool:
+        """Close every fd stored under `name` in systemd's fd store."""
+        return self.notify(f"FDSTOREREMOVE=1\nFDNAME={check_fd_name(name)}")
 
     def ready(self, status: str | None = None) -> bool:
         return self.notify(_with_status("READY=1", status))
@@ -84,6 +98,15 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def check_fd_name(name: str) -> str:
+    """`name` if systemd accepts it as an FDNAME= (printable ASCII, no ':', 1..255 chars)."""
+    if not 0 < len(name) <= MAX_FD_NAME or not name.isascii() or not name.isprintable():
+        raise ValueError(f"bad fd name {name!r}")
+    if ":" in name:
+        raise ValueError(f"bad fd name {name!r}: ':' separates names in $LISTEN_FDNAMES")
+    return name
 
 
 def _status_line(text: str) -> str:

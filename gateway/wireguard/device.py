@@ -58,7 +58,7 @@ from gateway.wireguard.messages import (
 from gateway.wireguard.noise import Handshake, Identity, InitiationRejected, consume_initiation
 from gateway.wireguard.peer import Peer
 from gateway.wireguard.session_crypto import OPENED, REPLAYED, PySessions, Sessions
-from gateway.wireguard.sessions import POSITIONS, SessionTable
+from gateway.wireguard.sessions import POSITIONS, SessionRecord, SessionTable
 from gateway.wireguard.timers import TimerQueue, expired
 
 Datagram = bytes | bytearray
@@ -343,12 +343,18 @@ class Device:
         else:
             kp.send_limit = REJECT_AFTER_MESSAGES
 
-    def restore_sessions(self, table: SessionTable, now: float) -> int:
-        """Continue the sessions a previous process kept in `table`, and keep new ones
-        there from now on; returns how many came back. A record whose peer is gone, that
-        expired, or that clashes with one already restored is freed."""
+    def restore_sessions(
+        self,
+        table: SessionTable,
+        now: float,
+        records: Sequence[tuple[int, SessionRecord]] | None = None,
+    ) -> int:
+        """Continue the sessions a previous process kept in `table` (or those of `records`,
+        slots of it: another node's, gateway/ha), and keep new ones there from now on;
+        returns how many came back. A record whose peer is gone, that expired, or that
+        clashes with one already restored is freed."""
         restored = 0
-        for slot, record in table.records():
+        for slot, record in table.records() if records is None else records:
             peer = self._peers.get(record.peer)
             position = POSITIONS[record.position] if record.position < len(POSITIONS) else ""
             if (

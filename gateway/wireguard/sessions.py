@@ -40,7 +40,7 @@ _FREE, _KEPT = 0, 1
 _HEAD = struct.Struct("<IIIBBxx32s32s32sdQ")
 _STATE = struct.Struct("<I")
 _LIMIT = struct.Struct("<Q")
-_LIMIT_OFFSET = _HEAD.size - _LIMIT.size
+_LIMIT_OFFSET = _HEAD.size - _LIMIT.size  # a whole word (fingerprints reads it as one)
 _POSITION_OFFSET = 13
 RECORD_SIZE = _HEAD.size + STORAGE_WORDS * 8
 # The table's header: how many slots from the first were ever used (a successor scans only
@@ -98,14 +98,42 @@ class SessionTable:
         """Every kept record with its slot."""
         found = []
         for slot in self._kept_slots():
-            _, local, remote, initiator, position, peer, send, recv, created, limit = (
-                _HEAD.unpack_from(self._buf, slot * RECORD_SIZE)
-            )
-            record = SessionRecord(
-                peer, local, remote, send, recv, bool(initiator), position, created, limit
-            )
-            found.append((slot, record))
+            record = self.record(slot)
+            if record is not None:
+                found.append((slot, record))
         return found
+
+    def fingerprints(self) -> list[tuple[int, int, int]]:
+        """Per slot ever used, three words that change whenever its record does: state and
+        local index, remote index and position, send limit (gateway/ha compares them to
+        find the records that changed without reading every record: one strided read of
+        the table each)."""
+        stride, end = RECORD_SIZE // 8, self._used * RECORD_SIZE // 8
+        words = self._words
+        return list(
+            zip(
+                words[0:end:stride].tolist(),
+                words[1:end:stride].tolist(),
+                words[_LIMIT_OFFSET // 8 : end : stride].tolist(),
+                strict=True,
+            )
+        )
+
+    @staticmethod
+    def holds_session(fingerprint: tuple[int, int, int]) -> bool:
+        """Whether the slot of this fingerprint holds a session."""
+        return fingerprint[0] & 0xFFFFFFFF == _KEPT
+
+    def record(self, slot: int) -> SessionRecord | None:
+        """The record in `slot`, or None when it is free."""
+        if self._state(slot) != _KEPT:
+            return None
+        _, local, remote, initiator, position, peer, send, recv, created, limit = _HEAD.unpack_from(
+            self._buf, slot * RECORD_SIZE
+        )
+        return SessionRecord(
+            peer, local, remote, send, recv, bool(initiator), position, created, limit
+        )
 
     def adopt(self, slot: int, record: SessionRecord, transport: Sessions, peer_id: int) -> Keypair:
         """The keypair of a kept record, continuing it in `transport`: its replay window
@@ -126,6 +154,40 @@ class SessionTable:
         kp.replay = words
         return kp
 
+    def insert(self, record: SessionRecord) -> int | None:
+        """Write a session another node kept (gateway/ha: a takeover), to `adopt` next; its
+        slot, or None when the table is full."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        self._write(slot, record)
+        return slot
+
+    def _write(self, slot: int, record: SessionRecord) -> None:
+        """Make `slot` hold `record` with an empty replay window; the state word last."""
+        if slot >= self._used:  # raised before the record exists: a successor scans it
+            self._used = slot + 1
+            _USED.pack_into(self._header, 0, self._used)
+        base = slot * RECORD_SIZE
+        words = self._replay_words(slot)
+        for i in range(STORAGE_WORDS):
+            words[i] = 0
+        _HEAD.pack_into(
+            self._buf,
+            base,
+            _FREE,
+            record.local_index,
+            record.remote_index,
+            record.is_initiator,
+            record.position,
+            record.peer,
+            record.send_key,
+            record.recv_key,
+            record.created,
+            record.send_limit,
+        )
+        _STATE.pack_into(self._buf, base, _KEPT)  # complete: now a successor may use it
+
     def discard(self, slot: int) -> None:
         """Free a record a successor could not use."""
         self._release(slot)
@@ -144,32 +206,22 @@ class SessionTable:
         if len(peer) != KEY_SIZE:
             raise ValueError("a peer's public key is 32 bytes")
         slot = self._free.pop()  # the lowest free one: the used part stays small
-        if slot >= self._used:  # raised before the record exists: a successor scans it
-            self._used = slot + 1
-            _USED.pack_into(self._header, 0, self._used)
-        base = slot * RECORD_SIZE
-        words = self._replay_words(slot)
-        for i in range(STORAGE_WORDS):
-            words[i] = 0
         limit = min(REJECT_AFTER_MESSAGES, kp.send_counter + COUNTER_BLOCK)
-        _HEAD.pack_into(
-            self._buf,
-            base,
-            _FREE,
+        record = SessionRecord(
+            peer,
             kp.local_index,
             kp.remote_index,
-            kp.is_initiator,
-            POSITIONS.index("next"),
-            peer,
             kp.send_key,
             kp.recv_key,
+            kp.is_initiator,
+            POSITIONS.index("next"),
             kp.created,
             limit,
         )
-        _STATE.pack_into(self._buf, base, _KEPT)  # complete: now a successor may use it
+        self._write(slot, record)
         kp.record = slot
         kp.send_limit = limit
-        kp.replay = words  # zeroed above, as the transport's new window
+        kp.replay = self._replay_words(slot)  # zeroed by _write, as the transport's new window
 
     def reserve(self, kp: Keypair) -> None:
         """The next block of send counters for `kp`, persisted before the Device uses it."""
