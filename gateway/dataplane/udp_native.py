@@ -105,18 +105,19 @@ class NativeReceiver:
 
 def native_receiver(udp: object, ring: object, backend: str | None = None) -> NativeReceiver | None:
     """A NativeReceiver on the same terms as `native_sender`."""
-    if (backend or BACKEND) != "native":
-        return None
-    if not isinstance(udp, UdpIo) or not isinstance(ring, Ring):
-        return None
-    return NativeReceiver(udp, ring)
+    pair = _native_pair(udp, ring, backend)
+    return NativeReceiver(*pair) if pair else None
 
 
 def native_sender(udp: object, ring: object, backend: str | None = None) -> NativeSender | None:
     """A NativeSender when `backend` (default: transport.BACKEND) is native and the loop
     has a real socket and shm ring; None: the Python path."""
-    if (backend or BACKEND) != "native":
-        return None
-    if not isinstance(udp, UdpIo) or not isinstance(ring, Ring):
-        return None
-    return NativeSender(udp, ring)
+    pair = _native_pair(udp, ring, backend)
+    return NativeSender(*pair) if pair else None
+
+
+def _native_pair(udp: object, ring: object, backend: str | None) -> tuple[UdpIo, Ring] | None:
+    """(udp, ring) when the native side may run on them, else None."""
+    if (backend or BACKEND) == "native" and isinstance(udp, UdpIo) and isinstance(ring, Ring):
+        return udp, ring
+    return None
