@@ -296,8 +296,9 @@ impl Sender for Socket {
         segment: Option<u16>,
         with_source: bool,
     ) -> Result<(), i32> {
-        // SAFETY: all-zero bytes are a valid sockaddr_in6 / sockaddr_in (plain C structs).
+        // SAFETY: all-zero bytes are a valid sockaddr_in6 (a plain C struct).
         let mut addr6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        // SAFETY: all-zero bytes are a valid sockaddr_in (a plain C struct).
         let mut addr4: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let (name, namelen) = if self.v6 {
             addr6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -342,7 +343,7 @@ impl Sender for Socket {
                     &size.to_ne_bytes(),
                 )
             };
-            used += unsafe { libc::CMSG_SPACE(2) } as usize;
+            used += cmsg_space(2);
         }
         if with_source {
             let mut info = [0u8; 20];
@@ -358,7 +359,7 @@ impl Sender for Socket {
             // SAFETY: used is 0 or 24, CMSG_SPACE(20) is 40: at most 64, inside `control`,
             // and CMSG_SPACE keeps each message 8-aligned.
             unsafe { put_cmsg(base.add(used), level, kind, &info[..len]) };
-            used += unsafe { libc::CMSG_SPACE(len as u32) } as usize;
+            used += cmsg_space(len);
         }
         // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -382,6 +383,12 @@ impl Sender for Socket {
         }
         Ok(())
     }
+}
+
+/// CMSG_SPACE: the room a control message with `len` bytes of data takes.
+pub(crate) fn cmsg_space(len: usize) -> usize {
+    // SAFETY: CMSG_SPACE only computes a size from its argument (no memory access).
+    unsafe { libc::CMSG_SPACE(len as u32) as usize }
 }
 
 /// An address for a dual-stack socket: IPv4 as v4-mapped IPv6.

@@ -205,13 +205,14 @@ fn one_shot(errno: i32) -> bool {
 
 /// One non-blocking `recvmsg` on `fd` into `buf`, with its GRO and PKTINFO messages.
 pub fn recv_into(fd: libc::c_int, buf: &mut [u8]) -> Read {
-    // SAFETY: all-zero bytes are a valid sockaddr_storage and msghdr (plain C structs).
+    // SAFETY: all-zero bytes are a valid sockaddr_storage (a plain C struct).
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
     let mut control = [0u64; 16]; // 128 bytes, 8-aligned: GRO (24) + in6_pktinfo (40)
+                                  // SAFETY: all-zero bytes are a valid msghdr (a plain C struct; null pointers, 0 sizes).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -235,6 +236,7 @@ pub fn recv_into(fd: libc::c_int, buf: &mut [u8]) -> Read {
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
             let size = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            // `size` is what the kernel wrote after this header, inside `control`.
             match ((*c).cmsg_level, (*c).cmsg_type) {
                 (libc::SOL_UDP, UDP_GRO) if size >= 4 => {
                     segment = (data as *const i32).read_unaligned().max(0) as usize;
