@@ -142,7 +142,7 @@ deb:
 # Debian 12 with systemd as PID 1 in systemd-nspawn: the package installs and the unit works
 # (tests/test_systemd_check.py), sessions survive kill -9 of the main PID and SIGUSR2 under
 # systemd (tests/test_systemd_handover.py; about 3 minutes, plus ~2 the first time for debootstrap,
-# whose tree is cached in build/systemd-check).
+# whose tree is cached in /var/cache/firezone-gw-tests, outside the checkout).
 systemd-check: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES) $(SYSTEMD_CHECK_APT_PACKAGES)"
 	$(BIN)/pytest -q tests/test_systemd_check.py tests/test_systemd_handover.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -29,6 +30,12 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
 BOOT_TIMEOUT = 90.0
+# Outside the checkout, so a fresh clone on the same machine reuses the tree (debootstrap costs
+# ~2.5 min of a `make test`); named by suite and packages, so a changed list makes a new one.
+ROOTFS_CACHE = (
+    Path(os.environ.get("FIREZONE_GW_ROOTFS_CACHE", "/var/cache/firezone-gw-tests"))
+    / f"{SUITE}-{hashlib.sha256(ROOTFS_PACKAGES.encode()).hexdigest()[:12]}"
+)
 
 
 def apt_mirror(sources: Sequence[Path] | None = None) -> str:

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from gateway import keys
-from testbed.nspawn import Container, ensure_rootfs
+from testbed.nspawn import ROOTFS_CACHE, Container, ensure_rootfs
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / "build" / "systemd-check"
 UNIT = "firezone-gw.service"
 CONF = "/etc/firezone-gw/gateway.toml"
 MAX_EXPOSURE = 1.7
@@ -72,7 +71,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def box(debs: tuple[Path, Path]) -> Iterator[Container]:
-    rootfs = ensure_rootfs(CACHE)
+    rootfs = ensure_rootfs(ROOTFS_CACHE)
     with Container(rootfs, binds={debs[0].parent: "/srv/dist"}) as container:
         # No udev in the container: the TUN clone device as a standard host has it.
         container.sh("chmod 0666 /dev/net/tun")

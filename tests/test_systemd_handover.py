@@ -26,13 +26,12 @@ from pathlib import Path
 import pytest
 
 from gateway import keys
-from testbed.nspawn import Container, ensure_rootfs
+from testbed.nspawn import ROOTFS_CACHE, Container, ensure_rootfs
 from tests.gateway_lab import MAX_GAP, longest_gap
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / "build" / "systemd-check"
 WIREGUARD_GO = Path(shutil.which("wireguard-go") or "/usr/bin/wireguard-go")  # the client
 UNIT = "firezone-gw.service"
 CONF = "/etc/firezone-gw/gateway.toml"
@@ -75,7 +74,7 @@ def drop_in() -> str:
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
-    rootfs = ensure_rootfs(CACHE)
+    rootfs = ensure_rootfs(ROOTFS_CACHE)
     python_home = Path(sys.base_prefix)
     binds = {
         REPO: str(REPO),
