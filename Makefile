@@ -90,7 +90,7 @@ bench-ring: venv
 # the transport through its Python API, native against the fallback (atheris), FUZZ_RUNS
 # inputs each. Not part of make test. E.g. make fuzz FUZZ_RUNS=100000.
 FUZZ_RUNS ?= 1000000
-FUZZ_TARGETS := inbound outbound ring table
+FUZZ_TARGETS := inbound outbound ring table udp_send udp_recv
 FUZZ_TOOLCHAIN ?= +nightly
 fuzz: venv
 	$(BIN)/pip install -q 'atheris>=2.3'

@@ -45,3 +45,18 @@ class Transport:
     def take_drops(self) -> list[int]: ...
 
 def layout_constants() -> dict[str, int]: ...
+def udp_send_from_ring(
+    fd: int, v6_socket: bool, gso: bool, ring: memoryview, limit: int
+) -> tuple[
+    list[int],
+    bool,
+    bool,
+    bool,
+    list[bytes],
+]: ...
+
+class UdpReceiver:
+    def __init__(self) -> None: ...
+    def receive(
+        self, fd: int, ring: memoryview, limit: int, max_payload: int
+    ) -> tuple[list[int], bytes | None]: ...

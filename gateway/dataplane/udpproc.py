@@ -20,6 +20,7 @@ from typing import Generic, Protocol
 from gateway.dataplane.framing import (
     HEADER_SIZE,
     FramingError,
+    decode_endpoint,
     decode_message,
     encode_message,
 )
@@ -27,6 +28,7 @@ from gateway.dataplane.handshake_gate import HandshakeGate
 from gateway.dataplane.heartbeat import Heartbeat
 from gateway.dataplane.rings import RingT
 from gateway.dataplane.sleeper import Sleeper
+from gateway.dataplane.udp_native import NativeReceiver, native_receiver, native_sender
 from gateway.endpoint import Endpoint
 from gateway.telemetry import stats as st
 from gateway.udp_io import Datagram, SendStats, UdpCounters, UdpIo
@@ -59,15 +61,19 @@ class UdpLoop(Generic[RingT]):
     rest dropped and counted); while any wait, nothing more is read from the crypto ring.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 # the process's resources; the backend keyword-only
         self,
         udp: UdpSocket,
         to_crypto: RingT,
         from_crypto: RingT,
         counters: memoryview,
         public_key: Callable[[], bytes | None] = lambda: None,
+        *,
+        backend: str | None = None,
     ):
-        """`public_key` is the interface's, for the handshake gate's MACs and cookies."""
+        """`public_key` is the interface's, for the handshake gate's MACs and cookies;
+        `backend` the send path's ("native" or "python", default transport.py's choice;
+        native needs a real UdpIo and shm ring, else Python sends)."""
         self.udp = udp
         self.to_crypto = to_crypto
         self.from_crypto = from_crypto
@@ -75,6 +81,8 @@ class UdpLoop(Generic[RingT]):
         self.unsent: Outgoing = []
         self.gate = HandshakeGate(public_key)
         self._max_payload = to_crypto.max_message - HEADER_SIZE  # a long one spans slots
+        self._native = native_sender(udp, from_crypto, backend)
+        self._native_rx = native_receiver(udp, to_crypto, backend)
 
     def turn(self, now: float) -> bool:
         """socket -> to_crypto (only as much as it has room for), from_crypto (or what
@@ -94,23 +102,51 @@ class UdpLoop(Generic[RingT]):
         if not room:
             return False
         # Never read more than fits: the rest waits in the socket buffer (backpressure).
-        received = self.udp.recv_batch(min(BATCH, room))
-        if not received:
-            return False
+        limit = min(BATCH, room)
         c = self.counters
         replies: Outgoing = []
-        messages = frame_received(
-            received, self.gate, self._max_payload, c, now=now, replies=replies
-        )
-        taken = self.to_crypto.send_many(messages)
-        if taken < len(messages):
-            c[st.DROP_RING_FULL] += len(messages) - taken
+        if self._native_rx is not None:
+            if not self._receive_native(self._native_rx, limit, now, replies):
+                return False
+        else:
+            received = self.udp.recv_batch(limit)
+            if not received:
+                return False
+            messages = frame_received(
+                received, self.gate, self._max_payload, c, now=now, replies=replies
+            )
+            taken = self.to_crypto.send_many(messages)
+            if taken < len(messages):
+                c[st.DROP_RING_FULL] += len(messages) - taken
         if replies:  # the gate's cookie replies, sent with what waits (_send_unsent)
             room = MAX_UNSENT - len(self.unsent)
             self.unsent += replies[:room]
             if len(replies) > room:
                 c[st.DROP_UDP_SEND_FAILED] += len(replies) - room
         return True
+
+    def _receive_native(
+        self, rx: NativeReceiver, limit: int, now: float, replies: Outgoing
+    ) -> bool:
+        """Native reads straight into the ring; each message it stops at (a handshake for
+        the gate, or one longer than a slot) is handled here, in order. True if any
+        datagram was read."""
+        c = self.counters
+        read = 0
+        while read < limit:
+            count, stopped_at = rx.receive(limit - read, self._max_payload, c)
+            read += count
+            if stopped_at is None:
+                break
+            data = memoryview(stopped_at)[HEADER_SIZE:]
+            message: bytes | None = stopped_at
+            if data and data[0] in HANDSHAKE_MESSAGES:
+                message = admit(stopped_at, data, self.gate, c, now=now, replies=replies)
+            else:
+                c[st.UDP_RX_BYTES] += len(data)
+            if message is not None and not self.to_crypto.send_many([message]):
+                c[st.DROP_RING_FULL] += 1
+        return read > 0
 
     def _send_unsent(self) -> bool:
         """Try what waits again; True once all of it has left."""
@@ -120,6 +156,12 @@ class UdpLoop(Generic[RingT]):
         return not self.unsent
 
     def _send_from_crypto(self) -> bool:
+        if self._native is not None:
+            found = self._native.send(BATCH, self.counters)
+            if found is not None:  # else the next message spans slots: Python's recv_many
+                taken, left = found
+                self._keep_unsent(left)
+                return taken > 0
         batch = self.from_crypto.recv_many(BATCH)
         if not batch:
             return False
@@ -132,11 +174,14 @@ class UdpLoop(Generic[RingT]):
                 c[st.DROP_MALFORMED] += 1
         left = _send(self.udp, items, c)
         # Keep what the full socket did not take; the ring slots are freed now.
-        self.unsent = [(dest, bytes(data)) for dest, data in left[:MAX_UNSENT]]
-        if len(left) > MAX_UNSENT:
-            c[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
+        self._keep_unsent([(dest, bytes(data)) for dest, data in left])
         self.from_crypto.release()
         return True
+
+    def _keep_unsent(self, left: Outgoing) -> None:
+        self.unsent = left[:MAX_UNSENT]
+        if len(left) > MAX_UNSENT:
+            self.counters[st.DROP_UDP_SEND_FAILED] += len(left) - MAX_UNSENT
 
 
 def run_udp(  # noqa: PLR0913 # the process's resources; the key keyword-only
@@ -197,17 +242,36 @@ def frame_received(  # noqa: PLR0913 # the batch, the gate, and where results go
             continue
         message = encode_message(endpoint, data)
         if data and data[0] in HANDSHAKE_MESSAGES:
-            verdict = gate.admit(message, data, now)
-            if verdict is not Admission.ADMIT:
-                c[_GATE_DROPS[verdict]] += 1
-                if gate.reply is not None:
-                    replies.append((endpoint, gate.reply))
-                    c[st.COOKIE_REPLIES_SENT] += 1
+            if admit(message, data, gate, c, now=now, replies=replies, endpoint=endpoint) is None:
                 continue
+        else:
+            c[st.UDP_RX_BYTES] += len(data)
         messages.append(message)
-        c[st.UDP_RX_BYTES] += len(data)
     c[st.UDP_RX_PACKETS] += len(received)
     return messages
+
+
+def admit(  # noqa: PLR0913 # the message, the gate, and where results go
+    message: bytes,
+    data: memoryview,
+    gate: HandshakeGate,
+    c: memoryview,
+    *,
+    now: float,
+    replies: Outgoing,
+    endpoint: Endpoint | None = None,
+) -> bytes | None:
+    """A handshake message (header + datagram) through the gate: the message when admitted
+    (its bytes counted), else None with the drop counted and any cookie reply queued."""
+    verdict = gate.admit(message, data, now)
+    if verdict is not Admission.ADMIT:
+        c[_GATE_DROPS[verdict]] += 1
+        if gate.reply is not None:
+            replies.append((endpoint or decode_endpoint(message), gate.reply))
+            c[st.COOKIE_REPLIES_SENT] += 1
+        return None
+    c[st.UDP_RX_BYTES] += len(data)
+    return message
 
 
 def _send(udp: UdpSocket, items: Outgoing, c: memoryview) -> Outgoing:

@@ -4,8 +4,8 @@
 //! memory; `replay`, `routes`, `flow` and `table` are the protocol state the per-packet path
 //! reads (Python installs it); `fastpath` makes the per-packet decisions and runs batches;
 //! `python` (feature "python") is the PyO3 surface, the only module that knows Python.
-//! System-call batching for the other processes (UDP GSO/GRO, TUN vnet-header offloads)
-//! belongs in a module of its own next to `ring`, exposed through `python` the same way.
+//! `udp` is the UDP process's send side (ring batch -> GSO sendmsg); further system-call
+//! batching (GRO receive, TUN vnet-header offloads) belongs next to it, exposed the same way.
 
 pub mod fastpath;
 pub mod flow;
@@ -15,6 +15,8 @@ pub mod ring;
 pub mod routes;
 pub mod table;
 pub mod testing;
+pub mod udp;
+pub mod udp_recv;
 
 #[cfg(feature = "python")]
 mod python;

@@ -12,6 +12,7 @@ use crate::layout;
 use crate::replay::Replay;
 use crate::ring::{RingMem, Writer};
 use crate::table::{OpenError, PeerState, HEADER_SIZE};
+use crate::{udp, udp_recv};
 
 /// A writable, contiguous byte buffer held for the duration of one call.
 struct Held(PyBuffer<u8>);
@@ -355,6 +356,103 @@ impl Transport {
     }
 }
 
+/// Up to `limit` messages of the ring to the UDP process onto the socket `fd` as GSO sends
+/// (`udp::send_from_ring`). Returns (taken, malformed, consumed, sent, dropped, syscalls,
+/// gso_batches, gso_datagrams, source_fallbacks, gso_oversize, gso_fallbacks, bytes,
+/// blocked, foreign, gso still on, the messages a full socket did not take).
+#[pyfunction]
+#[allow(clippy::type_complexity)] // reason: one flat tuple per batch, unpacked by udp_native.py
+fn udp_send_from_ring<'py>(
+    py: Python<'py>,
+    fd: i32,
+    v6_socket: bool,
+    gso: bool,
+    ring: &Bound<'py, PyAny>,
+    limit: usize,
+) -> PyResult<([usize; 12], bool, bool, bool, Vec<Bound<'py, PyBytes>>)> {
+    let held = Held::writable(ring)?;
+    let ring = held.ring()?;
+    let mut sock = udp::Socket { fd, v6: v6_socket };
+    let (mut gso, mut unsent) = (gso, Vec::new());
+    let s = udp::send_from_ring(&mut sock, &ring, limit, &mut gso, v6_socket, &mut unsent);
+    let unsent = unsent.iter().map(|m| PyBytes::new(py, m)).collect();
+    Ok((
+        [
+            s.taken,
+            s.malformed,
+            s.consumed,
+            s.sent,
+            s.dropped,
+            s.syscalls,
+            s.gso_batches,
+            s.gso_datagrams,
+            s.source_fallbacks,
+            s.gso_oversize,
+            s.gso_fallbacks,
+            s.bytes,
+        ],
+        s.blocked,
+        s.foreign,
+        gso,
+        unsent,
+    ))
+}
+
+/// The UDP process's receive side (`udp_recv::Receiver`): it keeps the rest of a GRO read
+/// between calls.
+#[pyclass(module = "gateway._native", unsendable)]
+pub struct UdpReceiver {
+    rx: udp_recv::Receiver,
+}
+
+#[pymethods]
+impl UdpReceiver {
+    #[new]
+    fn new() -> Self {
+        UdpReceiver {
+            rx: udp_recv::Receiver::default(),
+        }
+    }
+
+    /// Up to `limit` datagrams read from `fd` and framed into `ring` (the caller leaves that
+    /// many free slots). Returns ([datagrams, framed, framed_bytes, too_big, syscalls,
+    /// coalesced_reads, errors], the message for Python that stopped the batch (a
+    /// handshake, or one longer than a slot) or None);
+    /// raises OSError for a read error that is not a one-shot ICMP report.
+    fn receive<'py>(
+        &mut self,
+        py: Python<'py>,
+        fd: i32,
+        ring: &Bound<'py, PyAny>,
+        limit: usize,
+        max_payload: usize,
+    ) -> PyResult<([usize; 7], Option<Bound<'py, PyBytes>>)> {
+        let held = Held::writable(ring)?;
+        let ring = held.ring()?;
+        let mut writer = ring.writer();
+        let mut stats = udp_recv::RecvStats::default();
+        let mut read = |buf: &mut [u8]| udp_recv::recv_into(fd, buf);
+        let stop = self
+            .rx
+            .receive(&mut read, &mut writer, limit, max_payload, &mut stats);
+        writer.publish();
+        let figures = [
+            stats.datagrams,
+            stats.framed,
+            stats.framed_bytes,
+            stats.too_big,
+            stats.syscalls,
+            stats.coalesced_reads,
+            stats.errors,
+        ];
+        match stop {
+            udp_recv::Stop::Done => Ok((figures, None)),
+            udp_recv::Stop::Python(m) => Ok((figures, Some(PyBytes::new(py, &m)))),
+            udp_recv::Stop::Error(e) => Err(std::io::Error::from_raw_os_error(e).into()),
+        }
+    }
+}
+
 /// shm_ring/layout.py's constants as this module has them (a test compares the two).
 #[pyfunction]
 fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -368,6 +466,8 @@ fn layout_constants(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Transport>()?;
+    m.add_class::<UdpReceiver>()?;
     m.add_function(wrap_pyfunction!(layout_constants, m)?)?;
+    m.add_function(wrap_pyfunction!(udp_send_from_ring, m)?)?;
     Ok(())
 }
