@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from testbed.addresses import RESOURCE_ADDR, client_specs
 from testbed.gateways import FirezoneGateway
@@ -22,12 +22,13 @@ MAX_GAP = 1.0  # seconds without a reply a kept session may cost (issue 22)
 _REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", re.MULTILINE)
 
 
-def open_lab() -> Iterator[Lab]:
-    """For a fixture: the gateway running, the client's ping through it answered."""
+def open_lab(env: Mapping[str, str] | None = None) -> Iterator[Lab]:
+    """For a fixture: the gateway running (with `env` added), the client's ping through it
+    answered."""
     lab = Topology(FirezoneGateway(workers=2), client_specs(1))
     try:
         lab.backend.write_config([lab.peer(0)])
-        lab.backend.launch(lab.gateway_ns)
+        lab.backend.launch(lab.gateway_ns, env=env)
         lab.backend.wait_ready()
         lab.connect_client(0)
         lab.wait_ping(0)

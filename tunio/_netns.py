@@ -6,8 +6,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from pyroute2 import netns as pr_netns
-
 from tunio.errors import TunError
 
 NETNS_RUN_DIR = "/var/run/netns"
@@ -53,6 +51,8 @@ def entered_netns_fd(fd: int) -> Iterator[None]:
     if is_current_netns(fd):
         yield
         return
+    from pyroute2 import netns as pr_netns  # noqa: PLC0415 - pyroute2 costs ~1 s to import: only on a switch
+
     pr_netns.pushns(fd)
     try:
         yield

@@ -14,9 +14,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError
-
 from tunio._netns import NETNS_RUN_DIR, entered_netns
 from tunio.errors import DeviceExistsError, DeviceInUseError, NetlinkError, TunError
 from tunio.names import validate_ifname
@@ -50,6 +47,9 @@ def _rtnl(netns: str | None, what: str) -> Iterator[Any]:
     The socket is opened while this thread is inside the namespace, which binds it there:
     5x cheaper than IPRoute(netns=...), which forks a helper process per socket.
     """
+    from pyroute2 import IPRoute  # noqa: PLC0415 - ~1 s to import: not on a start that needs no netlink
+    from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError  # noqa: PLC0415 - as IPRoute
+
     try:
         with entered_netns(netns):
             ipr = IPRoute()
@@ -67,6 +67,8 @@ def _where(name: str, netns: str | None) -> str:
 
 
 def _lookup(ipr: Any, name: str) -> Any | None:
+    from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError  # noqa: PLC0415 - loaded with ipr
+
     try:
         (msg,) = ipr.link("get", ifname=name)
     except PyrouteNetlinkError as exc:
@@ -300,6 +302,8 @@ class TunDeviceManager:
 
         A TUN device also disappears by itself when its last queue is closed.
         """
+        from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError  # noqa: PLC0415 - loaded by _rtnl
+
         with _rtnl(self.netns, f"deleting {self._where}") as ipr:
             msg = _lookup(ipr, self.name)
             if msg is None:
@@ -316,5 +320,7 @@ def _is_v6(item: IPInterface | IPNetwork) -> bool:
 
 
 def _errno_of(exc: NetlinkError) -> int | None:
+    from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError  # noqa: PLC0415 - loaded by _rtnl
+
     cause = exc.__cause__
     return cause.code if isinstance(cause, PyrouteNetlinkError) else None

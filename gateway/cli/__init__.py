@@ -27,7 +27,6 @@ from gateway.config import (
 from gateway.endpoint import Endpoint, EndpointError, format_endpoint, parse_endpoint
 from gateway.telemetry import ha_status
 from gateway.telemetry.logsetup import LogDirectiveError, setup_logging
-from gateway.telemetry.metrics import parse_listen
 
 DEFAULT_WORKERS = 2
 LOG_FORMATS = ("human", "json")
@@ -139,6 +138,8 @@ def main(  # noqa: PLR0913, PLR0917 - one parameter per global option, as click 
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     listen = None
     if metrics_listen is not None:
+        from gateway.telemetry.metrics import parse_listen  # noqa: PLC0415 - http.server: only with this option
+
         try:
             listen = parse_listen(metrics_listen)
         except ValueError as exc:

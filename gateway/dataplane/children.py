@@ -24,12 +24,14 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-import psutil
+from typing import TYPE_CHECKING
 
 from gateway.dataplane.backoff import RestartBackoff
 from gateway.dataplane.heartbeat import Heartbeat
 from tunio.device_state import DeviceGone
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +247,8 @@ class ProcessStates:
         self._procs: dict[int, psutil.Process] = {}
 
     def problem(self, pid: int) -> str | None:
+        import psutil  # noqa: PLC0415 - not loaded at start: a restart forwards sooner
+
         try:
             proc = self._procs.get(pid) or psutil.Process(pid)
             self._procs[pid] = proc

@@ -22,14 +22,13 @@ is logged and skipped on either side.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
@@ -37,6 +36,9 @@ from gateway.dns.resources import ProxyMapping
 from gateway.ipnet import IPNetwork
 from gateway.nat.handler import MAX_REAL_ADDRESSES, ProxyHandler, Target
 from gateway.wireguard.device import Device
+
+if TYPE_CHECKING:
+    import asyncio  # the DNS process's loop; the crypto process needs none
 
 log = logging.getLogger(__name__)
 

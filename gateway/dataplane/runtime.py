@@ -21,8 +21,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway import topology
 from gateway.config import GatewayConfig
@@ -36,9 +38,11 @@ from gateway.uapi import ERR_IO, DeviceState, SetRequest, UapiServer
 from gateway.udp_io import UdpIo
 from tunio.device_state import queue_device_name
 from tunio.errors import DeviceInUseError, TunError
-from tunio.linkwatch import LinkWatch
 from tunio.linux import TunQueue, open_multiqueue
-from tunio.netlink import TunDeviceManager
+from tunio.netlink import IPInterface, TunDeviceManager
+
+if TYPE_CHECKING:
+    from tunio.linkwatch import LinkWatch
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +67,43 @@ class _NoBackend:
 
 @dataclass
 class Tun:
-    """The multi-queue TUN device: one queue per worker, configured over netlink."""
+    """The multi-queue TUN device: one queue per worker, configured over netlink.
+
+    A device taken back from a previous supervisor is configured already (addresses, MTU,
+    up): its `configure` waits until the children forward (`configure_kept`), as does the
+    link watch, so a restart forwards before it loads pyroute2 (about 1 s on a busy host).
+    """
 
     name: str
     queues: list[TunQueue]
     manager: TunDeviceManager
-    link_watch: LinkWatch  # MTU changes made with `ip link`
+    mtu: int  # the config's, not the config: workers must hold no key material
+    addresses: Sequence[IPInterface]
+    kept: bool  # taken back from a previous supervisor, configured by `configure_kept`
+    link_watch: LinkWatch | None = field(default=None)  # MTU changes made with `ip link`
+
+    def configure(self) -> None:
+        """MTU and addresses of the config, over netlink; TunError says why not."""
+        self.manager.configure(mtu=self.mtu, addresses=self.addresses)
+
+    def configure_kept(self) -> None:
+        """A kept device configured as the config says (idempotent), once the children
+        forward; SupervisorError says why not."""
+        if not self.kept:
+            return
+        self.kept = False
+        try:
+            self.configure()
+        except TunError as exc:
+            raise SupervisorError(str(exc)) from exc
+
+    def watch_link(self) -> LinkWatch:
+        """Start following the device's MTU (pyroute2: after the children are forked)."""
+        if self.link_watch is None:
+            from tunio.linkwatch import LinkWatch  # noqa: PLC0415 - imports pyroute2: after the fork
+
+            self.link_watch = LinkWatch(self.queues[0].fileno())
+        return self.link_watch
 
     def device_name(self) -> str | None:
         """The device's current name, asked through our own queue fd, so a device moved to
@@ -79,7 +114,8 @@ class Tun:
             return None
 
     def close(self) -> None:
-        self.link_watch.close()
+        if self.link_watch is not None:
+            self.link_watch.close()
         here = self.device_name() == self.name
         for queue in self.queues:
             queue.close()
@@ -195,14 +231,17 @@ def _kept_memfds(inherited: Inherited) -> dict[str, int]:
 
 def _open_tun(name: str, workers: int, config: GatewayConfig, inherited: Inherited) -> Tun:
     queues = inherited.take_tun_queues(name, workers, vnet_hdr=TUN_GRO)
+    kept = queues is not None
     if queues is not None:
         log.info("kept TUN device %s with its %d queues", name, len(queues))
     else:
         queues = _open_queues(name, workers)
-    manager = TunDeviceManager(name)
-    tun = Tun(name, queues, manager, LinkWatch(queues[0].fileno()))
+    interface = config.interface
+    tun = Tun(name, queues, TunDeviceManager(name), interface.mtu, interface.addresses, kept)
+    if kept:
+        return tun  # configured by its previous supervisor: configure_kept() after the fork
     try:
-        manager.configure(mtu=config.interface.mtu, addresses=config.interface.addresses)
+        tun.configure()
     except TunError as exc:
         tun.close()
         raise SupervisorError(str(exc)) from exc

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import topology
 from gateway.config import ConfigError, load_config
@@ -48,9 +49,11 @@ from gateway.dataplane.upgrade import UpgradeCheck
 from gateway.keys import encode_key
 from gateway.telemetry import stats as st
 from gateway.telemetry.logsetup import setup_logging
-from gateway.telemetry.metrics import MetricsServer
 from gateway.telemetry.sdnotify import Notifier, watchdog_interval
 from tunio.device_state import interface_up
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +131,12 @@ class Supervisor:
         epoll = self._epoll = select.epoll()
         epoll.register(wake_r.fileno(), select.EPOLLIN)
         epoll.register(self.runtime.control.fileno(), select.EPOLLIN)
-        epoll.register(self.runtime.tun.link_watch.fileno(), select.EPOLLIN)
         # From now on a successor (systemd's restart after a crash) finds them.
         self.fdstore.keep(self.runtime.handover_fds())
         try:
             if not self.stopping:
                 self._start_children(epoll)
+                self._after_fork(epoll)
             self._loop(epoll, wake_r, signals)
         finally:
             self.notifier.stopping(f"stopping {self.name}")
@@ -150,6 +153,18 @@ class Supervisor:
         for child in self.children.values():
             self._spawn(child)
             child.watch(epoll)
+
+    def _after_fork(self, epoll: select.epoll) -> None:
+        """What forwarding does not wait for (a restart forwards sooner): a kept device's
+        configuration and the link watch (both load pyroute2), the metrics server."""
+        try:
+            self.runtime.tun.configure_kept()
+        except SupervisorError as exc:
+            log.error("%s", exc)
+            self.stopping = True
+            self.exit_code = 1
+            return
+        epoll.register(self.runtime.tun.watch_link().fileno(), select.EPOLLIN)
         self._start_metrics()
 
     def _loop(self, epoll: select.epoll, wake_r: socket.socket, signals: list[int]) -> None:
@@ -196,7 +211,7 @@ class Supervisor:
                     self._change_listen_port(message.port, epoll)
         elif self._upgrade_check is not None and fd == self._upgrade_check.fileno():
             pass  # the check exited: the loop finishes it
-        elif fd == link_watch.fileno():
+        elif link_watch is not None and fd == link_watch.fileno():
             mtu = link_watch.read()
             if mtu is not None:
                 self._follow_mtu(mtu)
@@ -411,6 +426,8 @@ class Supervisor:
             self.notifier.status(self.status.line())
 
     def _start_metrics(self) -> None:
+        from gateway.telemetry.metrics import MetricsServer  # noqa: PLC0415 - http.server: after the fork
+
         listen = self.options.metrics_listen or self.running.config.metrics.listen
         try:
             self.metrics = MetricsServer(

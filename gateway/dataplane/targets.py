@@ -18,7 +18,6 @@ from gateway import topology
 from gateway.config import GatewayConfig
 from gateway.dataplane.children import Child, ChildFds, report_ready
 from gateway.dataplane.cryptomain import CryptoInputs, crypto_main
-from gateway.dataplane.dnsmain import run_dns
 from gateway.dataplane.heartbeat import Heartbeats
 from gateway.dataplane.runtime import Runtime
 from gateway.dataplane.udpproc import run_udp
@@ -143,6 +142,8 @@ class ChildTargets:
     def _dns_target(self) -> None:
         """The peers' addresses and grants, none of the keys."""
         self._drop_keys(keep_peers=True)
+        from gateway.dataplane.dnsmain import run_dns  # noqa: PLC0415 - asyncio: in this child only, not before the data plane forwards
+
         mappings = self.runtime.mappings
         run_dns(
             self.running.config,

@@ -9,8 +9,10 @@ the kernel (psutil) for a process's CPU seconds and resident memory.
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 BUSY_WINDOW_SECONDS = 10.0
 
@@ -70,6 +72,8 @@ class ProcessSampler:
         """(user + system CPU seconds, RSS bytes); (None, None) for pid 0 or a process gone."""
         if pid == 0:
             return None, None
+        import psutil  # noqa: PLC0415 - not loaded at start: a restart forwards sooner
+
         try:
             proc = self._processes.get(pid) or psutil.Process(pid)
             self._processes[pid] = proc
